@@ -1,0 +1,43 @@
+"""The steps CLI: ``python -m mlsteps <step> --run-root URI ...``.
+
+Each step module keeps its heavy imports (torch, MLflow, Great Expectations) inside functions, so this CLI
+starts fast whichever step it runs. A ``StepError`` (bad config, bad data, a failed gate) prints one clear
+message and exits with code 2, which tells the orchestrator that a retry cannot help.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from mlsteps.errors import EXIT_USER_ERROR, StepError
+from mlsteps.steps import evaluate, make_dataset, preprocess, promote, register, snapshot, train, validate
+
+app = typer.Typer(
+    name="mlsteps",
+    help="Steps of the continuous-training loop. Each writes <run-root>/<step>/result.json.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _user_errors_exit_cleanly(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except StepError as exc:
+            print(f"{name} failed: {exc}", file=sys.stderr, flush=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper
+
+
+for _module in (make_dataset, snapshot, validate, preprocess, train, evaluate, register, promote):
+    _name = _module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+    app.command(_name)(_user_errors_exit_cleanly(_name, _module.main))

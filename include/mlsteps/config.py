@@ -1,0 +1,231 @@
+"""Pipeline and dataset config: YAML files validated on load.
+
+The pipeline config (``include/config/pipeline.yaml``) holds thresholds, split, training and registry settings
+and points at a dataset config (``include/config/datasets/*.yaml``) that describes the columns of one dataset.
+Any CSV or Parquet file with a binary target can be used by writing a dataset config for it.
+Errors name the file and the field, for example ``pipeline.yaml: training.epochs: ...``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mlsteps import storage
+from mlsteps.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "pipeline.yaml"
+CONFIG_ENV_VAR = "MLSTEPS_CONFIG"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    """One feature column."""
+
+    name: str = Field(description="column name in the data file")
+    type: Literal["numeric", "categorical"] = Field(description="numeric (float/int) or categorical (string)")
+    min: float | None = Field(None, description="smallest allowed value (numeric only)")
+    max: float | None = Field(None, description="largest allowed value (numeric only)")
+    categories: list[str] | None = Field(None, description="known categories (categorical only)")
+    max_unknown_fraction: float = Field(
+        0.01, ge=0, le=1, description="share of values outside `categories` that is still accepted"
+    )
+    max_null_fraction: float = Field(0.0, ge=0, le=1, description="share of missing values that is accepted")
+    description: str = Field("", description="what the column means")
+
+    @model_validator(mode="after")
+    def _check_type_specific_fields(self) -> ColumnSpec:
+        if self.type == "categorical" and (self.min is not None or self.max is not None):
+            raise ValueError(f"column {self.name!r} is categorical: min/max apply to numeric columns only")
+        if self.type == "numeric" and self.categories is not None:
+            raise ValueError(f"column {self.name!r} is numeric: categories apply to categorical columns only")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"column {self.name!r}: min {self.min} is greater than max {self.max}")
+        return self
+
+
+class TargetSpec(_Strict):
+    """The binary target column."""
+
+    name: str = Field(description="target column name")
+    classes: tuple[Any, Any] = Field((0, 1), description="[negative, positive] target values as they appear in data")
+
+
+class DatasetConfig(_Strict):
+    """Schema and data-quality limits of one dataset."""
+
+    name: str = Field(description="dataset name, used in snapshot paths and MLflow tags")
+    description: str = Field("", description="what one row is")
+    target: TargetSpec
+    id_column: str | None = Field(None, description="unique row id; used for hash splits and joining labels")
+    timestamp_column: str | None = Field(None, description="event time; used for time splits")
+    features: list[ColumnSpec] = Field(min_length=1, description="model input columns")
+    min_rows: int = Field(100, ge=1, description="fewest rows a snapshot may have")
+    max_rows: int | None = Field(None, ge=1, description="most rows a snapshot may have")
+    slice_columns: list[str] = Field(default_factory=list, description="categorical columns for per-slice metrics")
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> DatasetConfig:
+        names = [c.name for c in self.features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"features listed twice: {duplicates}")
+        special = {"target": self.target.name, "id_column": self.id_column, "timestamp_column": self.timestamp_column}
+        for field, column in special.items():
+            if column is not None and column in names:
+                raise ValueError(f"{field} {column!r} must not also be a feature")
+        categorical = {c.name for c in self.features if c.type == "categorical"}
+        unknown_slices = [s for s in self.slice_columns if s not in categorical]
+        if unknown_slices:
+            raise ValueError(f"slice_columns {unknown_slices} are not categorical features")
+        if self.max_rows is not None and self.max_rows < self.min_rows:
+            raise ValueError(f"max_rows {self.max_rows} is below min_rows {self.min_rows}")
+        return self
+
+    @property
+    def numeric_features(self) -> list[str]:
+        """Names of the numeric feature columns, in config order."""
+        return [c.name for c in self.features if c.type == "numeric"]
+
+    @property
+    def categorical_features(self) -> list[str]:
+        """Names of the categorical feature columns, in config order."""
+        return [c.name for c in self.features if c.type == "categorical"]
+
+    @property
+    def required_columns(self) -> list[str]:
+        """Every column a data file must have: features, target, id and timestamp."""
+        extra = [c for c in (self.id_column, self.timestamp_column) if c]
+        return [*extra, *(c.name for c in self.features), self.target.name]
+
+
+class SplitConfig(_Strict):
+    """How a snapshot is split into train, validation and holdout."""
+
+    method: Literal["time", "hash"] = Field(
+        "time", description="time: latest rows are holdout; hash: stable split by hashing the id column"
+    )
+    validation_fraction: float = Field(0.15, gt=0, lt=0.5, description="share of rows for early stopping")
+    holdout_fraction: float = Field(0.15, gt=0, lt=0.5, description="share of rows for evaluation and the gate")
+
+
+class TrainingConfig(_Strict):
+    """Hyper-parameters of the tabular network."""
+
+    epochs: int = Field(20, ge=1, le=1000, description="maximum number of epochs")
+    batch_size: int = Field(512, ge=1, description="rows per optimisation step")
+    learning_rate: float = Field(2e-3, gt=0, le=1, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    hidden_units: list[int] = Field([128, 64], min_length=1, description="width of each hidden layer")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout after each hidden layer")
+    max_embedding_dim: int = Field(16, ge=1, description="upper bound of a categorical embedding's width")
+    patience: int = Field(3, ge=1, description="epochs without validation-loss improvement before stopping")
+    seed: int = Field(42, description="seed for weights, shuffling and dropout")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA when present")
+
+
+class EvaluationConfig(_Strict):
+    """Holdout metrics and the promotion gate."""
+
+    min_roc_auc: float = Field(0.70, ge=0, le=1, description="the challenger's holdout ROC AUC must reach this")
+    max_roc_auc_regression: float = Field(
+        0.01, ge=0, le=1, description="largest ROC AUC drop versus the champion that still promotes"
+    )
+    calibration_bins: int = Field(10, ge=2, le=100, description="bins of the expected calibration error")
+    slice_min_rows: int = Field(30, ge=1, description="slices with fewer holdout rows are not reported")
+
+
+class RegistryConfig(_Strict):
+    """MLflow names."""
+
+    model_name: str = Field(description="registered model name")
+    experiment_name: str = Field(description="MLflow experiment of the training runs")
+
+
+class PipelineConfig(_Strict):
+    """Everything the steps need besides their input URIs."""
+
+    dataset: DatasetConfig
+    split: SplitConfig = SplitConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    registry: RegistryConfig
+    runtime: dict[str, Any] = Field(default_factory=dict, description="read by the orchestration side only")
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        lines.append(f"{source}: {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def _read_yaml(uri: str) -> dict[str, Any]:
+    try:
+        text = storage.read_text(uri)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {uri}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{uri}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{uri}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_dataset_config(uri: str) -> DatasetConfig:
+    """Load and validate one dataset config.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or a field is invalid (the message names it).
+    """
+    try:
+        return DatasetConfig.model_validate(_read_yaml(uri))
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(uri, exc)) from None
+
+
+def resolve_config_uri(uri: str | None) -> str:
+    """The pipeline config to use: the given URI, else ``$MLSTEPS_CONFIG``, else the bundled default."""
+    return uri or os.environ.get(CONFIG_ENV_VAR) or str(DEFAULT_CONFIG_PATH)
+
+
+def load_pipeline_config(uri: str | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load the pipeline config and the dataset config it points at, then apply overrides.
+
+    Args:
+        uri: pipeline YAML (path or URI); see ``resolve_config_uri``.
+        overrides: nested values that replace the file's, e.g. ``{"training": {"epochs": 3}}``.
+
+    Raises:
+        ConfigError: naming the file and the field that is wrong.
+    """
+    uri = resolve_config_uri(uri)
+    raw = _deep_merge(_read_yaml(uri), overrides or {})
+    dataset_ref = raw.get("dataset")
+    if isinstance(dataset_ref, str):
+        dataset_uri = storage.join(storage.parent(uri), dataset_ref)
+        raw["dataset"] = load_dataset_config(dataset_uri).model_dump()
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(uri, exc)) from None

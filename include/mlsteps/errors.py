@@ -1,0 +1,27 @@
+"""Error types of the steps package.
+
+Every error a user can fix (bad config, bad data, a failed gate) is a ``StepError``: the CLI prints its
+message and exits with ``EXIT_USER_ERROR`` so the orchestrator knows a retry cannot help.
+"""
+
+EXIT_USER_ERROR = 2
+
+
+class StepError(Exception):
+    """A failure caused by input, config or a gate decision; retrying the same step will not fix it."""
+
+
+class ConfigError(StepError, ValueError):
+    """The pipeline or dataset config is invalid; the message names the file and field."""
+
+
+class DataError(StepError):
+    """The input data cannot be used (unreadable, empty, wrong columns or types)."""
+
+
+class ValidationFailed(StepError):
+    """The data validation suite failed; the message names the failing columns and expectations."""
+
+
+class RegistryConflict(StepError):
+    """The model registry changed under us (for example ``champion`` moved since evaluation)."""

@@ -1,0 +1,57 @@
+"""Run-scoped outputs: every step writes only under ``<artifact root>/runs/<dag>/<run id>/<step>/``.
+
+A step ends by writing ``result.json`` in its folder (URIs, metrics, hashes). Downstream steps and the Airflow
+tasks read results through ``read_result``, so the local runtime and Kubernetes pods share one contract.
+Re-running a step for the same run overwrites its own folder and nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from mlsteps import storage
+from mlsteps.errors import StepError
+
+RESULT_FILE = "result.json"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(value: str) -> str:
+    """A path segment made from a run id (``manual__2026-01-01T00:00:00+00:00`` -> ``manual__2026-01-01T00-00-00-00-00``)."""
+    return _UNSAFE.sub("-", value).strip("-") or "run"
+
+
+def run_root(artifact_root: str, dag_id: str, run_id: str) -> str:
+    """The folder of one DAG run's artifacts."""
+    return storage.join(artifact_root, "runs", safe_name(dag_id), safe_name(run_id))
+
+
+def step_dir(root: str, step: str) -> str:
+    """The folder a step writes into for one run."""
+    return storage.join(root, step)
+
+
+def result_uri(root: str, step: str) -> str:
+    """Where a step's ``result.json`` lives for one run."""
+    return storage.join(step_dir(root, step), RESULT_FILE)
+
+
+def write_result(root: str, step: str, payload: dict[str, Any]) -> str:
+    """Write a step's result (``step`` is added to the payload) and return its URI."""
+    uri = result_uri(root, step)
+    storage.write_json(uri, {"step": step, **payload})
+    return uri
+
+
+def read_result(root: str, step: str) -> dict[str, Any]:
+    """Read the result of an upstream step of the same run.
+
+    Raises:
+        StepError: the upstream step has not written its result for this run root.
+    """
+    uri = result_uri(root, step)
+    try:
+        return storage.read_json(uri)
+    except FileNotFoundError:
+        raise StepError(f"no result of step {step!r} at {uri}: run `{step}` for this --run-root first") from None

@@ -1,0 +1,6 @@
+"""Placeholder until the step lands."""
+
+
+def main() -> None:
+    """Not implemented yet."""
+    raise NotImplementedError("evaluate")

@@ -1,0 +1,197 @@
+"""One storage module for every step: local paths / ``file://`` URIs and ``s3://`` URIs.
+
+S3 goes through boto3. Set ``S3_ENDPOINT_URL`` to use an S3-compatible store (MinIO, Ceph, moto); credentials
+come from boto3's usual chain (environment, web identity, instance profile), never from config files.
+Local writes are atomic (write to a temporary file, then rename), so a crashed step never leaves half a file
+where a good artifact was.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+S3_ENDPOINT_ENV_VAR = "S3_ENDPOINT_URL"
+
+
+def is_s3(uri: str) -> bool:
+    """Whether the URI names an object in S3 (or an S3-compatible store)."""
+    return uri.startswith("s3://")
+
+
+def _is_absolute(uri: str) -> bool:
+    return is_s3(uri) or uri.startswith("file://") or uri.startswith("/")
+
+
+def local_path(uri: str) -> Path:
+    """The filesystem path of a local URI (plain path or ``file://``)."""
+    if is_s3(uri):
+        raise ValueError(f"{uri} is an S3 URI, not a local path")
+    return Path(urlparse(uri).path if uri.startswith("file://") else uri)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with ``/``; an absolute part (path or URI) replaces what came before it."""
+    result = base
+    for part in parts:
+        result = part if _is_absolute(part) else f"{result.rstrip('/')}/{part.lstrip('/')}"
+    return result
+
+
+def parent(uri: str) -> str:
+    """The URI of the folder that holds ``uri``."""
+    head, _, _ = uri.rstrip("/").rpartition("/")
+    return head or "."
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+@functools.cache
+def s3_client() -> Any:
+    """A boto3 S3 client, honouring ``S3_ENDPOINT_URL`` for S3-compatible stores."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=os.environ.get(S3_ENDPOINT_ENV_VAR) or None)
+
+
+def read_bytes(uri: str) -> bytes:
+    """Read a whole object or file.
+
+    Raises:
+        FileNotFoundError: naming the URI, for local files and S3 keys alike.
+    """
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        client = s3_client()
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except client.exceptions.NoSuchKey as exc:
+            raise FileNotFoundError(f"no such object: {uri}") from exc
+        except client.exceptions.NoSuchBucket as exc:
+            raise FileNotFoundError(f"no such bucket for {uri}") from exc
+    path = local_path(uri)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {uri}")
+    return path.read_bytes()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole object or file, atomically for local files; parent folders are created."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    path = local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_text(uri: str) -> str:
+    """Read a UTF-8 text file or object."""
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write a UTF-8 text file or object."""
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def read_json(uri: str) -> Any:
+    """Read a JSON document."""
+    return json.loads(read_bytes(uri))
+
+
+def write_json(uri: str, payload: Any) -> None:
+    """Write a JSON document, indented and with sorted keys so equal content gives equal bytes."""
+    write_text(uri, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def exists(uri: str) -> bool:
+    """Whether a file or object exists."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        client = s3_client()
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+        except client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise
+        return True
+    return local_path(uri).is_file()
+
+
+def list_files(prefix: str) -> list[str]:
+    """URIs of every file under a folder prefix, sorted."""
+    if is_s3(prefix):
+        bucket, key = _split_s3(prefix)
+        key = key.rstrip("/") + "/"
+        paginator = s3_client().get_paginator("list_objects_v2")
+        found = [
+            f"s3://{bucket}/{item['Key']}"
+            for page in paginator.paginate(Bucket=bucket, Prefix=key)
+            for item in page.get("Contents", [])
+        ]
+        return sorted(found)
+    root = local_path(prefix)
+    if not root.is_dir():
+        return []
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+
+
+def upload_file(path: Path, uri: str) -> None:
+    """Copy a local file to a URI (streamed for S3, atomic for local targets)."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        s3_client().upload_file(str(path), bucket, key)
+        return
+    write_bytes(uri, path.read_bytes())
+
+
+def download_file(uri: str, path: Path) -> Path:
+    """Copy a URI to a local file (streamed for S3) and return the local path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_s3(uri):
+        if not exists(uri):
+            raise FileNotFoundError(f"no such object: {uri}")
+        bucket, key = _split_s3(uri)
+        s3_client().download_file(bucket, key, str(path))
+        return path
+    path.write_bytes(read_bytes(uri))
+    return path
+
+
+def read_parquet(uri: str) -> Any:
+    """Read a Parquet file or object into a pandas DataFrame."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(read_bytes(uri))).to_pandas()
+
+
+def write_parquet(frame: Any, uri: str) -> None:
+    """Write a pandas DataFrame as one Parquet file or object (no index, zstd-compressed)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer, compression="zstd")
+    write_bytes(uri, buffer.getvalue())
