@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +18,16 @@ from mlsteps import storage
 from mlsteps.config import PipelineConfig, load_pipeline_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Tests never touch the project's own .local/ state: Airflow and the embedded default get a throw-away home.
+# Set before anything imports Airflow, which reads its configuration once.
+_TEST_STATE = Path(tempfile.mkdtemp(prefix="mlsteps-tests-"))
+os.environ["ML_STATE_DIR"] = str(_TEST_STATE)
+os.environ["AIRFLOW_HOME"] = str(_TEST_STATE / "airflow")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
+for _name in ("ML_RUNTIME", "ML_ARTIFACT_ROOT", "ML_DATASET_URI", "MLFLOW_TRACKING_URI", "MLSTEPS_CONFIG"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import typer
 
+from mlsteps import results
 from mlsteps.errors import EXIT_USER_ERROR, StepError
 from mlsteps.steps import evaluate, make_dataset, preprocess, promote, register, snapshot, train, validate
+
+# Steps import their heavy libraries (torch, MLflow, GX) inside functions, so they count in a step's elapsed time.
+_STARTED = time.perf_counter()
 
 app = typer.Typer(
     name="mlsteps",
@@ -30,10 +35,15 @@ def _user_errors_exit_cleanly(name: str, func: Callable[..., Any]) -> Callable[.
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            outcome = func(*args, **kwargs)
         except StepError as exc:
             print(f"{name} failed: {exc}", file=sys.stderr, flush=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
+        if kwargs.get("run_root"):
+            elapsed = time.perf_counter() - _STARTED
+            results.record_elapsed(kwargs["run_root"], name, elapsed)
+            print(f"{name} finished in {elapsed:.1f} s", flush=True)
+        return outcome
 
     return wrapper
 

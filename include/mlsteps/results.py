@@ -18,7 +18,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def safe_name(value: str) -> str:
-    """A path segment made from a run id (``manual__2026-01-01T00:00:00+00:00`` -> ``manual__2026-01-01T00-00-00-00-00``)."""
+    """A path segment made from a run id: characters such as ``:`` and ``+`` become ``-``."""
     return _UNSAFE.sub("-", value).strip("-") or "run"
 
 
@@ -55,3 +55,10 @@ def read_result(root: str, step: str) -> dict[str, Any]:
         return storage.read_json(uri)
     except FileNotFoundError:
         raise StepError(f"no result of step {step!r} at {uri}: run `{step}` for this --run-root first") from None
+
+
+def record_elapsed(root: str, step: str, seconds: float) -> None:
+    """Add the step process's wall time to its result (benchmarks compare it with the task's wall time)."""
+    uri = result_uri(root, step)
+    if storage.exists(uri):
+        storage.write_json(uri, {**storage.read_json(uri), "elapsed_seconds": round(seconds, 3)})

@@ -1,0 +1,36 @@
+# The habits: `make demo` runs the whole loop on this machine, `make test` runs lint and every test.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test lint fmt bench clean constraints
+
+$(INSTALLED): requirements.txt requirements/steps.txt requirements/dev.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements.txt -r requirements/dev.txt -e .
+	touch $@
+
+demo: $(INSTALLED)  ## the main job: ml_retrain end to end on the embedded default; ARGS='--conf {"epochs":5}'
+	$(BIN)/python -m orchestration.embedded run $(ARGS)
+
+test: lint  ## lint, then every test that can run on this machine
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(INSTALLED)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(INSTALLED)  ## the main job on 100k rows: per-task wall time, Airflow overhead, DAG parse time
+	$(BIN)/python benchmarks/main_job.py
+
+constraints: $(INSTALLED)
+	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > constraints.tmp
+	{ sed -n '1,2p' constraints.txt; cat constraints.tmp; } > constraints.txt && rm constraints.tmp
+
+clean:  ## remove all local state (Airflow DB, MLflow, artifacts, datasets)
+	rm -rf .local

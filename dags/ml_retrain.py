@@ -1,0 +1,154 @@
+"""
+### ml_retrain: snapshot, validate, train, evaluate and promote a churn model
+
+Runs weekly on its cron, or from the UI with the params below.
+
+| step | what it does | output (under the run folder) |
+| --- | --- | --- |
+| `snapshot` | CSV/Parquet (local or `s3://`) to a content-addressed Parquet snapshot | `snapshot/result.json` |
+| `validate` | Great Expectations suite from the dataset config; stops on bad data | `validate/report.html` |
+| `preprocess` | time or hash split; preprocessing fitted on the train split only | `preprocess/*.parquet` |
+| `train` | PyTorch tabular network (CUDA when present), tracked in MLflow | MLflow run + model |
+| `evaluate` | challenger and current champion on the same holdout; the promotion gate | `evaluate/report.html` |
+| `register` | new model version in the MLflow registry, alias `challenger` | model version |
+| `gate` | branches on the gate: `promote` or `reject` | |
+| `promote` | moves alias `champion`, if it did not move since evaluation; emits `model_promoted` | alias |
+| `summary` | prints and stores the run's outcome | `summary.json` |
+
+Bad data stops the run at `validate` (or `snapshot`) without retries; the registry and the champion stay unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, chain, dag, task
+
+from orchestration.assets import MODEL_PROMOTED
+from orchestration.pod_task import TEMPLATE_MACROS, pod_task
+from orchestration.settings import get_settings
+
+DAG_ID = Path(__file__).stem
+SETTINGS = get_settings()
+TRAINING = SETTINGS.pipeline.training
+EVALUATION = SETTINGS.pipeline.evaluation
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=CronTriggerTimetable(SETTINGS.runtime.retrain_cron, timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["ml", "training", SETTINGS.pipeline.dataset.name],
+    default_args={
+        "owner": "ml-platform",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=15),
+        "execution_timeout": timedelta(minutes=10),  # the steps get theirs from the pipeline config
+    },
+    user_defined_macros=TEMPLATE_MACROS,
+    params={
+        "dataset_uri": Param(
+            SETTINGS.dataset_uri,
+            type="string",
+            minLength=1,
+            pattern=r"^(s3://|file://|/).+\.(csv|parquet|pq)$",
+            description="CSV or Parquet file to train on: an absolute path, file:// or s3:// URI.",
+        ),
+        "epochs": Param(
+            TRAINING.epochs, type="integer", minimum=1, maximum=1000, description="Maximum training epochs."
+        ),
+        "learning_rate": Param(
+            TRAINING.learning_rate, type="number", exclusiveMinimum=0, maximum=1, description="AdamW learning rate."
+        ),
+        "min_roc_auc": Param(
+            EVALUATION.min_roc_auc,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="The challenger's holdout ROC AUC must reach this to be promoted.",
+        ),
+        "max_roc_auc_regression": Param(
+            EVALUATION.max_roc_auc_regression,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Largest ROC AUC drop versus the champion that still promotes.",
+        ),
+        "force_promotion": Param(
+            False,
+            type="boolean",
+            description="Promote even if the gate fails (recorded on the model version). Use with care.",
+        ),
+    },
+)
+def ml_retrain() -> None:
+    """Wire the retraining loop; see the module docstring."""
+    # --- data: snapshot and validate ---
+    snapshot = pod_task(
+        "snapshot", args=["--input-uri", "{{ params.dataset_uri }}", "--snapshot-store", SETTINGS.snapshot_store]
+    )
+    validate = pod_task("validate")
+
+    # --- training ---
+    preprocess = pod_task("preprocess")
+    train = pod_task(
+        "train",
+        args=[
+            "--epochs",
+            "{{ params.epochs }}",
+            "--learning-rate",
+            "{{ params.learning_rate }}",
+            "--tag",
+            "airflow_run_id={{ run_id }}",
+        ],
+    )
+
+    # --- evaluation and promotion ---
+    evaluate = pod_task(
+        "evaluate",
+        args=[
+            "--min-roc-auc",
+            "{{ params.min_roc_auc }}",
+            "--max-roc-auc-regression",
+            "{{ params.max_roc_auc_regression }}",
+        ],
+    )
+    register = pod_task("register")
+
+    @task.branch(task_id="gate")
+    def gate(run_id: str | None = None, params: dict | None = None) -> str:
+        """Follow the gate decision of ``evaluate``: ``promote`` or ``reject``."""
+        from orchestration.retrain import promotion_branch
+
+        return promotion_branch(SETTINGS.run_root(DAG_ID, run_id), force=params["force_promotion"])
+
+    promote = pod_task(
+        "promote",
+        args=["{{ '--force' if params.force_promotion else '--no-force' }}"],
+        outlets=[MODEL_PROMOTED],
+    )
+
+    @task(task_id="reject")
+    def reject() -> None:
+        """The challenger stays registered as ``challenger``; the champion is unchanged."""
+
+    @task(task_id="summary", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    def summary(run_id: str | None = None) -> dict:
+        """Log the outcome of the run and store it as ``summary.json`` in the run folder."""
+        from orchestration.retrain import format_summary, summarize
+
+        outcome = summarize(SETTINGS.run_root(DAG_ID, run_id), run_id)
+        print(format_summary(outcome))
+        return outcome
+
+    chain(snapshot, validate, preprocess, train, evaluate, register, gate(), [promote, reject()], summary())
+
+
+ml_retrain()

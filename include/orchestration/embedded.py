@@ -1,0 +1,237 @@
+"""The embedded default on one machine: a local Airflow on SQLite that runs the whole loop, no cluster, no cloud.
+
+``python -m orchestration.embedded run`` prepares everything that is missing (Airflow home and database, the
+project's ``airflow_settings.yaml``, the built-in dataset) and runs a DAG in-process with ``dag.test()``,
+the steps running as local subprocesses. Airflow's own log goes to ``.local/logs/``; the console shows each task as
+it finishes and, at the end, the run's summary. All state lives in ``.local/`` (``make clean`` removes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestration.settings import PROJECT_ROOT, STEPS, Settings, get_settings
+
+SETTINGS_FILE = PROJECT_ROOT / "airflow_settings.yaml"
+_TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
+_STEP_FAILED = re.compile(rf"\b(?:{'|'.join(STEPS)}) failed: .*")
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """Environment of the local Airflow: home, DAGs and plugins of this project, SQLite, no examples."""
+    home = settings.state_dir / "airflow"
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "ML_STATE_DIR": str(settings.state_dir),
+    }
+
+
+def _airflow(args: list[str], env: dict[str, str], log_file: Path) -> None:
+    """Run an ``airflow`` CLI command of this environment, its output appended to the setup log."""
+    with log_file.open("a") as log:
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow", *args], env={**os.environ, **env}, stdout=log, stderr=log, check=False
+        )
+    if done.returncode != 0:
+        raise SystemExit(f"`airflow {' '.join(args)}` failed (exit {done.returncode}); see {log_file}")
+
+
+def settings_files(settings_yaml: Path, folder: Path) -> dict[str, Path]:
+    """Translate the Astro-format ``airflow_settings.yaml`` into the files ``airflow <kind> import`` reads."""
+    section = (yaml.safe_load(settings_yaml.read_text()) or {}).get("airflow", {}) or {}
+    pools = {
+        p["pool_name"]: {
+            "slots": p["pool_slot"],
+            "description": p.get("pool_description", ""),
+            "include_deferred": False,
+        }
+        for p in section.get("pools") or []
+    }
+    connections = {
+        c["conn_id"]: {
+            "conn_type": c["conn_type"],
+            "description": c.get("conn_description", ""),
+            "host": c.get("conn_host"),
+            "login": c.get("conn_login"),
+            "password": c.get("conn_password"),
+            "schema": c.get("conn_schema"),
+            "port": c.get("conn_port"),
+            "extra": json.dumps(c.get("conn_extra") or {}),
+        }
+        for c in section.get("connections") or []
+    }
+    variables = {v["variable_name"]: v["variable_value"] for v in section.get("variables") or []}
+    files = {}
+    for kind, content in (("pools", pools), ("connections", connections), ("variables", variables)):
+        if content:
+            files[kind] = folder / f"{kind}.json"
+            files[kind].write_text(json.dumps(content, indent=2))
+    return files
+
+
+def prepare_airflow(settings: Settings) -> dict[str, str]:
+    """Create or migrate the local Airflow database and apply ``airflow_settings.yaml`` when it changed."""
+    env = airflow_env(settings)
+    home = Path(env["AIRFLOW_HOME"])
+    logs = settings.state_dir / "logs"
+    for folder in (home, logs, settings.state_dir / "mlflow"):
+        folder.mkdir(parents=True, exist_ok=True)
+    setup_log = logs / "setup.log"
+    stamp = home / ".applied"
+    fingerprint = hashlib.sha256(SETTINGS_FILE.read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == fingerprint and (home / "airflow.db").exists():
+        return env
+    print(f"preparing the local Airflow in {home} (first run takes a minute)", flush=True)
+    _airflow(["db", "migrate"], env, setup_log)
+    for kind, path in settings_files(SETTINGS_FILE, home).items():
+        extra = ["--overwrite"] if kind == "connections" else []
+        _airflow([kind, "import", *extra, str(path)], env, setup_log)
+    stamp.write_text(fingerprint)
+    return env
+
+
+def ensure_dataset(settings: Settings, rows: int, seed: int) -> None:
+    """Write the built-in dataset to the default dataset URI if nothing is there yet."""
+    from mlsteps import storage
+
+    if storage.is_s3(settings.dataset_uri) or storage.exists(settings.dataset_uri):
+        return
+    print(f"generating the built-in churn dataset ({rows} rows) at {settings.dataset_uri}", flush=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlsteps",
+            "make-dataset",
+            "--output-uri",
+            settings.dataset_uri,
+            "--rows",
+            str(rows),
+            "--seed",
+            str(seed),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _dag_test(dag_id: str, conf: dict[str, Any], outcome_file: Path) -> None:
+    """Child process: run one DAG with ``dag.test()`` and write the run's outcome as JSON."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(str(PROJECT_ROOT / "dags"))
+    if bag.import_errors:
+        raise SystemExit(f"DAG import errors: {bag.import_errors}")
+    started = time.time()
+    dag_run = bag.dags[dag_id].test(run_conf=conf)
+    tasks = {
+        ti.task_id: {
+            "state": str(ti.state),
+            "seconds": (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else None,
+        }
+        for ti in dag_run.get_task_instances()
+    }
+    outcome = {
+        "dag_id": dag_id,
+        "run_id": dag_run.run_id,
+        "state": str(dag_run.state),
+        "seconds": round(time.time() - started, 3),
+        "tasks": tasks,
+    }
+    outcome_file.write_text(json.dumps(outcome, indent=2))
+
+
+def run_dag(settings: Settings, env: dict[str, str], dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
+    """Run a DAG in a child process, echo task ends, and return the outcome written by ``_dag_test``."""
+    logs = settings.state_dir / "logs"
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    log_file = logs / f"{dag_id}-{stamp}.log"
+    outcome_file = logs / f"{dag_id}-{stamp}.json"
+    argv = [sys.executable, "-m", "orchestration.embedded", "_dag-test", dag_id, json.dumps(conf), str(outcome_file)]
+    print(f"running {dag_id} (Airflow log: {log_file})", flush=True)
+    step_failures: list[str] = []
+    with log_file.open("w") as log:
+        child = subprocess.Popen(
+            argv, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert child.stdout is not None
+        for line in child.stdout:
+            log.write(line)
+            match = _TASK_END.search(line)
+            if match:
+                print(f"  task {match.group(1)} ended", flush=True)
+            failure = _STEP_FAILED.search(line)
+            if failure and failure.group(0) not in step_failures:
+                step_failures.append(failure.group(0))
+        child.wait()
+    if child.returncode != 0 or not outcome_file.exists():
+        raise SystemExit(f"{dag_id} could not run (exit {child.returncode}); see {log_file}")
+    outcome = json.loads(outcome_file.read_text())
+    outcome["log_file"] = str(log_file)
+    outcome["step_failures"] = step_failures
+    return outcome
+
+
+def run(dag_id: str, conf: dict[str, Any], rows: int, seed: int) -> dict[str, Any]:
+    """Prepare the embedded default and run one DAG; return its outcome (with the summary when there is one)."""
+    settings = get_settings()
+    env = prepare_airflow(settings)
+    ensure_dataset(settings, rows, seed)
+    outcome = run_dag(settings, env, dag_id, conf)
+    from mlsteps import storage
+
+    summary_uri = storage.join(settings.run_root(dag_id, outcome["run_id"]), "summary.json")
+    outcome["summary"] = storage.read_json(summary_uri) if storage.exists(summary_uri) else None
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``run`` a DAG on the embedded default and print its summary."""
+    parser = argparse.ArgumentParser(prog="python -m orchestration.embedded", description=__doc__.split("\n")[1])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_cmd = sub.add_parser("run", help="run a DAG on the embedded default and print its summary")
+    run_cmd.add_argument("--dag", default="ml_retrain", help="DAG id (default ml_retrain)")
+    run_cmd.add_argument("--conf", default="{}", help="run params as JSON, e.g. '{\"epochs\": 5}'")
+    run_cmd.add_argument("--rows", type=int, default=20000, help="rows of the built-in dataset if it is generated")
+    run_cmd.add_argument("--seed", type=int, default=7, help="seed of the built-in dataset if it is generated")
+    child = sub.add_parser("_dag-test", help=argparse.SUPPRESS)
+    child.add_argument("dag_id")
+    child.add_argument("conf")
+    child.add_argument("outcome_file", type=Path)
+    args = parser.parse_args(argv)
+
+    if args.command == "_dag-test":
+        _dag_test(args.dag_id, json.loads(args.conf), args.outcome_file)
+        return 0
+    outcome = run(args.dag, json.loads(args.conf), args.rows, args.seed)
+    print()
+    if outcome["summary"]:
+        from orchestration.retrain import format_summary
+
+        print(format_summary(outcome["summary"]))
+    failed = [task for task, info in outcome["tasks"].items() if info["state"] == "failed"]
+    print(f"\n{args.dag} run {outcome['run_id']}: {outcome['state']} in {outcome['seconds']:.0f} s")
+    if failed:
+        print(f"failed tasks: {', '.join(failed)}; details in {outcome['log_file']}")
+        for message in outcome["step_failures"]:
+            print(f"  {message}")
+    return 0 if outcome["state"] == "success" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The one factory for every heavy task.
+
+``pod_task("train", args=[...])`` returns a KubernetesPodOperator for runtime ``kubernetes`` or a
+``LocalStepOperator`` for runtime ``local``. Both get the same container command
+(``python -m mlsteps <step> --run-root <run folder> ...``) and the same environment, so a DAG behaves the same
+on a laptop and on a cluster. Retries, timeouts and priority come from the pipeline config, in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from orchestration.settings import Settings, get_settings
+
+# Rendered per run by the DAG's user-defined macro ``run_root`` (see ``TEMPLATE_MACROS``).
+RUN_ROOT_TEMPLATE = "{{ run_root(dag.dag_id, run_id) }}"
+
+
+def _run_root_macro(dag_id: str, run_id: str) -> str:
+    return get_settings().run_root(dag_id, run_id)
+
+
+TEMPLATE_MACROS = {"run_root": _run_root_macro}
+
+
+def step_command(step: str, args: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """The container entrypoint and arguments of a step, as (cmds, arguments)."""
+    return ["python", "-m", "mlsteps", step], ["--run-root", RUN_ROOT_TEMPLATE, *(args or [])]
+
+
+def pod_task(
+    step: str,
+    *,
+    args: list[str] | None = None,
+    task_id: str | None = None,
+    settings: Settings | None = None,
+    **operator_kwargs: Any,
+) -> BaseOperator:
+    """Build the task that runs one step.
+
+    Args:
+        step: the step name (``python -m mlsteps <step>``); also the default task_id.
+        args: extra CLI arguments; Jinja templates such as ``{{ params.epochs }}`` are rendered per run.
+        task_id: task id when one step appears twice in a DAG.
+        settings: settings to use instead of this process's (tests render both runtimes with it).
+        operator_kwargs: passed on to the operator (``outlets``, ``trigger_rule``, ...).
+
+    Returns:
+        A ``KubernetesPodOperator`` (runtime ``kubernetes``) or a ``LocalStepOperator`` (runtime ``local``).
+    """
+    settings = settings or get_settings()
+    limits = settings.step(step)
+    cmds, arguments = step_command(step, args)
+    common: dict[str, Any] = {
+        "task_id": task_id or step,
+        "cmds": cmds,
+        "arguments": arguments,
+        "env_vars": settings.step_env(),
+        "retries": limits.retries,
+        "execution_timeout": limits.execution_timeout,
+        "priority_weight": limits.priority_weight,
+        **operator_kwargs,
+    }
+    if settings.runtime.mode == "local":
+        from orchestration.local_step import LocalStepOperator
+
+        return LocalStepOperator(**common)
+
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    k8s = settings.runtime.kubernetes
+    return KubernetesPodOperator(
+        namespace=k8s.namespace,
+        image=k8s.image,
+        name=f"{step}",
+        kubernetes_conn_id=k8s.connection_id,
+        labels={"app.kubernetes.io/part-of": "continuous-training", "mlsteps/step": step},
+        get_logs=True,
+        on_finish_action="delete_succeeded_pod",
+        do_xcom_push=False,
+        **common,
+    )

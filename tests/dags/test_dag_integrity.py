@@ -1,0 +1,86 @@
+"""Every DAG imports cleanly and fast, has owners, retries, tags and docs, valid params, and the expected shape."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk.definitions.param import ParamsDict
+
+DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
+DAG_FILES = sorted(DAGS_FOLDER.glob("*.py"))
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> DagBag:
+    return DagBag(str(DAGS_FOLDER))
+
+
+def test_every_dag_file_imports_without_errors(dagbag: DagBag) -> None:
+    assert dagbag.import_errors == {}
+    assert {Path(f).stem for f in map(str, DAG_FILES)} <= set(dagbag.dags), "each DAG id matches its file stem"
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_imports_no_heavy_libraries(dag_file: Path) -> None:
+    # Parsing runs often in the dag-processor: torch, pandas, MLflow and GX belong inside tasks, not at top level.
+    probe = (
+        "import runpy, sys; runpy.run_path(sys.argv[1]); "
+        "heavy = [m for m in ('torch', 'pandas', 'mlflow', 'great_expectations', 'sklearn', 'boto3') "
+        "if m in sys.modules]; print(','.join(heavy))"
+    )
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", probe, str(dag_file)], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "", f"{dag_file.name} imports {done.stdout.strip()} at parse time"
+    assert time.perf_counter() - started < 30, "parsing must not hang (budget and figures: benchmarks/main_job.py)"
+
+
+def test_dags_have_owner_retries_tags_and_docs(dagbag: DagBag) -> None:
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags, dag_id
+        assert dag.doc_md and len(dag.doc_md) > 100, dag_id
+        assert dag.catchup is False, dag_id
+        for task in dag.tasks:
+            assert task.owner not in (None, "", "airflow"), f"{dag_id}.{task.task_id} has no owner"
+            assert task.retries >= 2, f"{dag_id}.{task.task_id} retries={task.retries}"
+            assert task.execution_timeout is not None, f"{dag_id}.{task.task_id} has no execution_timeout"
+
+
+def test_params_have_descriptions_and_defaults_that_validate(dagbag: DagBag) -> None:
+    for dag_id, dag in dagbag.dags.items():
+        for name, param in dag.params.items():
+            assert param.description, f"{dag_id} param {name} has no description"
+            assert param.schema.get("type"), f"{dag_id} param {name} has no JSON-schema type"
+        ParamsDict(dag.params).validate()  # defaults pass their own schema
+
+
+def test_params_reject_bad_values(dagbag: DagBag) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag.dags["ml_retrain"]
+    for name, bad in {"epochs": 0, "learning_rate": 0, "min_roc_auc": 1.5, "dataset_uri": "data.txt"}.items():
+        params = ParamsDict(dag.params)
+        with pytest.raises(ParamValidationError, match=name):
+            params[name] = bad
+
+
+def test_ml_retrain_structure(dagbag: DagBag) -> None:
+    dag = dagbag.dags["ml_retrain"]
+    assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == {
+        "snapshot": {"validate"},
+        "validate": {"preprocess"},
+        "preprocess": {"train"},
+        "train": {"evaluate"},
+        "evaluate": {"register"},
+        "register": {"gate"},
+        "gate": {"promote", "reject"},
+        "promote": {"summary"},
+        "reject": {"summary"},
+        "summary": set(),
+    }
+    assert dag.task_dict["summary"].trigger_rule == "none_failed_min_one_success"
+    assert [a.name for a in dag.task_dict["promote"].outlets] == ["model_promoted"]

@@ -1,0 +1,126 @@
+"""The main job end to end: ml_retrain runs on the embedded default exactly as `make demo` runs it.
+
+Three runs share one state folder: the first trains and promotes a champion, the second trains a challenger and
+compares it with that champion on the same holdout, the third gets a broken dataset and must stop at validation
+with the registry and the champion unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlsteps import storage
+from mlsteps.datasets import generate_churn
+
+pytestmark = pytest.mark.e2e
+
+CONF = {"epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("embedded")
+
+
+def _run_main_job(state_dir: Path, conf: dict[str, Any]) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    env = {**os.environ, "ML_STATE_DIR": str(state_dir)}
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestration.embedded", "run", "--rows", "3000", "--conf", json.dumps(conf)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    outcome_files = sorted((state_dir / "logs").glob("ml_retrain-*.json"))
+    assert outcome_files, done.stdout + done.stderr
+    return done, json.loads(outcome_files[-1].read_text())
+
+
+def _registry(state_dir: Path) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{state_dir / 'mlflow' / 'mlflow.db'}")
+
+
+def _summary(state_dir: Path, run_id: str) -> dict[str, Any]:
+    from mlsteps.results import run_root
+
+    return storage.read_json(storage.join(run_root(str(state_dir / "artifacts"), "ml_retrain", run_id), "summary.json"))
+
+
+@pytest.fixture(scope="module")
+def first_run(state_dir: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    return _run_main_job(state_dir, CONF)
+
+
+@pytest.fixture(scope="module")
+def second_run(state_dir: Path, first_run: Any) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    return _run_main_job(state_dir, CONF)
+
+
+def test_first_run_registers_and_promotes_a_champion(state_dir: Path, first_run: Any) -> None:
+    done, outcome = first_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert outcome["state"] == "success"
+    assert outcome["tasks"]["promote"]["state"] == "success"
+    assert outcome["tasks"]["reject"]["state"] == "skipped"
+
+    summary = _summary(state_dir, outcome["run_id"])
+    assert summary["validation"]["success"] is True
+    assert summary["champion_version_at_evaluation"] is None
+    assert summary["challenger_metrics"]["roc_auc"] > 0.7
+    assert summary["gate"]["passed"] is True
+    assert summary["promoted"] is True
+
+    champion = _registry(state_dir).get_model_version_by_alias(summary["model_name"], "champion")
+    assert champion.version == summary["registered_version"]
+    for report in summary["reports"].values():
+        assert storage.exists(report), report
+    # the console shows the summary a person reads
+    for expected in (outcome["run_id"], "validation    passed", "gate          PASSED", "aliases challenger, champion"):
+        assert expected in done.stdout
+
+
+def test_second_run_compares_the_challenger_with_the_champion(state_dir: Path, first_run: Any, second_run: Any) -> None:
+    first = _summary(state_dir, first_run[1]["run_id"])
+    done, outcome = second_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = _summary(state_dir, outcome["run_id"])
+
+    assert summary["snapshot_id"] == first["snapshot_id"]  # same data, same content-addressed snapshot
+    assert summary["champion_version_at_evaluation"] == first["registered_version"]
+    assert summary["champion_metrics"]["roc_auc"] == pytest.approx(first["challenger_metrics"]["roc_auc"])
+    assert int(summary["registered_version"]) == int(first["registered_version"]) + 1
+    assert any("champion" in reason for reason in summary["gate"]["reasons"])
+    champion = _registry(state_dir).get_model_version_by_alias(summary["model_name"], "champion")
+    assert champion.version == (summary["registered_version"] if summary["promoted"] else first["registered_version"])
+
+
+def test_bad_dataset_stops_at_validate_and_changes_nothing(state_dir: Path, second_run: Any) -> None:
+    broken = generate_churn(3000, seed=11).drop(columns=["tenure_months"])
+    broken.loc[:, "plan"] = "gold"
+    path = state_dir / "datasets" / "broken.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    broken.to_csv(path, index=False)
+    registry = _registry(state_dir)
+    model_name = _summary(state_dir, second_run[1]["run_id"])["model_name"]
+    versions_before = {v.version for v in registry.search_model_versions(f"name='{model_name}'")}
+    champion_before = registry.get_model_version_by_alias(model_name, "champion").version
+
+    done, outcome = _run_main_job(state_dir, {**CONF, "dataset_uri": str(path)})
+
+    assert done.returncode != 0
+    assert outcome["state"] == "failed"
+    assert outcome["tasks"]["snapshot"]["state"] == "success"
+    assert outcome["tasks"]["validate"]["state"] == "failed"
+    assert outcome["tasks"]["train"]["state"] == "upstream_failed"
+    assert "tenure_months" in done.stdout and "plan" in done.stdout  # the console names the problems
+    assert {v.version for v in registry.search_model_versions(f"name='{model_name}'")} == versions_before
+    assert registry.get_model_version_by_alias(model_name, "champion").version == champion_before

@@ -1,0 +1,205 @@
+"""The Airflow-side helpers: settings, the pod-task factory and its two runtimes, the gate branch, the summary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from mlsteps import results, storage
+from mlsteps.errors import ConfigError
+from orchestration.embedded import SETTINGS_FILE, settings_files
+from orchestration.local_step import LocalStepOperator
+from orchestration.pod_task import RUN_ROOT_TEMPLATE, pod_task
+from orchestration.retrain import PROMOTE_TASK, REJECT_TASK, format_summary, promotion_branch, summarize
+from orchestration.settings import STEPS, load_settings
+
+CONFIG = Path(__file__).resolve().parents[2] / "include" / "config" / "pipeline.yaml"
+
+
+def _config_with_runtime(tmp_path: Path, runtime: dict) -> str:
+    raw = yaml.safe_load(CONFIG.read_text())
+    raw["dataset"] = str(CONFIG.parent / raw["dataset"])
+    raw["runtime"] = {**raw["runtime"], **runtime}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("runtime", "message"),
+    [
+        ({"steps": {"trian": {"timeout_minutes": 5}}}, r"runtime\.steps.*unknown steps \['trian'\]"),
+        ({"steps": {"train": {"timeout_minutes": -1}}}, r"runtime\.steps\.train\.timeout_minutes"),
+        ({"kubernetes": {"image": "ghcr.io/example/mlsteps"}}, r"runtime\.kubernetes\.image.*pinned"),
+        ({"kubernetes": {"image": "ghcr.io/example/mlsteps:latest"}}, r"pinned by a tag \(not latest\)"),
+        ({"mode": "docker"}, r"runtime\.mode"),
+    ],
+)
+def test_bad_runtime_config_names_the_field(tmp_path: Path, runtime: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(_config_with_runtime(tmp_path, runtime))
+
+
+def test_kubernetes_runtime_needs_object_storage(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ML_RUNTIME", "kubernetes")
+    with pytest.raises(ConfigError, match="s3:// artifact root"):
+        load_settings()
+    monkeypatch.setenv("ML_RUNTIME", "podman")
+    with pytest.raises(ConfigError, match="ML_RUNTIME='podman'"):
+        load_settings()
+
+
+def test_image_pinned_by_digest_is_accepted(tmp_path: Path) -> None:
+    image = "registry.example.com/ml/mlsteps@sha256:" + "a" * 64
+    assert (
+        load_settings(_config_with_runtime(tmp_path, {"kubernetes": {"image": image}})).runtime.kubernetes.image
+        == image
+    )
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_both_runtimes_run_the_identical_command_and_environment(step: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ML_ARTIFACT_ROOT", "s3://ml-artifacts/prod")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.ml.svc:5000")
+    local_settings = load_settings()
+    monkeypatch.setenv("ML_RUNTIME", "kubernetes")
+    k8s_settings = load_settings()
+    args = ["--epochs", "{{ params.epochs }}"]
+
+    local = pod_task(step, args=args, settings=local_settings)
+    pod = pod_task(step, args=args, settings=k8s_settings)
+
+    assert type(local).__name__ == "LocalStepOperator"
+    assert type(pod).__name__ == "KubernetesPodOperator"
+    assert local.cmds == pod.cmds == ["python", "-m", "mlsteps", step]
+    assert local.arguments == pod.arguments == ["--run-root", RUN_ROOT_TEMPLATE, *args]
+    assert local.env_vars == pod.env_vars
+    limits = local_settings.step(step)
+    for task in (local, pod):
+        assert task.execution_timeout == limits.execution_timeout
+        assert task.retries == limits.retries
+
+
+def _operator(code: str) -> LocalStepOperator:
+    return LocalStepOperator(task_id="probe", cmds=["python", "-c", code], arguments=[], env_vars={"PROBE": "42"})
+
+
+def test_local_step_passes_environment_and_streams_output(capfd: pytest.CaptureFixture[str]) -> None:
+    _operator("import os; print('value', os.environ['PROBE'])").execute(context={})
+    captured = capfd.readouterr()
+    assert "value 42" in captured.out + captured.err
+
+
+def test_local_step_exit_code_2_fails_without_retry() -> None:
+    code = "import sys; print('validate failed: column age missing', file=sys.stderr); sys.exit(2)"
+    with pytest.raises(AirflowFailException, match="column age missing"):
+        _operator(code).execute(context={})
+
+
+def test_local_step_other_failures_are_retried() -> None:
+    with pytest.raises(AirflowException, match="exited with code 3") as caught:
+        _operator("import sys; sys.exit(3)").execute(context={})
+    assert not isinstance(caught.value, AirflowFailException)
+
+
+def test_killing_the_task_terminates_the_step_and_its_children(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time; "
+        f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(60)"
+    )
+    operator = _operator(code)
+    runner = threading.Thread(target=lambda: pytest.raises(AirflowException, operator.execute, context={}))
+    runner.start()
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "step did not start"
+        time.sleep(0.1)
+    operator.on_kill()
+    runner.join(timeout=20)
+    assert not runner.is_alive()
+    child = int(pid_file.read_text())
+    alive = subprocess.run(["ps", "-o", "stat=", "-p", str(child)], capture_output=True, text=True).stdout.strip()
+    assert alive in ("", "Z"), f"grandchild {child} survived: {alive}"
+
+
+def _write_evaluation(root: str, passed: bool) -> None:
+    results.write_result(
+        root,
+        "evaluate",
+        {
+            "challenger": {"metrics": {"roc_auc": 0.81, "log_loss": 0.4}},
+            "champion": {"version": "3", "metrics": {"roc_auc": 0.84, "log_loss": 0.38}},
+            "gate": {"passed": passed, "reasons": ["challenger roc_auc=0.810 vs champion 0.840: drop 0.030 > 0.010"]},
+            "report_uri": f"{root}/evaluate/report.json",
+            "report_html_uri": f"{root}/evaluate/report.html",
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("passed", "force", "branch"),
+    [(True, False, PROMOTE_TASK), (False, False, REJECT_TASK), (False, True, PROMOTE_TASK)],
+)
+def test_gate_branch_follows_the_evaluation(tmp_path: Path, passed: bool, force: bool, branch: str) -> None:
+    _write_evaluation(str(tmp_path), passed)
+    assert promotion_branch(str(tmp_path), force=force) == branch
+
+
+def test_summary_collects_results_and_is_stored(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    results.write_result(root, "snapshot", {"snapshot_id": "0123abcd", "rows": 5000})
+    results.write_result(
+        root,
+        "validate",
+        {
+            "success": True,
+            "statistics": {"evaluated_expectations": 40, "successful_expectations": 40},
+            "report_html_uri": f"{root}/validate/report.html",
+        },
+    )
+    _write_evaluation(root, passed=False)
+    results.write_result(root, "register", {"model_name": "churn-classifier", "version": "4"})
+
+    summary = summarize(root, "manual__1")
+
+    assert storage.read_json(f"{root}/summary.json") == summary
+    assert summary["promoted"] is False and summary["aliases"] == ["challenger"]
+    text = format_summary(summary)
+    for expected in (
+        "manual__1",
+        "0123abcd",
+        "40/40",
+        "roc_auc=0.8100",
+        "champion v3",
+        "roc_auc=0.8400",
+        "REJECTED",
+        "drop 0.030",
+        "churn-classifier version 4",
+        "validate/report.html",
+    ):
+        assert expected in text
+
+
+def test_airflow_settings_yaml_becomes_import_files(tmp_path: Path) -> None:
+    files = settings_files(SETTINGS_FILE, tmp_path)
+    pools = yaml.safe_load(files["pools"].read_text())
+    connections = yaml.safe_load(files["connections"].read_text())
+    assert pools["gpu"]["slots"] >= 1
+    assert connections["kubernetes_default"]["conn_type"] == "kubernetes"
+    assert "variables" not in files  # the project keeps its settings in pipeline.yaml, not Airflow Variables
+
+
+def test_embedded_runner_help_runs_without_airflow_state() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestration.embedded", "run", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--conf" in done.stdout
