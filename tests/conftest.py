@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,7 +91,8 @@ def s3_bucket(moto_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     storage.s3_client.cache_clear()
-    bucket = f"test-{request.node.name.lower().replace('_', '-')[:40]}-{os.getpid()}"
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"t-{slug}-{uuid.uuid4().hex[:8]}"
     storage.s3_client().create_bucket(Bucket=bucket)
     yield f"s3://{bucket}"
     storage.s3_client.cache_clear()

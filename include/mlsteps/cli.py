@@ -8,6 +8,7 @@ message and exits with code 2, which tells the orchestrator that a retry cannot 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +35,8 @@ app = typer.Typer(
 def _user_errors_exit_cleanly(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # stdout is what the orchestrator streams into the task log
+        logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s")
         try:
             outcome = func(*args, **kwargs)
         except StepError as exc:

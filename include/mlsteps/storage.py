@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 S3_ENDPOINT_ENV_VAR = "S3_ENDPOINT_URL"
 
@@ -32,7 +32,7 @@ def local_path(uri: str) -> Path:
     """The filesystem path of a local URI (plain path or ``file://``)."""
     if is_s3(uri):
         raise ValueError(f"{uri} is an S3 URI, not a local path")
-    return Path(urlparse(uri).path if uri.startswith("file://") else uri)
+    return Path(unquote(urlparse(uri).path) if uri.startswith("file://") else uri)
 
 
 def join(base: str, *parts: str) -> str:
@@ -45,13 +45,21 @@ def join(base: str, *parts: str) -> str:
 
 def parent(uri: str) -> str:
     """The URI of the folder that holds ``uri``."""
-    head, _, _ = uri.rstrip("/").rpartition("/")
-    return head or "."
+    head, separator, _ = uri.rstrip("/").rpartition("/")
+    return head or separator or "."
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
     return parsed.netloc, parsed.path.lstrip("/")
+
+
+@functools.cache
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process umask; ``mkstemp`` alone would leave it 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @functools.cache
@@ -95,6 +103,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, _new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

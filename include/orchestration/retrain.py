@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 PROMOTE_TASK = "promote"
 REJECT_TASK = "reject"
+REPORT_ORDER = ("validation_html", "evaluation_html", "evaluation_json")
 
 
 def promotion_branch(run_root: str, force: bool) -> str:
@@ -85,7 +86,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"run           {summary['run_id']}",
         f"snapshot      {summary['snapshot_id']} ({summary['rows']} rows)",
         f"validation    {'passed' if validation['success'] else 'FAILED'} "
-        f"({stats.get('successful_expectations')}/{stats.get('evaluated_expectations')} expectations)",
+        f"({stats['successful']}/{stats['evaluated']} expectations)",
         "metrics (holdout):",
         _metric_line("challenger", summary["challenger_metrics"]),
         _metric_line(f"champion v{champion}" if champion else "champion", summary["champion_metrics"]),
@@ -94,7 +95,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"model         {summary['model_name']} version {summary['registered_version']} "
         f"aliases {', '.join(summary['aliases'])}",
         "reports:",
-        *(f"  {name:<16}{uri}" for name, uri in summary["reports"].items()),
+        *(f"  {name:<16}{summary['reports'][name]}" for name in REPORT_ORDER),
         f"  {'run folder':<16}{summary['run_root']}",
     ]
     return "\n".join(lines)

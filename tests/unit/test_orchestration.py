@@ -162,7 +162,7 @@ def test_summary_collects_results_and_is_stored(tmp_path: Path) -> None:
         "validate",
         {
             "success": True,
-            "statistics": {"evaluated_expectations": 40, "successful_expectations": 40},
+            "statistics": {"evaluated": 40, "successful": 40, "unsuccessful": 0},
             "report_html_uri": f"{root}/validate/report.html",
         },
     )

@@ -1,6 +1,178 @@
-"""Placeholder until the step lands."""
+"""evaluate: score the challenger and the current champion on the same holdout and judge the promotion gate.
+
+A failed gate is a decision, not an error: the step exits 0 and the orchestrator branches on ``gate.passed``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import typer
+
+from mlsteps import registry, results, storage
+from mlsteps.cli_options import ConfigUri, RunRoot
+from mlsteps.config import DatasetConfig, PipelineConfig, load_pipeline_config
+from mlsteps.errors import DataError, StepError
+from mlsteps.evaluation import classification_metrics, gate_decision, render_report_html, slice_metrics
+
+STEP = "evaluate"
+REPORT_FILE = "report.json"
+REPORT_HTML_FILE = "report.html"
 
 
-def main() -> None:
-    """Not implemented yet."""
-    raise NotImplementedError("evaluate")
+def _labels(holdout: pd.DataFrame, dataset: DatasetConfig, holdout_uri: str) -> np.ndarray:
+    """0/1 labels from the target column, refusing values that are neither configured class."""
+    target = holdout[dataset.target.name]
+    negative, positive = dataset.target.classes
+    unknown = target[~target.isin([negative, positive])]
+    if len(unknown):
+        examples = sorted({str(value) for value in unknown.head(1000)})[:5]
+        raise DataError(
+            f"{holdout_uri}: column {dataset.target.name!r} has {len(unknown)} value(s) that are neither class "
+            f"{negative!r} nor {positive!r}, e.g. {examples}: fix target.classes in the dataset config or the data"
+        )
+    return (target == positive).to_numpy(dtype=int)
+
+
+def _read_holdout(holdout_uri: str, dataset: DatasetConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    """The holdout's feature columns (config order, typed) and its 0/1 labels."""
+    holdout = storage.read_parquet(holdout_uri)
+    feature_names = [column.name for column in dataset.features]
+    missing = [name for name in [*feature_names, dataset.target.name] if name not in holdout.columns]
+    if missing:
+        raise DataError(
+            f"{holdout_uri}: holdout lacks column(s) {missing} of dataset {dataset.name!r}: "
+            "re-run preprocess with the same config"
+        )
+    if holdout.empty:
+        raise DataError(f"{holdout_uri}: holdout has no rows: raise split.holdout_fraction or use a larger snapshot")
+    # Typed as serving sends rows (the model signature's types): numbers as float64, categories as strings.
+    types = {**dict.fromkeys(dataset.numeric_features, "float64"), **dict.fromkeys(dataset.categorical_features, "str")}
+    return holdout[feature_names].astype(types), _labels(holdout, dataset, holdout_uri)
+
+
+def _predict_probability(model_uri: str, features: pd.DataFrame) -> np.ndarray:
+    """The model's positive-class probability for every row, checked to be a probability."""
+    import mlflow
+
+    output = mlflow.pyfunc.load_model(model_uri).predict(features)
+    if not isinstance(output, pd.DataFrame) or "probability" not in output.columns:
+        columns = list(output.columns) if isinstance(output, pd.DataFrame) else None
+        raise StepError(
+            f"model {model_uri} returned {type(output).__name__} (columns {columns}): its predict must return a "
+            "DataFrame with a 'probability' column; re-train with the current model wrapper"
+        )
+    probability = output["probability"].to_numpy(dtype=float)
+    invalid = ~np.isfinite(probability) | (probability < 0) | (probability > 1)
+    if len(probability) != len(features) or invalid.any():
+        raise StepError(
+            f"model {model_uri} returned {len(probability)} probabilities for {len(features)} rows, "
+            f"{int(invalid.sum())} of them NaN or outside [0, 1]: fix the model's predict"
+        )
+    return probability
+
+
+def _score_model(model_uri: str, features: pd.DataFrame, labels: np.ndarray, config: PipelineConfig) -> dict[str, Any]:
+    """Holdout metrics and slices of one model."""
+    probability = _predict_probability(model_uri, features)
+    evaluation = config.evaluation
+    metrics = classification_metrics(labels, probability, evaluation.calibration_bins)
+    slices = slice_metrics(
+        features,
+        config.dataset.slice_columns,
+        labels,
+        probability,
+        min_rows=evaluation.slice_min_rows,
+        calibration_bins=evaluation.calibration_bins,
+    )
+    print(f"{STEP}: {model_uri} on {metrics['rows']} holdout rows: {_summary(metrics)}", flush=True)
+    return {"model_uri": model_uri, "metrics": metrics, "slices": slices}
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value:.4f}" for key, value in metrics.items() if isinstance(value, float))
+
+
+def _threshold_overrides(min_roc_auc: float | None, max_roc_auc_regression: float | None) -> dict[str, Any]:
+    given = {"min_roc_auc": min_roc_auc, "max_roc_auc_regression": max_roc_auc_regression}
+    evaluation = {key: value for key, value in given.items() if value is not None}
+    return {"evaluation": evaluation} if evaluation else {}
+
+
+def main(
+    run_root: RunRoot,
+    config: ConfigUri = None,
+    min_roc_auc: Annotated[
+        float | None,
+        typer.Option("--min-roc-auc", help="minimum holdout ROC AUC of the challenger; overrides the config"),
+    ] = None,
+    max_roc_auc_regression: Annotated[
+        float | None,
+        typer.Option(
+            "--max-roc-auc-regression",
+            help="largest ROC AUC drop versus the champion that still passes; overrides the config",
+        ),
+    ] = None,
+) -> None:
+    r"""Score challenger and champion on the same holdout and judge the promotion gate.
+
+    Reads the preprocess result (holdout) and the train result (challenger).
+    The champion is the version behind the registry alias ``champion`` of
+    registry.model_name, if there is one. Writes report.json, report.html and
+    result.json under <run-root>/evaluate/. A failed gate still exits 0:
+    gate.passed in result.json tells the orchestrator which way to go.
+
+    Args:
+        run_root: folder of this run's artifacts.
+        config: pipeline config YAML.
+        min_roc_auc: overrides evaluation.min_roc_auc.
+        max_roc_auc_regression: overrides evaluation.max_roc_auc_regression.
+
+    Examples:
+        python -m mlsteps evaluate --run-root /tmp/runs/r1
+
+        python -m mlsteps evaluate --run-root s3://ml/runs/r1 \
+            --min-roc-auc 0.75 --max-roc-auc-regression 0.005
+    """
+    pipeline = load_pipeline_config(config, _threshold_overrides(min_roc_auc, max_roc_auc_regression))
+    model_name = pipeline.registry.model_name
+    preprocess = results.read_result(run_root, "preprocess")
+    challenger_uri = results.read_result(run_root, "train")["model_uri"]
+    client = registry.registry_client()
+    features, labels = _read_holdout(preprocess["holdout_uri"], pipeline.dataset)
+
+    challenger = _score_model(challenger_uri, features, labels, pipeline)
+    champion_version = registry.alias_version(client, model_name, registry.CHAMPION)
+    champion = None
+    if champion_version is None:
+        print(f"{STEP}: {model_name} has no {registry.CHAMPION} yet: the gate judges the minimum only", flush=True)
+    else:
+        version = int(champion_version.version)
+        champion_uri = registry.model_uri(model_name, version)
+        champion = {
+            "version": version,
+            "run_id": champion_version.run_id,
+            **_score_model(champion_uri, features, labels, pipeline),
+        }
+
+    gate = gate_decision(challenger["metrics"], champion["metrics"] if champion else None, pipeline.evaluation)
+    for reason in gate.reasons:
+        print(f"{STEP}: gate: {reason}", flush=True)
+    print(f"{STEP}: gate {'PASSED' if gate.passed else 'FAILED'} for {challenger_uri}", flush=True)
+
+    report = {
+        "model_name": model_name,
+        "holdout_uri": preprocess["holdout_uri"],
+        "snapshot_id": preprocess["snapshot_id"],
+        "challenger": challenger,
+        "champion": champion,
+        "gate": gate.to_dict(),
+    }
+    folder = results.step_dir(run_root, STEP)
+    report_uri = storage.join(folder, REPORT_FILE)
+    report_html_uri = storage.join(folder, REPORT_HTML_FILE)
+    storage.write_json(report_uri, report)
+    storage.write_text(report_html_uri, render_report_html(report))
+    results.write_result(run_root, STEP, {**report, "report_uri": report_uri, "report_html_uri": report_html_uri})

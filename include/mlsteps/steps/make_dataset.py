@@ -1,6 +1,72 @@
-"""Placeholder until the step lands."""
+"""The ``make-dataset`` command: write the built-in synthetic churn data as input for the pipeline.
+
+It makes input data rather than running a pipeline step, so it takes no run root and writes no result.json.
+The drift knobs produce the shifted batches that exercise drift monitoring and retraining.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from mlsteps.datasets import generate_churn
+from mlsteps.errors import ConfigError
+from mlsteps.snapshots import table_format, unknown_extension_message, write_table
 
 
-def main() -> None:
-    """Not implemented yet."""
-    raise NotImplementedError("make_dataset")
+def main(
+    output_uri: Annotated[
+        str,
+        typer.Option("--output-uri", help="file to write: .csv, .parquet or .pq; path, file:// or s3:// URI"),
+    ],
+    rows: Annotated[int, typer.Option("--rows", min=1, help="number of rows")] = 20000,
+    seed: Annotated[int, typer.Option("--seed", help="random seed; the same options give the same rows")] = 0,
+    start: Annotated[str, typer.Option("--start", help="first day of event_time (UTC)")] = "2025-01-01",
+    days: Annotated[int, typer.Option("--days", min=1, help="days that event_time spreads over")] = 365,
+    covariate_drift: Annotated[
+        float,
+        typer.Option("--covariate-drift", min=0.0, help="feature drift: 0 = reference distribution, 1 = strong"),
+    ] = 0.0,
+    concept_drift: Annotated[
+        float,
+        typer.Option(
+            "--concept-drift", min=0.0, max=1.0, help="label drift: 0 = reference relationship, 1 = a different one"
+        ),
+    ] = 0.0,
+) -> None:
+    r"""Generate the synthetic churn data and write it as CSV or Parquet.
+
+    The output format follows the extension of --output-uri.
+
+    Args:
+        output_uri: where to write the file.
+        rows: number of rows.
+        seed: random seed.
+        start: first day of event_time (UTC).
+        days: number of days event_time spreads over.
+        covariate_drift: how far the feature distributions move.
+        concept_drift: how far the feature-churn relationship moves.
+
+    Raises:
+        ConfigError: the output extension is unknown or --start is not a date.
+
+    Examples:
+        python -m mlsteps make-dataset --output-uri data/churn.csv --seed 1
+
+        python -m mlsteps make-dataset --output-uri s3://ml/in/drift.parquet \
+            --covariate-drift 0.8 --concept-drift 0.5
+    """
+    if table_format(output_uri) is None:
+        raise ConfigError(f"--output-uri {output_uri}: {unknown_extension_message(output_uri)}")
+    try:
+        pd.Timestamp(start, tz="UTC")
+    except ValueError:
+        raise ConfigError(f"--start {start!r} is not a date; give one like 2025-01-01") from None
+    frame = generate_churn(
+        rows, seed=seed, start=start, days=days, covariate_drift=covariate_drift, concept_drift=concept_drift
+    )
+    write_table(frame, output_uri)
+    churn_rate = frame["churned"].mean()
+    print(f"make-dataset: wrote {len(frame)} rows (churn rate {churn_rate:.1%}) to {output_uri}", flush=True)

@@ -1,6 +1,180 @@
-"""Placeholder until the step lands."""
+"""preprocess: split the snapshot into train, validation and holdout, and fit the feature preprocessing on train.
+
+The splits keep their raw columns: the model package applies the preprocessing itself, so evaluation and
+serving feed it the same raw rows that arrive in production. Only the train split is used to fit, so nothing
+about the validation or holdout rows leaks into the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlsteps import storage
+from mlsteps.cli_options import ConfigUri, RunRoot
+from mlsteps.config import DatasetConfig, PipelineConfig, SplitConfig, load_pipeline_config
+from mlsteps.errors import ConfigError, DataError
+from mlsteps.features import TabularPreprocessor, binary_labels, require_columns
+from mlsteps.results import read_result, step_dir, write_result
+
+STEP = "preprocess"
+SPLITS = ("train", "validation", "holdout")
+PREPROCESSOR_FILE = "preprocessor.json"
 
 
-def main() -> None:
-    """Not implemented yet."""
-    raise NotImplementedError("preprocess")
+def split_column(dataset: DatasetConfig, split: SplitConfig) -> str:
+    """The column the split method needs: the timestamp for ``time``, the id for ``hash``.
+
+    Raises:
+        ConfigError: the dataset config does not name that column.
+    """
+    field = "timestamp_column" if split.method == "time" else "id_column"
+    column = getattr(dataset, field)
+    if not column:
+        other = "hash" if split.method == "time" else "time"
+        raise ConfigError(
+            f"split.method is {split.method!r} but dataset {dataset.name!r} has no {field}: "
+            f"set {field} in the dataset config or use split.method: {other}"
+        )
+    return column
+
+
+def time_split(frame: pd.DataFrame, column: str, split: SplitConfig) -> tuple[dict[str, pd.DataFrame], str | None]:
+    """Sort by time: the latest rows are the holdout, the validation rows come just before them.
+
+    This mirrors production, where the model is trained on the past and judged on what came after.
+
+    Returns:
+        The three splits and the ISO time of the first holdout row (None when the holdout is empty).
+
+    Raises:
+        DataError: the time column has missing or unparseable values.
+    """
+    times = pd.to_datetime(frame[column], utc=True, errors="coerce")
+    if times.isna().any():
+        examples = frame[column][times.isna()].head(3).tolist()
+        raise DataError(
+            f"timestamp column {column!r} has {int(times.isna().sum())} missing or unparseable value(s), "
+            f"e.g. {examples}: fix the data or use split.method: hash"
+        )
+    order = np.argsort(times.to_numpy(), kind="stable")
+    ordered = frame.iloc[order].reset_index(drop=True)
+    holdout_start = len(ordered) - round(len(ordered) * split.holdout_fraction)
+    validation_start = holdout_start - round(len(ordered) * split.validation_fraction)
+    splits = {
+        "train": ordered.iloc[:validation_start],
+        "validation": ordered.iloc[validation_start:holdout_start],
+        "holdout": ordered.iloc[holdout_start:],
+    }
+    first_holdout_time = times.iloc[order[holdout_start]].isoformat() if holdout_start < len(ordered) else None
+    return splits, first_holdout_time
+
+
+def hash_split(frame: pd.DataFrame, column: str, split: SplitConfig) -> dict[str, pd.DataFrame]:
+    """Assign each row by a hash of its id, so an id lands in the same split whatever the row order or run.
+
+    Raises:
+        DataError: the id column has missing values.
+    """
+    ids = frame[column]
+    if ids.isna().any():
+        raise DataError(f"id column {column!r} has {int(ids.isna().sum())} missing value(s): fix the data")
+    hashes = pd.util.hash_pandas_object(ids.astype("str"), index=False).to_numpy()
+    # The top 53 bits give an exact float in [0, 1) (dividing all 64 bits could round up to 1.0).
+    position = (hashes >> np.uint64(11)).astype(np.float64) / 2.0**53
+    holdout = position < split.holdout_fraction
+    validation = ~holdout & (position < split.holdout_fraction + split.validation_fraction)
+    return {"train": frame[~holdout & ~validation], "validation": frame[validation], "holdout": frame[holdout]}
+
+
+def check_both_classes(splits: dict[str, pd.DataFrame], dataset: DatasetConfig) -> None:
+    """Every split needs both classes: training, early stopping and ROC AUC are meaningless otherwise.
+
+    Raises:
+        DataError: listing each split that lacks a class, with its class counts.
+    """
+    negative, positive = dataset.target.classes
+    problems = []
+    for name, part in splits.items():
+        positives = int(binary_labels(part[dataset.target.name], dataset.target.classes, f"{name} split").sum())
+        if positives in (0, len(part)):
+            problems.append(
+                f"{name}: {len(part)} rows, {len(part) - positives} of {negative!r}, {positives} of {positive!r}"
+            )
+    if problems:
+        raise DataError(
+            f"every split needs both classes of {dataset.target.name!r}:\n- "
+            + "\n- ".join(problems)
+            + "\nUse a snapshot with more rows, larger split fractions or the other split.method."
+        )
+
+
+def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
+    """Split the snapshot, fit the preprocessor on train, and write the splits, the preprocessor and the result.
+
+    Returns:
+        The payload written to ``result.json``.
+
+    Raises:
+        ConfigError: the split method needs a column the dataset config does not name.
+        DataError: the snapshot lacks columns, has bad target/time/id values, or a split lacks a class.
+    """
+    dataset, split = config.dataset, config.split
+    column = split_column(dataset, split)
+    snapshot = read_result(run_root, "snapshot")
+    frame = storage.read_parquet(snapshot["snapshot_uri"])
+    require_columns(frame, dataset.required_columns, f"snapshot {snapshot['snapshot_uri']}")
+    binary_labels(frame[dataset.target.name], dataset.target.classes, f"snapshot {snapshot['snapshot_uri']}")
+
+    holdout_start = None
+    if split.method == "time":
+        splits, holdout_start = time_split(frame, column, split)
+    else:
+        splits = hash_split(frame, column, split)
+    rows = {name: len(part) for name, part in splits.items()}
+    print(f"{STEP}: {split.method} split of {len(frame)} rows by {column!r}: {rows}", flush=True)
+    check_both_classes(splits, dataset)
+
+    preprocessor = TabularPreprocessor.fit(splits["train"], dataset.numeric_features, dataset.categorical_features)
+    out = step_dir(run_root, STEP)
+    uris = {f"{name}_uri": storage.join(out, f"{name}.parquet") for name in SPLITS}
+    for name in SPLITS:
+        storage.write_parquet(splits[name], uris[f"{name}_uri"])
+    preprocessor_uri = storage.join(out, PREPROCESSOR_FILE)
+    storage.write_json(preprocessor_uri, preprocessor.to_dict())
+    payload = {
+        **uris,
+        "preprocessor_uri": preprocessor_uri,
+        "rows": rows,
+        "split": {
+            "method": split.method,
+            "validation_fraction": split.validation_fraction,
+            "holdout_fraction": split.holdout_fraction,
+            "holdout_start": holdout_start,
+        },
+        "snapshot_id": snapshot["snapshot_id"],
+    }
+    write_result(run_root, STEP, payload)
+    print(f"{STEP}: wrote splits and {PREPROCESSOR_FILE} under {out}", flush=True)
+    return payload
+
+
+def main(run_root: RunRoot, config: ConfigUri = None) -> None:
+    """Split the snapshot into train, validation and holdout and fit the feature preprocessing on train.
+
+    Reads the snapshot step's result. split.method "time" puts the latest rows in the holdout (validation just
+    before it); "hash" assigns rows by a hash of the id column, the same id always to the same split. Writes
+    train/validation/holdout.parquet (raw columns) and preprocessor.json under <run-root>/preprocess/.
+
+    Args:
+        run_root: folder of this run's artifacts; the snapshot step must have run for it.
+        config: pipeline config YAML; default: $MLSTEPS_CONFIG, else the bundled pipeline.yaml.
+
+    Examples:
+        python -m mlsteps preprocess --run-root ./state/runs/ml_retrain/manual-1
+
+        python -m mlsteps preprocess --run-root s3://ml-artifacts/runs/ml_retrain/manual-1 --config pipeline.yaml
+    """
+    run(run_root, load_pipeline_config(config))

@@ -1,6 +1,76 @@
-"""Placeholder until the step lands."""
+"""register: add the evaluated challenger to the MLflow model registry and point the ``challenger`` alias at it.
+
+Registration is idempotent per run root: a retry reuses the version its first attempt created.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mlsteps import registry, results
+from mlsteps.cli_options import ConfigUri, RunRoot
+from mlsteps.config import load_pipeline_config
+from mlsteps.errors import StepError
+
+STEP = "register"
 
 
-def main() -> None:
-    """Not implemented yet."""
-    raise NotImplementedError("register")
+def main(run_root: RunRoot, config: ConfigUri = None) -> None:
+    r"""Register the trained model as a version of registry.model_name, alias ``challenger``.
+
+    Reads the snapshot, train and evaluate results. Tags the version with
+    run_root, snapshot_id, dataset, mlflow_run_id, gate_passed, roc_auc,
+    code_version ($CODE_VERSION appended) and image ($STEP_IMAGE), when set.
+    Re-running for the same run root reuses the version it registered.
+
+    Args:
+        run_root: folder of this run's artifacts.
+        config: pipeline config YAML; registry.model_name names the model.
+
+    Examples:
+        python -m mlsteps register --run-root /tmp/runs/r1
+
+        MLFLOW_TRACKING_URI=http://mlflow:5000 \
+            python -m mlsteps register --run-root s3://ml/runs/r1
+    """
+    model_name = load_pipeline_config(config).registry.model_name
+    snapshot = results.read_result(run_root, "snapshot")
+    train = results.read_result(run_root, "train")
+    evaluation = results.read_result(run_root, "evaluate")
+    model_uri = train["model_uri"]
+    evaluated_uri = evaluation["challenger"]["model_uri"]
+    if model_uri != evaluated_uri:
+        raise StepError(
+            f"train result model_uri {model_uri} is not the model evaluate judged ({evaluated_uri}): "
+            "re-run evaluate for this --run-root, then register"
+        )
+
+    client = registry.registry_client()
+    version, created = registry.register_once(client, model_name, model_uri, run_root)
+    number = int(version.version)
+    tags = {
+        "snapshot_id": snapshot["snapshot_id"],
+        "dataset": snapshot["dataset"],
+        "mlflow_run_id": train["mlflow_run_id"],
+        "gate_passed": evaluation["gate"]["passed"],
+        "roc_auc": evaluation["challenger"]["metrics"]["roc_auc"],
+        "code_version": registry.code_version(),
+    }
+    if os.environ.get(registry.IMAGE_ENV_VAR):
+        tags["image"] = os.environ[registry.IMAGE_ENV_VAR]
+    registry.set_version_tags(client, model_name, number, tags)
+    client.set_registered_model_alias(model_name, registry.CHALLENGER, str(number))
+    aliases = sorted(client.get_model_version(model_name, str(number)).aliases)
+    action = "registered" if created else "reused (registered by an earlier attempt)"
+    print(f"{STEP}: {action} {model_name} v{number} from {model_uri}; aliases {aliases}", flush=True)
+    results.write_result(
+        run_root,
+        STEP,
+        {
+            "model_name": model_name,
+            "version": number,
+            "aliases": aliases,
+            "model_uri": registry.model_uri(model_name, number),
+            "source_run_id": version.run_id,
+        },
+    )

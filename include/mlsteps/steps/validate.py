@@ -1,6 +1,95 @@
-"""Placeholder until the step lands."""
+"""The ``validate`` step: check the run's snapshot against the dataset's Great Expectations suite.
+
+It always writes the full GX result (``gx_result.json``), a human-readable report (``report.html``) and
+``result.json``, so a failed run can be inspected; then it fails the task if any expectation failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from mlsteps import storage, validation
+from mlsteps.cli_options import ConfigUri, RunRoot
+from mlsteps.config import load_pipeline_config
+from mlsteps.errors import DataError, ValidationFailed
+from mlsteps.results import read_result, result_uri, step_dir, write_result
+
+STEP = "validate"
+UPSTREAM = "snapshot"
+GX_RESULT_FILE = "gx_result.json"
+REPORT_FILE = "report.html"
 
 
-def main() -> None:
-    """Not implemented yet."""
-    raise NotImplementedError("validate")
+def main(run_root: RunRoot, config: ConfigUri = None) -> None:
+    """Validate the run's snapshot: row count, required columns, types, ranges, categories, nulls, target, ids.
+
+    Always writes gx_result.json, report.html and result.json under <run-root>/validate/.
+    Exits with code 2 and lists every failed expectation when the data does not pass.
+
+    Args:
+        run_root: folder of this run's artifacts; the snapshot step's result.json must be there.
+        config: pipeline config YAML; its dataset config holds the limits the suite checks.
+
+    Raises:
+        ValidationFailed: at least one expectation failed; the message lists them and where the report is.
+        DataError: the snapshot file named by the snapshot result cannot be read.
+
+    Examples:
+        python -m mlsteps validate --run-root /tmp/runs/ml_retrain/manual-1
+        python -m mlsteps validate --run-root s3://ml-artifacts/runs/ml_retrain/manual-1 --config pipeline.yaml
+    """
+    dataset = load_pipeline_config(config).dataset
+    snapshot = read_result(run_root, UPSTREAM)
+    snapshot_id = snapshot.get("snapshot_id", "unknown")
+    frame = _read_snapshot(snapshot, run_root)
+    print(f"validating snapshot {snapshot_id}: {len(frame)} rows, {len(frame.columns)} columns", flush=True)
+
+    report = validation.validate_frame(frame, dataset)
+    out_dir = step_dir(run_root, STEP)
+    json_uri = storage.join(out_dir, GX_RESULT_FILE)
+    html_uri = storage.join(out_dir, REPORT_FILE)
+    storage.write_json(json_uri, report.gx_result)
+    storage.write_text(html_uri, validation.render_html(report, f"{dataset.name} snapshot {snapshot_id}"))
+    stats = report.statistics
+    write_result(
+        run_root,
+        STEP,
+        {
+            "success": report.success,
+            "snapshot_id": snapshot_id,
+            "report_json_uri": json_uri,
+            "report_html_uri": html_uri,
+            "statistics": stats,
+            "failures": [failure.as_dict() for failure in report.failures],
+        },
+    )
+    print(
+        f"validation {'passed' if report.success else 'failed'}: "
+        f"{stats['successful']} of {stats['evaluated']} expectations met; report: {html_uri}",
+        flush=True,
+    )
+    if not report.success:
+        failures = "\n".join(f"- {failure.line()}" for failure in report.failures)
+        raise ValidationFailed(
+            f"snapshot {snapshot_id} failed {stats['unsuccessful']} of {stats['evaluated']} expectations:\n"
+            f"{failures}\n"
+            f"Report: {html_uri}. Fix the source data, or if the data is right, adjust the limits in the "
+            f"dataset config of {dataset.name!r} (min/max, categories, max_null_fraction, max_unknown_fraction)."
+        )
+
+
+def _read_snapshot(snapshot: dict[str, Any], run_root: str) -> pd.DataFrame:
+    """The snapshot's rows, or a DataError saying which file is missing and how to recreate it."""
+    uri = snapshot.get("snapshot_uri")
+    if not uri:
+        raise DataError(
+            f"{result_uri(run_root, UPSTREAM)} has no snapshot_uri: re-run `{UPSTREAM}` for this --run-root"
+        )
+    try:
+        return storage.read_parquet(uri)
+    except FileNotFoundError:
+        raise DataError(
+            f"snapshot file {uri} does not exist: re-run `{UPSTREAM}` for this --run-root ({run_root})"
+        ) from None

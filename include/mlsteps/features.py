@@ -1,0 +1,197 @@
+"""Feature preprocessing of the tabular model, fitted on the train split only.
+
+Numeric columns are median-imputed and standardised; categorical columns become vocabulary indices, with 0
+reserved for missing and unseen values so that new categories in serving traffic never break a prediction.
+The fitted state is a small JSON document that travels inside the MLflow model package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlsteps.errors import DataError
+
+UNKNOWN_INDEX = 0
+
+
+def require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+    """Raise one DataError that names every column the frame lacks.
+
+    Args:
+        frame: the data to check.
+        columns: the column names it must have.
+        what: what the frame is (named in the message), e.g. ``"snapshot s3://.../data.parquet"``.
+
+    Raises:
+        DataError: listing the missing columns and the columns that are present.
+    """
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{what} lacks column(s) {missing}; it has {list(frame.columns)}. "
+            "Fix the data or the column names in the dataset config."
+        )
+
+
+def binary_labels(values: pd.Series, classes: Sequence[Any], what: str) -> np.ndarray:
+    """Map target values to 0 (negative class) and 1 (positive class).
+
+    Args:
+        values: the raw target column.
+        classes: ``[negative, positive]`` as they appear in the data (``dataset.target.classes``).
+        what: what the data is (named in the message).
+
+    Raises:
+        DataError: a value is neither class (missing targets included).
+    """
+    negative, positive = classes
+    is_positive = (values == positive).to_numpy(dtype=bool, na_value=False)
+    is_negative = (values == negative).to_numpy(dtype=bool, na_value=False)
+    unexpected = ~(is_positive | is_negative)
+    if unexpected.any():
+        examples = values[unexpected].drop_duplicates().head(5).tolist()
+        raise DataError(
+            f"{what}: target column {values.name!r} has {int(unexpected.sum())} value(s) outside the classes "
+            f"{[negative, positive]}, e.g. {examples}. Fix the data or dataset.target.classes."
+        )
+    return is_positive.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class NumericStats:
+    """Train-split statistics of one numeric column."""
+
+    median: float
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class TabularPreprocessor:
+    """Median imputation + standardisation for numeric columns, vocabulary indices for categorical ones.
+
+    Attributes:
+        numeric: statistics per numeric column, in model input order.
+        vocabularies: sorted train categories per categorical column, in model input order; category
+            ``vocabularies[c][i]`` gets index ``i + 1``.
+    """
+
+    numeric: dict[str, NumericStats]
+    vocabularies: dict[str, list[str]]
+
+    @classmethod
+    def fit(
+        cls, frame: pd.DataFrame, numeric_columns: Sequence[str], categorical_columns: Sequence[str]
+    ) -> TabularPreprocessor:
+        """Learn the statistics and vocabularies from the train split.
+
+        Args:
+            frame: the train split (never validation or holdout rows: that would leak them into the model).
+            numeric_columns: numeric feature names, in model input order.
+            categorical_columns: categorical feature names, in model input order.
+
+        Raises:
+            DataError: a column is missing or a numeric column holds non-numbers.
+        """
+        require_columns(frame, [*numeric_columns, *categorical_columns], "training data")
+        numbers = _numeric_frame(frame, numeric_columns)
+        medians = numbers.median().fillna(0.0)
+        imputed = numbers.fillna(medians)
+        means = imputed.mean().fillna(0.0)
+        stds = imputed.std(ddof=0).fillna(1.0)
+        stds = stds.where(stds > 0, 1.0)
+        numeric = {
+            column: NumericStats(median=float(medians[column]), mean=float(means[column]), std=float(stds[column]))
+            for column in numeric_columns
+        }
+        vocabularies = {
+            column: sorted(_as_categories(frame[column]).dropna().unique().tolist()) for column in categorical_columns
+        }
+        return cls(numeric=numeric, vocabularies=vocabularies)
+
+    @property
+    def numeric_columns(self) -> list[str]:
+        """Numeric feature names, in the order of the numeric matrix's columns."""
+        return list(self.numeric)
+
+    @property
+    def categorical_columns(self) -> list[str]:
+        """Categorical feature names, in the order of the index matrix's columns."""
+        return list(self.vocabularies)
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Number of train categories per categorical column (index 0 comes on top)."""
+        return [len(vocabulary) for vocabulary in self.vocabularies.values()]
+
+    def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Turn raw rows into model inputs.
+
+        Args:
+            frame: raw feature columns (extra columns are ignored).
+
+        Returns:
+            A float32 matrix (rows x numeric columns), standardised with nulls imputed, and an int64 matrix
+            (rows x categorical columns) of vocabulary indices, 0 for missing or unseen categories.
+
+        Raises:
+            DataError: a feature column is missing or a numeric column holds non-numbers.
+        """
+        require_columns(frame, [*self.numeric_columns, *self.categorical_columns], "input data")
+        numbers = _numeric_frame(frame, self.numeric_columns).to_numpy(dtype=np.float64, na_value=np.nan)
+        medians, means, stds = (
+            np.array([getattr(stats, name) for stats in self.numeric.values()], dtype=np.float64)
+            for name in ("median", "mean", "std")
+        )
+        numeric = ((np.where(np.isnan(numbers), medians, numbers) - means) / stds).astype(np.float32)
+        indices = np.zeros((len(frame), len(self.vocabularies)), dtype=np.int64)
+        for position, (column, vocabulary) in enumerate(self.vocabularies.items()):
+            # get_indexer gives -1 for missing and unseen values, which shifts to UNKNOWN_INDEX (0).
+            indices[:, position] = pd.Index(vocabulary).get_indexer(_as_categories(frame[column])) + 1
+        return numeric, indices
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable form; ``from_dict`` restores an equal preprocessor."""
+        return {
+            "numeric": {column: asdict(stats) for column, stats in self.numeric.items()},
+            "vocabularies": {column: list(vocabulary) for column, vocabulary in self.vocabularies.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> TabularPreprocessor:
+        """Restore a preprocessor written by ``to_dict``."""
+        return cls(
+            numeric={column: NumericStats(**stats) for column, stats in payload["numeric"].items()},
+            vocabularies={column: list(vocabulary) for column, vocabulary in payload["vocabularies"].items()},
+        )
+
+
+def _as_categories(values: pd.Series) -> pd.Series:
+    """Categories as strings (missing stays missing), so 1 in serving traffic matches "1" from training."""
+    return values.astype("str")
+
+
+def _numeric_frame(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The numeric columns as float64 with NaN for nulls.
+
+    Raises:
+        DataError: naming each column that holds values which are not numbers.
+    """
+    converted = pd.DataFrame(index=frame.index)
+    not_numeric = {}
+    for column in columns:
+        converted[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+        bad = converted[column].isna() & frame[column].notna()
+        if bad.any():
+            not_numeric[column] = frame[column][bad].head(3).tolist()
+    if not_numeric:
+        details = "; ".join(f"{column}: e.g. {examples}" for column, examples in not_numeric.items())
+        raise DataError(
+            f"numeric feature column(s) hold values that are not numbers ({details}). Send numbers or null."
+        )
+    return converted

@@ -1,0 +1,192 @@
+"""The tabular network and its MLflow model package.
+
+``TabularClassifier`` must stay in this importable module: MLflow pickles the python model by reference, so
+whoever loads the package (evaluation, the model server) imports it from here.
+
+The predict contract (used by evaluation and serving, keep it stable): a DataFrame of raw feature columns in,
+a DataFrame with ``probability`` (float64, positive class) and ``prediction`` (int64, probability >= 0.5) out,
+one row per input row.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types import ColSpec, Schema
+from torch import nn
+
+from mlsteps.features import TabularPreprocessor
+
+DECISION_THRESHOLD = 0.5
+PREPROCESSOR_ARTIFACT = "preprocessor"
+NETWORK_ARTIFACT = "network"
+PREDICT_BATCH_ROWS = 65536
+# What loading and predicting imports (mlsteps itself travels as code). Listed rather than inferred: inference
+# runs a slow subprocess and misses torch, which mlsteps.model imports.
+RUNTIME_PACKAGES = ("mlflow", "torch", "numpy", "pandas", "cloudpickle")
+
+
+def embedding_width(cardinality: int, max_embedding_dim: int) -> int:
+    """Width of a categorical embedding: grows with the vocabulary, capped by ``max_embedding_dim``."""
+    return min(max_embedding_dim, (cardinality + 1) // 2 + 1)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Everything needed to rebuild the network before loading its weights."""
+
+    numeric_features: int
+    cardinalities: list[int]
+    hidden_units: list[int]
+    dropout: float
+    max_embedding_dim: int
+
+
+class TabularNet(nn.Module):
+    """Embeddings for categorical columns, concatenated with the numeric inputs, then an MLP with one logit."""
+
+    def __init__(self, spec: NetworkSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        # Row 0 of each embedding is the missing/unseen category, rows 1..cardinality the train categories.
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(cardinality + 1, embedding_width(cardinality, spec.max_embedding_dim))
+            for cardinality in spec.cardinalities
+        )
+        width = spec.numeric_features + sum(embedding.embedding_dim for embedding in self.embeddings)
+        layers: list[nn.Module] = []
+        for units in spec.hidden_units:
+            layers += [nn.Linear(width, units), nn.ReLU(), nn.Dropout(spec.dropout)]
+            width = units
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, numeric: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
+        """Logits of the positive class, shape (rows,)."""
+        embedded = [embedding(categories[:, position]) for position, embedding in enumerate(self.embeddings)]
+        return self.mlp(torch.cat([numeric, *embedded], dim=1)).squeeze(1)
+
+
+def save_network(network: TabularNet, path: Path) -> Path:
+    """Write the architecture and the weights (as CPU tensors) to one file."""
+    state = {name: tensor.detach().cpu() for name, tensor in network.state_dict().items()}
+    torch.save({"spec": asdict(network.spec), "state_dict": state}, path)
+    return path
+
+
+def load_network(path: Path | str, device: str | torch.device = "cpu") -> TabularNet:
+    """Rebuild a network written by ``save_network``, in eval mode on ``device``."""
+    payload = torch.load(path, map_location=device, weights_only=True)
+    network = TabularNet(NetworkSpec(**payload["spec"]))
+    network.load_state_dict(payload["state_dict"])
+    return network.to(device).eval()
+
+
+@torch.no_grad()
+def predict_logits(network: TabularNet, numeric: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
+    """Logits for all rows in eval mode (no dropout), in batches that bound memory for large inputs."""
+    network.eval()
+    chunks = [
+        network(numeric[start : start + PREDICT_BATCH_ROWS], categories[start : start + PREDICT_BATCH_ROWS])
+        for start in range(0, len(numeric), PREDICT_BATCH_ROWS)
+    ]
+    return torch.cat(chunks).float() if chunks else torch.zeros(0, device=numeric.device)
+
+
+def predict_frame(preprocessor: TabularPreprocessor, network: TabularNet, frame: pd.DataFrame) -> pd.DataFrame:
+    """Raw feature rows in, ``probability`` and ``prediction`` out (the model package's predict contract)."""
+    numeric, categories = preprocessor.transform(frame)
+    device = next(network.parameters()).device
+    logits = predict_logits(network, torch.from_numpy(numeric).to(device), torch.from_numpy(categories).to(device))
+    probability = torch.sigmoid(logits).cpu().numpy().astype(np.float64)
+    return pd.DataFrame(
+        {"probability": probability, "prediction": (probability >= DECISION_THRESHOLD).astype(np.int64)},
+        index=frame.index,
+    )
+
+
+class TabularClassifier(mlflow.pyfunc.PythonModel):
+    """The MLflow pyfunc model: the fitted preprocessor and the network, applied to raw feature rows on CPU."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Load the preprocessor JSON and the network file from the package's artifacts."""
+        payload = json.loads(Path(context.artifacts[PREPROCESSOR_ARTIFACT]).read_text())
+        self.preprocessor = TabularPreprocessor.from_dict(payload)
+        self.network = load_network(context.artifacts[NETWORK_ARTIFACT], "cpu")
+
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """Probability of the positive class and the 0/1 prediction for each raw input row.
+
+        Args:
+            context: the MLflow model context (artifacts are loaded in ``load_context``).
+            model_input: raw feature columns; nulls and unseen categories are allowed.
+            params: unused; accepted for the pyfunc interface.
+
+        Returns:
+            A DataFrame with ``probability`` (float64) and ``prediction`` (int64), indexed like the input.
+        """
+        return predict_frame(self.preprocessor, self.network, model_input)
+
+
+def model_signature(example: pd.DataFrame, prediction: pd.DataFrame) -> ModelSignature:
+    """The signature inferred from raw example rows, with every feature column required.
+
+    Inference marks columns that hold nulls in the example as optional (may be absent); the preprocessor needs
+    every column, so all are required, while null values stay allowed in any column.
+    """
+    with warnings.catch_warnings():
+        # The hint about integer columns and nulls concerns the int64 ``prediction`` output, which is never null.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+        inferred = infer_signature(example, prediction)
+    inputs = Schema([ColSpec(spec.type, spec.name, required=True) for spec in inferred.inputs.inputs])
+    return ModelSignature(inputs=inputs, outputs=inferred.outputs)
+
+
+def pinned_requirements() -> list[str]:
+    """The installed versions of the runtime packages, without local labels such as ``+cpu``."""
+    return [f"{package}=={version(package).split('+')[0]}" for package in RUNTIME_PACKAGES]
+
+
+def log_model_package(preprocessor: TabularPreprocessor, network: TabularNet, example: pd.DataFrame) -> Any:
+    """Log the pyfunc model (preprocessor JSON, network file, signature, input example) to the active MLflow run.
+
+    The ``mlsteps`` package is bundled as code, so the model also loads where ``mlsteps`` is not installed
+    (for example ``mlflow models serve``).
+
+    Args:
+        preprocessor: the fitted preprocessor.
+        network: the trained network (best weights).
+        example: a few raw feature rows, typed as serving will send them.
+
+    Returns:
+        MLflow's ``ModelInfo``; its ``model_uri`` loads with ``mlflow.pyfunc.load_model``.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        preprocessor_path = Path(tmp) / "preprocessor.json"
+        preprocessor_path.write_text(json.dumps(preprocessor.to_dict(), indent=2))
+        artifacts = {
+            PREPROCESSOR_ARTIFACT: str(preprocessor_path),
+            NETWORK_ARTIFACT: str(save_network(network, Path(tmp) / "network.pt")),
+        }
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=TabularClassifier(),
+            artifacts=artifacts,
+            code_paths=[str(Path(__file__).resolve().parent)],
+            signature=model_signature(example, predict_frame(preprocessor, network, example)),
+            input_example=example,
+            pip_requirements=pinned_requirements(),
+        )

@@ -1,0 +1,194 @@
+"""Content-addressed snapshots of an input table: read CSV or Parquet as it is, hash it, store it once.
+
+A snapshot lives at ``<store>/<dataset>/<snapshot id>/`` as ``data.parquet`` plus ``schema.json``. The id is a
+hash of the column names, dtypes and values, so the same data gives the same id whether it came from CSV or
+Parquet, from local disk or S3, and work on an unchanged snapshot can be skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mlsteps import storage
+from mlsteps.config import DatasetConfig
+from mlsteps.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+_WHAT_A_FILE_MUST_BE = {"csv": "a complete, UTF-8 encoded CSV file", "parquet": "a complete Parquet file"}
+DATA_FILE = "data.parquet"
+SCHEMA_FILE = "schema.json"
+SNAPSHOT_ID_LENGTH = 16
+# pandas 3 parses date-time strings to microseconds; one fixed unit keeps the id independent of the source format.
+TIMESTAMP_UNIT = "us"
+_EXAMPLES_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Where a stored snapshot lives and whether an existing copy was reused."""
+
+    snapshot_id: str
+    data_uri: str
+    schema_uri: str
+    reused: bool
+
+
+def table_format(uri: str) -> str | None:
+    """``csv`` or ``parquet`` from the URI's extension (case-insensitive), else None."""
+    return TABLE_FORMATS.get(PurePosixPath(uri).suffix.lower())
+
+
+def unknown_extension_message(uri: str) -> str:
+    """What to tell the user when ``table_format`` does not know the URI's extension."""
+    *others, last = TABLE_FORMATS
+    return (
+        f"unknown file extension {PurePosixPath(uri).suffix!r}; "
+        f"name a CSV or Parquet file ending in {', '.join(others)} or {last}"
+    )
+
+
+def write_table(frame: pd.DataFrame, uri: str) -> None:
+    """Write a DataFrame as CSV or Parquet, chosen by the URI's extension (see ``table_format``)."""
+    if table_format(uri) == "csv":
+        storage.write_bytes(uri, frame.to_csv(index=False).encode("utf-8"))
+    else:
+        storage.write_parquet(frame, uri)
+
+
+def read_table(uri: str, text_columns: Collection[str] = ()) -> pd.DataFrame:
+    """Read a CSV or Parquet file as it is.
+
+    Args:
+        uri: local path, ``file://`` or ``s3://`` URI ending in .csv, .parquet or .pq.
+        text_columns: CSV columns to read as strings, so that codes such as ``007`` stay as written.
+
+    Raises:
+        DataError: the extension is unknown, or the file is missing, empty, unreadable or has no rows.
+    """
+    file_format = table_format(uri)
+    if file_format is None:
+        raise DataError(f"cannot read {uri}: {unknown_extension_message(uri)}")
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError as exc:
+        raise DataError(f"input file not found: {exc}; check the input URI") from None
+    if not data:
+        raise DataError(f"input file {uri} is empty (0 bytes); export the data again")
+    try:
+        if file_format == "csv":
+            frame = pd.read_csv(io.BytesIO(data), dtype=dict.fromkeys(text_columns, "str"))
+        else:
+            frame = pq.read_table(io.BytesIO(data)).to_pandas()
+    except (ValueError, pa.ArrowException) as exc:
+        raise DataError(
+            f"cannot read {uri} as {file_format.upper()}: {exc}; check that it is {_WHAT_A_FILE_MUST_BE[file_format]}"
+        ) from None
+    if frame.empty:
+        raise DataError(f"input file {uri} has no rows (columns: {list(frame.columns)}); it needs at least one row")
+    return frame
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """Category labels as strings with nulls kept; whole floats lose their ``.0`` (a null turns int codes to float)."""
+    if pd.api.types.is_float_dtype(values.dtype) and (values.dropna() % 1 == 0).all():
+        values = values.astype("Int64")
+    return values.astype("str")
+
+
+def _as_utc(values: pd.Series, column: str, uri: str) -> pd.Series:
+    """Event times as UTC datetimes; strings without an offset are taken as UTC.
+
+    Raises:
+        DataError: some non-null values are not ISO 8601 date-times (a few are shown).
+    """
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        parsed = values.dt.tz_convert("UTC")
+    elif pd.api.types.is_datetime64_dtype(values.dtype):
+        parsed = values.dt.tz_localize("UTC")
+    else:
+        text = values.astype("str")
+        parsed = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
+        bad = text[parsed.isna() & text.notna()]
+        if not bad.empty:
+            examples = bad.drop_duplicates().head(_EXAMPLES_SHOWN).tolist()
+            raise DataError(
+                f"{uri}: timestamp column {column!r} has {len(bad)} values that are not ISO 8601 date-times, "
+                f"e.g. {examples}; write them like 2025-01-31T12:00:00Z (no offset means UTC)"
+            )
+    return parsed.dt.as_unit(TIMESTAMP_UNIT)
+
+
+def prepare(frame: pd.DataFrame, dataset: DatasetConfig, uri: str) -> pd.DataFrame:
+    """The data as read, with categorical features as strings and the timestamp column as UTC datetimes.
+
+    Missing columns are only logged: the validate step reports them together with every other problem.
+
+    Raises:
+        DataError: the timestamp column has values that are not date-times.
+    """
+    missing = [column for column in dataset.required_columns if column not in frame.columns]
+    if missing:
+        logger.warning(
+            "%s lacks columns %s of dataset %r; the validate step will fail on them", uri, missing, dataset.name
+        )
+    prepared = frame.copy()
+    for column in dataset.categorical_features:
+        if column in prepared.columns:
+            prepared[column] = _as_text(prepared[column])
+    timestamp = dataset.timestamp_column
+    if timestamp is not None and timestamp in prepared.columns:
+        prepared[timestamp] = _as_utc(prepared[timestamp], timestamp, uri)
+    return prepared
+
+
+def schema_of(frame: pd.DataFrame) -> list[dict[str, str]]:
+    """Column names and dtypes in column order."""
+    return [{"name": str(column), "dtype": str(dtype)} for column, dtype in frame.dtypes.items()]
+
+
+def snapshot_id(frame: pd.DataFrame) -> str:
+    """A short sha256 over the schema and every value, in row order; the index is ignored."""
+    digest = hashlib.sha256(json.dumps(schema_of(frame)).encode("utf-8"))
+    row_hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    digest.update(row_hashes.astype("<u8").tobytes())
+    return digest.hexdigest()[:SNAPSHOT_ID_LENGTH]
+
+
+def store_snapshot(frame: pd.DataFrame, store: str, dataset: str, source_uri: str) -> Snapshot:
+    """Write a snapshot under ``<store>/<dataset>/<id>/`` unless it is already there.
+
+    ``schema.json`` is written after ``data.parquet``, so its presence marks a complete snapshot; a partial one
+    left by a crash is written again.
+    """
+    frame_id = snapshot_id(frame)
+    folder = storage.join(store, dataset, frame_id)
+    data_uri = storage.join(folder, DATA_FILE)
+    schema_uri = storage.join(folder, SCHEMA_FILE)
+    if storage.exists(schema_uri) and storage.exists(data_uri):
+        return Snapshot(frame_id, data_uri, schema_uri, reused=True)
+    storage.write_parquet(frame, data_uri)
+    storage.write_json(
+        schema_uri,
+        {
+            "snapshot_id": frame_id,
+            "dataset": dataset,
+            "rows": len(frame),
+            "columns": schema_of(frame),
+            "source_uri": source_uri,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+    return Snapshot(frame_id, data_uri, schema_uri, reused=False)

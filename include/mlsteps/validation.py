@@ -1,0 +1,386 @@
+"""Data validation with Great Expectations: a suite built from the dataset config, its outcome, and an HTML report.
+
+The suite is derived from ``DatasetConfig`` alone, so every snapshot of a dataset is judged by the same
+expectations and the limits live in the dataset YAML, not in code. ``validate_frame`` runs it on a pandas
+DataFrame in an ephemeral GX context (nothing is written to disk) and turns each GX result into one line a
+person can act on, such as ``12 of 2000 non-null values (0.6%) outside [18, 100], e.g. -5, 130``.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from mlsteps.config import DatasetConfig
+
+# Dtypes that hold numbers: numpy ints, uints and floats, pandas' nullable variants, and Python int/float for
+# object columns (there GX checks value by value). A numeric column read as strings ("str" in pandas 3) fails.
+_INT_BITS = (8, 16, 32, 64)
+NUMERIC_TYPES: list[str] = [
+    *(f"int{bits}" for bits in _INT_BITS),
+    *(f"uint{bits}" for bits in _INT_BITS),
+    "float16",
+    "float32",
+    "float64",
+    *(f"Int{bits}Dtype" for bits in _INT_BITS),
+    *(f"UInt{bits}Dtype" for bits in _INT_BITS),
+    "Float32Dtype",
+    "Float64Dtype",
+    "int",
+    "float",
+]
+EXAMPLE_COUNT = 5
+TABLE_LABEL = "(table)"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One evaluated expectation, in words.
+
+    Attributes:
+        column: the column it checks; None for table-level expectations.
+        expectation: the GX expectation type, e.g. ``expect_column_values_to_be_between``.
+        success: whether the data met it.
+        detail: what was observed, e.g. ``12 of 2000 non-null values (0.6%) outside [18, 100], e.g. -5, 130``.
+    """
+
+    column: str | None
+    expectation: str
+    success: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The outcome as a JSON-able dict (for result.json)."""
+        return asdict(self)
+
+    def line(self) -> str:
+        """One line naming the column, the expectation and what was observed."""
+        return f"{self.column or TABLE_LABEL}: {self.expectation}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """The outcome of the suite on one DataFrame.
+
+    Attributes:
+        success: every expectation was met.
+        statistics: evaluated, successful and unsuccessful expectation counts.
+        outcomes: every expectation, failures first, then in suite order.
+        gx_result: the full GX validation result as a JSON-able dict.
+    """
+
+    success: bool
+    statistics: dict[str, int]
+    outcomes: list[Outcome]
+    gx_result: dict[str, Any]
+
+    @property
+    def failures(self) -> list[Outcome]:
+        """The expectations the data did not meet."""
+        return [outcome for outcome in self.outcomes if not outcome.success]
+
+
+def build_suite(dataset: DatasetConfig) -> Any:
+    """Build the GX expectation suite of a dataset from its config.
+
+    Args:
+        dataset: the dataset config; its limits (rows, ranges, categories, null and unknown shares) become
+            expectations.
+
+    Returns:
+        A ``great_expectations.ExpectationSuite`` with at most one expectation of each type per column.
+    """
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    # Table: enough rows to train on, and every column the pipeline reads is there.
+    expectations: list[Any] = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=dataset.min_rows, max_value=dataset.max_rows),
+        *(gxe.ExpectColumnToExist(column=name) for name in dataset.required_columns),
+    ]
+    for spec in dataset.features:
+        # Every feature: missing values within the configured share, so an all-null column fails
+        # unless max_null_fraction is 1.
+        expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=spec.name, mostly=1 - spec.max_null_fraction))
+        if spec.type == "numeric":
+            # Numeric features: stored as numbers (strings mean a broken file) and inside the plausible range.
+            expectations.append(gxe.ExpectColumnValuesToBeInTypeList(column=spec.name, type_list=NUMERIC_TYPES))
+            if spec.min is not None or spec.max is not None:
+                expectations.append(
+                    gxe.ExpectColumnValuesToBeBetween(column=spec.name, min_value=spec.min, max_value=spec.max)
+                )
+        elif spec.categories is not None:
+            # Categorical features: known categories, tolerating a small share of new ones.
+            expectations.append(
+                gxe.ExpectColumnValuesToBeInSet(
+                    column=spec.name, value_set=spec.categories, mostly=1 - spec.max_unknown_fraction
+                )
+            )
+    # Target: labelled on every row, only the configured classes, and both of them (one class cannot train
+    # a classifier or give a ROC AUC).
+    classes = list(dataset.target.classes)
+    expectations += [
+        gxe.ExpectColumnValuesToNotBeNull(column=dataset.target.name),
+        gxe.ExpectColumnValuesToBeInSet(column=dataset.target.name, value_set=classes),
+        gxe.ExpectColumnDistinctValuesToContainSet(column=dataset.target.name, value_set=classes),
+    ]
+    # Id column: on every row and unique, since hash splits and label joins rely on it.
+    if dataset.id_column:
+        expectations += [
+            gxe.ExpectColumnValuesToNotBeNull(column=dataset.id_column),
+            gxe.ExpectColumnValuesToBeUnique(column=dataset.id_column),
+        ]
+    # Timestamp column: on every row, since time splits order by it.
+    if dataset.timestamp_column:
+        expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=dataset.timestamp_column))
+    return gx.ExpectationSuite(name=f"{dataset.name}_snapshot", expectations=expectations)
+
+
+def validate_frame(frame: pd.DataFrame, dataset: DatasetConfig) -> ValidationReport:
+    """Run the dataset's suite on a DataFrame.
+
+    A missing column does not stop the run: its ``expect_column_to_exist`` fails with "column is missing" and
+    the other expectations on it fail with "skipped: column is missing".
+
+    Args:
+        frame: the data, as read from a snapshot.
+        dataset: the dataset config the suite is built from.
+
+    Returns:
+        The report: success, statistics, one outcome per expectation, and the full GX result.
+    """
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    suite = build_suite(dataset)
+    context = gx.get_context(mode="ephemeral")
+    # Progress bars would fill the task log with carriage-return noise.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch = (
+        context.data_sources.add_pandas("snapshot")
+        .add_dataframe_asset("frame")
+        .add_batch_definition_whole_dataframe("whole_frame")
+        .get_batch(batch_parameters={"dataframe": frame})
+    )
+    gx_result = batch.validate(suite, result_format="SUMMARY").to_json_dict()
+
+    # Failures first; within each group table checks, then column by column in config order.
+    column_order = {name: i for i, name in enumerate(dataset.required_columns)}
+    suite_order = {(e.expectation_type, getattr(e, "column", None)): i for i, e in enumerate(suite.expectations)}
+    outcomes = [_outcome(item, frame) for item in gx_result["results"]]
+    outcomes.sort(
+        key=lambda o: (o.success, column_order.get(o.column, -1), suite_order.get((o.expectation, o.column), 0))
+    )
+    stats = gx_result["statistics"]
+    return ValidationReport(
+        success=bool(gx_result["success"]),
+        statistics={
+            "evaluated": int(stats["evaluated_expectations"]),
+            "successful": int(stats["successful_expectations"]),
+            "unsuccessful": int(stats["unsuccessful_expectations"]),
+        },
+        outcomes=outcomes,
+        gx_result=gx_result,
+    )
+
+
+def _outcome(item: dict[str, Any], frame: pd.DataFrame) -> Outcome:
+    config = item["expectation_config"]
+    kwargs = config["kwargs"]
+    column = kwargs.get("column")
+    return Outcome(
+        column=column,
+        expectation=config["type"],
+        success=bool(item["success"]),
+        detail=_describe(config["type"], kwargs, item, frame),
+    )
+
+
+def _describe(expectation: str, kwargs: dict[str, Any], item: dict[str, Any], frame: pd.DataFrame) -> str:
+    """What GX observed for one expectation, in one line."""
+    column = kwargs.get("column")
+    result = item.get("result") or {}
+    if column is not None and column not in frame.columns:
+        return "column is missing" if expectation == "expect_column_to_exist" else "skipped: column is missing"
+    if _raised(item):
+        if expectation == "expect_column_values_to_be_between" and not pd.api.types.is_numeric_dtype(frame[column]):
+            # A range check on numbers read as strings cannot compare; the type check reports the cause.
+            return f"skipped: dtype {frame[column].dtype} is not numeric"
+        return f"could not be evaluated: {_exception_message(item)}"
+    if expectation == "expect_table_row_count_to_be_between":
+        return f"{result.get('observed_value')} rows; expected {_range_words(kwargs)}"
+    if expectation == "expect_column_to_exist":
+        return "column is present"
+    if expectation == "expect_column_distinct_values_to_contain_set":
+        observed = _format_list(sorted(frame[column].dropna().unique().tolist(), key=repr)[:EXAMPLE_COUNT])
+        missing = result.get("partial_missing_list") or []
+        if not missing:
+            return f"observed {observed}"
+        expected = _format_list(kwargs["value_set"])
+        return f"observed {observed}, missing {_format_list(missing)}; every one of {expected} must occur"
+    if "observed_value" in result:
+        # The dtype-level verdict of the type check (GX only goes value by value for object columns).
+        text = f"dtype {frame[column].dtype}; expected a numeric dtype (int or float)"
+        return text if item["success"] else text + _text_among_numbers(frame[column])
+    return _count_detail(expectation, kwargs, result)
+
+
+def _text_among_numbers(values: pd.Series) -> str:
+    """``; k of n non-null values (p%) are not numbers, e.g. ...`` for a column read as text, else empty."""
+    present = values.dropna()
+    if present.empty or pd.api.types.is_numeric_dtype(present):
+        return ""
+    not_numbers = present[pd.to_numeric(present, errors="coerce").isna()]
+    if not_numbers.empty:
+        return ""
+    examples = _distinct(not_numbers.head(100).tolist())[:EXAMPLE_COUNT]
+    return (
+        f"; {len(not_numbers)} of {len(present)} non-null values ({_format_percent(len(not_numbers) / len(present))})"
+        f" are not numbers, e.g. {', '.join(_format_value(v) for v in examples)}"
+    )
+
+
+_UNEXPECTED_WORDS = {
+    "expect_column_values_to_not_be_null": "are null",
+    "expect_column_values_to_be_unique": "are duplicates",
+    "expect_column_values_to_be_in_type_list": "are not numbers",
+}
+
+
+def _count_detail(expectation: str, kwargs: dict[str, Any], result: dict[str, Any]) -> str:
+    """``k of n values (p%) <what>[, e.g. ...][ (at most q% allowed)]`` for a value-by-value expectation."""
+    if expectation == "expect_column_values_to_be_between":
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        bounds = (-math.inf if low is None else low, math.inf if high is None else high)
+        what = f"outside [{', '.join(_format_value(b) for b in bounds)}]"
+    elif expectation == "expect_column_values_to_be_in_set":
+        what = f"not in {_format_list(kwargs['value_set'])}"
+    else:
+        what = _UNEXPECTED_WORDS.get(expectation, "unexpected")
+    total = int(result.get("element_count") or 0)
+    # Null checks count over every row; the other checks ignore nulls and count over the non-null values.
+    missing = int(result.get("missing_count") or 0)
+    counted = total - missing
+    values = "non-null values" if missing else "values"
+    unexpected = int(result.get("unexpected_count") or 0)
+    share = unexpected / counted if counted else 0.0
+    text = f"{unexpected} of {counted} {values} ({_format_percent(share)}) {what}"
+    examples = _distinct(result.get("partial_unexpected_list") or [])
+    if examples and expectation != "expect_column_values_to_not_be_null":
+        text += f", e.g. {', '.join(_format_value(v) for v in examples[:EXAMPLE_COUNT])}"
+    mostly = kwargs.get("mostly")
+    if mostly is not None and mostly < 1:
+        text += f" (at most {_format_percent(1 - mostly)} allowed)"
+    return text
+
+
+def _raised(item: dict[str, Any]) -> bool:
+    info = item.get("exception_info") or {}
+    if "raised_exception" in info:
+        return bool(info["raised_exception"])
+    # GX keys a failed metric computation by metric id, one entry per failed metric.
+    return any(isinstance(entry, dict) and entry.get("raised_exception") for entry in info.values())
+
+
+def _exception_message(item: dict[str, Any]) -> str:
+    info = item.get("exception_info") or {}
+    entries = [info] if "raised_exception" in info else list(info.values())
+    messages = dict.fromkeys(str(e.get("exception_message")) for e in entries if isinstance(e, dict))
+    return "; ".join(messages) or "unknown error"
+
+
+def _range_words(kwargs: dict[str, Any]) -> str:
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if low is not None and high is not None:
+        return f"between {_format_value(low)} and {_format_value(high)}"
+    if low is not None:
+        return f"at least {_format_value(low)}"
+    return f"at most {_format_value(high)}"
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    """Values in first-seen order without repeats (the partial list repeats frequent ones)."""
+    seen: dict[str, Any] = {}
+    for value in values:
+        seen.setdefault(repr(value), value)
+    return list(seen.values())
+
+
+def _format_value(value: Any) -> str:
+    """Whole floats without the ``.0`` (``18`` not ``18.0``); strings quoted so blanks and case show."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)
+
+
+def _format_list(values: list[Any]) -> str:
+    return "[" + ", ".join(_format_value(v) for v in values) + "]"
+
+
+def _format_percent(share: float) -> str:
+    percent = share * 100
+    if percent == 0 or percent >= 0.1:
+        return f"{percent:.1f}%".replace(".0%", "%")
+    return "<0.1%"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #1f2328; }
+table { border-collapse: collapse; width: 100%; font-size: 0.9rem; }
+th, td { border: 1px solid #d0d7de; padding: 0.35rem 0.6rem; text-align: left; vertical-align: top; }
+th { background: #f6f8fa; }
+tr.failed td { background: #ffebe9; }
+.badge { font-weight: 600; }
+.passed .badge, .verdict.passed { color: #1a7f37; }
+.failed .badge, .verdict.failed { color: #cf222e; }
+code { font-family: ui-monospace, monospace; }
+"""
+
+
+def render_html(report: ValidationReport, title: str) -> str:
+    """Render the report as one self-contained HTML page (inline CSS, no scripts or external assets).
+
+    Args:
+        report: the validation report.
+        title: the page heading, e.g. ``churn snapshot 3f2a...``.
+
+    Returns:
+        The HTML document; every value from the data is escaped.
+    """
+    esc = html.escape
+    verdict = "passed" if report.success else "failed"
+    stats = report.statistics
+    rows = "\n".join(
+        f'<tr class="{"passed" if o.success else "failed"}">'
+        f'<td class="badge">{"passed" if o.success else "FAILED"}</td>'
+        f"<td><code>{esc(o.column or TABLE_LABEL)}</code></td>"
+        f"<td><code>{esc(o.expectation)}</code></td>"
+        f"<td>{esc(o.detail)}</td></tr>"
+        for o in report.outcomes
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Validation: {esc(title)}</title>
+<style>{_STYLE}</style>
+</head>
+<body>
+<h1>Validation: {esc(title)}</h1>
+<p class="verdict {verdict}"><strong>{verdict.upper()}</strong>:
+{stats["unsuccessful"]} of {stats["evaluated"]} expectations failed, {stats["successful"]} passed.</p>
+<table>
+<thead><tr><th>result</th><th>column</th><th>expectation</th><th>observed</th></tr></thead>
+<tbody>
+{rows}
+</tbody>
+</table>
+</body>
+</html>
+"""

@@ -1,0 +1,317 @@
+"""The evaluate, register and promote steps against a real MLflow registry on SQLite.
+
+Each "run" logs a small pyfunc model whose probability is a logistic score of a few churn features, so the tests
+decide which model is better: GOOD reaches about 0.74 holdout ROC AUC, WORSE about 0.72 (a drop above the allowed
+0.01), WEAK about 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mlsteps import registry, results, storage, tracking
+from mlsteps.cli import app
+from mlsteps.config import load_pipeline_config
+from mlsteps.datasets import generate_churn
+from mlsteps.errors import ConfigError, DataError, RegistryConflict, StepError
+from mlsteps.steps import evaluate, promote, register
+
+MODEL_NAME = load_pipeline_config().registry.model_name
+GOOD = {
+    "tenure_months": -0.035,
+    "support_calls_90d": 0.22,
+    "days_since_last_login": 0.025,
+    "late_payments_12m": 0.25,
+    "contract_type=monthly": 1.1,
+    "contract_type=two_year": -0.9,
+}
+WORSE = {"tenure_months": -0.035, "contract_type=monthly": 1.1, "contract_type=two_year": -0.9}
+WEAK = {"age": 0.01}
+
+
+class RiskScoreModel(mlflow.pyfunc.PythonModel):
+    """sigmoid(bias + sum of weight * term); a term is a numeric column or ``column=value`` (an indicator)."""
+
+    def __init__(self, weights: dict[str, float], bias: float = -1.5) -> None:
+        self.weights = weights
+        self.bias = bias
+
+    def _term(self, frame: pd.DataFrame, key: str) -> np.ndarray:
+        column, _, value = key.partition("=")
+        if value:
+            return (frame[column] == value).to_numpy(dtype=float)
+        return frame[column].fillna(0).to_numpy(dtype=float)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        logit = self.bias + sum(weight * self._term(model_input, key) for key, weight in self.weights.items())
+        probability = 1 / (1 + np.exp(-logit))
+        return pd.DataFrame({"probability": probability, "prediction": (probability >= 0.5).astype(int)})
+
+
+NewRun = Callable[..., str]
+
+
+@pytest.fixture
+def holdout_uri(tmp_path: Path) -> str:
+    uri = str(tmp_path / "holdout.parquet")
+    storage.write_parquet(generate_churn(1500, seed=3), uri)
+    return uri
+
+
+def _log_model(weights: dict[str, float]) -> tuple[str, str]:
+    """Log a RiskScoreModel in a training run; returns (run id, model URI)."""
+    tracking.start_experiment(load_pipeline_config().registry.experiment_name)
+    with mlflow.start_run() as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=RiskScoreModel(weights), pip_requirements=[])
+    return run.info.run_id, info.model_uri
+
+
+def _write_upstream(run_root: str, holdout_uri: str, weights: dict[str, float]) -> None:
+    run_id, model_uri = _log_model(weights)
+    results.write_result(run_root, "snapshot", {"snapshot_id": "snap-42", "dataset": "churn"})
+    results.write_result(run_root, "preprocess", {"holdout_uri": holdout_uri, "snapshot_id": "snap-42"})
+    results.write_result(run_root, "train", {"mlflow_run_id": run_id, "model_uri": model_uri})
+
+
+@pytest.fixture
+def new_run(tmp_path: Path, mlflow_tracking: str, holdout_uri: str) -> NewRun:
+    """Make a run root whose snapshot, preprocess and train results are written, with a model of the weights."""
+
+    def make(name: str, weights: dict[str, float]) -> str:
+        run_root = str(tmp_path / "runs" / name)
+        _write_upstream(run_root, holdout_uri, weights)
+        return run_root
+
+    return make
+
+
+def _champion() -> int | None:
+    return registry.alias_version_number(registry.registry_client(), MODEL_NAME, registry.CHAMPION)
+
+
+def _evaluate_register(run_root: str, **thresholds: float) -> dict:
+    evaluate.main(run_root=run_root, **thresholds)
+    register.main(run_root=run_root)
+    return results.read_result(run_root, "evaluate")
+
+
+def test_evaluate_without_champion_judges_the_minimum_only(
+    s3_bucket: str, mlflow_tracking: str, tmp_path: Path
+) -> None:
+    holdout_uri = f"{s3_bucket}/data/holdout.parquet"
+    storage.write_parquet(generate_churn(1500, seed=3), holdout_uri)
+    run_root = f"{s3_bucket}/runs/ct/first"
+    _write_upstream(run_root, holdout_uri, GOOD)
+
+    evaluate.main(run_root=run_root)
+
+    result = results.read_result(run_root, "evaluate")
+    assert result["model_name"] == MODEL_NAME and result["snapshot_id"] == "snap-42"
+    assert result["champion"] is None
+    metrics = result["challenger"]["metrics"]
+    assert metrics["rows"] == 1500 and metrics["roc_auc"] > 0.72
+    assert set(result["challenger"]["slices"]) == {"plan", "region"}
+    assert result["challenger"]["slices"]["region"]["north"]["rows"] >= 30
+    assert result["gate"]["passed"] is True
+    assert result["gate"]["min_roc_auc"] == 0.70 and result["gate"]["max_roc_auc_regression"] == 0.01
+    assert result["gate"]["reasons"] == [
+        f"challenger roc_auc={metrics['roc_auc']:.3f} >= minimum 0.700",
+        "no champion yet: judged on the minimum only",
+    ]
+    assert result["report_uri"] == f"{run_root}/evaluate/report.json"
+    report = storage.read_json(result["report_uri"])
+    assert report["challenger"] == result["challenger"] and report["gate"] == result["gate"]
+    page = storage.read_text(result["report_html_uri"])
+    assert "no champion yet" in page and "region" in page
+
+
+def test_cli_threshold_overrides_decide_the_gate(new_run: NewRun) -> None:
+    run_root = new_run("strict", GOOD)
+    outcome = CliRunner().invoke(app, ["evaluate", "--run-root", run_root, "--min-roc-auc", "0.99"])
+    assert outcome.exit_code == 0, outcome.output  # a failed gate is a decision, not a step failure
+    gate = results.read_result(run_root, "evaluate")["gate"]
+    assert gate["passed"] is False and gate["min_roc_auc"] == 0.99
+    assert "< minimum 0.990" in gate["reasons"][0]
+    with pytest.raises(ConfigError, match="min_roc_auc"):
+        evaluate.main(run_root=run_root, min_roc_auc=1.5)
+
+
+def test_register_twice_for_one_run_root_creates_one_version(new_run: NewRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CODE_VERSION", "abc123")
+    monkeypatch.setenv("STEP_IMAGE", "ghcr.io/example/mlsteps:0.1.0")
+    run_root = new_run("once", GOOD)
+    evaluate.main(run_root=run_root)
+    register.main(run_root=run_root)
+    first = results.read_result(run_root, "register")
+    monkeypatch.chdir(Path(run_root).parent)
+    register.main(run_root="once")  # the same run root, spelled relative to the working directory
+    second = results.read_result(run_root, "register")
+
+    assert first == second
+    assert first["version"] == 1 and first["model_uri"] == f"models:/{MODEL_NAME}/1"
+    assert first["aliases"] == ["challenger"]
+    client = registry.registry_client()
+    assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == 1
+    train = results.read_result(run_root, "train")
+    assert first["source_run_id"] == train["mlflow_run_id"]
+    tags = client.get_model_version(MODEL_NAME, "1").tags
+    roc_auc = results.read_result(run_root, "evaluate")["challenger"]["metrics"]["roc_auc"]
+    assert tags == {
+        "run_root": run_root,
+        "source_model_uri": train["model_uri"],
+        "snapshot_id": "snap-42",
+        "dataset": "churn",
+        "mlflow_run_id": train["mlflow_run_id"],
+        "gate_passed": "true",
+        "roc_auc": str(roc_auc),
+        "code_version": "0.1.0+abc123",
+        "image": "ghcr.io/example/mlsteps:0.1.0",
+    }
+
+
+def test_register_refuses_a_model_that_was_not_evaluated(new_run: NewRun, holdout_uri: str) -> None:
+    run_root = new_run("retrained", GOOD)
+    evaluate.main(run_root=run_root)
+    _write_upstream(run_root, holdout_uri, WEAK)  # train re-ran after evaluate
+    with pytest.raises(StepError, match="is not the model evaluate judged .* re-run evaluate"):
+        register.main(run_root=run_root)
+
+
+def test_promote_sets_champion_and_the_next_run_compares_against_it(
+    new_run: NewRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_RUN_ID", "scheduled__2026-01-05")
+    first = new_run("first", GOOD)
+    _evaluate_register(first)
+    promote.main(run_root=first)
+
+    promoted = results.read_result(first, "promote")
+    assert promoted["version"] == 1 and promoted["alias"] == "champion"
+    assert promoted["previous_champion"] is None and promoted["forced"] is False
+    assert _champion() == 1
+    tags = registry.registry_client().get_model_version(MODEL_NAME, "1").tags
+    assert tags["promoted_by"] == "scheduled__2026-01-05"
+    assert tags["previous_champion"] == "none" and tags["forced"] == "false"
+    assert tags["promoted_at"].startswith("20")
+
+    promote.main(run_root=first)  # a retry changes nothing
+    assert results.read_result(first, "promote") == promoted
+    assert registry.registry_client().get_model_version(MODEL_NAME, "1").tags == tags
+
+    second = new_run("second", GOOD)
+    evaluation = _evaluate_register(second)
+    champion = evaluation["champion"]
+    assert champion["version"] == 1 and champion["model_uri"] == f"models:/{MODEL_NAME}/1"
+    assert champion["run_id"] == results.read_result(first, "train")["mlflow_run_id"]
+    assert champion["metrics"] == evaluation["challenger"]["metrics"]  # same weights, same holdout
+    assert evaluation["gate"]["passed"] is True
+    assert any(
+        "vs champion" in reason and "drop 0.000 <= allowed 0.010" in reason for reason in evaluation["gate"]["reasons"]
+    )
+    promote.main(run_root=second)
+    assert _champion() == 2
+    assert results.read_result(second, "promote")["previous_champion"] == 1
+
+
+def test_better_champion_fails_the_gate_and_promote_refuses(new_run: NewRun) -> None:
+    first = new_run("first", GOOD)
+    _evaluate_register(first)
+    promote.main(run_root=first)
+
+    second = new_run("second", WORSE)
+    evaluation = _evaluate_register(second)
+    assert evaluation["gate"]["passed"] is False
+    challenger, champion = evaluation["challenger"]["metrics"]["roc_auc"], evaluation["champion"]["metrics"]["roc_auc"]
+    assert champion - challenger > 0.01
+    assert f"challenger roc_auc={challenger:.3f} vs champion {champion:.3f}: drop" in evaluation["gate"]["reasons"][1]
+    assert registry.registry_client().get_model_version(MODEL_NAME, "2").tags["gate_passed"] == "false"
+
+    with pytest.raises(StepError, match=r"gate failed for churn-classifier v2, champion stays v1: .*> allowed 0.010"):
+        promote.main(run_root=second)
+    outcome = CliRunner().invoke(app, ["promote", "--run-root", second])
+    assert outcome.exit_code == 2
+    assert "promote failed: gate failed" in outcome.output and "--force" in outcome.output
+    assert _champion() == 1
+    assert not storage.exists(results.result_uri(second, "promote"))
+
+
+def test_champion_moved_since_evaluation_is_a_conflict(new_run: NewRun) -> None:
+    first = new_run("first", GOOD)
+    _evaluate_register(first)
+    promote.main(run_root=first)
+    second = new_run("second", GOOD)
+    _evaluate_register(second)
+    third = new_run("third", GOOD)
+    _evaluate_register(third)
+    promote.main(run_root=third)  # another run promotes between second's evaluate and promote
+    assert _champion() == 3
+
+    with pytest.raises(RegistryConflict, match="champion of churn-classifier moved from v1 to v3 since evaluation"):
+        promote.main(run_root=second)
+    assert _champion() == 3
+
+
+def test_champion_appearing_since_evaluation_is_a_conflict(new_run: NewRun) -> None:
+    first = new_run("first", GOOD)
+    second = new_run("second", GOOD)
+    _evaluate_register(first)
+    _evaluate_register(second)
+    promote.main(run_root=second)
+    with pytest.raises(RegistryConflict, match="moved from none to v2"):
+        promote.main(run_root=first)
+    assert _champion() == 2
+
+
+def test_force_promotes_a_failing_challenger_and_records_it(new_run: NewRun) -> None:
+    first = new_run("first", GOOD)
+    _evaluate_register(first)
+    promote.main(run_root=first)
+    weak = new_run("weak", WEAK)
+    evaluation = _evaluate_register(weak)
+    assert evaluation["gate"]["passed"] is False
+
+    promote.main(run_root=weak, force=True)
+
+    result = results.read_result(weak, "promote")
+    assert result["forced"] is True and result["previous_champion"] == 1 and result["version"] == 2
+    assert result["reasons"][:2] == evaluation["gate"]["reasons"]
+    assert result["reasons"][-1] == "forced: promoted although 2 check(s) failed"
+    assert _champion() == 2
+    tags = registry.registry_client().get_model_version(MODEL_NAME, "2").tags
+    assert tags["forced"] == "true" and tags["previous_champion"] == "1" and tags["promoted_by"] == "cli"
+
+
+def test_evaluate_rejects_a_holdout_without_a_feature(new_run: NewRun, tmp_path: Path) -> None:
+    run_root = new_run("broken", GOOD)
+    holdout = generate_churn(200, seed=1).drop(columns=["tenure_months", "plan"])
+    broken_uri = str(tmp_path / "broken.parquet")
+    storage.write_parquet(holdout, broken_uri)
+    results.write_result(run_root, "preprocess", {"holdout_uri": broken_uri, "snapshot_id": "snap-42"})
+    with pytest.raises(DataError, match=r"broken.parquet: holdout lacks column\(s\) \['tenure_months', 'plan'\]"):
+        evaluate.main(run_root=run_root)
+
+
+def test_evaluate_rejects_unknown_target_values(new_run: NewRun, tmp_path: Path) -> None:
+    run_root = new_run("labels", GOOD)
+    holdout = generate_churn(200, seed=1)
+    holdout.loc[:2, "churned"] = 7
+    odd_uri = str(tmp_path / "odd.parquet")
+    storage.write_parquet(holdout, odd_uri)
+    results.write_result(run_root, "preprocess", {"holdout_uri": odd_uri, "snapshot_id": "snap-42"})
+    with pytest.raises(
+        DataError, match=r"column 'churned' has 3 value\(s\) that are neither class 0 nor 1, e.g. \['7'\]"
+    ):
+        evaluate.main(run_root=run_root)
+
+
+def test_registry_client_needs_a_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_URI is not set"):
+        registry.registry_client()
