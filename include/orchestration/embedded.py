@@ -25,7 +25,9 @@ from orchestration.settings import PROJECT_ROOT, STEPS, Settings, get_settings
 
 SETTINGS_FILE = PROJECT_ROOT / "airflow_settings.yaml"
 _TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
-_STEP_FAILED = re.compile(rf"\b(?:{'|'.join(STEPS)}) failed: .*")
+# A step's failure message as the task's exception repeats it: "validate failed: ..." then "- ..." detail lines.
+_STEP_FAILED = re.compile(rf"^(?:{'|'.join(STEPS)}) failed: ")
+_FAILURE_DETAIL = ("- ", "Report: ")
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
@@ -164,7 +166,8 @@ def run_dag(settings: Settings, env: dict[str, str], dag_id: str, conf: dict[str
     outcome_file = logs / f"{dag_id}-{stamp}.json"
     argv = [sys.executable, "-m", "orchestration.embedded", "_dag-test", dag_id, json.dumps(conf), str(outcome_file)]
     print(f"running {dag_id} (Airflow log: {log_file})", flush=True)
-    step_failures: list[str] = []
+    step_failures: list[list[str]] = []
+    capturing = False
     with log_file.open("w") as log:
         child = subprocess.Popen(
             argv, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -172,18 +175,22 @@ def run_dag(settings: Settings, env: dict[str, str], dag_id: str, conf: dict[str
         assert child.stdout is not None
         for line in child.stdout:
             log.write(line)
-            match = _TASK_END.search(line)
-            if match:
+            text = line.rstrip()
+            if match := _TASK_END.search(text):
                 print(f"  task {match.group(1)} ended", flush=True)
-            failure = _STEP_FAILED.search(line)
-            if failure and failure.group(0) not in step_failures:
-                step_failures.append(failure.group(0))
+            if _STEP_FAILED.match(text):
+                step_failures.append([text])
+                capturing = True
+            elif capturing and text.startswith(_FAILURE_DETAIL):
+                step_failures[-1].append(text)
+            else:
+                capturing = False
         child.wait()
     if child.returncode != 0 or not outcome_file.exists():
         raise SystemExit(f"{dag_id} could not run (exit {child.returncode}); see {log_file}")
     outcome = json.loads(outcome_file.read_text())
     outcome["log_file"] = str(log_file)
-    outcome["step_failures"] = step_failures
+    outcome["step_failures"] = ["\n".join(block) for block in dict.fromkeys(map(tuple, step_failures))]
     return outcome
 
 
@@ -229,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"failed tasks: {', '.join(failed)}; details in {outcome['log_file']}")
         for message in outcome["step_failures"]:
-            print(f"  {message}")
+            print(message)
     return 0 if outcome["state"] == "success" else 1
 
 

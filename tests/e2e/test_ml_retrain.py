@@ -32,7 +32,7 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _run_main_job(state_dir: Path, conf: dict[str, Any]) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     env = {**os.environ, "ML_STATE_DIR": str(state_dir)}
     done = subprocess.run(
-        [sys.executable, "-m", "orchestration.embedded", "run", "--rows", "3000", "--conf", json.dumps(conf)],
+        [sys.executable, "-m", "orchestration.embedded", "run", "--rows", "10000", "--conf", json.dumps(conf)],
         env=env,
         capture_output=True,
         text=True,
