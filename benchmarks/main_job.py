@@ -121,7 +121,8 @@ def main() -> None:
     bare = run_bare_steps(settings, settings.step_env())
 
     rows = []
-    for task_id, info in outcome["tasks"].items():
+    in_run_order = sorted(outcome["tasks"].items(), key=lambda item: item[1]["started_at"] or "~")
+    for task_id, info in in_run_order:
         uri = results.result_uri(root, task_id)
         step_seconds = storage.read_json(uri).get("elapsed_seconds") if storage.exists(uri) else None
         rows.append(
@@ -146,10 +147,10 @@ def main() -> None:
             f"airflow.sdk ({row['airflow_sdk_import_seconds']:.3f} s)"
         )
     print(f"\nml_retrain on {args.rows} rows: per task (seconds)")
-    print(f"  {'task':<12}{'in Airflow':>12}{'step itself':>13}{'bare step':>11}")
+    print(f"  {'task':<12}{'in Airflow':>12}{'step process':>14}{'bare step':>11}")
     for row in rows:
         print(
-            f"  {row['task']:<12}{fmt(row['task_seconds']):>12}{fmt(row['step_process_seconds']):>13}"
+            f"  {row['task']:<12}{fmt(row['task_seconds']):>12}{fmt(row['step_process_seconds']):>14}"
             f"{fmt(row['bare_step_seconds']):>11}"
         )
     overhead = dag_wall - bare_total

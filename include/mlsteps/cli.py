@@ -16,12 +16,9 @@ from typing import Any
 
 import typer
 
-from mlsteps import results
+from mlsteps import IMPORTED_AT, results
 from mlsteps.errors import EXIT_USER_ERROR, StepError
 from mlsteps.steps import evaluate, make_dataset, preprocess, promote, register, snapshot, train, validate
-
-# Steps import their heavy libraries (torch, MLflow, GX) inside functions, so they count in a step's elapsed time.
-_STARTED = time.perf_counter()
 
 app = typer.Typer(
     name="mlsteps",
@@ -43,7 +40,7 @@ def _user_errors_exit_cleanly(name: str, func: Callable[..., Any]) -> Callable[.
             print(f"{name} failed: {exc}", file=sys.stderr, flush=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
         if kwargs.get("run_root"):
-            elapsed = time.perf_counter() - _STARTED
+            elapsed = time.perf_counter() - IMPORTED_AT
             results.record_elapsed(kwargs["run_root"], name, elapsed)
             print(f"{name} finished in {elapsed:.1f} s", flush=True)
         return outcome

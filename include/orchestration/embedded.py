@@ -144,6 +144,7 @@ def _dag_test(dag_id: str, conf: dict[str, Any], outcome_file: Path) -> None:
     tasks = {
         ti.task_id: {
             "state": str(ti.state),
+            "started_at": ti.start_date.isoformat() if ti.start_date else None,
             "seconds": (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else None,
         }
         for ti in dag_run.get_task_instances()
