@@ -1,8 +1,8 @@
 """The main job end to end: ml_retrain runs on the embedded default exactly as `make demo` runs it.
 
-Three runs share one state folder: the first trains and promotes a champion, the second trains a challenger and
-compares it with that champion on the same holdout, the third gets a broken dataset and must stop at validation
-with the registry and the champion unchanged.
+All runs share one state folder: the first trains and promotes a champion, the second trains a challenger and
+compares it with that champion on the same holdout, then each kind of broken input must stop the run at `snapshot`
+or `validate` with a message naming the problem, and the registry and the champion unchanged.
 """
 
 from __future__ import annotations
@@ -103,12 +103,53 @@ def test_second_run_compares_the_challenger_with_the_champion(state_dir: Path, f
     assert champion.version == (summary["registered_version"] if summary["promoted"] else first["registered_version"])
 
 
-def test_bad_dataset_stops_at_validate_and_changes_nothing(state_dir: Path, second_run: Any) -> None:
-    broken = generate_churn(3000, seed=11).drop(columns=["tenure_months"])
-    broken.loc[:, "plan"] = "gold"
-    path = state_dir / "datasets" / "broken.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    broken.to_csv(path, index=False)
+def _broken_churn(change: str) -> Any:
+    frame = generate_churn(3000, seed=11)
+    if change == "missing column":
+        return frame.drop(columns=["tenure_months"])
+    if change == "wrong type":
+        return frame.astype({"age": "object"}).assign(age=lambda f: f["age"].where(f.index % 50 != 0, "unknown"))
+    if change == "all-null column":
+        return frame.assign(monthly_charges=float("nan"))
+    if change == "one target class":
+        return frame.assign(churned=0)
+    if change == "unknown categories":
+        return frame.assign(plan=frame["plan"].where(frame.index % 10 != 0, "gold"))
+    raise ValueError(change)
+
+
+BAD_INPUTS = {
+    # case: (how the file is broken, the task that must stop the run, words the console must show)
+    "missing column": ("validate", ["tenure_months", "column is missing"]),
+    "wrong type": ("validate", ["age", "unknown"]),
+    "all-null column": ("validate", ["monthly_charges", "expect_column_values_to_not_be_null"]),
+    "one target class": ("validate", ["churned", "missing [1]"]),
+    "unknown categories": ("validate", ["plan", "gold"]),
+    "empty file": ("snapshot", ["has no rows"]),
+    "unreadable file": ("snapshot", ["broken.parquet"]),
+}
+
+
+def _write_bad_input(case: str, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    if case == "empty file":
+        path = folder / "broken.csv"
+        path.write_text("customer_id,event_time,churned\n")
+    elif case == "unreadable file":
+        path = folder / "broken.parquet"
+        path.write_bytes(b"PAR1 this is not parquet")
+    else:
+        path = folder / "broken.csv"
+        _broken_churn(case).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_stops_early_with_its_message_and_changes_nothing(
+    state_dir: Path, second_run: Any, case: str
+) -> None:
+    stopping_task, words = BAD_INPUTS[case]
+    path = _write_bad_input(case, state_dir / "bad-inputs" / case.replace(" ", "-"))
     registry = _registry(state_dir)
     model_name = _summary(state_dir, second_run[1]["run_id"])["model_name"]
     versions_before = {v.version for v in registry.search_model_versions(f"name='{model_name}'")}
@@ -118,9 +159,9 @@ def test_bad_dataset_stops_at_validate_and_changes_nothing(state_dir: Path, seco
 
     assert done.returncode != 0
     assert outcome["state"] == "failed"
-    assert outcome["tasks"]["snapshot"]["state"] == "success"
-    assert outcome["tasks"]["validate"]["state"] == "failed"
+    assert outcome["tasks"][stopping_task]["state"] == "failed"
     assert outcome["tasks"]["train"]["state"] == "upstream_failed"
-    assert "tenure_months" in done.stdout and "plan" in done.stdout  # the console names the problems
+    for word in words:
+        assert word in done.stdout, f"console does not name {word!r}:\n{done.stdout[-2000:]}"
     assert {v.version for v in registry.search_model_versions(f"name='{model_name}'")} == versions_before
     assert registry.get_model_version_by_alias(model_name, "champion").version == champion_before
