@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint fmt bench clean constraints
+.PHONY: demo airflow test lint fmt bench clean constraints
 
 $(INSTALLED): requirements.txt requirements/steps.txt requirements/dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(INSTALLED): requirements.txt requirements/steps.txt requirements/dev.txt const
 
 demo: $(INSTALLED)  ## the main job: ml_retrain end to end on the embedded default; ARGS='--conf {"epochs":5}'
 	$(BIN)/python -m orchestration.embedded run $(ARGS)
+
+airflow: $(INSTALLED)  ## the real Airflow services on the demo's state: UI on http://localhost:8080 (user admin)
+	$(BIN)/python -m orchestration.embedded standalone
 
 test: lint  ## lint, then every test that can run on this machine
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -208,8 +208,18 @@ def run(dag_id: str, conf: dict[str, Any], rows: int, seed: int) -> dict[str, An
     return outcome
 
 
+def standalone() -> None:
+    """Replace this process with ``airflow standalone`` (API server, scheduler, DAG processor, triggerer)."""
+    settings = get_settings()
+    env = {**os.environ, **prepare_airflow(settings)}
+    # standalone starts its components as `airflow ...` subprocesses: this environment's bin must come first
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    print(f"the admin password is in {env['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated", flush=True)
+    os.execvpe("airflow", ["airflow", "standalone"], env)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``run`` a DAG on the embedded default and print its summary."""
+    """CLI: ``run`` a DAG on the embedded default and print its summary, or start the Airflow services."""
     parser = argparse.ArgumentParser(prog="python -m orchestration.embedded", description=__doc__.split("\n")[1])
     sub = parser.add_subparsers(dest="command", required=True)
     run_cmd = sub.add_parser("run", help="run a DAG on the embedded default and print its summary")
@@ -217,12 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--conf", default="{}", help="run params as JSON, e.g. '{\"epochs\": 5}'")
     run_cmd.add_argument("--rows", type=int, default=20000, help="rows of the built-in dataset if it is generated")
     run_cmd.add_argument("--seed", type=int, default=7, help="seed of the built-in dataset if it is generated")
+    sub.add_parser("standalone", help="start the Airflow services (UI on http://localhost:8080) on the same state")
     child = sub.add_parser("_dag-test", help=argparse.SUPPRESS)
     child.add_argument("dag_id")
     child.add_argument("conf")
     child.add_argument("outcome_file", type=Path)
     args = parser.parse_args(argv)
 
+    if args.command == "standalone":
+        standalone()
     if args.command == "_dag-test":
         _dag_test(args.dag_id, json.loads(args.conf), args.outcome_file)
         return 0
