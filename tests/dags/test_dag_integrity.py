@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,14 @@ def test_every_dag_file_imports_without_errors(dagbag: DagBag) -> None:
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
 def test_dag_file_imports_no_heavy_libraries(dag_file: Path) -> None:
     # Parsing runs often in the dag-processor: torch, pandas, MLflow and GX belong inside tasks, not at top level.
+    # (Parse times are measured by benchmarks/main_job.py, not asserted here.)
     probe = (
         "import runpy, sys; runpy.run_path(sys.argv[1]); "
         "heavy = [m for m in ('torch', 'pandas', 'mlflow', 'great_expectations', 'sklearn', 'boto3') "
         "if m in sys.modules]; print(','.join(heavy))"
     )
-    started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", probe, str(dag_file)], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "", f"{dag_file.name} imports {done.stdout.strip()} at parse time"
-    assert time.perf_counter() - started < 30, "parsing must not hang (budget and figures: benchmarks/main_job.py)"
 
 
 def test_dags_have_owner_retries_tags_and_docs(dagbag: DagBag) -> None:
