@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 import mlsteps
-from mlsteps import storage, tracking
+from mlsteps import storage
 from mlsteps.errors import ConfigError
 
 CHAMPION = "champion"
@@ -20,20 +20,6 @@ RUN_ROOT_TAG = "run_root"
 SOURCE_TAG = "source_model_uri"
 CODE_VERSION_ENV_VAR = "CODE_VERSION"
 IMAGE_ENV_VAR = "STEP_IMAGE"
-
-
-def registry_client() -> Any:
-    """An MLflow client, refusing to fall back silently to a local ``./mlruns`` registry.
-
-    Raises:
-        ConfigError: ``MLFLOW_TRACKING_URI`` is not set.
-    """
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        raise ConfigError(
-            "MLFLOW_TRACKING_URI is not set: point it at the MLflow server or sqlite:///path/mlflow.db "
-            "that holds the model registry"
-        )
-    return tracking.client()
 
 
 def model_uri(model_name: str, version: int) -> str:

@@ -10,7 +10,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from mlsteps.errors import ConfigError
+
 ARTIFACT_LOCATION_ENV_VAR = "MLFLOW_ARTIFACT_LOCATION"
+
+
+def _require_tracking_uri() -> None:
+    """Refuse to fall back silently to a ``./mlruns`` store in the working directory."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise ConfigError(
+            "MLFLOW_TRACKING_URI is not set: point it at the MLflow server or sqlite:///path/mlflow.db "
+            "that holds the runs and the model registry"
+        )
 
 
 def start_experiment(experiment_name: str) -> str:
@@ -18,11 +29,13 @@ def start_experiment(experiment_name: str) -> str:
 
     Returns:
         The experiment id.
+
+    Raises:
+        ConfigError: ``MLFLOW_TRACKING_URI`` is not set.
     """
     import mlflow
 
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        raise RuntimeError("MLFLOW_TRACKING_URI is not set: point it at an MLflow server or sqlite:///path/mlflow.db")
+    _require_tracking_uri()
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is None:
         experiment_id = mlflow.create_experiment(
@@ -35,7 +48,12 @@ def start_experiment(experiment_name: str) -> str:
 
 
 def client() -> Any:
-    """An MLflow client for the configured tracking and registry URIs."""
+    """An MLflow client for the configured tracking and registry URIs.
+
+    Raises:
+        ConfigError: ``MLFLOW_TRACKING_URI`` is not set.
+    """
     from mlflow import MlflowClient
 
+    _require_tracking_uri()
     return MlflowClient()

@@ -93,7 +93,7 @@ def new_run(tmp_path: Path, mlflow_tracking: str, holdout_uri: str) -> NewRun:
 
 
 def _champion() -> int | None:
-    return registry.alias_version_number(registry.registry_client(), MODEL_NAME, registry.CHAMPION)
+    return registry.alias_version_number(tracking.client(), MODEL_NAME, registry.CHAMPION)
 
 
 def _evaluate_register(run_root: str, **thresholds: float) -> dict:
@@ -157,7 +157,7 @@ def test_register_twice_for_one_run_root_creates_one_version(new_run: NewRun, mo
     assert first == second
     assert first["version"] == 1 and first["model_uri"] == f"models:/{MODEL_NAME}/1"
     assert first["aliases"] == ["challenger"]
-    client = registry.registry_client()
+    client = tracking.client()
     assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == 1
     train = results.read_result(run_root, "train")
     assert first["source_run_id"] == train["mlflow_run_id"]
@@ -196,14 +196,14 @@ def test_promote_sets_champion_and_the_next_run_compares_against_it(
     assert promoted["version"] == 1 and promoted["alias"] == "champion"
     assert promoted["previous_champion"] is None and promoted["forced"] is False
     assert _champion() == 1
-    tags = registry.registry_client().get_model_version(MODEL_NAME, "1").tags
+    tags = tracking.client().get_model_version(MODEL_NAME, "1").tags
     assert tags["promoted_by"] == "scheduled__2026-01-05"
     assert tags["previous_champion"] == "none" and tags["forced"] == "false"
     assert tags["promoted_at"].startswith("20")
 
     promote.main(run_root=first)  # a retry changes nothing
     assert results.read_result(first, "promote") == promoted
-    assert registry.registry_client().get_model_version(MODEL_NAME, "1").tags == tags
+    assert tracking.client().get_model_version(MODEL_NAME, "1").tags == tags
 
     second = new_run("second", GOOD)
     evaluation = _evaluate_register(second)
@@ -231,7 +231,7 @@ def test_better_champion_fails_the_gate_and_promote_refuses(new_run: NewRun) -> 
     challenger, champion = evaluation["challenger"]["metrics"]["roc_auc"], evaluation["champion"]["metrics"]["roc_auc"]
     assert champion - challenger > 0.01
     assert f"challenger roc_auc={challenger:.3f} vs champion {champion:.3f}: drop" in evaluation["gate"]["reasons"][1]
-    assert registry.registry_client().get_model_version(MODEL_NAME, "2").tags["gate_passed"] == "false"
+    assert tracking.client().get_model_version(MODEL_NAME, "2").tags["gate_passed"] == "false"
 
     with pytest.raises(StepError, match=r"gate failed for churn-classifier v2, champion stays v1: .*> allowed 0.010"):
         promote.main(run_root=second)
@@ -284,7 +284,7 @@ def test_force_promotes_a_failing_challenger_and_records_it(new_run: NewRun) -> 
     assert result["reasons"][:2] == evaluation["gate"]["reasons"]
     assert result["reasons"][-1] == "forced: promoted although 2 check(s) failed"
     assert _champion() == 2
-    tags = registry.registry_client().get_model_version(MODEL_NAME, "2").tags
+    tags = tracking.client().get_model_version(MODEL_NAME, "2").tags
     assert tags["forced"] == "true" and tags["previous_champion"] == "1" and tags["promoted_by"] == "cli"
 
 
@@ -311,7 +311,7 @@ def test_evaluate_rejects_unknown_target_values(new_run: NewRun, tmp_path: Path)
         evaluate.main(run_root=run_root)
 
 
-def test_registry_client_needs_a_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tracking_client_needs_a_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ConfigError, match="MLFLOW_TRACKING_URI is not set"):
-        registry.registry_client()
+        tracking.client()

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import typer
 
-from mlsteps import registry, results, storage
+from mlsteps import registry, results, storage, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import DatasetConfig, PipelineConfig, load_pipeline_config
 from mlsteps.errors import DataError, StepError
@@ -140,7 +140,7 @@ def main(
     model_name = pipeline.registry.model_name
     preprocess = results.read_result(run_root, "preprocess")
     challenger_uri = results.read_result(run_root, "train")["model_uri"]
-    client = registry.registry_client()
+    client = tracking.client()
     features, labels = _read_holdout(preprocess["holdout_uri"], pipeline.dataset)
 
     challenger = _score_model(challenger_uri, features, labels, pipeline)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mlsteps import registry, results
+from mlsteps import registry, results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import PipelineConfig, load_pipeline_config
 from mlsteps.errors import ConfigError, RegistryConflict, StepError
@@ -96,7 +96,7 @@ def main(
     version = registered["version"]
     decision = _recorded_gate(pipeline, evaluation, force)
 
-    client = registry.registry_client()
+    client = tracking.client()
     current = registry.alias_version_number(client, model_name, registry.CHAMPION)
     if current == version:
         previous, forced = _previous_promotion(client.get_model_version(model_name, str(version)).tags)

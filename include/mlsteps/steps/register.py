@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from mlsteps import registry, results
+from mlsteps import registry, results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import load_pipeline_config
 from mlsteps.errors import StepError
@@ -45,7 +45,7 @@ def main(run_root: RunRoot, config: ConfigUri = None) -> None:
             "re-run evaluate for this --run-root, then register"
         )
 
-    client = registry.registry_client()
+    client = tracking.client()
     version, created = registry.register_once(client, model_name, model_uri, run_root)
     number = int(version.version)
     tags = {
