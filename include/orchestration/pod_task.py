@@ -24,6 +24,13 @@ def _run_root_macro(dag_id: str, run_id: str) -> str:
 
 TEMPLATE_MACROS = {"run_root": _run_root_macro}
 
+# The run's identity, rendered per task, so a step (in a pod as well) can record who did what, e.g. who promoted.
+RUN_CONTEXT_ENV = {
+    "AIRFLOW_CTX_DAG_ID": "{{ dag.dag_id }}",
+    "AIRFLOW_CTX_DAG_RUN_ID": "{{ run_id }}",
+    "AIRFLOW_CTX_TASK_ID": "{{ task.task_id }}",
+}
+
 
 def step_command(step: str, args: list[str] | None = None) -> tuple[list[str], list[str]]:
     """The container entrypoint and arguments of a step, as (cmds, arguments)."""
@@ -57,7 +64,7 @@ def pod_task(
         "task_id": task_id or step,
         "cmds": cmds,
         "arguments": arguments,
-        "env_vars": settings.step_env(),
+        "env_vars": {**settings.step_env(), **RUN_CONTEXT_ENV},
         "retries": limits.retries,
         "execution_timeout": limits.execution_timeout,
         "priority_weight": limits.priority_weight,

@@ -81,6 +81,8 @@ def test_first_run_registers_and_promotes_a_champion(state_dir: Path, first_run:
 
     champion = _registry(state_dir).get_model_version_by_alias(summary["model_name"], "champion")
     assert champion.version == summary["registered_version"]
+    assert champion.tags["promoted_by"] == outcome["run_id"]  # the step got the run's identity from the task
+    assert champion.tags["snapshot_id"] == summary["snapshot_id"]
     for report in summary["reports"].values():
         assert storage.exists(report), report
     # the console shows the summary a person reads
