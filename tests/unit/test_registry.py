@@ -294,7 +294,7 @@ def test_evaluate_rejects_a_holdout_without_a_feature(new_run: NewRun, tmp_path:
     broken_uri = str(tmp_path / "broken.parquet")
     storage.write_parquet(holdout, broken_uri)
     results.write_result(run_root, "preprocess", {"holdout_uri": broken_uri, "snapshot_id": "snap-42"})
-    with pytest.raises(DataError, match=r"broken.parquet: holdout lacks column\(s\) \['tenure_months', 'plan'\]"):
+    with pytest.raises(DataError, match=r"holdout \S*broken.parquet lacks column\(s\) \['tenure_months', 'plan'\]"):
         evaluate.main(run_root=run_root)
 
 
@@ -306,7 +306,8 @@ def test_evaluate_rejects_unknown_target_values(new_run: NewRun, tmp_path: Path)
     storage.write_parquet(holdout, odd_uri)
     results.write_result(run_root, "preprocess", {"holdout_uri": odd_uri, "snapshot_id": "snap-42"})
     with pytest.raises(
-        DataError, match=r"column 'churned' has 3 value\(s\) that are neither class 0 nor 1, e.g. \['7'\]"
+        DataError,
+        match=r"odd.parquet: target column 'churned' has 3 value\(s\) outside the classes \[0, 1\], e.g. \[7\]",
     ):
         evaluate.main(run_root=run_root)
 

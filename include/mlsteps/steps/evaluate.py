@@ -16,41 +16,26 @@ from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import DatasetConfig, PipelineConfig, load_pipeline_config
 from mlsteps.errors import DataError, StepError
 from mlsteps.evaluation import classification_metrics, gate_decision, render_report_html, slice_metrics
+from mlsteps.features import binary_labels, require_columns
 
 STEP = "evaluate"
 REPORT_FILE = "report.json"
 REPORT_HTML_FILE = "report.html"
 
 
-def _labels(holdout: pd.DataFrame, dataset: DatasetConfig, holdout_uri: str) -> np.ndarray:
-    """0/1 labels from the target column, refusing values that are neither configured class."""
-    target = holdout[dataset.target.name]
-    negative, positive = dataset.target.classes
-    unknown = target[~target.isin([negative, positive])]
-    if len(unknown):
-        examples = sorted({str(value) for value in unknown.head(1000)})[:5]
-        raise DataError(
-            f"{holdout_uri}: column {dataset.target.name!r} has {len(unknown)} value(s) that are neither class "
-            f"{negative!r} nor {positive!r}, e.g. {examples}: fix target.classes in the dataset config or the data"
-        )
-    return (target == positive).to_numpy(dtype=int)
-
-
 def _read_holdout(holdout_uri: str, dataset: DatasetConfig) -> tuple[pd.DataFrame, np.ndarray]:
     """The holdout's feature columns (config order, typed) and its 0/1 labels."""
     holdout = storage.read_parquet(holdout_uri)
     feature_names = [column.name for column in dataset.features]
-    missing = [name for name in [*feature_names, dataset.target.name] if name not in holdout.columns]
-    if missing:
-        raise DataError(
-            f"{holdout_uri}: holdout lacks column(s) {missing} of dataset {dataset.name!r}: "
-            "re-run preprocess with the same config"
-        )
+    what = f"holdout {holdout_uri}"
+    require_columns(holdout, [*feature_names, dataset.target.name], what)
     if holdout.empty:
         raise DataError(f"{holdout_uri}: holdout has no rows: raise split.holdout_fraction or use a larger snapshot")
     # Typed as serving sends rows (the model signature's types): numbers as float64, categories as strings.
     types = {**dict.fromkeys(dataset.numeric_features, "float64"), **dict.fromkeys(dataset.categorical_features, "str")}
-    return holdout[feature_names].astype(types), _labels(holdout, dataset, holdout_uri)
+    return holdout[feature_names].astype(types), binary_labels(
+        holdout[dataset.target.name], dataset.target.classes, what
+    )
 
 
 def _predict_probability(model_uri: str, features: pd.DataFrame) -> np.ndarray:
