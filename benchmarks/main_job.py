@@ -93,7 +93,7 @@ def main() -> None:
     state = Path(tempfile.mkdtemp(prefix="bench-main-job-"))
     os.environ["ML_STATE_DIR"] = str(state)
     sys.path.insert(0, str(PROJECT_ROOT / "include"))
-    from mlsteps import results, storage
+    from mlsteps import results
     from orchestration import embedded
     from orchestration.settings import get_settings
 
@@ -123,8 +123,7 @@ def main() -> None:
     rows = []
     in_run_order = sorted(outcome["tasks"].items(), key=lambda item: item[1]["started_at"] or "~")
     for task_id, info in in_run_order:
-        uri = results.result_uri(root, task_id)
-        step_seconds = storage.read_json(uri).get("elapsed_seconds") if storage.exists(uri) else None
+        step_seconds = (results.optional_result(root, task_id) or {}).get("elapsed_seconds")
         rows.append(
             {
                 "task": task_id,

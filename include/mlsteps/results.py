@@ -57,8 +57,14 @@ def read_result(root: str, step: str) -> dict[str, Any]:
         raise StepError(f"no result of step {step!r} at {uri}: run `{step}` for this --run-root first") from None
 
 
+def optional_result(root: str, step: str) -> dict[str, Any] | None:
+    """The result of a step of this run, or None when the step did not run (skipped by a branch, or failed)."""
+    uri = result_uri(root, step)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
 def record_elapsed(root: str, step: str, seconds: float) -> None:
     """Add the step process's wall time to its result (benchmarks compare it with the task's wall time)."""
-    uri = result_uri(root, step)
-    if storage.exists(uri):
-        storage.write_json(uri, {**storage.read_json(uri), "elapsed_seconds": round(seconds, 3)})
+    result = optional_result(root, step)
+    if result is not None:
+        storage.write_json(result_uri(root, step), {**result, "elapsed_seconds": round(seconds, 3)})

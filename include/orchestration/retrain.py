@@ -32,18 +32,13 @@ def promotion_branch(run_root: str, force: bool) -> str:
     return REJECT_TASK
 
 
-def _optional_result(run_root: str, step: str) -> dict[str, Any] | None:
-    uri = results.result_uri(run_root, step)
-    return storage.read_json(uri) if storage.exists(uri) else None
-
-
 def summarize(run_root: str, run_id: str) -> dict[str, Any]:
     """Collect the outcome of one run from the steps' results and write ``summary.json`` into the run folder."""
     snapshot = results.read_result(run_root, "snapshot")
     validate = results.read_result(run_root, "validate")
     evaluate = results.read_result(run_root, "evaluate")
     register = results.read_result(run_root, "register")
-    promote = _optional_result(run_root, "promote")
+    promote = results.optional_result(run_root, "promote")
     champion = evaluate.get("champion") or {}
     summary = {
         "run_id": run_id,
