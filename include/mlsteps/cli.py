@@ -17,6 +17,7 @@ from typing import Any
 import typer
 
 from mlsteps import IMPORTED_AT, results
+from mlsteps.distributed import World
 from mlsteps.errors import EXIT_USER_ERROR, StepError
 from mlsteps.steps import evaluate, make_dataset, preprocess, promote, register, snapshot, train, validate
 
@@ -39,7 +40,7 @@ def _user_errors_exit_cleanly(name: str, func: Callable[..., Any]) -> Callable[.
         except StepError as exc:
             print(f"{name} failed: {exc}", file=sys.stderr, flush=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
-        if kwargs.get("run_root"):
+        if kwargs.get("run_root") and World.from_env().is_main:  # one writer of result.json per step
             elapsed = time.perf_counter() - IMPORTED_AT
             results.record_elapsed(kwargs["run_root"], name, elapsed)
             print(f"{name} finished in {elapsed:.1f} s", flush=True)

@@ -41,6 +41,16 @@ def prepare_run(root: str, rows: int = 3000, **training: Any) -> PipelineConfig:
     return config
 
 
+def config_file(directory: Path, **training: Any) -> Path:
+    """A pipeline YAML with the tiny training settings (plus overrides), for runs started from the command line."""
+    pipeline = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    pipeline["dataset"] = str(DEFAULT_CONFIG_PATH.parent / pipeline["dataset"])
+    pipeline["training"].update(TINY_TRAINING, **training)
+    path = directory / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    return path
+
+
 def metric_steps(run_id: str, metric: str) -> list[tuple[int, float]]:
     history = mlflow.MlflowClient().get_metric_history(run_id, metric)
     return sorted((point.step, point.value) for point in history)
@@ -113,6 +123,30 @@ def test_retry_resumes_from_the_latest_checkpoint_in_the_same_mlflow_run(
     assert again["model_uri"] == resumed["model_uri"]
 
 
+def test_checkpoint_dir_holds_the_checkpoints_and_a_retry_resumes_from_it(mlflow_tracking: str, tmp_path: Path) -> None:
+    root = str(tmp_path / "run")
+    checkpoints = str(tmp_path / "volume" / "ml_retrain" / "run")
+    interrupted = train.run(root, prepare_run(root, epochs=1), checkpoint_dir=checkpoints)
+    assert interrupted["checkpoint_uri"] == f"{checkpoints}/epoch-001.pt"
+    assert storage.list_files(f"{root}/train/checkpoints") == []
+
+    outcome = CliRunner().invoke(
+        app,
+        ["train", "--run-root", root, "--config", str(config_file(tmp_path)), "--epochs", "2"]
+        + ["--checkpoint-dir", checkpoints],
+    )
+
+    assert outcome.exit_code == 0, outcome.output
+    assert f"resuming after epoch 1 from {checkpoints}/epoch-001.pt" in outcome.output
+    resumed = results.read_result(root, "train")
+    assert resumed["mlflow_run_id"] == interrupted["mlflow_run_id"] and resumed["epochs_run"] == 2
+    assert [Path(uri).name for uri in storage.list_files(checkpoints)] == ["epoch-001.pt", "epoch-002.pt"]
+
+    other_root = str(tmp_path / "other-run")
+    with pytest.raises(ConfigError, match=rf"epoch-002.pt belongs to run root '{root}', not '{other_root}'.*own"):
+        train.run(other_root, prepare_run(other_root, epochs=2), checkpoint_dir=checkpoints)
+
+
 def test_retry_with_other_network_settings_is_refused(pipeline_config: PipelineConfig) -> None:
     preprocessor = TabularPreprocessor(numeric={}, vocabularies={"plan": ["basic"]})
     saved = train.fingerprint(pipeline_config.training, "abc", preprocessor)
@@ -129,11 +163,7 @@ def test_retry_with_other_network_settings_is_refused(pipeline_config: PipelineC
 def test_cli_model_loads_and_predicts_raw_rows(mlflow_tracking: str, tmp_path: Path) -> None:
     root = str(tmp_path / "run")
     prepare_run(root, rows=5000)
-    pipeline = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    pipeline["dataset"] = str(DEFAULT_CONFIG_PATH.parent / pipeline["dataset"])
-    pipeline["training"].update(hidden_units=[32], batch_size=128)
-    config_path = tmp_path / "pipeline.yaml"
-    config_path.write_text(yaml.safe_dump(pipeline))
+    config_path = config_file(tmp_path, hidden_units=[32], learning_rate=0.002)
 
     outcome = CliRunner().invoke(
         app,

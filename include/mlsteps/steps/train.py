@@ -1,9 +1,13 @@
 """train: fit the tabular network on the train split, early-stopped on validation loss, and log it to MLflow.
 
 Retries resume instead of starting over: every epoch writes a checkpoint (weights, optimizer, random states,
-best weights so far) under <run-root>/train/checkpoints/, and the MLflow run id is stored in
-<run-root>/train/mlflow_run.json before the first epoch, so a retried pod continues at the next epoch in
+best weights so far) under <run-root>/train/checkpoints/ (or --checkpoint-dir), and the MLflow run id is stored
+in <run-root>/train/mlflow_run.json before the first epoch, so a retried pod continues at the next epoch in
 the same MLflow run. Seeds and deterministic kernels make a run repeatable on the same hardware.
+
+Started by torchrun with several processes (one per GPU of the pod), the same code trains data-parallel: the
+network is wrapped in DistributedDataParallel, each rank trains on its shard of every epoch's shuffled rows and
+evaluates its share of the validation rows, and only rank 0 talks to MLflow and writes checkpoints and the result.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import random
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -26,6 +31,7 @@ import mlsteps
 from mlsteps import storage, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import DatasetConfig, PipelineConfig, TrainingConfig, load_pipeline_config
+from mlsteps.distributed import World
 from mlsteps.errors import ConfigError
 from mlsteps.features import TabularPreprocessor, binary_labels
 from mlsteps.results import read_result, result_uri, step_dir, write_result
@@ -67,7 +73,9 @@ class Progress:
 class Trainer:
     """The network, optimizer, random streams and progress of one run: everything a checkpoint must hold."""
 
-    def __init__(self, preprocessor: TabularPreprocessor, training: TrainingConfig, device: torch.device) -> None:
+    def __init__(
+        self, preprocessor: TabularPreprocessor, training: TrainingConfig, device: torch.device, world: World
+    ) -> None:
         import torch
 
         from mlsteps.model import NetworkSpec, TabularNet
@@ -82,7 +90,11 @@ class Trainer:
         )
         self.training = training
         self.device = device
+        self.world = world
         self.network = TabularNet(spec).to(device)
+        # Checkpoints, evaluation and the logged model use the plain network; only training steps go through
+        # the wrapper, which averages gradients over the ranks of a distributed run.
+        self.model = world.wrap(self.network, device)
         self.optimizer = torch.optim.AdamW(
             self.network.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay
         )
@@ -97,6 +109,7 @@ class Trainer:
         """What a checkpoint stores (loadable with ``torch.load(weights_only=True)``)."""
         import torch
 
+        # Only this process's GPU: reading every visible one would open a CUDA context on each from every rank.
         cuda = self.device.type == "cuda"
         return {
             "model": self.network.state_dict(),
@@ -106,7 +119,7 @@ class Trainer:
             "random": {
                 "torch": torch.get_rng_state(),
                 "shuffle": self.shuffle.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if cuda else [],
+                "cuda": [torch.cuda.get_rng_state(self.device)] if cuda else [],
             },
         }
 
@@ -121,13 +134,27 @@ class Trainer:
         torch.set_rng_state(state["random"]["torch"])
         self.shuffle.set_state(state["random"]["shuffle"])
         if self.device.type == "cuda" and state["random"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["random"]["cuda"])
+            torch.cuda.set_rng_state(state["random"]["cuda"][0], self.device)
+
+    def fit(
+        self,
+        criterion: torch.nn.Module,
+        train: Split,
+        validation: Split,
+        after_epoch: Callable[[dict[str, float]], None] = lambda metrics: None,
+    ) -> None:
+        """Train until the epoch budget is spent or early stopping triggers; nothing when a checkpoint says so."""
+        while not self.progress.finished(self.training):
+            after_epoch(self.fit_epoch(criterion, train, validation))
 
     def fit_epoch(self, criterion: torch.nn.Module, train: Split, validation: Split) -> dict[str, float]:
-        """Train one epoch, evaluate on validation, and keep the weights if validation loss improved."""
+        """Train one epoch, evaluate on validation, and keep the weights if validation loss improved.
+
+        Every rank of a distributed run gets the same metrics, so all make the same early-stopping decision.
+        """
         epoch = self.progress.epoch + 1
         train_loss = self._train_pass(criterion, train, f"epoch {epoch}/{self.training.epochs}")
-        val_loss, val_roc_auc = _evaluate(self.network, criterion, validation)
+        val_loss, val_roc_auc = _evaluate(self.network, criterion, validation, self.world)
         progress = self.progress
         progress.epoch = epoch
         metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_roc_auc": val_roc_auc}
@@ -141,27 +168,34 @@ class Trainer:
         return metrics
 
     def _train_pass(self, criterion: torch.nn.Module, data: Split, description: str) -> float:
-        """One pass over the shuffled train split; returns the mean train loss."""
+        """One pass over this rank's shard of the shuffled train split; returns the mean train loss of all ranks.
+
+        Every rank draws the same permutation from the shared shuffle stream and takes its own shard of it, and
+        each step's rows are split over the ranks, so an optimizer step still sees ``batch_size`` rows.
+        """
         import torch
         from tqdm import tqdm
 
         numeric, categories, labels = data
-        self.network.train()
-        order = torch.randperm(len(labels), generator=self.shuffle).to(self.device)
+        self.model.train()
+        rows = self.world.shard(torch.randperm(len(labels), generator=self.shuffle).to(self.device))
+        step_rows = self.world.share(self.training.batch_size)
         total = torch.zeros((), device=self.device)
-        starts = range(0, len(labels), self.training.batch_size)
+        starts = range(0, len(rows), step_rows)
         cuda = self.device.type == "cuda"
         for start in tqdm(starts, desc=description, unit="batch", file=sys.stderr, disable=not sys.stderr.isatty()):
-            batch = order[start : start + self.training.batch_size]
+            batch = rows[start : start + step_rows]
             # bf16 autocast only on CUDA: on CPU it is slower for layers this small and changes the numbers.
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda):
-                logits = self.network(numeric[batch], categories[batch])
+                logits = self.model(numeric[batch], categories[batch])
             loss = criterion(logits.float(), labels[batch])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             total += loss.detach() * len(batch)
-        return float(total) / len(labels)
+        sums = torch.stack([total.double(), torch.tensor(len(rows), dtype=torch.float64, device=self.device)])
+        loss_sum, rows_seen = self.world.all_reduce_sum(sums).tolist()
+        return loss_sum / rows_seen
 
 
 def parse_tags(values: list[str]) -> dict[str, str]:
@@ -206,17 +240,20 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def checkpoint_uri(out: str, epoch: int) -> str:
+def default_checkpoint_dir(run_root: str) -> str:
+    """Where a run's checkpoints go unless --checkpoint-dir names another folder."""
+    return storage.join(step_dir(run_root, STEP), CHECKPOINT_DIR)
+
+
+def checkpoint_uri(checkpoints: str, epoch: int) -> str:
     """Where the checkpoint of one epoch lives."""
-    return storage.join(out, CHECKPOINT_DIR, f"epoch-{epoch:03d}.pt")
+    return storage.join(checkpoints, f"epoch-{epoch:03d}.pt")
 
 
-def latest_checkpoint(out: str) -> str | None:
-    """The checkpoint with the highest epoch under the step folder, or None before the first epoch ends."""
+def latest_checkpoint(checkpoints: str) -> str | None:
+    """The checkpoint with the highest epoch in the checkpoint folder, or None before the first epoch ends."""
     found = {
-        int(match.group(1)): uri
-        for uri in storage.list_files(storage.join(out, CHECKPOINT_DIR))
-        if (match := CHECKPOINT_NAME.search(uri))
+        int(match.group(1)): uri for uri in storage.list_files(checkpoints) if (match := CHECKPOINT_NAME.search(uri))
     }
     return found[max(found)] if found else None
 
@@ -280,14 +317,22 @@ def _split_tensors(
     )
 
 
-def _evaluate(network: torch.nn.Module, criterion: torch.nn.Module, data: Split) -> tuple[float, float]:
-    """Validation loss (weighted as in training) and ROC AUC, without dropout."""
+def _evaluate(network: torch.nn.Module, criterion: torch.nn.Module, data: Split, world: World) -> tuple[float, float]:
+    """Validation loss (weighted as in training) and ROC AUC, without dropout.
+
+    Each rank predicts every ``size``-th row from position ``rank`` and the logits are summed over the ranks into
+    one full tensor, so every rank computes the same numbers from all validation rows.
+    """
+    import torch
     from sklearn.metrics import roc_auc_score
 
     from mlsteps.model import predict_logits
 
     numeric, categories, labels = data
-    logits = predict_logits(network, numeric, categories)
+    rows = slice(world.rank, None, world.size)
+    logits = torch.zeros_like(labels)
+    logits[rows] = predict_logits(network, numeric[rows], categories[rows])
+    world.all_reduce_sum(logits)
     return float(criterion(logits, labels)), float(roc_auc_score(labels.cpu().numpy(), logits.cpu().numpy()))
 
 
@@ -325,23 +370,70 @@ def _finished_result(run_root: str, run_id: str | None, progress: Progress, trai
     return previous if same else None
 
 
-def run(run_root: str, config: PipelineConfig, tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Train (or resume training) for one run root and log the model package to MLflow.
-
-    Returns:
-        The payload written to ``result.json``.
+def _resume(trainer: Trainer, checkpoints: str, expected: dict[str, Any], run_root: str) -> None:
+    """Restore the latest checkpoint, if any; every rank reads the same file, so all continue from one state.
 
     Raises:
-        ConfigError: ``cuda`` requested without a GPU, or a retry changed settings its checkpoint depends on.
+        ConfigError: the checkpoint belongs to another run root, or a retry changed settings it depends on.
+    """
+    uri = latest_checkpoint(checkpoints)
+    if uri is None:
+        return
+    state = load_checkpoint(uri)
+    # Checkpoints without the field predate --checkpoint-dir and so lie under their own run root.
+    owner = state.get("run_root", run_root)
+    if owner != run_root:
+        raise ConfigError(
+            f"checkpoint {uri} belongs to run root {owner!r}, not {run_root!r}: give every run its own "
+            "--checkpoint-dir (for example <volume>/<dag id>/<run id>)"
+        )
+    check_resumable(state["fingerprint"], expected, uri)
+    trainer.restore(state)
+    print(f"{STEP}: resuming after epoch {trainer.progress.epoch} from {uri}", flush=True)
+
+
+def run(
+    run_root: str, config: PipelineConfig, tags: dict[str, str] | None = None, checkpoint_dir: str | None = None
+) -> dict[str, Any] | None:
+    """Train (or resume training) for one run root and log the model package to MLflow.
+
+    Under torchrun with several processes, every rank trains its shard and rank 0 alone tracks and writes.
+
+    Args:
+        run_root: folder of this run's artifacts; the preprocess step must have run for it.
+        config: the pipeline config.
+        tags: MLflow tags of the run, e.g. what triggered it.
+        checkpoint_dir: folder of this run's epoch checkpoints; default: <run-root>/train/checkpoints.
+
+    Returns:
+        The payload written to ``result.json``; None on the other ranks of a distributed run.
+
+    Raises:
+        ConfigError: ``cuda`` requested without a GPU, more torchrun processes than GPUs, or a retry changed
+            settings its checkpoint depends on.
         DataError: a split lacks feature columns or has target values outside the configured classes.
     """
+    world = World.from_env()
+    device = world.place(select_device(config.training.device))
+    with world.process_group(device):
+        return _train(run_root, config, tags or {}, checkpoint_dir or default_checkpoint_dir(run_root), world, device)
+
+
+def _train(
+    run_root: str,
+    config: PipelineConfig,
+    tags: dict[str, str],
+    checkpoints: str,
+    world: World,
+    device: torch.device,
+) -> dict[str, Any] | None:
+    """The body of ``run`` on one rank, inside its process group."""
     import mlflow
     import torch
 
     from mlsteps.model import log_model_package
 
     dataset, training = config.dataset, config.training
-    device = select_device(training.device)
     upstream = read_result(run_root, "preprocess")
     snapshot_id = upstream["snapshot_id"]
     preprocessor = TabularPreprocessor.from_dict(storage.read_json(upstream["preprocessor_uri"]))
@@ -353,47 +445,56 @@ def run(run_root: str, config: PipelineConfig, tags: dict[str, str] | None = Non
 
     out = step_dir(run_root, STEP)
     expected = fingerprint(training, snapshot_id, preprocessor)
-    trainer = Trainer(preprocessor, training, device)
-    resume_uri = latest_checkpoint(out)
-    if resume_uri is not None:
-        state = load_checkpoint(resume_uri)
-        check_resumable(state["fingerprint"], expected, resume_uri)
-        trainer.restore(state)
-        print(f"{STEP}: resuming after epoch {trainer.progress.epoch} from {resume_uri}", flush=True)
+    trainer = Trainer(preprocessor, training, device, world)
+    _resume(trainer, checkpoints, expected, run_root)
+    # Unweighted BCE keeps the probabilities calibrated (log loss, ECE and the 0.5 threshold stay meaningful).
+    criterion = torch.nn.BCEWithLogitsLoss()
+    train_rows = len(train[2])
+    print(
+        f"{STEP}: rank {world.rank}/{world.size} trains on {world.share(train_rows)} of {train_rows} train rows "
+        f"per epoch, {world.share(training.batch_size)} rows per step on {device}",
+        flush=True,
+    )
+    if not world.is_main:
+        trainer.fit(criterion, train, validation)
+        return None
+
     progress = trainer.progress
     run_id = _stored_run_id(out)
     if (previous := _finished_result(run_root, run_id, progress, training)) is not None:
         print(f"{STEP}: already finished for this run root (MLflow run {run_id}); nothing to do", flush=True)
         return previous
 
-    # Unweighted BCE keeps the probabilities calibrated (log loss, ECE and the 0.5 threshold stay meaningful).
-    criterion = torch.nn.BCEWithLogitsLoss()
     params = {
         **training.model_dump(exclude={"device"}),
         "device": device.type,
+        "world_size": world.size,
         "dataset": dataset.name,
         "snapshot_id": snapshot_id,
-        "train_rows": len(train[2]),
+        "train_rows": train_rows,
         "validation_rows": len(validation[2]),
     }
+
+    def record_epoch(metrics: dict[str, float]) -> None:
+        mlflow.log_metrics(metrics, step=progress.epoch)
+        state = {**trainer.state(), "fingerprint": expected, "run_root": run_root}
+        save_checkpoint(state, checkpoint_uri(checkpoints, progress.epoch))
+        print(
+            f"epoch {progress.epoch}/{training.epochs}: "
+            + " ".join(f"{name}={value:.4f}" for name, value in metrics.items())
+            + f" (best val_loss={progress.best_val_loss:.4f} at epoch {progress.best_epoch})",
+            flush=True,
+        )
+
     tracking.start_experiment(config.registry.experiment_name)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{dataset.name}-{snapshot_id[:12]}") as active:
         run_id = active.info.run_id
         _log_params_once(run_id, params)
         lineage = {"dataset": dataset.name, "snapshot_id": snapshot_id, "mlsteps_version": mlsteps.__version__}
-        mlflow.set_tags({**lineage, "run_root": run_root, **(tags or {})})
+        mlflow.set_tags({**lineage, "run_root": run_root, **tags})
         storage.write_json(storage.join(out, MLFLOW_RUN_FILE), {"run_id": run_id})
 
-        while not progress.finished(training):
-            metrics = trainer.fit_epoch(criterion, train, validation)
-            mlflow.log_metrics(metrics, step=progress.epoch)
-            save_checkpoint({**trainer.state(), "fingerprint": expected}, checkpoint_uri(out, progress.epoch))
-            print(
-                f"epoch {progress.epoch}/{training.epochs}: "
-                + " ".join(f"{name}={value:.4f}" for name, value in metrics.items())
-                + f" (best val_loss={progress.best_val_loss:.4f} at epoch {progress.best_epoch})",
-                flush=True,
-            )
+        trainer.fit(criterion, train, validation, record_epoch)
         if progress.stopped_early(training):
             print(
                 f"{STEP}: early stop after epoch {progress.epoch}: val_loss did not improve on "
@@ -415,7 +516,9 @@ def run(run_root: str, config: PipelineConfig, tags: dict[str, str] | None = Non
         "epochs_run": progress.epoch,
         "metrics": {"val_loss": progress.best_val_loss, "val_roc_auc": progress.best_val_roc_auc},
         "device": device.type,
-        "checkpoint_uri": checkpoint_uri(out, progress.epoch),
+        "world_size": world.size,
+        "train_rows_per_rank": world.share(train_rows),
+        "checkpoint_uri": checkpoint_uri(checkpoints, progress.epoch),
         "params": params,
         "snapshot_id": snapshot_id,
     }
@@ -444,12 +547,23 @@ def main(
         list[str] | None,
         typer.Option("--tag", help="KEY=VALUE tag of the MLflow run, repeatable (e.g. --tag trigger=drift_alert)"),
     ] = None,
+    checkpoint_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint-dir",
+            help="folder (path or URI) of this run's epoch checkpoints, read again when a retry resumes; give "
+            "every run its own; default: <run-root>/train/checkpoints",
+        ),
+    ] = None,
 ) -> None:
     """Train the tabular network on the train split and log the model package to MLflow.
 
     Reads the preprocess step's result. Early-stops on validation loss (training.patience) and keeps the best
-    epoch's weights. Writes a checkpoint per epoch under <run-root>/train/checkpoints/; a retry for the same
-    run root resumes from the latest one in the same MLflow run. Uses CUDA with bf16 autocast when present.
+    epoch's weights. Writes a checkpoint per epoch under <run-root>/train/checkpoints/ or --checkpoint-dir; a
+    retry for the same run root resumes from the latest one in the same MLflow run. Uses CUDA with bf16 autocast
+    when present. Started by torchrun (through python -m mlsteps.distributed, which keeps exit code 2 for bad
+    input) with one process per GPU, it trains data-parallel; training.batch_size rows per step are split over
+    the processes.
 
     Args:
         run_root: folder of this run's artifacts; the preprocess step must have run for it.
@@ -458,13 +572,18 @@ def main(
         learning_rate: AdamW learning rate; default: training.learning_rate.
         batch_size: rows per optimisation step; default: training.batch_size.
         tag: KEY=VALUE tags of the MLflow run, e.g. what triggered it.
+        checkpoint_dir: folder of this run's epoch checkpoints, read again when a retry resumes (e.g. on a
+            volume mounted in the pod); give every run its own; default: <run-root>/train/checkpoints.
 
     Examples:
         MLFLOW_TRACKING_URI=sqlite:///state/mlflow.db python -m mlsteps train --run-root ./state/runs/ml_retrain/m-1
 
         python -m mlsteps train --run-root s3://ml-artifacts/runs/ml_retrain/m-1 --epochs 30 --tag trigger=drift_alert
+
+        python -m mlsteps.distributed --standalone --nnodes=1 --nproc-per-node=4 -m mlsteps train
+            --run-root s3://ml-artifacts/runs/ml_retrain/m-1 --checkpoint-dir /checkpoints/ml_retrain/m-1
     """
     overrides = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size}
     tags = parse_tags(tag or [])
     training = {key: value for key, value in overrides.items() if value is not None}
-    run(run_root, load_pipeline_config(config, {"training": training}), tags)
+    run(run_root, load_pipeline_config(config, {"training": training}), tags, checkpoint_dir)
