@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo airflow test lint fmt bench clean constraints
+.PHONY: demo airflow test lint fmt render bench clean constraints
 
 $(INSTALLED): requirements.txt requirements/steps.txt requirements/dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ demo: $(INSTALLED)  ## the main job: ml_retrain end to end on the embedded defau
 airflow: $(INSTALLED)  ## the real Airflow services on the demo's state: UI on http://localhost:8080 (user admin)
 	$(BIN)/python -m orchestration.embedded standalone
 
-test: lint  ## lint, then every test that can run on this machine
+test: lint .venv-checkov  ## lint, then every test that can run on this machine
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
@@ -28,6 +28,14 @@ fmt: $(INSTALLED)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Example cluster values; set the real ones in the environment (docs/cluster.md).
+render: export ML_RUNTIME := kubernetes
+render: export ML_ARTIFACT_ROOT ?= s3://ml-artifacts/continuous-training
+render: export ML_DATASET_URI ?= s3://ml-datasets/churn/churn.parquet
+render: export MLFLOW_TRACKING_URI ?= http://mlflow.mlflow.svc.cluster.local:5000
+render: $(INSTALLED)  ## every pod spec of every DAG task and every manifest as YAML in build/k8s (OUT=...)
+	$(BIN)/python -m orchestration.render --out $(or $(OUT),build/k8s)
+
 bench: $(INSTALLED)  ## the main job on 100k rows: per-task wall time, Airflow overhead, DAG parse time
 	$(BIN)/python benchmarks/main_job.py
 
@@ -37,3 +45,11 @@ constraints: $(INSTALLED)
 
 clean:  ## remove all local state (Airflow DB, MLflow, artifacts, datasets)
 	rm -rf .local
+
+# checkov (the Kubernetes policy scan of tests/k8s) pins old boto3/packaging releases, so it gets its own virtualenv;
+# the folder is the stamp, removed again when the install fails.
+.venv-checkov: requirements/checkov.txt
+	rm -rf $@
+	$(PYTHON) -m venv $@
+	$@/bin/python -m pip install --quiet -r requirements/checkov.txt || { rm -rf $@; exit 1; }
+	touch $@

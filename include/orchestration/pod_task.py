@@ -3,7 +3,8 @@
 ``pod_task("train", args=[...])`` returns a KubernetesPodOperator for runtime ``kubernetes`` or a
 ``LocalStepOperator`` for runtime ``local``. Both get the same container command
 (``python -m mlsteps <step> --run-root <run folder> ...``) and the same environment, so a DAG behaves the same
-on a laptop and on a cluster. Retries, timeouts and priority come from the pipeline config, in one place.
+on a laptop and on a cluster. Retries, timeouts, priority and the GPU pool come from the pipeline config, in one
+place; what only a pod needs (resources, GPU scheduling, security, secrets, volumes) is in ``pod_spec``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from orchestration.settings import Settings, get_settings
+from orchestration.settings import GPU_POOL, Settings, get_settings
 
 # Rendered per run by the DAG's user-defined macro ``run_root`` (see ``TEMPLATE_MACROS``).
 RUN_ROOT_TEMPLATE = "{{ run_root(dag.dag_id, run_id) }}"
@@ -68,6 +69,7 @@ def pod_task(
         "retries": limits.retries,
         "execution_timeout": limits.execution_timeout,
         "priority_weight": limits.priority_weight,
+        **({"pool": GPU_POOL} if limits.gpus else {}),
         **operator_kwargs,
     }
     if settings.runtime.mode == "local":
@@ -75,17 +77,7 @@ def pod_task(
 
         return LocalStepOperator(**common)
 
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from orchestration.pod_diagnosis import StepPodOperator
+    from orchestration.pod_spec import pod_operator_kwargs
 
-    k8s = settings.runtime.kubernetes
-    return KubernetesPodOperator(
-        namespace=k8s.namespace,
-        image=k8s.image,
-        name=f"{step}",
-        kubernetes_conn_id=k8s.connection_id,
-        labels={"app.kubernetes.io/part-of": "continuous-training", "mlsteps/step": step},
-        get_logs=True,
-        on_finish_action="delete_succeeded_pod",
-        do_xcom_push=False,
-        **common,
-    )
+    return StepPodOperator(**{**common, **pod_operator_kwargs(step, settings, common)})

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlsteps import results
 from mlsteps.config import CONFIG_ENV_VAR, PipelineConfig, load_pipeline_config, resolve_config_uri
@@ -29,21 +31,127 @@ from mlsteps.storage import S3_ENDPOINT_ENV_VAR
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STEPS = ("snapshot", "validate", "preprocess", "train", "evaluate", "register", "promote")
+GPU_POOL = "gpu"  # the Airflow pool (airflow_settings.yaml) that caps concurrent GPU steps
+
+
+_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:([eE][+-]?[0-9]+)|([KMGTPE]i|[numkMGTPE]))?$")
+_SUFFIX_FACTORS = {
+    **{suffix: Decimal(1024) ** power for power, suffix in enumerate(("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{suffix: Decimal(1000) ** power for suffix, power in zip("numkMGTPE", (-3, -2, -1, *range(1, 7)), strict=True)},
+}
+
+
+def parse_quantity(value: str | int | float) -> Decimal:
+    """A Kubernetes quantity (``500m``, ``16Gi``, ``1e3``) as a number, so requests and limits can be compared.
+
+    Kubernetes' grammar in a few lines: the kubernetes client's own parser costs 0.3 s of imports, which every DAG
+    parse would pay (a test checks both agree).
+    """
+    match = _QUANTITY.match(str(value).strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (examples: 500m, 2, 512Mi, 16Gi)")
+    number, exponent, suffix = match.groups()
+    return Decimal(number) * (Decimal(10) ** int(exponent[1:]) if exponent else _SUFFIX_FACTORS[suffix or ""])
+
+
+def _quantity(value: str | int | float) -> Decimal:
+    number = parse_quantity(value)
+    if number <= 0:
+        raise ValueError(f"{value!r} must be positive")
+    return number
+
+
+class Quantities(BaseModel):
+    """CPU, memory and ephemeral storage of a container, as Kubernetes quantities."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu: str = Field("1", description="CPU cores, e.g. 500m or 4")
+    memory: str = Field("2Gi", description="memory, e.g. 512Mi or 16Gi")
+    ephemeral_storage: str = Field("2Gi", description="node-local disk for /tmp and caches")
+
+    @field_validator("cpu", "memory", "ephemeral_storage", mode="before")
+    @classmethod
+    def _valid_quantity(cls, value: str | int | float) -> str:
+        _quantity(value)
+        return str(value)
+
+    def as_kubernetes(self) -> dict[str, str]:
+        """The quantities under Kubernetes' resource names."""
+        return {"cpu": self.cpu, "memory": self.memory, "ephemeral-storage": self.ephemeral_storage}
+
+
+class Resources(BaseModel):
+    """Requests and limits of a step's container; limits default to the requests (no overcommit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests: Quantities = Quantities()
+    limits: Quantities = Field(Quantities(), description="default: equal to the requests")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _limits_default_to_requests(cls, data: object) -> object:
+        if isinstance(data, dict):
+            return {**data, "limits": {**(data.get("requests") or {}), **(data.get("limits") or {})}}
+        return data
+
+    @model_validator(mode="after")
+    def _limits_cover_requests(self) -> Resources:
+        for name in Quantities.model_fields:
+            request, limit = getattr(self.requests, name), getattr(self.limits, name)
+            if _quantity(limit) < _quantity(request):
+                raise ValueError(f"limits.{name}={limit} is below requests.{name}={request}")
+        return self
 
 
 class StepSettings(BaseModel):
-    """Orchestration limits of one step."""
+    """How one step runs: Airflow limits, and its pod's image, identity and resources on Kubernetes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     timeout_minutes: int = Field(30, ge=1, description="execution_timeout of the task")
     retries: int = Field(2, ge=0, le=10, description="retries after infrastructure failures (not after bad input)")
     priority_weight: int = Field(1, ge=1, description="scheduler priority when slots are scarce")
+    image: Literal["steps", "train"] = Field("steps", description="which of runtime.kubernetes.images runs the step")
+    service_account: str = Field("ml-steps", description="ServiceAccount of the pod (one per step class)")
+    needs_kubernetes_api: bool = Field(False, description="mount a ServiceAccount token (only the deploy step)")
+    gpus: int = Field(0, ge=0, description="GPUs of the pod; more than 1 runs one training process per GPU")
+    resources: Resources = Resources()
 
     @property
     def execution_timeout(self) -> timedelta:
         """The task's execution timeout."""
         return timedelta(minutes=self.timeout_minutes)
+
+
+class GpuSettings(BaseModel):
+    """How GPU pods find and are allowed onto GPU nodes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resource: str = Field("nvidia.com/gpu", description="extended resource of the device plugin")
+    per_node: int = Field(8, ge=1, description="the most GPUs one node of the GPU node pool has")
+    product_label: str = Field("nvidia.com/gpu.product", description="node label naming the GPU model")
+    products: tuple[str, ...] = Field((), description="accepted GPU models (node affinity); empty: any GPU node")
+    taint_key: str = Field("nvidia.com/gpu", description="key of the taint GPU nodes carry (tolerated: Exists)")
+
+
+class DataVolume(BaseModel):
+    """A PersistentVolumeClaim for large datasets (read-only) and training checkpoints (read-write)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    claim_name: str = Field(description="name of the PersistentVolumeClaim in the namespace")
+    datasets_path: str = Field("/mnt/datasets", description="read-only mount of the claim's datasets/ folder")
+    checkpoints_path: str = Field("/mnt/checkpoints", description="read-write mount of its checkpoints/ folder")
+
+
+def _pinned_image(image: str) -> str:
+    name = image.rsplit("/", 1)[-1]
+    if "@sha256:" not in image and (":" not in name or name.endswith(":latest")):
+        raise ValueError(f"image {image!r} must be pinned by a tag (not latest) or a digest")
+    return image
 
 
 class KubernetesSettings(BaseModel):
@@ -52,16 +160,38 @@ class KubernetesSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     namespace: str = Field("ml", description="namespace of the step pods")
-    image: str = Field("ghcr.io/example/mlsteps:0.1.0", description="steps image, pinned by tag or digest")
     connection_id: str = Field("kubernetes_default", description="Airflow connection to the cluster")
+    images: dict[Literal["steps", "train"], str] = Field(
+        default_factory=lambda: {
+            "steps": "ghcr.io/example/mlsteps:0.1.0",
+            "train": "ghcr.io/example/mlsteps-train:0.1.0",
+        },
+        description="images pinned by tag or digest: steps (CPU) and train (CUDA)",
+    )
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = Field((), description="Secrets of type dockerconfigjson for the registry")
+    run_as_user: int = Field(10001, ge=1, description="non-root UID of every container (the images' user)")
+    run_as_group: int = Field(10001, ge=1, description="GID of every container and owner of mounted volumes")
+    config_map: str = Field("mlsteps-config", description="ConfigMap with the pipeline config (make render)")
+    secrets: tuple[str, ...] = Field(
+        ("ml-object-storage", "ml-mlflow"),
+        description="Secrets passed as environment (envFrom); empty with workload identity",
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="extra pod labels, e.g. team and cost center")
+    gpu: GpuSettings = GpuSettings()
+    kueue_queue: str | None = Field(None, description="Kueue LocalQueue that admits GPU pods against a team quota")
+    data_volume: DataVolume | None = Field(None, description="optional claim for datasets and checkpoints")
+    schedule_timeout_seconds: int = Field(600, ge=1, description="how long a pod may wait for a node")
+    startup_timeout_seconds: int = Field(900, ge=1, description="how long a scheduled pod may pull images and start")
+    deferrable: bool = Field(False, description="wait for pods in the triggerer instead of a worker slot")
 
-    @field_validator("image")
+    @field_validator("images")
     @classmethod
-    def _pinned(cls, image: str) -> str:
-        name = image.rsplit("/", 1)[-1]
-        if "@sha256:" not in image and (":" not in name or name.endswith(":latest")):
-            raise ValueError(f"image {image!r} must be pinned by a tag (not latest) or a digest")
-        return image
+    def _pinned(cls, images: dict[str, str]) -> dict[str, str]:
+        missing = sorted({"steps", "train"} - set(images))
+        if missing:
+            raise ValueError(f"images {missing} missing; give both steps and train")
+        return {key: _pinned_image(image) for key, image in images.items()}
 
 
 class RuntimeSettings(BaseModel):
@@ -72,9 +202,10 @@ class RuntimeSettings(BaseModel):
     mode: Literal["local", "kubernetes"] = Field("local", description="where the steps run")
     artifact_root: str | None = Field(None, description="runs, snapshots, reports; default: <state>/artifacts")
     dataset_uri: str | None = Field(None, description="dataset of scheduled runs; default: the built-in one")
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow server; default: SQLite in the state folder")
     retrain_cron: str = Field("0 3 * * 1", description="cron of scheduled retraining (UTC)")
     steps: dict[str, StepSettings] = Field(
-        default_factory=dict, validate_default=True, description="per-step limits; unlisted steps get the defaults"
+        default_factory=dict, validate_default=True, description="per-step settings; unlisted steps get the defaults"
     )
     kubernetes: KubernetesSettings = KubernetesSettings()
 
@@ -85,6 +216,20 @@ class RuntimeSettings(BaseModel):
         if unknown:
             raise ValueError(f"unknown steps {unknown}; known steps: {list(STEPS)}")
         return {name: steps.get(name, StepSettings()) for name in STEPS}
+
+    @model_validator(mode="after")
+    def _gpus_fit_a_node(self) -> RuntimeSettings:
+        per_node = self.kubernetes.gpu.per_node
+        too_many = {name: step.gpus for name, step in self.steps.items() if step.gpus > per_node}
+        if too_many:
+            raise ValueError(
+                f"steps {too_many} ask for more GPUs than a node has (kubernetes.gpu.per_node={per_node}); "
+                "one pod runs on one node"
+            )
+        multi = sorted(name for name, step in self.steps.items() if step.gpus > 1 and name != "train")
+        if multi:
+            raise ValueError(f"steps {multi} ask for several GPUs; only train runs one process per GPU (use 0 or 1)")
+        return self
 
 
 class Settings(BaseModel):
@@ -128,6 +273,26 @@ class Settings(BaseModel):
         return env
 
 
+def _check_reachable_from_pods(
+    config_uri: str, runtime: RuntimeSettings, artifact_root: str, dataset_uri: str, tracking_uri: str
+) -> None:
+    """Pods cannot see the worker's disk: runtime kubernetes needs object storage and an MLflow server."""
+    problems = []
+    volume = runtime.kubernetes.data_volume
+    if not dataset_uri.startswith("s3://") and not (volume and dataset_uri.startswith(volume.datasets_path + "/")):
+        where = f" or a file under {volume.datasets_path}/ (the data volume)" if volume else ""
+        problems.append(f"runtime.dataset_uri (or ML_DATASET_URI) must be an s3:// URI{where}, got {dataset_uri!r}")
+    if not artifact_root.startswith("s3://"):
+        problems.append(f"runtime.artifact_root (or ML_ARTIFACT_ROOT) must be an s3:// URI, got {artifact_root!r}")
+    if not tracking_uri.startswith(("http://", "https://")):
+        problems.append(
+            "runtime.mlflow_tracking_uri (or MLFLOW_TRACKING_URI) must be an http(s) MLflow server, "
+            f"got {tracking_uri!r}"
+        )
+    if problems:
+        raise ConfigError(f"{config_uri}: runtime kubernetes: " + "; ".join(problems))
+
+
 def load_settings(config_uri: str | None = None) -> Settings:
     """Resolve settings from the pipeline config and the environment.
 
@@ -148,9 +313,13 @@ def load_settings(config_uri: str | None = None) -> Settings:
     state_dir = Path(os.environ.get("ML_STATE_DIR", PROJECT_ROOT / ".local")).resolve()
     artifact_root = os.environ.get("ML_ARTIFACT_ROOT") or runtime.artifact_root or str(state_dir / "artifacts")
     dataset_uri = os.environ.get("ML_DATASET_URI") or runtime.dataset_uri or str(state_dir / "datasets" / "churn.csv")
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir / 'mlflow' / 'mlflow.db'}"
-    if mode == "kubernetes" and not artifact_root.startswith("s3://"):
-        raise ConfigError(f"runtime kubernetes needs an s3:// artifact root that pods can reach, got {artifact_root!r}")
+    tracking_uri = (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or runtime.mlflow_tracking_uri
+        or f"sqlite:///{state_dir / 'mlflow' / 'mlflow.db'}"
+    )
+    if mode == "kubernetes":
+        _check_reachable_from_pods(config_uri, runtime, artifact_root, dataset_uri, tracking_uri)
     return Settings(
         config_uri=config_uri,
         pipeline=pipeline,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from mlsteps import results, storage
@@ -18,7 +19,7 @@ from orchestration.embedded import SETTINGS_FILE, settings_files
 from orchestration.local_step import LocalStepOperator
 from orchestration.pod_task import RUN_ROOT_TEMPLATE, pod_task
 from orchestration.retrain import PROMOTE_TASK, REJECT_TASK, format_summary, promotion_branch, summarize
-from orchestration.settings import STEPS, load_settings
+from orchestration.settings import STEPS, load_settings, parse_quantity
 
 CONFIG = Path(__file__).resolve().parents[2] / "include" / "config" / "pipeline.yaml"
 
@@ -37,9 +38,32 @@ def _config_with_runtime(tmp_path: Path, runtime: dict) -> str:
     [
         ({"steps": {"trian": {"timeout_minutes": 5}}}, r"runtime\.steps.*unknown steps \['trian'\]"),
         ({"steps": {"train": {"timeout_minutes": -1}}}, r"runtime\.steps\.train\.timeout_minutes"),
-        ({"kubernetes": {"image": "ghcr.io/example/mlsteps"}}, r"runtime\.kubernetes\.image.*pinned"),
-        ({"kubernetes": {"image": "ghcr.io/example/mlsteps:latest"}}, r"pinned by a tag \(not latest\)"),
+        (
+            {"kubernetes": {"images": {"steps": "ghcr.io/example/mlsteps", "train": "t:1"}}},
+            r"kubernetes\.images.*pinned",
+        ),
+        (
+            {"kubernetes": {"images": {"steps": "a:1", "train": "ghcr.io/x/t:latest"}}},
+            r"pinned by a tag \(not latest\)",
+        ),
+        ({"kubernetes": {"images": {"steps": "a:1"}}}, r"kubernetes\.images.*\['train'\] missing"),
         ({"mode": "docker"}, r"runtime\.mode"),
+        (
+            {"steps": {"validate": {"resources": {"requests": {"cpu": "-2"}}}}},
+            r"runtime\.steps\.validate\.resources\.requests\.cpu: Value error, '-2' must be positive",
+        ),
+        (
+            {"steps": {"train": {"resources": {"requests": {"memory": "16GB"}}}}},
+            r"steps\.train\.resources\.requests\.memory.*'16GB' is not a Kubernetes quantity",
+        ),
+        (
+            {"steps": {"train": {"resources": {"requests": {"cpu": "4"}, "limits": {"cpu": "2"}}}}},
+            r"steps\.train\.resources.*limits\.cpu=2 is below requests\.cpu=4",
+        ),
+        ({"steps": {"train": {"gpus": 16}}}, r"\{'train': 16\} ask for more GPUs than a node has.*per_node=8"),
+        ({"steps": {"train": {"gpus": -1}}}, r"runtime\.steps\.train\.gpus"),
+        ({"steps": {"evaluate": {"gpus": 2}}}, r"\['evaluate'\] ask for several GPUs; only train"),
+        ({"steps": {"train": {"image": "cuda"}}}, r"runtime\.steps\.train\.image"),
     ],
 )
 def test_bad_runtime_config_names_the_field(tmp_path: Path, runtime: dict, message: str) -> None:
@@ -47,10 +71,16 @@ def test_bad_runtime_config_names_the_field(tmp_path: Path, runtime: dict, messa
         load_settings(_config_with_runtime(tmp_path, runtime))
 
 
-def test_kubernetes_runtime_needs_object_storage(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kubernetes_runtime_needs_storage_and_mlflow_that_pods_reach(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ML_RUNTIME", "kubernetes")
-    with pytest.raises(ConfigError, match="s3:// artifact root"):
+    with pytest.raises(ConfigError) as caught:
         load_settings()
+    for field in ("runtime.dataset_uri", "runtime.artifact_root", "runtime.mlflow_tracking_uri"):
+        assert field in str(caught.value)
+    monkeypatch.setenv("ML_ARTIFACT_ROOT", "s3://ml-artifacts/prod")
+    monkeypatch.setenv("ML_DATASET_URI", "s3://ml-datasets/churn.parquet")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.example.com")
+    assert load_settings().runtime.mode == "kubernetes"
     monkeypatch.setenv("ML_RUNTIME", "podman")
     with pytest.raises(ConfigError, match="ML_RUNTIME='podman'"):
         load_settings()
@@ -58,15 +88,21 @@ def test_kubernetes_runtime_needs_object_storage(monkeypatch: pytest.MonkeyPatch
 
 def test_image_pinned_by_digest_is_accepted(tmp_path: Path) -> None:
     image = "registry.example.com/ml/mlsteps@sha256:" + "a" * 64
-    assert (
-        load_settings(_config_with_runtime(tmp_path, {"kubernetes": {"image": image}})).runtime.kubernetes.image
-        == image
-    )
+    runtime = {"kubernetes": {"images": {"steps": image, "train": image}}}
+    assert load_settings(_config_with_runtime(tmp_path, runtime)).runtime.kubernetes.images["train"] == image
+
+
+@pytest.mark.parametrize("quantity", ["500m", "2", "0.5", ".5", "16Gi", "1.5Gi", "100M", "3k", "1e3", "1E-2", "10n"])
+def test_quantities_are_read_as_kubernetes_reads_them(quantity: str) -> None:
+    from kubernetes.utils import parse_quantity as kubernetes_parse_quantity
+
+    assert parse_quantity(quantity) == kubernetes_parse_quantity(quantity)
 
 
 @pytest.mark.parametrize("step", STEPS)
 def test_both_runtimes_run_the_identical_command_and_environment(step: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ML_ARTIFACT_ROOT", "s3://ml-artifacts/prod")
+    monkeypatch.setenv("ML_DATASET_URI", "s3://ml-datasets/churn.parquet")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.ml.svc:5000")
     local_settings = load_settings()
     monkeypatch.setenv("ML_RUNTIME", "kubernetes")
@@ -76,15 +112,21 @@ def test_both_runtimes_run_the_identical_command_and_environment(step: str, monk
     local = pod_task(step, args=args, settings=local_settings)
     pod = pod_task(step, args=args, settings=k8s_settings)
 
-    assert type(local).__name__ == "LocalStepOperator"
-    assert type(pod).__name__ == "KubernetesPodOperator"
+    assert isinstance(local, LocalStepOperator)
+    assert isinstance(pod, KubernetesPodOperator)
     assert local.cmds == pod.cmds == ["python", "-m", "mlsteps", step]
     assert local.arguments == pod.arguments == ["--run-root", RUN_ROOT_TEMPLATE, *args]
-    assert local.env_vars == pod.env_vars
+    # A pod adds only what its container needs: the config's mount path, a thread count, a writable home.
+    pod_env = pod.env_vars if isinstance(pod.env_vars, dict) else {var.name: var.value for var in pod.env_vars}
+    assert set(local.env_vars) <= set(pod_env)
+    differs = {name for name, value in pod_env.items() if local.env_vars.get(name) != value}
+    assert differs == {"MLSTEPS_CONFIG", "OMP_NUM_THREADS", "HOME", "XDG_CACHE_HOME"}
     limits = local_settings.step(step)
     for task in (local, pod):
         assert task.execution_timeout == limits.execution_timeout
         assert task.retries == limits.retries
+        assert task.priority_weight == limits.priority_weight
+        assert task.pool == ("gpu" if limits.gpus else "default_pool")
 
 
 def _operator(code: str) -> LocalStepOperator:

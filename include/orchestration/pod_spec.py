@@ -1,0 +1,220 @@
+"""Everything Kubernetes-specific about a step's pod, decided in one place from the pipeline config.
+
+``pod_task`` calls ``pod_operator_kwargs`` for runtime ``kubernetes`` only, so the kubernetes client is imported
+when a DAG really builds pods. Rules every step pod follows:
+
+- resources: requests and limits of CPU, memory and ephemeral storage from ``runtime.steps.<step>.resources``;
+  ``OMP_NUM_THREADS`` follows the CPU limit, because PyTorch and NumPy otherwise start one thread per node core;
+- GPUs (``gpus > 0``): ``nvidia.com/gpu`` limits, a toleration of the GPU taint, node affinity on the GPU product
+  label, a memory-backed ``/dev/shm`` (data loaders die with "Bus error" on the container default of 64 MiB), the
+  Kueue queue label when configured, and one process per GPU (torchrun through ``mlsteps.distributed``) when there
+  are several;
+- security: fixed non-root UID/GID, read-only root filesystem with ``emptyDir`` ``/tmp`` (also ``HOME`` and caches),
+  no privilege escalation, all capabilities dropped, seccomp ``RuntimeDefault``, no ServiceAccount token unless the
+  step needs the Kubernetes API;
+- identity and secrets: a ServiceAccount per step class; credentials only from Secrets (``envFrom``);
+- lookup: labels for step, model, team/cost center (the provider adds dag, task, run and try), annotations with
+  the full run id and the run's artifact folder;
+- lifecycle: succeeded pods are deleted, failed ones kept for debugging; a killed task deletes its pod; a restarted
+  worker reattaches to the running pod (the provider's default); separate timeouts for scheduling and start-up,
+  and ``activeDeadlineSeconds`` so a pod never outlives its task even when Airflow is gone.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from typing import Any
+
+from airflow.providers.cncf.kubernetes.pod_generator import make_safe_label_value
+from airflow.providers.cncf.kubernetes.secret import Secret
+from kubernetes.client import models as k8s
+
+from orchestration.pod_task import RUN_ROOT_TEMPLATE
+from orchestration.settings import KubernetesSettings, Settings, StepSettings, parse_quantity
+
+CONFIG_MOUNT = "/etc/mlsteps"
+POD_CONFIG_PATH = f"{CONFIG_MOUNT}/pipeline.yaml"
+PART_OF = "continuous-training"
+LABEL_PREFIX = "continuous-training"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+DELETE_SUCCEEDED_KEEP_FAILED = "delete_succeeded_pod"
+MEBIBYTE = Decimal(1024**2)
+
+
+def torchrun_command(gpus: int) -> list[str]:
+    """The training entrypoint with one DDP process per GPU of the pod (one node).
+
+    ``mlsteps.distributed`` takes torchrun's arguments and keeps a rank's exit code 2 (bad input, no retry), which
+    torchrun itself turns into 1.
+    """
+    launcher = ["python", "-m", "mlsteps.distributed", "--standalone", "--nnodes=1", f"--nproc-per-node={gpus}"]
+    return [*launcher, "-m", "mlsteps", "train"]
+
+
+def _command(step_name: str, step: StepSettings, settings: Settings, common: dict[str, Any]) -> dict[str, Any]:
+    """Training in a pod: one process per GPU, and checkpoints on the data volume when there is one."""
+    if step_name != "train":
+        return {}
+    command = {"cmds": torchrun_command(step.gpus)} if step.gpus > 1 else {}
+    volume = settings.runtime.kubernetes.data_volume
+    if volume:
+        folder = f"{volume.checkpoints_path}/{{{{ dag.dag_id }}}}/{{{{ run_id }}}}"
+        command["arguments"] = [*common["arguments"], "--checkpoint-dir", folder]
+    return command
+
+
+def _pod_env(step: StepSettings) -> dict[str, str]:
+    """What a pod's environment adds to the one both runtimes share: config mount, thread count, writable home."""
+    cpu_limit = parse_quantity(step.resources.limits.cpu)
+    processes = max(step.gpus, 1)
+    return {
+        "MLSTEPS_CONFIG": POD_CONFIG_PATH,
+        "OMP_NUM_THREADS": str(max(1, math.floor(cpu_limit / processes))),
+        "HOME": "/tmp",
+        "XDG_CACHE_HOME": "/tmp/.cache",
+    }
+
+
+def _labels(step_name: str, step: StepSettings, settings: Settings) -> dict[str, str]:
+    kube = settings.runtime.kubernetes
+    labels = {
+        "app.kubernetes.io/name": "mlsteps",
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/component": "step",
+        f"{LABEL_PREFIX}/step": step_name,
+        f"{LABEL_PREFIX}/model": make_safe_label_value(settings.pipeline.registry.model_name),
+        **kube.labels,
+    }
+    if step.gpus and kube.kueue_queue:
+        labels[KUEUE_QUEUE_LABEL] = kube.kueue_queue
+    return labels
+
+
+def _resources(step: StepSettings, kube: KubernetesSettings) -> k8s.V1ResourceRequirements:
+    requests = step.resources.requests.as_kubernetes()
+    limits = step.resources.limits.as_kubernetes()
+    if step.gpus:
+        requests[kube.gpu.resource] = limits[kube.gpu.resource] = str(step.gpus)
+    return k8s.V1ResourceRequirements(requests=requests, limits=limits)
+
+
+def _gpu_scheduling(kube: KubernetesSettings) -> dict[str, Any]:
+    gpu = kube.gpu
+    scheduling: dict[str, Any] = {
+        "tolerations": [k8s.V1Toleration(key=gpu.taint_key, operator="Exists", effect="NoSchedule")]
+    }
+    if gpu.products:
+        term = k8s.V1NodeSelectorTerm(
+            match_expressions=[
+                k8s.V1NodeSelectorRequirement(key=gpu.product_label, operator="In", values=list(gpu.products))
+            ]
+        )
+        scheduling["affinity"] = k8s.V1Affinity(
+            node_affinity=k8s.V1NodeAffinity(
+                required_during_scheduling_ignored_during_execution=k8s.V1NodeSelector(node_selector_terms=[term])
+            )
+        )
+    return scheduling
+
+
+def _mebibytes(quantity: Decimal) -> str:
+    return f"{max(1, int(quantity / MEBIBYTE))}Mi"
+
+
+def _volumes(step_name: str, step: StepSettings, kube: KubernetesSettings) -> tuple[list, list]:
+    ephemeral_limit = parse_quantity(step.resources.limits.ephemeral_storage)
+    volumes = [
+        k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=_mebibytes(ephemeral_limit))),
+        k8s.V1Volume(name="config", config_map=k8s.V1ConfigMapVolumeSource(name=kube.config_map)),
+    ]
+    mounts = [
+        k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
+        k8s.V1VolumeMount(name="config", mount_path=CONFIG_MOUNT, read_only=True),
+    ]
+    if step.gpus:
+        # Shared memory counts against the memory limit; half the request leaves the rest for the process.
+        shm_size = _mebibytes(parse_quantity(step.resources.requests.memory) / 2)
+        shm = k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=shm_size)
+        volumes.append(k8s.V1Volume(name="shm", empty_dir=shm))
+        mounts.append(k8s.V1VolumeMount(name="shm", mount_path="/dev/shm"))
+    data = kube.data_volume
+    if data:
+        writes_checkpoints = step_name == "train"
+        claim = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=data.claim_name, read_only=not writes_checkpoints)
+        volumes.append(k8s.V1Volume(name="data", persistent_volume_claim=claim))
+        mounts.append(
+            k8s.V1VolumeMount(name="data", mount_path=data.datasets_path, sub_path="datasets", read_only=True)
+        )
+        if writes_checkpoints:
+            mounts.append(k8s.V1VolumeMount(name="data", mount_path=data.checkpoints_path, sub_path="checkpoints"))
+    return volumes, mounts
+
+
+def _security(kube: KubernetesSettings) -> dict[str, Any]:
+    seccomp = k8s.V1SeccompProfile(type="RuntimeDefault")
+    return {
+        "security_context": k8s.V1PodSecurityContext(
+            run_as_non_root=True,
+            run_as_user=kube.run_as_user,
+            run_as_group=kube.run_as_group,
+            fs_group=kube.run_as_group,
+            seccomp_profile=seccomp,
+        ),
+        "container_security_context": k8s.V1SecurityContext(
+            run_as_non_root=True,
+            run_as_user=kube.run_as_user,
+            run_as_group=kube.run_as_group,
+            allow_privilege_escalation=False,
+            privileged=False,
+            read_only_root_filesystem=True,
+            capabilities=k8s.V1Capabilities(drop=["ALL"]),
+            seccomp_profile=seccomp,
+        ),
+    }
+
+
+def pod_operator_kwargs(step_name: str, settings: Settings, common: dict[str, Any]) -> dict[str, Any]:
+    """The KubernetesPodOperator arguments of one step's pod, on top of what both runtimes share.
+
+    Args:
+        step_name: the step (``python -m mlsteps <step>``).
+        settings: the deployment's settings (runtime ``kubernetes``).
+        common: the arguments both runtimes get (``cmds``, ``arguments``, ``env_vars``, Airflow limits).
+
+    Returns:
+        Keyword arguments for ``KubernetesPodOperator`` that replace or extend ``common``.
+    """
+    step = settings.step(step_name)
+    kube = settings.runtime.kubernetes
+    volumes, mounts = _volumes(step_name, step, kube)
+    return {
+        **_command(step_name, step, settings, common),
+        "env_vars": {**common["env_vars"], **_pod_env(step)},
+        "namespace": kube.namespace,
+        "image": kube.images[step.image],
+        "image_pull_policy": kube.image_pull_policy,
+        "image_pull_secrets": [k8s.V1LocalObjectReference(name=name) for name in kube.image_pull_secrets] or None,
+        "name": step_name,
+        "kubernetes_conn_id": kube.connection_id,
+        "labels": _labels(step_name, step, settings),
+        "annotations": {f"{LABEL_PREFIX}/dag-run-id": "{{ run_id }}", f"{LABEL_PREFIX}/run-root": RUN_ROOT_TEMPLATE},
+        "container_resources": _resources(step, kube),
+        "secrets": [Secret("env", None, name) for name in kube.secrets],
+        "volumes": volumes,
+        "volume_mounts": mounts,
+        "service_account_name": step.service_account,
+        "automount_service_account_token": step.needs_kubernetes_api,
+        **_security(kube),
+        **(_gpu_scheduling(kube) if step.gpus else {}),
+        "get_logs": True,
+        "log_events_on_failure": True,
+        "on_finish_action": DELETE_SUCCEEDED_KEEP_FAILED,
+        "on_kill_action": "delete_pod",
+        "schedule_timeout_seconds": kube.schedule_timeout_seconds,
+        "startup_timeout_seconds": kube.startup_timeout_seconds,
+        # Counted from the kubelet's start of the pod (after scheduling), so start-up time is its only slack.
+        "active_deadline_seconds": step.timeout_minutes * 60 + kube.startup_timeout_seconds,
+        "deferrable": kube.deferrable,
+        "do_xcom_push": False,
+    }

@@ -1,0 +1,53 @@
+"""Running the render command as ``make render`` does, on the project's config or a variant of it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .policy import load_documents
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "include" / "config" / "pipeline.yaml"
+# What a cluster deployment sets: object storage and an MLflow server that pods reach.
+CLUSTER_ENV = {
+    "ML_RUNTIME": "kubernetes",
+    "ML_ARTIFACT_ROOT": "s3://ml-artifacts/continuous-training",
+    "ML_DATASET_URI": "s3://ml-datasets/churn/churn.parquet",
+    "MLFLOW_TRACKING_URI": "http://mlflow.mlflow.svc.cluster.local:5000",
+}
+
+
+def variant_config(tmp_path: Path, runtime: dict[str, Any]) -> Path:
+    """The project's pipeline config with parts of its runtime section replaced (nested keys merged one level)."""
+    raw = yaml.safe_load(CONFIG.read_text())
+    raw["dataset"] = str(CONFIG.parent / raw["dataset"])
+    for key, value in runtime.items():
+        current = raw["runtime"].get(key)
+        raw["runtime"][key] = {**current, **value} if isinstance(current, dict) else value
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def render(
+    out: Path, tmp_path: Path, config: Path | None = None, without: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m orchestration.render``, optionally on a config variant and without some variables."""
+    env = {**os.environ, **CLUSTER_ENV, "ML_STATE_DIR": str(tmp_path / "state")}
+    if config:
+        env["MLSTEPS_CONFIG"] = str(config)
+    env = {name: value for name, value in env.items() if name not in without}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestration.render", "--out", str(out)], env=env, capture_output=True, text=True
+    )
+
+
+def rendered_pods(out: Path) -> dict[str, dict[str, Any]]:
+    """The rendered pods by ``<dag_id>.<task_id>``."""
+    return {f"{path.parent.name}.{path.stem}": load_documents(path)[0] for path in sorted(out.glob("pods/*/*.yaml"))}

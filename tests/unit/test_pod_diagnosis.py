@@ -1,0 +1,667 @@
+"""Why a step pod did not start: diagnoses from real-shaped pods and events, and the operator that reports them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from airflow.providers.cncf.kubernetes.kubernetes_helper_functions import PodLaunchFailedException
+from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
+from airflow.sdk.exceptions import AirflowException
+from kubernetes.client import models as k8s
+from kubernetes.client.rest import ApiException
+
+from orchestration.pod_diagnosis import PodDiagnosis, StartFailure, StepPodOperator, diagnose_pod
+
+NOW = datetime(2026, 3, 2, 3, 4, 5, tzinfo=UTC)
+NAMESPACE = "ml"
+POD_NAME = "train-x7k2p9qa"
+POD_UID = "5b0c7f1e-3c1d-4f7a-9a51-0c2b8e6d4a10"
+TRAIN_IMAGE = "ghcr.io/example/mlsteps-train:0.1.9"
+GPU_TAINT_CLAUSE = "2 node(s) had untolerated taint {nvidia.com/gpu: present}"
+PREEMPTION = "preemption: 0/5 nodes are available: 2 Preemption is not helpful for scheduling, 3 No preemption victims"
+GPU_SHORTAGE = f"0/5 nodes are available: 3 Insufficient nvidia.com/gpu, {GPU_TAINT_CLAUSE}. {PREEMPTION}."
+CPU_SHORTAGE = (
+    "0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are available: "
+    "3 No preemption victims found for incoming pod."
+)
+PULL_NOT_FOUND = (
+    f'Failed to pull image "{TRAIN_IMAGE}": rpc error: code = NotFound desc = failed to pull and unpack image '
+    f'"{TRAIN_IMAGE}": failed to resolve reference "{TRAIN_IMAGE}": {TRAIN_IMAGE}: not found'
+)
+
+
+def make_pod(
+    *,
+    phase: str = "Pending",
+    conditions: list[k8s.V1PodCondition] | None = None,
+    waiting: k8s.V1ContainerStateWaiting | None = None,
+    running: bool = False,
+    node_name: str | None = None,
+    gpus: int = 1,
+    image: str = TRAIN_IMAGE,
+    affinity_products: list[str] | None = None,
+    claim: str | None = None,
+    gates: list[str] | None = None,
+    labels: dict[str, str] | None = None,
+    reason: str | None = None,
+    message: str | None = None,
+) -> k8s.V1Pod:
+    """A step pod as the API server returns it: the factory's spec, and the status under test."""
+    resources = {"cpu": "4", "memory": "16Gi", **({"nvidia.com/gpu": str(gpus)} if gpus else {})}
+    affinity = None
+    if affinity_products:
+        requirement = k8s.V1NodeSelectorRequirement(
+            key="nvidia.com/gpu.product", operator="In", values=affinity_products
+        )
+        affinity = k8s.V1Affinity(
+            node_affinity=k8s.V1NodeAffinity(
+                required_during_scheduling_ignored_during_execution=k8s.V1NodeSelector(
+                    node_selector_terms=[k8s.V1NodeSelectorTerm(match_expressions=[requirement])]
+                )
+            )
+        )
+    volumes = [k8s.V1Volume(name="config", config_map=k8s.V1ConfigMapVolumeSource(name="mlsteps-config"))]
+    if claim:
+        volumes.append(
+            k8s.V1Volume(name="data", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=claim))
+        )
+    container_statuses = None
+    if waiting or running:
+        state = k8s.V1ContainerState(
+            waiting=waiting, running=k8s.V1ContainerStateRunning(started_at=NOW) if running else None
+        )
+        container_statuses = [
+            k8s.V1ContainerStatus(
+                name="base",
+                image=image,
+                image_id="",
+                ready=running,
+                restart_count=0,
+                started=running,
+                state=state,
+            )
+        ]
+    return k8s.V1Pod(
+        api_version="v1",
+        kind="Pod",
+        metadata=k8s.V1ObjectMeta(
+            name=POD_NAME,
+            namespace=NAMESPACE,
+            uid=POD_UID,
+            creation_timestamp=NOW - timedelta(minutes=15),
+            labels={
+                "dag_id": "ml_retrain",
+                "task_id": "train",
+                "try_number": "1",
+                "kubernetes_pod_operator": "True",
+                **(labels or {}),
+            },
+        ),
+        spec=k8s.V1PodSpec(
+            containers=[
+                k8s.V1Container(
+                    name="base",
+                    image=image,
+                    resources=k8s.V1ResourceRequirements(requests=resources, limits=resources),
+                )
+            ],
+            affinity=affinity,
+            volumes=volumes,
+            node_name=node_name,
+            scheduling_gates=[k8s.V1PodSchedulingGate(name=gate) for gate in gates] if gates else None,
+            tolerations=[k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+        ),
+        status=k8s.V1PodStatus(
+            phase=phase,
+            conditions=conditions,
+            container_statuses=container_statuses,
+            qos_class="Guaranteed",
+            reason=reason,
+            message=message,
+        ),
+    )
+
+
+def scheduled(status: str = "True", reason: str | None = None, message: str | None = None) -> k8s.V1PodCondition:
+    return k8s.V1PodCondition(
+        type="PodScheduled", status=status, reason=reason, message=message, last_transition_time=NOW
+    )
+
+
+def unschedulable(message: str) -> k8s.V1PodCondition:
+    return scheduled("False", "Unschedulable", message)
+
+
+def kubelet_event(reason: str, message: str, *, minutes_ago: float = 0, kind: str = "Pod") -> k8s.CoreV1Event:
+    """An event as the kubelet (and the other core/v1 reporters) records it: first/last timestamp and a count."""
+    when = NOW - timedelta(minutes=minutes_ago)
+    return k8s.CoreV1Event(
+        metadata=k8s.V1ObjectMeta(
+            name=f"{POD_NAME}.18a2b{int(minutes_ago * 60):05x}", namespace=NAMESPACE, creation_timestamp=when
+        ),
+        involved_object=k8s.V1ObjectReference(
+            kind=kind,
+            name=POD_NAME,
+            namespace=NAMESPACE,
+            uid=POD_UID,
+            api_version="v1",
+            field_path="spec.containers{base}",
+        ),
+        reason=reason,
+        message=message,
+        type="Warning",
+        source=k8s.V1EventSource(component="kubelet", host="gpu-node-a100-1"),
+        first_timestamp=when - timedelta(minutes=5),
+        last_timestamp=when,
+        count=4,
+    )
+
+
+def scheduler_event(message: str, *, minutes_ago: float = 0) -> k8s.CoreV1Event:
+    """A FailedScheduling event as the scheduler records it (events.k8s.io): event_time and series, no timestamps."""
+    when = NOW - timedelta(minutes=minutes_ago)
+    return k8s.CoreV1Event(
+        metadata=k8s.V1ObjectMeta(name=f"{POD_NAME}.18a2c0f3", namespace=NAMESPACE, creation_timestamp=when),
+        involved_object=k8s.V1ObjectReference(kind="Pod", name=POD_NAME, namespace=NAMESPACE, uid=POD_UID),
+        reason="FailedScheduling",
+        message=message,
+        type="Warning",
+        action="Scheduling",
+        reporting_component="default-scheduler",
+        reporting_instance="default-scheduler-control-plane",
+        event_time=when - timedelta(minutes=10),
+        series=k8s.CoreV1EventSeries(count=7, last_observed_time=when),
+    )
+
+
+# ---- one diagnosis per cause ----------------------------------------------------------------------------------------
+
+CAUSES = [
+    pytest.param(
+        make_pod(conditions=[unschedulable(GPU_SHORTAGE)]),
+        [scheduler_event(GPU_SHORTAGE)],
+        StartFailure.INSUFFICIENT_GPU,
+        ["3 Insufficient nvidia.com/gpu (the pod requests nvidia.com/gpu=1)", "0/5 nodes"],
+        id="insufficient-gpu",
+    ),
+    pytest.param(
+        make_pod(gpus=0, conditions=[unschedulable(CPU_SHORTAGE)]),
+        [scheduler_event(CPU_SHORTAGE)],
+        StartFailure.INSUFFICIENT_CPU,
+        ["3 Insufficient cpu (the pod requests cpu=4)", "lower the step's CPU request"],
+        id="insufficient-cpu",
+    ),
+    pytest.param(
+        make_pod(gpus=0),
+        [
+            scheduler_event(
+                "0/4 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, "
+                "3 Insufficient memory. preemption: 0/4 nodes are available: 1 Preemption is not helpful for "
+                "scheduling, 3 No preemption victims found for incoming pod."
+            )
+        ],
+        StartFailure.INSUFFICIENT_MEMORY,
+        ["3 Insufficient memory (the pod requests memory=16Gi)", "lower the step's memory request"],
+        id="insufficient-memory",
+    ),
+    pytest.param(
+        make_pod(),
+        [
+            scheduler_event(
+                "0/2 nodes are available: 2 node(s) had untolerated taint {dedicated: gpuGroup}. preemption: 0/2 "
+                "nodes are available: 2 Preemption is not helpful for scheduling."
+            )
+        ],
+        StartFailure.UNTOLERATED_TAINT,
+        ["toleration for taint {dedicated: gpuGroup}"],
+        id="untolerated-taint",
+    ),
+    pytest.param(
+        make_pod(affinity_products=["NVIDIA-H100-80GB-HBM3"]),
+        [
+            scheduler_event(
+                "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes "
+                "are available: 3 Preemption is not helpful for scheduling."
+            )
+        ],
+        StartFailure.NODE_SELECTOR_MISMATCH,
+        ["the pod selects nvidia.com/gpu.product In ['NVIDIA-H100-80GB-HBM3']", "label nodes to match"],
+        id="node-affinity",
+    ),
+    pytest.param(
+        make_pod(
+            node_name="gpu-node-a100-1",
+            conditions=[scheduled()],
+            waiting=k8s.V1ContainerStateWaiting(
+                reason="ImagePullBackOff", message=f'Back-off pulling image "{TRAIN_IMAGE}"'
+            ),
+        ),
+        [kubelet_event("Failed", PULL_NOT_FOUND, minutes_ago=1)],
+        StartFailure.IMAGE_PULL_ERROR,
+        [f'cannot pull image "{TRAIN_IMAGE}": not found', "imagePullSecrets"],
+        id="image-not-found",
+    ),
+    pytest.param(
+        make_pod(
+            node_name="gpu-node-a100-1",
+            conditions=[scheduled()],
+            image="ghcr.io/Example/mlsteps:0.1",
+            waiting=k8s.V1ContainerStateWaiting(
+                reason="InvalidImageName",
+                message='Failed to apply default image tag "ghcr.io/Example/mlsteps:0.1": couldn\'t parse image '
+                'reference "ghcr.io/Example/mlsteps:0.1": invalid reference format: repository name must be lowercase',
+            ),
+        ),
+        [],
+        StartFailure.IMAGE_PULL_ERROR,
+        ['image "ghcr.io/Example/mlsteps:0.1": repository name must be lowercase'],
+        id="invalid-image-name",
+    ),
+    pytest.param(
+        make_pod(claim="ml-data"),
+        [
+            scheduler_event(
+                "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/3 nodes "
+                "are available: 3 Preemption is not helpful for scheduling."
+            )
+        ],
+        StartFailure.PVC_UNAVAILABLE,
+        ["unbound immediate PersistentVolumeClaims (claims: ml-data)", "kubectl describe pvc -n ml"],
+        id="unbound-pvc",
+    ),
+    pytest.param(
+        make_pod(claim="ml-data"),
+        [
+            scheduler_event(
+                '0/3 nodes are available: persistentvolumeclaim "ml-data" not found. preemption: 0/3 nodes are '
+                "available: 3 Preemption is not helpful for scheduling."
+            )
+        ],
+        StartFailure.PVC_UNAVAILABLE,
+        ['create PersistentVolumeClaim "ml-data" in namespace ml'],
+        id="missing-pvc",
+    ),
+    pytest.param(
+        make_pod(),
+        [
+            kubelet_event(
+                "FailedCreate",
+                'Error creating: pods "train-x7k2p9qa" is forbidden: exceeded quota: gpu-quota, requested: '
+                "requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: requests.nvidia.com/gpu=4",
+                kind="Job",
+            )
+        ],
+        StartFailure.QUOTA_EXCEEDED,
+        [
+            'ResourceQuota "gpu-quota" in namespace ml: it requests requests.nvidia.com/gpu=1 with '
+            "requests.nvidia.com/gpu=4 already used of requests.nvidia.com/gpu=4"
+        ],
+        id="quota-exceeded",
+    ),
+    pytest.param(
+        make_pod(
+            node_name="cpu-node-1",
+            conditions=[scheduled()],
+            waiting=k8s.V1ContainerStateWaiting(
+                reason="CreateContainerConfigError", message='secret "ml-mlflow" not found'
+            ),
+        ),
+        [kubelet_event("Failed", 'Error: secret "ml-mlflow" not found')],
+        StartFailure.MISSING_SECRET_OR_CONFIG,
+        ['Secret "ml-mlflow" does not exist in namespace ml', "kubectl get secret -n ml"],
+        id="missing-secret",
+    ),
+    pytest.param(
+        make_pod(node_name="cpu-node-1", conditions=[scheduled()]),
+        [
+            kubelet_event(
+                "FailedMount", 'MountVolume.SetUp failed for volume "config" : configmap "mlsteps-config" not found'
+            )
+        ],
+        StartFailure.MISSING_SECRET_OR_CONFIG,
+        ['ConfigMap "mlsteps-config" does not exist in namespace ml'],
+        id="missing-configmap",
+    ),
+    pytest.param(
+        make_pod(
+            node_name="cpu-node-1",
+            conditions=[scheduled()],
+            waiting=k8s.V1ContainerStateWaiting(
+                reason="CreateContainerConfigError", message="couldn't find key password in Secret ml/ml-mlflow"
+            ),
+        ),
+        [],
+        StartFailure.MISSING_SECRET_OR_CONFIG,
+        ['Secret "ml-mlflow" in namespace ml has no key "password"'],
+        id="missing-secret-key",
+    ),
+    pytest.param(
+        make_pod(
+            gates=["kueue.x-k8s.io/admission"],
+            labels={"kueue.x-k8s.io/queue-name": "team-a-gpu"},
+            conditions=[
+                scheduled("False", "SchedulingGated", "Scheduling is blocked due to non-empty scheduling gates")
+            ],
+        ),
+        [],
+        StartFailure.AWAITING_ADMISSION,
+        ["scheduling gate(s) kueue.x-k8s.io/admission", "until queue team-a-gpu admits it", "kubectl get workloads"],
+        id="kueue-gated",
+    ),
+    pytest.param(
+        make_pod(
+            phase="Failed",
+            node_name="gpu-node-a100-1",
+            reason="OutOfnvidia.com/gpu",
+            message="Pod was rejected: Node didn't have enough resource: nvidia.com/gpu, requested: 1, used: 1, "
+            "capacity: 1",
+        ),
+        [],
+        StartFailure.INSUFFICIENT_GPU,
+        ["rejected by node gpu-node-a100-1", "requests nvidia.com/gpu=1 while 1 of 1 are in use"],
+        id="node-rejected-gpu",
+    ),
+]
+
+
+@pytest.mark.parametrize(("pod", "events", "cause", "fragments"), CAUSES)
+def test_each_cause_is_recognised_from_kubernetes_own_text(
+    pod: k8s.V1Pod, events: list[k8s.CoreV1Event], cause: StartFailure, fragments: list[str]
+) -> None:
+    diagnosis = diagnose_pod(pod, events)
+
+    assert diagnosis is not None
+    assert diagnosis.cause == cause
+    assert diagnosis.message.startswith(f"Pod {NAMESPACE}/{POD_NAME} ")
+    for fragment in fragments:
+        assert fragment in diagnosis.message
+    assert "To fix:" in diagnosis.message
+
+
+def test_the_evidence_is_the_text_the_diagnosis_came_from() -> None:
+    diagnosis = diagnose_pod(make_pod(), [scheduler_event(GPU_SHORTAGE)])
+
+    assert diagnosis == PodDiagnosis(
+        StartFailure.INSUFFICIENT_GPU, diagnosis.message, f"FailedScheduling: {GPU_SHORTAGE}"
+    )
+
+
+def test_a_multi_reason_message_lists_every_reason_and_its_fix() -> None:
+    message = (
+        "0/6 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, "
+        "2 Insufficient memory, 3 node(s) didn't match Pod's node affinity/selector. preemption: 0/6 nodes are "
+        "available: 6 Preemption is not helpful for scheduling."
+    )
+    diagnosis = diagnose_pod(make_pod(affinity_products=["NVIDIA-A100-SXM4-80GB"]), [scheduler_event(message)])
+
+    assert diagnosis.cause == StartFailure.NODE_SELECTOR_MISMATCH  # 3 nodes, the most
+    assert "1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }" in diagnosis.message
+    assert "2 Insufficient memory (the pod requests memory=16Gi)" in diagnosis.message
+    assert "3 node(s) didn't match Pod's node affinity/selector" in diagnosis.message
+    fixes = diagnosis.message.split("To fix: ", 1)[1]
+    assert fixes.index("label nodes to match") < fixes.index("memory request") < fixes.index("control-plane")
+    assert "preemption" not in diagnosis.message
+
+
+def test_gpu_and_taint_in_one_message_report_both_with_gpu_as_the_cause() -> None:
+    diagnosis = diagnose_pod(make_pod(), [scheduler_event(GPU_SHORTAGE)])
+
+    assert diagnosis.cause == StartFailure.INSUFFICIENT_GPU
+    assert GPU_TAINT_CLAUSE in diagnosis.message
+    assert "toleration for taint {nvidia.com/gpu: present}" in diagnosis.message
+
+
+def test_older_taint_wording_is_recognised() -> None:
+    message = "0/3 nodes are available: 3 node(s) had taint {gpu: true}, that the pod didn't tolerate."
+
+    diagnosis = diagnose_pod(make_pod(), [scheduler_event(message)])
+
+    assert diagnosis.cause == StartFailure.UNTOLERATED_TAINT
+    assert "toleration for taint {gpu: true}" in diagnosis.message
+
+
+def test_the_newest_event_wins_whatever_the_list_order() -> None:
+    older_cpu = kubelet_event("FailedScheduling", CPU_SHORTAGE, minutes_ago=12)
+    newer_gpu = scheduler_event(GPU_SHORTAGE, minutes_ago=1)
+
+    assert diagnose_pod(make_pod(), [newer_gpu, older_cpu]).cause == StartFailure.INSUFFICIENT_GPU
+    assert diagnose_pod(make_pod(), [older_cpu, newer_gpu]).cause == StartFailure.INSUFFICIENT_GPU
+    newest_cpu = kubelet_event("FailedScheduling", CPU_SHORTAGE, minutes_ago=0.5)
+    assert diagnose_pod(make_pod(), [newest_cpu, newer_gpu]).cause == StartFailure.INSUFFICIENT_CPU
+
+
+def test_events_win_over_the_pod_status_and_the_status_is_the_fallback() -> None:
+    pod = make_pod(conditions=[unschedulable(CPU_SHORTAGE)])
+
+    assert diagnose_pod(pod, [scheduler_event(GPU_SHORTAGE)]).cause == StartFailure.INSUFFICIENT_GPU
+    fallback = diagnose_pod(pod, [])
+    assert fallback.cause == StartFailure.INSUFFICIENT_CPU
+    assert fallback.evidence == f"PodScheduled=False Unschedulable: {CPU_SHORTAGE}"
+
+
+def test_the_registry_reason_survives_the_kubelets_echo_events() -> None:
+    pod = make_pod(
+        node_name="gpu-node-a100-1",
+        conditions=[scheduled()],
+        waiting=k8s.V1ContainerStateWaiting(
+            reason="ImagePullBackOff", message=f'Back-off pulling image "{TRAIN_IMAGE}"'
+        ),
+    )
+    events = [
+        kubelet_event("Failed", PULL_NOT_FOUND, minutes_ago=3),
+        kubelet_event("Failed", "Error: ErrImagePull", minutes_ago=2.9),
+        kubelet_event("BackOff", f'Back-off pulling image "{TRAIN_IMAGE}"', minutes_ago=1),
+        kubelet_event("Failed", "Error: ImagePullBackOff", minutes_ago=1),
+    ]
+
+    diagnosis = diagnose_pod(pod, events)
+
+    assert diagnosis.cause == StartFailure.IMAGE_PULL_ERROR
+    assert f'cannot pull image "{TRAIN_IMAGE}": not found.' in diagnosis.message
+    assert diagnosis.evidence == f"Failed: {PULL_NOT_FOUND}"
+
+
+def test_a_running_pod_needs_no_diagnosis_even_with_old_warnings() -> None:
+    pod = make_pod(phase="Running", node_name="gpu-node-a100-1", conditions=[scheduled()], running=True)
+
+    assert diagnose_pod(pod, [scheduler_event(GPU_SHORTAGE, minutes_ago=20)]) is None
+
+
+def test_a_pod_that_got_a_node_is_not_blamed_on_its_earlier_failed_scheduling() -> None:
+    # Scheduled after the GPU pool scaled up; now pulling a large image, which is slow but not a failure.
+    pod = make_pod(
+        node_name="gpu-node-a100-1",
+        conditions=[scheduled()],
+        waiting=k8s.V1ContainerStateWaiting(reason="ContainerCreating"),
+    )
+
+    assert diagnose_pod(pod, [scheduler_event(GPU_SHORTAGE, minutes_ago=2)]) is None
+
+
+def test_nothing_known_gives_none() -> None:
+    unknown = "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
+
+    assert diagnose_pod(make_pod(conditions=[unschedulable(unknown)]), [scheduler_event(unknown)]) is None
+    assert diagnose_pod(make_pod(), []) is None
+
+
+# ---- the operator ---------------------------------------------------------------------------------------------------
+
+
+class FakePodManager:
+    """Stands in for the provider's PodManager: there is no cluster here. The pod never leaves Pending."""
+
+    def __init__(self, pod: k8s.V1Pod, events: list[k8s.CoreV1Event], launch_error: Exception | None = None) -> None:
+        self.pod = pod
+        self.events = events
+        self.launch_error = launch_error
+        self.read_error: Exception | None = None
+
+    async def watch_pod_events(self, pod: k8s.V1Pod, check_interval: float) -> None:
+        return None
+
+    async def await_pod_start(self, pod: k8s.V1Pod, **timeouts: Any) -> None:
+        raise self.launch_error
+
+    def read_pod(self, pod: k8s.V1Pod) -> k8s.V1Pod:
+        if self.read_error:
+            raise self.read_error
+        return self.pod
+
+    def read_pod_events(self, pod: k8s.V1Pod, resource_version: str | None = None) -> k8s.CoreV1EventList:
+        return k8s.CoreV1EventList(items=self.events, metadata=k8s.V1ListMeta(resource_version="48213"))
+
+
+class FakeCoreV1Api:
+    """The few CoreV1Api calls the provider makes around a pod that never started."""
+
+    def __init__(self, pod: k8s.V1Pod) -> None:
+        self.pod = pod
+        self.patched_labels: list[dict] = []
+
+    def list_namespaced_pod(self, namespace: str, label_selector: str) -> k8s.V1PodList:
+        return k8s.V1PodList(items=[self.pod])
+
+    def patch_namespaced_pod(self, name: str, namespace: str, body: dict) -> None:
+        self.patched_labels.append(body["metadata"]["labels"])
+
+    def read_namespaced_pod_log(self, **kwargs: Any) -> list[bytes]:
+        return []
+
+
+def make_operator(pod_manager: FakePodManager, **kwargs: Any) -> StepPodOperator:
+    operator = StepPodOperator(
+        task_id="train",
+        name="train",
+        namespace=NAMESPACE,
+        image=TRAIN_IMAGE,
+        cmds=["python", "-m", "mlsteps", "train"],
+        log_events_on_failure=True,
+        on_finish_action="delete_succeeded_pod",
+        schedule_timeout_seconds=600,
+        do_xcom_push=False,
+        **kwargs,
+    )
+    operator.pod_manager = pod_manager
+    operator.client = FakeCoreV1Api(pod_manager.pod)
+    operator.hook = SimpleNamespace(is_in_cluster=False, get_pod=lambda name, namespace: pod_manager.pod)
+    return operator
+
+
+def schedule_timeout() -> PodLaunchTimeoutException:
+    return PodLaunchTimeoutException(
+        "Pod took too long to be scheduled on the cluster, giving up. More than 600s. "
+        "Check the pod events in kubernetes."
+    )
+
+
+def test_a_launch_timeout_becomes_the_diagnosis(capsys: pytest.CaptureFixture[str]) -> None:
+    timeout = schedule_timeout()
+    operator = make_operator(FakePodManager(make_pod(), [scheduler_event(GPU_SHORTAGE)], timeout))
+
+    with pytest.raises(AirflowException, match=r"^insufficient_gpu: Pod ml/train-x7k2p9qa cannot be sch") as raised:
+        operator.await_pod_start(make_pod())
+
+    assert "3 Insufficient nvidia.com/gpu" in str(raised.value)
+    assert f"Evidence: FailedScheduling: {GPU_SHORTAGE}" in str(raised.value)
+    assert raised.value.__cause__ is timeout
+    task_log = capsys.readouterr().out.splitlines()
+    assert any("error" in line and "3 Insufficient nvidia.com/gpu" in line for line in task_log)
+
+
+def test_a_launch_failure_becomes_the_diagnosis() -> None:
+    pod = make_pod(
+        node_name="gpu-node-a100-1",
+        conditions=[scheduled()],
+        waiting=k8s.V1ContainerStateWaiting(reason="ErrImagePull", message=PULL_NOT_FOUND),
+    )
+    failure = PodLaunchFailedException(f"Image cannot be pulled, unable to start: ErrImagePull\n{PULL_NOT_FOUND}")
+    operator = make_operator(FakePodManager(pod, [], failure))
+
+    with pytest.raises(AirflowException, match=f'^image_pull_error: .*cannot pull image "{TRAIN_IMAGE}": not found'):
+        operator.await_pod_start(pod)
+
+
+def test_the_launch_error_stays_when_nothing_explains_it() -> None:
+    timeout = schedule_timeout()
+    operator = make_operator(FakePodManager(make_pod(), [], timeout))
+
+    with pytest.raises(PodLaunchTimeoutException) as raised:
+        operator.await_pod_start(make_pod())
+
+    assert raised.value is timeout
+
+
+def test_the_launch_error_stays_unchanged_when_the_pod_cannot_be_read() -> None:
+    timeout = schedule_timeout()
+    pod_manager = FakePodManager(make_pod(), [scheduler_event(GPU_SHORTAGE)], timeout)
+    pod_manager.read_error = ApiException(status=403, reason="Forbidden")
+    operator = make_operator(pod_manager)
+
+    with pytest.raises(PodLaunchTimeoutException) as raised:
+        operator.await_pod_start(make_pod())
+
+    assert raised.value is timeout
+    assert raised.value.__cause__ is None
+
+
+def task_context() -> dict[str, Any]:
+    ti = SimpleNamespace(dag_id="ml_retrain", task_id="train", map_index=-1, try_number=1, start_date=NOW)
+    ti.xcom_push = lambda key, value: None
+    return {"ti": ti, "run_id": "scheduled__2026-03-02T03:00:00+00:00", "dag": SimpleNamespace(dag_id="ml_retrain")}
+
+
+def test_the_task_fails_with_the_diagnosis_not_the_providers_cleanup_message() -> None:
+    # Without the operator's cleanup guard, the provider's "Pod ... returned a failure" would replace the diagnosis.
+    pod_manager = FakePodManager(make_pod(), [scheduler_event(GPU_SHORTAGE)], schedule_timeout())
+    operator = make_operator(pod_manager)
+
+    with pytest.raises(AirflowException, match="^insufficient_gpu: ") as raised:
+        operator.execute(task_context())
+
+    assert isinstance(raised.value.__cause__, PodLaunchTimeoutException)
+    assert operator.client.patched_labels == [{"already_checked": "True"}]  # the provider's cleanup still ran
+
+
+def test_a_failed_pod_that_ran_still_fails_with_the_providers_message() -> None:
+    ran = make_pod(phase="Failed", node_name="cpu-node-1", conditions=[scheduled()])
+    operator = make_operator(FakePodManager(ran, []))
+
+    with pytest.raises(AirflowException, match="returned a failure"):
+        operator.cleanup(ran, ran)
+
+
+def test_a_deferred_start_timeout_becomes_the_diagnosis() -> None:
+    pod = make_pod(conditions=[unschedulable(GPU_SHORTAGE)])
+    operator = make_operator(FakePodManager(pod, [scheduler_event(GPU_SHORTAGE)]), deferrable=True)
+    event = {
+        "status": "timeout",
+        "name": POD_NAME,
+        "namespace": NAMESPACE,
+        "message": "Pod took too long to be scheduled on the cluster, giving up. More than 600s.",
+    }
+
+    with pytest.raises(
+        AirflowException, match="^insufficient_gpu: Pod ml/train-x7k2p9qa cannot be scheduled"
+    ) as raised:
+        operator.trigger_reentry(task_context(), event)
+
+    assert "More than 600s" in str(raised.value.__cause__)
+
+
+def test_a_deferred_pod_that_ran_keeps_the_providers_error() -> None:
+    # The provider's own failure for a pod that ran: its cleanup's message, not a start diagnosis.
+    ran = make_pod(phase="Running", node_name="cpu-node-1", conditions=[scheduled()], running=True)
+    operator = make_operator(FakePodManager(ran, []), deferrable=True)
+    event = {
+        "status": "timeout",
+        "name": POD_NAME,
+        "namespace": NAMESPACE,
+        "message": "Pod ml/train-x7k2p9qa reached the task's execution_timeout deadline.",
+    }
+
+    with pytest.raises(AirflowException, match=f"^Pod {POD_NAME} returned a failure"):
+        operator.trigger_reentry(task_context(), event)
