@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo airflow test lint fmt render bench clean constraints
+.PHONY: demo airflow test lint fmt render bench bench-drift clean constraints
 
 $(INSTALLED): requirements.txt requirements/steps.txt requirements/dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,12 +39,22 @@ render: $(INSTALLED)  ## every pod spec of every DAG task and every manifest as 
 bench: $(INSTALLED)  ## the main job on 100k rows: per-task wall time, Airflow overhead, DAG parse time
 	$(BIN)/python benchmarks/main_job.py
 
+bench-drift: $(INSTALLED) .venv-bench-evidently  ## drift library vs Evidently 0.7 on 1M x 25 columns (+ a 10M window)
+	$(BIN)/python benchmarks/drift.py
+
 constraints: $(INSTALLED)
 	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > constraints.tmp
 	{ sed -n '1,2p' constraints.txt; cat constraints.tmp; } > constraints.txt && rm constraints.tmp
 
 clean:  ## remove all local state (Airflow DB, MLflow, artifacts, datasets)
 	rm -rf .local
+
+# Evidently, the drift benchmark's anchor, brings its own stack (and needs pandas 2): its own virtualenv.
+.venv-bench-evidently: requirements/bench-evidently.txt
+	rm -rf $@
+	$(PYTHON) -m venv $@
+	$@/bin/python -m pip install --quiet -r requirements/bench-evidently.txt || { rm -rf $@; exit 1; }
+	touch $@
 
 # checkov (the Kubernetes policy scan of tests/k8s) pins old boto3/packaging releases, so it gets its own virtualenv;
 # the folder is the stamp, removed again when the install fails.

@@ -149,6 +149,72 @@ class RegistryConfig(_Strict):
     experiment_name: str = Field(description="MLflow experiment of the training runs")
 
 
+DriftMethod = Literal["ks", "wasserstein", "psi", "chisquare", "jensenshannon"]
+
+
+class DriftThresholds(_Strict):
+    """The drift threshold of each method: an alpha for the p-value tests, a distance for the others."""
+
+    ks: float = Field(0.05, gt=0, lt=1, description="Kolmogorov-Smirnov: drift when the BH-adjusted p-value is below")
+    chisquare: float = Field(0.05, gt=0, lt=1, description="chi-square: drift when the BH-adjusted p-value is below")
+    wasserstein: float = Field(
+        0.1, gt=0, description="Wasserstein distance divided by the reference std: drift at or above"
+    )
+    jensenshannon: float = Field(
+        0.1, gt=0, le=1, description="Jensen-Shannon distance (natural log, 0 to 0.833): drift at or above"
+    )
+    psi: float = Field(0.1, gt=0, description="population stability index: drift at or above (0.25: a major shift)")
+
+
+class MinEffectSizes(_Strict):
+    """How large a difference a p-value test must also show, so that sample size alone never raises an alarm."""
+
+    ks: float = Field(0.1, ge=0, le=1, description="smallest KS statistic (largest gap between the two ECDFs)")
+    chisquare: float = Field(
+        0.1, ge=0, description="smallest Cohen's w: root of the summed squared share differences over pooled shares"
+    )
+
+
+class FeatureDriftConfig(_Strict):
+    """Settings of one feature (or of the score) that replace the global ones; unset fields inherit them."""
+
+    method: DriftMethod | None = Field(None, description="method for this feature; unset: chosen by type and size")
+    threshold: float | None = Field(None, gt=0, description="threshold of the method; unset: drift.thresholds")
+    min_effect_size: float | None = Field(
+        None, ge=0, description="effect-size gate of a p-value test; unset: drift.min_effect_size"
+    )
+    min_samples: int | None = Field(None, ge=2, description="fewest non-null values to judge; unset: drift.min_samples")
+
+
+class DriftConfig(_Strict):
+    """Drift detection: per-feature methods and thresholds, the dataset decision and the reference profile."""
+
+    numeric_method: Literal["auto", "ks", "wasserstein", "psi"] = Field(
+        "auto", description="method for numeric features; auto: ks on small samples, wasserstein on large ones"
+    )
+    categorical_method: Literal["auto", "chisquare", "jensenshannon", "psi"] = Field(
+        "auto", description="method for categorical features; auto: chisquare on small, jensenshannon on large"
+    )
+    large_sample_size: int = Field(
+        1000, ge=2, description="auto uses distances once the smaller of the two samples has this many values"
+    )
+    thresholds: DriftThresholds = Field(DriftThresholds(), description="drift threshold of each method")
+    min_effect_size: MinEffectSizes = Field(
+        MinEffectSizes(), description="effect size a p-value test must also reach to count as drift"
+    )
+    min_samples: int = Field(50, ge=2, description="fewer non-null values on either side: insufficient data")
+    drift_share: float = Field(
+        0.5, gt=0, le=1, description="dataset drift when at least this share of the judged features drift"
+    )
+    psi_bins: int = Field(10, ge=2, le=100, description="reference-quantile bins of the PSI (fixed in the profile)")
+    psi_epsilon: float = Field(1e-4, gt=0, lt=0.01, description="share used for an empty PSI bin, so log stays finite")
+    reference_sample_size: int = Field(
+        100_000, ge=1000, description="most values kept per numeric column in the reference profile"
+    )
+    features: dict[str, FeatureDriftConfig] = Field(default_factory=dict, description="per-feature overrides")
+    score: FeatureDriftConfig = Field(FeatureDriftConfig(), description="settings of the prediction (score) drift")
+
+
 class PipelineConfig(_Strict):
     """Everything the steps need besides their input URIs."""
 
@@ -156,6 +222,7 @@ class PipelineConfig(_Strict):
     split: SplitConfig = SplitConfig()
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    drift: DriftConfig = DriftConfig()
     registry: RegistryConfig
     runtime: dict[str, Any] = Field(default_factory=dict, description="read by the orchestration side only")
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlsteps import html_report
 from mlsteps.config import EvaluationConfig
 
 DECISION_THRESHOLD = 0.5
@@ -209,25 +210,6 @@ def gate_decision(
 
 
 _HTML_METRICS = ["roc_auc", "log_loss", "accuracy", "brier", "ece", "positive_rate", "mean_probability", "rows"]
-_HTML_STYLE = (
-    "body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}"
-    "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}th:first-child,td:first-child{text-align:left}"
-    ".passed{color:#176f2c}.failed{color:#b00020}"
-)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "&ndash;"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return html.escape(str(value))
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _champion_slice_roc_auc(champion: dict[str, Any] | None, column: str, value: str) -> float | None:
@@ -258,20 +240,14 @@ def render_report_html(report: dict[str, Any]) -> str:
     slice_header = ["column", "value", "rows", "challenger roc_auc", "champion roc_auc"]
     verdict = "passed" if gate["passed"] else "failed"
     notes = [note for _, model in models for note in model["metrics"]["notes"]]
-    return "\n".join(
-        [
-            "<!DOCTYPE html>",
-            f"<html><head><meta charset='utf-8'><title>Evaluation of {html.escape(report['model_name'])}</title>",
-            f"<style>{_HTML_STYLE}</style></head><body>",
-            f"<h1>Evaluation of {html.escape(report['model_name'])}</h1>",
-            f"<p>Holdout: {html.escape(str(report.get('holdout_uri', '')))}</p>",
-            f"<h2>Gate: <span class='{verdict}'>{verdict}</span>{' (forced)' if gate.get('forced') else ''}</h2>",
-            "<ul>" + "".join(f"<li>{html.escape(reason)}</li>" for reason in gate["reasons"]) + "</ul>",
-            "<h2>Holdout metrics</h2>",
-            _table(header, metric_rows),
-            "".join(f"<p>{html.escape(note)}</p>" for note in notes),
-            "<h2>Slices</h2>",
-            _table(slice_header, slice_rows),
-            "</body></html>",
-        ]
-    )
+    body = [
+        f"<p>Holdout: {html.escape(str(report.get('holdout_uri', '')))}</p>",
+        f"<h2>Gate: <span class='{verdict}'>{verdict}</span>{' (forced)' if gate.get('forced') else ''}</h2>",
+        "<ul>" + "".join(f"<li>{html.escape(reason)}</li>" for reason in gate["reasons"]) + "</ul>",
+        "<h2>Holdout metrics</h2>",
+        html_report.table(header, metric_rows),
+        "".join(f"<p>{html.escape(note)}</p>" for note in notes),
+        "<h2>Slices</h2>",
+        html_report.table(slice_header, slice_rows),
+    ]
+    return html_report.page(f"Evaluation of {report['model_name']}", "\n".join(body))

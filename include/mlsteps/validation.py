@@ -8,13 +8,13 @@ person can act on, such as ``12 of 2000 non-null values (0.6%) outside [18, 100]
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
 
+from mlsteps import html_report
 from mlsteps.config import DatasetConfig
 
 # Dtypes that hold numbers: numpy ints, uints and floats, pandas' nullable variants, and Python int/float for
@@ -330,19 +330,6 @@ def _format_percent(share: float) -> str:
     return "<0.1%"
 
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #1f2328; }
-table { border-collapse: collapse; width: 100%; font-size: 0.9rem; }
-th, td { border: 1px solid #d0d7de; padding: 0.35rem 0.6rem; text-align: left; vertical-align: top; }
-th { background: #f6f8fa; }
-tr.failed td { background: #ffebe9; }
-.badge { font-weight: 600; }
-.passed .badge, .verdict.passed { color: #1a7f37; }
-.failed .badge, .verdict.failed { color: #cf222e; }
-code { font-family: ui-monospace, monospace; }
-"""
-
-
 def render_html(report: ValidationReport, title: str) -> str:
     """Render the report as one self-contained HTML page (inline CSS, no scripts or external assets).
 
@@ -353,34 +340,18 @@ def render_html(report: ValidationReport, title: str) -> str:
     Returns:
         The HTML document; every value from the data is escaped.
     """
-    esc = html.escape
     verdict = "passed" if report.success else "failed"
     stats = report.statistics
-    rows = "\n".join(
-        f'<tr class="{"passed" if o.success else "failed"}">'
-        f'<td class="badge">{"passed" if o.success else "FAILED"}</td>'
-        f"<td><code>{esc(o.column or TABLE_LABEL)}</code></td>"
-        f"<td><code>{esc(o.expectation)}</code></td>"
-        f"<td>{esc(o.detail)}</td></tr>"
-        for o in report.outcomes
+    rows = [
+        ["passed" if o.success else "FAILED", o.column or TABLE_LABEL, o.expectation, o.detail] for o in report.outcomes
+    ]
+    summary = (
+        f'<p class="{verdict}"><strong>{verdict.upper()}</strong>: {stats["unsuccessful"]} of {stats["evaluated"]} '
+        f"expectations failed, {stats['successful']} passed.</p>"
     )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Validation: {esc(title)}</title>
-<style>{_STYLE}</style>
-</head>
-<body>
-<h1>Validation: {esc(title)}</h1>
-<p class="verdict {verdict}"><strong>{verdict.upper()}</strong>:
-{stats["unsuccessful"]} of {stats["evaluated"]} expectations failed, {stats["successful"]} passed.</p>
-<table>
-<thead><tr><th>result</th><th>column</th><th>expectation</th><th>observed</th></tr></thead>
-<tbody>
-{rows}
-</tbody>
-</table>
-</body>
-</html>
-"""
+    table = html_report.table(
+        ["result", "column", "expectation", "observed"],
+        rows,
+        ["passed" if o.success else "failed" for o in report.outcomes],
+    )
+    return html_report.page(f"Validation: {title}", summary + "\n" + table)

@@ -262,7 +262,7 @@ def test_report_lists_failures_first_and_escapes_values(
     assert page.count('<tr class="failed">') == 2
     assert page.count("<tr class=") == suite_size
     # Failures come first: the failing plan row precedes the passing row of the first column.
-    assert page.index("<code>plan</code>") < page.index("<code>customer_id</code>")
+    assert page.index("<td>plan</td>") < page.index("<td>customer_id</td>")
     assert "http" not in page  # self-contained: no external assets
 
 
@@ -299,8 +299,8 @@ def test_step_failure_writes_reports_then_raises(tmp_path: Path, churn: pd.DataF
     assert storage.read_json(result["report_json_uri"])["success"] is False
     page = storage.read_text(result["report_html_uri"])
     assert "FAILED" in page
-    assert "<code>age</code>" in page
-    assert "<code>region</code>" in page
+    assert "<td>age</td>" in page
+    assert "<td>region</td>" in page
 
 
 def test_failure_message_lists_every_failure_and_the_report(tmp_path: Path, churn: pd.DataFrame) -> None:
@@ -333,7 +333,7 @@ def test_step_on_s3(s3_bucket: str, churn: pd.DataFrame) -> None:
         validate.main(run_root=run_root, config=None)
     result = read_result(run_root, "validate")
     assert result["report_html_uri"] == f"{run_root}/validate/report.html"
-    assert "<code>churned</code>" in storage.read_text(result["report_html_uri"])
+    assert "<td>churned</td>" in storage.read_text(result["report_html_uri"])
     assert storage.read_json(result["report_json_uri"])["success"] is False
 
 

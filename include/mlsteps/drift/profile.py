@@ -1,0 +1,299 @@
+"""The reference profile: what drift detection needs of the training snapshot, computed once at training time.
+
+Numeric columns (and the model score) keep a sorted sample of their finite values, their mean and standard
+deviation, and the reference-quantile bin edges with the share of values in each bin. Above
+``reference_sample_size`` values the sample is thinned deterministically to evenly spaced order statistics: the
+same data always gives the same profile, and the sample's empirical CDF stays within 1/size of the full column's
+(a random subsample would be off by about 1/sqrt(size)). Mean, std, bins and counts always use the full column.
+Categorical columns keep the count of every category.
+
+The profile is one ``.npz`` file (``numpy.savez_compressed``): arrays stay bit-exact and load without pickle in
+milliseconds, and 25 columns of 100k values take a few MB where JSON would take several times that and parse
+slowly. A JSON document inside it (``meta``) holds names, counts and moments, so the file describes itself.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from mlsteps import storage
+from mlsteps.config import ColumnSpec, DriftConfig
+from mlsteps.drift.stats import bin_counts
+from mlsteps.errors import DataError
+
+FORMAT_VERSION = 1
+SCORE = "score"
+
+
+@dataclass(frozen=True)
+class NumericProfile:
+    """Reference of one numeric column (or of the score)."""
+
+    name: str
+    count: int  # finite values in the full column
+    null_count: int  # missing or non-finite values
+    mean: float | None
+    std: float | None  # population std (ddof=0), the Wasserstein normaliser
+    sample: np.ndarray  # sorted finite values, at most reference_sample_size of them
+    bin_edges: np.ndarray  # inner edges of the reference-quantile bins (duplicates removed)
+    bin_counts: np.ndarray  # full-column count per bin, len(bin_edges) + 1 bins
+
+    kind: ClassVar[str] = "numeric"
+
+
+@dataclass(frozen=True)
+class CategoricalProfile:
+    """Reference of one categorical column."""
+
+    name: str
+    count: int  # non-null values
+    null_count: int
+    categories: list[str]
+    counts: np.ndarray  # count per category, same order
+
+    kind: ClassVar[str] = "categorical"
+
+
+ColumnProfile = NumericProfile | CategoricalProfile
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """Everything drift detection compares a window with, for every feature and the score."""
+
+    rows: int
+    features: dict[str, ColumnProfile]
+    score: NumericProfile | None
+    psi_bins: int
+    sample_size: int
+
+
+def numeric_values(series: pd.Series) -> tuple[np.ndarray, int]:
+    """The finite values of a numeric column and how many are missing or non-finite.
+
+    A text column is converted when every non-null value reads as a number (logs often carry numbers as text).
+
+    Raises:
+        DataError: some values are not numbers; the message shows one and how many.
+    """
+    if not pd.api.types.is_numeric_dtype(series):
+        converted = pd.to_numeric(series, errors="coerce")
+        not_numbers = converted.isna() & series.notna()
+        if not_numbers.any():
+            example = series[not_numbers].iloc[0]
+            raise DataError(
+                f"column {series.name!r} should be numeric but {int(not_numbers.sum())} of {len(series)} values "
+                f"are not numbers (e.g. {example!r}, dtype {series.dtype}): fix the data or declare it categorical"
+            )
+        series = converted
+    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = values[np.isfinite(values)]
+    return finite, int(values.size - finite.size)
+
+
+def category_counts(series: pd.Series) -> tuple[list[str], np.ndarray, int]:
+    """The categories of a column (as text), their counts, and the number of missing values."""
+    present = series.dropna()
+    counts = present.astype("str").value_counts(sort=False)
+    counts = counts[counts > 0]
+    return [str(c) for c in counts.index], counts.to_numpy(dtype=np.int64), int(series.size - present.size)
+
+
+def _evenly_spaced(sorted_values: np.ndarray, size: int) -> np.ndarray:
+    """At most ``size`` order statistics spread evenly from the smallest value to the largest."""
+    if sorted_values.size <= size:
+        return sorted_values
+    return sorted_values[np.round(np.linspace(0, sorted_values.size - 1, size)).astype(np.int64)]
+
+
+def _numeric_profile(name: str, series: pd.Series, config: DriftConfig) -> NumericProfile:
+    """Profile one numeric column; see the module docstring for what is kept.
+
+    Raises:
+        DataError: the column holds values that are not numbers.
+    """
+    values, null_count = numeric_values(series)
+    values = np.sort(values)
+    if values.size:
+        quantiles = np.quantile(values, np.linspace(0, 1, config.psi_bins + 1)[1:-1])
+        edges = np.unique(quantiles)
+        mean, std = float(values.mean()), float(values.std())
+    else:
+        edges, mean, std = np.empty(0), None, None
+    return NumericProfile(
+        name=name,
+        count=int(values.size),
+        null_count=null_count,
+        mean=mean,
+        std=std,
+        sample=_evenly_spaced(values, config.reference_sample_size),
+        bin_edges=edges,
+        bin_counts=bin_counts(values, edges),
+    )
+
+
+def _categorical_profile(name: str, series: pd.Series) -> CategoricalProfile:
+    categories, counts, null_count = category_counts(series)
+    order = np.argsort(categories, kind="stable")
+    return CategoricalProfile(
+        name=name,
+        count=int(counts.sum()),
+        null_count=null_count,
+        categories=[categories[i] for i in order],
+        counts=counts[order],
+    )
+
+
+def build_profile(
+    frame: pd.DataFrame,
+    features: list[ColumnSpec],
+    scores: Any = None,
+    config: DriftConfig | None = None,
+) -> ReferenceProfile:
+    """Profile the training snapshot (and the model's scores on it) for later drift checks.
+
+    Args:
+        frame: the reference data, one column per feature (other columns are ignored).
+        features: the dataset config's feature specs; their ``type`` says how each column is profiled.
+        scores: the model's scores (e.g. positive-class probabilities) on reference data, or None.
+        config: ``psi_bins`` and ``reference_sample_size`` are fixed in the profile; default ``DriftConfig()``.
+
+    Returns:
+        The profile; ``save_profile`` writes it.
+
+    Raises:
+        DataError: feature columns are missing from the frame or numeric ones hold text (all listed at once).
+    """
+    config = config or DriftConfig()
+    missing = [spec.name for spec in features if spec.name not in frame.columns]
+    problems = []
+    if missing:
+        problems.append(
+            f"reference data lacks feature columns {missing}: profile the snapshot the model was trained on"
+        )
+    profiles: dict[str, ColumnProfile] = {}
+    for spec in features:
+        if spec.name in missing:
+            continue
+        try:
+            if spec.type == "numeric":
+                profiles[spec.name] = _numeric_profile(spec.name, frame[spec.name], config)
+            else:
+                profiles[spec.name] = _categorical_profile(spec.name, frame[spec.name])
+        except DataError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise DataError("cannot build the reference profile:\n- " + "\n- ".join(problems))
+    score = None if scores is None else _numeric_profile(SCORE, pd.Series(np.asarray(scores), name=SCORE), config)
+    return ReferenceProfile(
+        rows=len(frame),
+        features=profiles,
+        score=score,
+        psi_bins=config.psi_bins,
+        sample_size=config.reference_sample_size,
+    )
+
+
+def _numeric_meta(profile: NumericProfile, key: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    arrays[f"{key}.sample"] = profile.sample
+    arrays[f"{key}.bin_edges"] = profile.bin_edges
+    arrays[f"{key}.bin_counts"] = profile.bin_counts
+    return {
+        "kind": "numeric",
+        "name": profile.name,
+        "key": key,
+        "count": profile.count,
+        "null_count": profile.null_count,
+        "mean": profile.mean,
+        "std": profile.std,
+    }
+
+
+def _column_meta(profile: ColumnProfile, key: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    if isinstance(profile, NumericProfile):
+        return _numeric_meta(profile, key, arrays)
+    arrays[f"{key}.categories"] = np.array(profile.categories, dtype=np.str_)
+    arrays[f"{key}.counts"] = profile.counts
+    return {
+        "kind": "categorical",
+        "name": profile.name,
+        "key": key,
+        "count": profile.count,
+        "null_count": profile.null_count,
+    }
+
+
+def save_profile(profile: ReferenceProfile, uri: str) -> None:
+    """Write the profile as one compressed ``.npz`` file (local path or ``s3://`` URI)."""
+    arrays: dict[str, np.ndarray] = {}
+    columns = [_column_meta(column, f"feature{i}", arrays) for i, column in enumerate(profile.features.values())]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "rows": profile.rows,
+        "psi_bins": profile.psi_bins,
+        "sample_size": profile.sample_size,
+        "features": columns,
+        "score": None if profile.score is None else _numeric_meta(profile.score, "score", arrays),
+    }
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
+    storage.write_bytes(uri, buffer.getvalue())
+
+
+def _column_from(meta: dict[str, Any], arrays: Any) -> ColumnProfile:
+    key = meta["key"]
+    if meta["kind"] == "numeric":
+        return NumericProfile(
+            name=meta["name"],
+            count=meta["count"],
+            null_count=meta["null_count"],
+            mean=meta["mean"],
+            std=meta["std"],
+            sample=arrays[f"{key}.sample"],
+            bin_edges=arrays[f"{key}.bin_edges"],
+            bin_counts=arrays[f"{key}.bin_counts"],
+        )
+    return CategoricalProfile(
+        name=meta["name"],
+        count=meta["count"],
+        null_count=meta["null_count"],
+        categories=[str(c) for c in arrays[f"{key}.categories"]],
+        counts=arrays[f"{key}.counts"],
+    )
+
+
+def load_profile(uri: str) -> ReferenceProfile:
+    """Read a profile written by ``save_profile``.
+
+    Raises:
+        DataError: no file at the URI, or it is not a profile of this format version.
+    """
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise DataError(f"no reference profile at {uri}: build it from the training snapshot first") from None
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        meta = json.loads(str(arrays.pop("meta")))
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise DataError(
+                f"{uri}: profile format_version {meta.get('format_version')!r}, this code reads {FORMAT_VERSION}: "
+                "rebuild the profile from the training snapshot"
+            )
+        return ReferenceProfile(
+            rows=meta["rows"],
+            features={column["name"]: _column_from(column, arrays) for column in meta["features"]},
+            score=None if meta["score"] is None else _column_from(meta["score"], arrays),
+            psi_bins=meta["psi_bins"],
+            sample_size=meta["sample_size"],
+        )
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{uri} is not a reference profile (.npz written by save_profile): {exc}") from None

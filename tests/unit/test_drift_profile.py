@@ -1,0 +1,127 @@
+"""The reference profile: what it keeps, its deterministic sample cap, and its round trip through local files and S3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlsteps import storage
+from mlsteps.config import ColumnSpec, DriftConfig, PipelineConfig
+from mlsteps.datasets import generate_churn
+from mlsteps.drift import build_profile, detect_drift, load_profile, save_profile
+from mlsteps.drift.profile import CategoricalProfile, NumericProfile, ReferenceProfile
+from mlsteps.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def churn_profile(pipeline_config: PipelineConfig) -> ReferenceProfile:
+    frame = generate_churn(4_000, seed=1)
+    scores = np.random.default_rng(1).beta(2, 5, 4_000)
+    return build_profile(frame, pipeline_config.dataset.features, scores=scores)
+
+
+def _assert_same(left: ReferenceProfile, right: ReferenceProfile) -> None:
+    assert (left.rows, left.psi_bins, left.sample_size) == (right.rows, right.psi_bins, right.sample_size)
+    assert list(left.features) == list(right.features)
+    for name, column in left.features.items():
+        other = right.features[name]
+        assert type(other) is type(column)
+        if isinstance(column, NumericProfile):
+            assert (column.count, column.null_count, column.mean, column.std) == (
+                other.count,
+                other.null_count,
+                other.mean,
+                other.std,
+            )
+            for array in ("sample", "bin_edges", "bin_counts"):
+                np.testing.assert_array_equal(getattr(column, array), getattr(other, array))
+        else:
+            assert (column.count, column.null_count, column.categories) == (
+                other.count,
+                other.null_count,
+                other.categories,
+            )
+            np.testing.assert_array_equal(column.counts, other.counts)
+    np.testing.assert_array_equal(left.score.sample, right.score.sample)
+
+
+def test_profile_keeps_what_the_statistics_need(churn_profile: ReferenceProfile) -> None:
+    tenure = churn_profile.features["tenure_months"]
+    assert isinstance(tenure, NumericProfile)
+    assert (tenure.count, tenure.null_count) == (4_000, 0)
+    assert np.all(np.diff(tenure.sample) >= 0)
+    assert tenure.bin_counts.sum() == 4_000 and tenure.bin_counts.size == tenure.bin_edges.size + 1
+    session = churn_profile.features["avg_session_minutes"]  # ~3% nulls, continuous: ten even quantile bins
+    assert session.null_count + session.count == 4_000 and 60 < session.null_count < 180
+    assert session.bin_edges.size == 9
+    np.testing.assert_allclose(session.bin_counts / session.count, 0.1, atol=0.002)
+    channel = churn_profile.features["acquisition_channel"]
+    assert isinstance(channel, CategoricalProfile)
+    assert channel.categories == ["organic", "paid_search", "partner", "referral", "social"]
+    assert channel.counts.sum() == channel.count and channel.null_count > 0
+    assert churn_profile.score.count == 4_000
+
+
+def test_large_columns_are_thinned_deterministically_to_the_cap() -> None:
+    values = np.random.default_rng(2).lognormal(size=250_000)
+    frame = pd.DataFrame({"x": values})
+    config = DriftConfig(reference_sample_size=10_000)
+    first = build_profile(frame, [ColumnSpec(name="x", type="numeric")], config=config).features["x"]
+    again = build_profile(frame.sample(frac=1, random_state=3), [ColumnSpec(name="x", type="numeric")], config=config)
+    np.testing.assert_array_equal(first.sample, again.features["x"].sample)  # row order does not matter
+    assert first.sample.size == 10_000
+    assert (first.sample[0], first.sample[-1]) == (values.min(), values.max())
+    # evenly spaced order statistics: the sample's ECDF is within 1/cap of the full column's everywhere
+    probe = np.quantile(values, np.linspace(0.001, 0.999, 500))
+    full = np.searchsorted(np.sort(values), probe, side="right") / values.size
+    thinned = np.searchsorted(first.sample, probe, side="right") / first.sample.size
+    assert np.abs(full - thinned).max() <= 1 / 10_000 + 1e-12
+    assert first.mean == pytest.approx(values.mean()) and first.std == pytest.approx(values.std())  # full column
+
+
+def test_round_trip_through_a_local_file(churn_profile: ReferenceProfile, tmp_path: Path) -> None:
+    uri = str(tmp_path / "models" / "drift_profile.npz")
+    save_profile(churn_profile, uri)
+    loaded = load_profile(uri)
+    _assert_same(churn_profile, loaded)
+    window = generate_churn(2_000, seed=9, covariate_drift=0.8)
+    scores = np.random.default_rng(4).beta(2, 4, 2_000)
+    assert detect_drift(loaded, window, scores).to_dict() == detect_drift(churn_profile, window, scores).to_dict()
+    assert Path(uri).stat().st_size < 200_000
+
+
+def test_round_trip_through_s3(churn_profile: ReferenceProfile, s3_bucket: str) -> None:
+    uri = f"{s3_bucket}/models/churn/3/drift_profile.npz"
+    save_profile(churn_profile, uri)
+    assert storage.exists(uri)
+    _assert_same(churn_profile, load_profile(uri))
+
+
+def test_missing_columns_and_text_in_numeric_columns_are_listed_at_once() -> None:
+    frame = pd.DataFrame({"amount": ["12.5", "oops", "7"], "plan": ["a", "b", "a"]})
+    specs = [
+        ColumnSpec(name="amount", type="numeric"),
+        ColumnSpec(name="plan", type="categorical"),
+        ColumnSpec(name="age", type="numeric"),
+        ColumnSpec(name="region", type="categorical"),
+    ]
+    with pytest.raises(DataError, match="cannot build the reference profile") as raised:
+        build_profile(frame, specs)
+    assert "reference data lacks feature columns ['age', 'region']" in str(raised.value)
+    assert "column 'amount' should be numeric but 1 of 3 values are not numbers (e.g. 'oops'" in str(raised.value)
+
+
+def test_loading_a_missing_or_foreign_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no reference profile at .*nothing.npz: build it from the training snapshot"):
+        load_profile(str(tmp_path / "nothing.npz"))
+    foreign = tmp_path / "foreign.npz"
+    foreign.write_text("not a profile")
+    with pytest.raises(DataError, match=r"foreign.npz is not a reference profile \(.npz written by save_profile\)"):
+        load_profile(str(foreign))
+    other_version = tmp_path / "future.npz"
+    np.savez(other_version, meta=np.array('{"format_version": 99}'))
+    with pytest.raises(DataError, match="profile format_version 99, this code reads 1: rebuild the profile"):
+        load_profile(str(other_version))

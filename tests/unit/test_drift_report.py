@@ -1,0 +1,110 @@
+"""The drift report: its JSON fields and a self-contained HTML page with a chart per drifted feature."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from mlsteps import storage
+from mlsteps.config import PipelineConfig
+from mlsteps.datasets import generate_churn
+from mlsteps.drift import DriftReport, build_profile, detect_drift, render_html
+from mlsteps.drift.report import share_chart_svg
+
+FEATURE_FIELDS = {
+    "name",
+    "kind",
+    "status",
+    "message",
+    "method",
+    "statistic",
+    "p_value",
+    "adjusted_p_value",
+    "effect_size",
+    "threshold",
+    "min_effect_size",
+    "drifted",
+    "reference_count",
+    "current_count",
+    "current_null_share",
+    "unseen_share",
+    "histogram",
+}
+
+
+@pytest.fixture(scope="module")
+def report(pipeline_config: PipelineConfig) -> DriftReport:
+    rng = np.random.default_rng(0)
+    profile = build_profile(generate_churn(5_000, seed=1), pipeline_config.dataset.features, rng.beta(2, 5, 5_000))
+    window = generate_churn(600, seed=2, covariate_drift=1.0).drop(columns=["num_devices"])
+    return detect_drift(profile, window, scores=rng.beta(3, 4, 600))
+
+
+def test_json_report_has_every_field(report: DriftReport, tmp_path: object) -> None:
+    uri = str(tmp_path / "drift.json")
+    storage.write_json(uri, report.to_dict())
+    data = json.loads(storage.read_text(uri))
+    assert set(data) == {
+        "features",
+        "prediction",
+        "dataset",
+        "data_quality_failed",
+        "data_quality_problems",
+        "reference_rows",
+        "current_rows",
+        "counts",
+    }
+    assert all(set(feature) == FEATURE_FIELDS for feature in data["features"])
+    assert set(data["prediction"]) == FEATURE_FIELDS
+    assert set(data["dataset"]) == {
+        "drift_detected",
+        "drifted_features",
+        "judged_features",
+        "drifted_share",
+        "threshold",
+        "status",
+        "message",
+    }
+    assert (data["reference_rows"], data["current_rows"]) == (5_000, 600)
+    assert data["data_quality_failed"] is True
+    assert data["counts"]["missing"] == 1 and data["counts"]["features"] == 16
+    tenure = next(f for f in data["features"] if f["name"] == "tenure_months")
+    # 600 current rows: the auto method is the KS test, judged by its adjusted p-value and its effect size
+    assert (tenure["method"], tenure["threshold"], tenure["min_effect_size"], tenure["drifted"]) == (
+        "ks",
+        0.05,
+        0.1,
+        True,
+    )
+    assert tenure["adjusted_p_value"] >= tenure["p_value"]
+    assert len(tenure["histogram"]["labels"]) == len(tenure["histogram"]["current"]) == 10
+    assert sum(tenure["histogram"]["current"]) == pytest.approx(1.0)
+
+
+def test_html_page_is_self_contained_and_charts_the_drifted_features(report: DriftReport) -> None:
+    page = render_html(report, "churn window <2025-06>")
+    drifted = [f.name for f in report.features if f.drifted]
+    steady = [f.name for f in report.features if f.status == "ok" and not f.drifted]
+    assert drifted and steady
+    assert page.startswith("<!DOCTYPE html>")
+    assert "<title>Drift: churn window &lt;2025-06&gt;</title>" in page
+    charted = re.findall(r"<h3><code>([^<]+)</code>", page)
+    assert charted[: len(drifted)] == drifted
+    assert not set(steady) & set(charted)
+    assert page.count("<svg") == len(charted)
+    assert "<td>missing</td>" in page and "the window has no column &#x27;num_devices&#x27;" in page
+    assert 'Data quality: <strong class="failed">FAILED</strong>' in page
+    for external in ("<script", "src=", "href=", "<link"):
+        assert external not in page
+    assert render_html(report.to_dict(), "churn window <2025-06>") == page  # renders from the JSON as well
+
+
+def test_chart_scales_bars_to_the_largest_share_and_escapes_labels() -> None:
+    svg = share_chart_svg({"labels": ["<a>", "b"], "reference": [0.5, 0.5], "current": [0.25, 0.75]})
+    assert "&lt;a&gt;" in svg and "<a>" not in svg
+    bars = [float(h) for h in re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="([\d.]+)"', svg)]
+    bars = bars[:4]  # reference and current bar of each label; the legend's squares follow
+    assert [height / max(bars) for height in bars] == pytest.approx([2 / 3, 1 / 3, 2 / 3, 1.0], abs=0.01)
