@@ -19,7 +19,7 @@ import typer
 from mlsteps import IMPORTED_AT, results
 from mlsteps.distributed import World
 from mlsteps.errors import EXIT_USER_ERROR, StepError
-from mlsteps.steps import evaluate, make_dataset, preprocess, promote, register, snapshot, train, validate
+from mlsteps.steps import evaluate, make_dataset, preprocess, promote, register, score, snapshot, train, validate
 
 app = typer.Typer(
     name="mlsteps",
@@ -49,6 +49,6 @@ def _user_errors_exit_cleanly(name: str, func: Callable[..., Any]) -> Callable[.
     return wrapper
 
 
-for _module in (make_dataset, snapshot, validate, preprocess, train, evaluate, register, promote):
+for _module in (make_dataset, snapshot, validate, preprocess, train, evaluate, register, promote, score):
     _name = _module.__name__.rsplit(".", 1)[-1].replace("_", "-")
     app.command(_name)(_user_errors_exit_cleanly(_name, _module.main))

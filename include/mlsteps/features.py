@@ -99,7 +99,7 @@ class TabularPreprocessor:
             DataError: a column is missing or a numeric column holds non-numbers.
         """
         require_columns(frame, [*numeric_columns, *categorical_columns], "training data")
-        numbers = _numeric_frame(frame, numeric_columns)
+        numbers = numeric_frame(frame, numeric_columns)
         medians = numbers.median().fillna(0.0)
         imputed = numbers.fillna(medians)
         means = imputed.mean().fillna(0.0)
@@ -143,7 +143,7 @@ class TabularPreprocessor:
             DataError: a feature column is missing or a numeric column holds non-numbers.
         """
         require_columns(frame, [*self.numeric_columns, *self.categorical_columns], "input data")
-        numbers = _numeric_frame(frame, self.numeric_columns).to_numpy(dtype=np.float64, na_value=np.nan)
+        numbers = numeric_frame(frame, self.numeric_columns).to_numpy(dtype=np.float64, na_value=np.nan)
         medians, means, stds = (
             np.array([getattr(stats, name) for stats in self.numeric.values()], dtype=np.float64)
             for name in ("median", "mean", "std")
@@ -176,7 +176,7 @@ def _as_categories(values: pd.Series) -> pd.Series:
     return values.astype("str")
 
 
-def _numeric_frame(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+def numeric_frame(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """The numeric columns as float64 with NaN for nulls.
 
     Raises:

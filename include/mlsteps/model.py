@@ -31,6 +31,9 @@ from mlsteps.features import TabularPreprocessor
 DECISION_THRESHOLD = 0.5
 PREPROCESSOR_ARTIFACT = "preprocessor"
 NETWORK_ARTIFACT = "network"
+# The training data's drift reference (mlsteps.drift), kept in the package so a drift check needs only the model.
+REFERENCE_PROFILE_ARTIFACT = "reference_profile"
+REFERENCE_PROFILE_FILE = "reference_profile.npz"
 PREDICT_BATCH_ROWS = 65536
 # What loading and predicting imports (mlsteps itself travels as code). Listed rather than inferred: inference
 # runs a slow subprocess and misses torch, which mlsteps.model imports.
@@ -160,8 +163,10 @@ def pinned_requirements() -> list[str]:
     return [f"{package}=={version(package).split('+')[0]}" for package in RUNTIME_PACKAGES]
 
 
-def log_model_package(preprocessor: TabularPreprocessor, network: TabularNet, example: pd.DataFrame) -> Any:
-    """Log the pyfunc model (preprocessor JSON, network file, signature, input example) to the active MLflow run.
+def log_model_package(
+    preprocessor: TabularPreprocessor, network: TabularNet, example: pd.DataFrame, reference_profile: Path
+) -> Any:
+    """Log the pyfunc model (preprocessor, network, drift reference, signature, input example) to the active run.
 
     The ``mlsteps`` package is bundled as code, so the model also loads where ``mlsteps`` is not installed
     (for example ``mlflow models serve``).
@@ -170,6 +175,7 @@ def log_model_package(preprocessor: TabularPreprocessor, network: TabularNet, ex
         preprocessor: the fitted preprocessor.
         network: the trained network (best weights).
         example: a few raw feature rows, typed as serving will send them.
+        reference_profile: the saved ``mlsteps.drift`` profile of the training data and the model's scores.
 
     Returns:
         MLflow's ``ModelInfo``; its ``model_uri`` loads with ``mlflow.pyfunc.load_model``.
@@ -180,6 +186,7 @@ def log_model_package(preprocessor: TabularPreprocessor, network: TabularNet, ex
         artifacts = {
             PREPROCESSOR_ARTIFACT: str(preprocessor_path),
             NETWORK_ARTIFACT: str(save_network(network, Path(tmp) / "network.pt")),
+            REFERENCE_PROFILE_ARTIFACT: str(reference_profile),
         }
         return mlflow.pyfunc.log_model(
             name="model",
@@ -190,3 +197,20 @@ def log_model_package(preprocessor: TabularPreprocessor, network: TabularNet, ex
             input_example=example,
             pip_requirements=pinned_requirements(),
         )
+
+
+def download_reference_profile(model_uri: str, folder: Path) -> Path:
+    """Fetch a model package (``models:/name@alias``, ``models:/m-...``) into folder; return its drift profile.
+
+    The whole package is fetched (a few MB): MLflow resolves sub-paths of registered and logged models differently.
+
+    Raises:
+        FileNotFoundError: the package has no profile (logged before profiles existed); retrain to get one.
+    """
+    import mlflow.artifacts
+
+    package = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder)))
+    profile = package / "artifacts" / REFERENCE_PROFILE_FILE
+    if not profile.is_file():
+        raise FileNotFoundError(f"{model_uri} has no drift reference profile; retrain to create one")
+    return profile

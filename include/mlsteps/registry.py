@@ -33,7 +33,7 @@ def code_version() -> str:
     return f"{mlsteps.__version__}+{extra}" if extra else mlsteps.__version__
 
 
-def _is_missing(exc: Exception) -> bool:
+def is_missing(exc: Exception) -> bool:
     return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
 
@@ -53,7 +53,7 @@ def alias_version(client: Any, model_name: str, alias: str) -> Any | None:
     try:
         registered = client.get_registered_model(model_name)
     except MlflowException as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             return None
         raise
     version = registered.aliases.get(alias)

@@ -202,6 +202,28 @@ def test_cli_model_loads_and_predicts_raw_rows(mlflow_tracking: str, tmp_path: P
     assert model.predict(example)["probability"].between(0, 1).all()
 
 
+def test_model_package_carries_the_drift_reference_of_its_training_data(mlflow_tracking: str, tmp_path: Path) -> None:
+    from mlsteps.drift import detect_drift, load_profile
+    from mlsteps.model import download_reference_profile
+
+    root = str(tmp_path / "run")
+    config = prepare_run(root, rows=3000, epochs=2)
+    train.run(root, config)
+    payload = results.read_result(root, "train")
+
+    profile = load_profile(str(download_reference_profile(payload["model_uri"], tmp_path / "profile")))
+    train_split = storage.read_parquet(results.read_result(root, "preprocess")["train_uri"])
+    assert list(profile.features) == [column.name for column in config.dataset.features]
+    assert profile.rows == len(train_split)
+    assert profile.score is not None, "the model's scores are profiled for prediction drift"
+    # The training data and the model's validation scores show no drift against their own profile.
+    validation = storage.read_parquet(results.read_result(root, "preprocess")["validation_uri"])
+    scores = mlflow.pyfunc.load_model(payload["model_uri"]).predict(validation)["probability"]
+    report = detect_drift(profile, train_split, scores=scores, config=config.drift)
+    assert not report.dataset.drift_detected and not report.data_quality_failed
+    assert report.prediction.statistic == pytest.approx(0.0, abs=1e-6) and not report.prediction.drifted
+
+
 def test_model_package_loads_where_mlsteps_is_not_installed(mlflow_tracking: str, tmp_path: Path) -> None:
     root = str(tmp_path / "run")
     payload = train.run(root, prepare_run(root, epochs=1))

@@ -14,9 +14,10 @@ import typer
 from mlsteps import registry, results, storage, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import DatasetConfig, PipelineConfig, load_pipeline_config
-from mlsteps.errors import DataError, StepError
+from mlsteps.errors import DataError
 from mlsteps.evaluation import classification_metrics, gate_decision, render_report_html, slice_metrics
 from mlsteps.features import binary_labels, require_columns
+from mlsteps.predictions import PROBABILITY, check_predictions
 
 STEP = "evaluate"
 REPORT_FILE = "report.json"
@@ -43,20 +44,7 @@ def _predict_probability(model_uri: str, features: pd.DataFrame) -> np.ndarray:
     import mlflow
 
     output = mlflow.pyfunc.load_model(model_uri).predict(features)
-    if not isinstance(output, pd.DataFrame) or "probability" not in output.columns:
-        columns = list(output.columns) if isinstance(output, pd.DataFrame) else None
-        raise StepError(
-            f"model {model_uri} returned {type(output).__name__} (columns {columns}): its predict must return a "
-            "DataFrame with a 'probability' column; re-train with the current model wrapper"
-        )
-    probability = output["probability"].to_numpy(dtype=float)
-    invalid = ~np.isfinite(probability) | (probability < 0) | (probability > 1)
-    if len(probability) != len(features) or invalid.any():
-        raise StepError(
-            f"model {model_uri} returned {len(probability)} probabilities for {len(features)} rows, "
-            f"{int(invalid.sum())} of them NaN or outside [0, 1]: fix the model's predict"
-        )
-    return probability
+    return check_predictions(output, len(features), model_uri)[PROBABILITY].to_numpy(dtype=float)
 
 
 def _score_model(model_uri: str, features: pd.DataFrame, labels: np.ndarray, config: PipelineConfig) -> dict[str, Any]:

@@ -392,6 +392,23 @@ def _resume(trainer: Trainer, checkpoints: str, expected: dict[str, Any], run_ro
     print(f"{STEP}: resuming after epoch {trainer.progress.epoch} from {uri}", flush=True)
 
 
+def _reference_profile(
+    config: PipelineConfig, frames: dict[str, pd.DataFrame], preprocessor: TabularPreprocessor, network: Any, tmp: Path
+) -> Path:
+    """Profile the train split's features and the model's validation scores once, for every later drift check.
+
+    Validation scores, not train scores: they are what the model gives on rows it did not fit, as in production.
+    """
+    from mlsteps.drift import build_profile, save_profile
+    from mlsteps.model import REFERENCE_PROFILE_FILE, predict_frame
+
+    scores = predict_frame(preprocessor, network, frames["validation"])["probability"].to_numpy()
+    profile = build_profile(frames["train"], config.dataset.features, scores=scores, config=config.drift)
+    path = tmp / REFERENCE_PROFILE_FILE
+    save_profile(profile, str(path))
+    return path
+
+
 def run(
     run_root: str, config: PipelineConfig, tags: dict[str, str] | None = None, checkpoint_dir: str | None = None
 ) -> dict[str, Any] | None:
@@ -507,7 +524,11 @@ def _train(
         mlflow.log_metrics({"best_val_loss": progress.best_val_loss, "best_val_roc_auc": progress.best_val_roc_auc})
         mlflow.log_dict({"best_epoch": progress.best_epoch, "epochs": progress.history}, "learning_curve.json")
         mlflow.log_dict(preprocessor.to_dict(), "preprocessor.json")
-        model_info = log_model_package(preprocessor, trainer.network, _example_rows(frames["train"], dataset))
+        with tempfile.TemporaryDirectory() as tmp:
+            profile = _reference_profile(config, frames, preprocessor, trainer.network, Path(tmp))
+            model_info = log_model_package(
+                preprocessor, trainer.network, _example_rows(frames["train"], dataset), profile
+            )
 
     payload = {
         "mlflow_run_id": run_id,

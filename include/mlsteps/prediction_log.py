@@ -1,0 +1,536 @@
+"""The prediction log: every scored row, stored as Parquet partitioned by model and hour, for drift and label joins.
+
+Layout (hive-style, so pyarrow.dataset, Spark and Athena read it as a table with ``model``, ``date`` and ``hour``
+partition columns)::
+
+    <store>/model=<model name>/date=YYYY-MM-DD/hour=HH/<unique>.parquet
+
+The default store is ``<artifact root>/predictions`` (``default_store``). Files are never rewritten: each write
+adds new files with unique names, so concurrent writers (model server replicas, batch ``score`` runs) never clash,
+and each file appears whole or not at all (local writes are atomic renames, S3 puts are atomic).
+
+One record per scored row:
+
+- ``request_id`` (string): the row's id. Batch scoring uses the dataset's ``id_column`` when the input has it, so
+  labels that arrive later join on it (``join_labels``); rows without an id get a random 128-bit hex id.
+- every feature column as the model received it, under the dataset's column names (raw values: not imputed,
+  not scaled). Log the frame the model scored, typed as its signature says (numbers as float64, categories as
+  strings), so a column keeps one type across files.
+- ``probability`` (float64), ``prediction`` (int64), ``model_name`` (string), ``model_version`` (int64) and
+  ``scored_at`` (UTC timestamp, microseconds; it decides the partition).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mlsteps import storage
+from mlsteps.errors import DataError
+from mlsteps.predictions import PREDICTION, PROBABILITY
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS_FOLDER = "predictions"
+REQUEST_ID = "request_id"
+MODEL_NAME = "model_name"
+MODEL_VERSION = "model_version"
+SCORED_AT = "scored_at"
+TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+# The columns every record has besides the features, with their stored types.
+RECORD_SCHEMA = pa.schema(
+    [
+        (REQUEST_ID, pa.large_string()),
+        (PROBABILITY, pa.float64()),
+        (PREDICTION, pa.int64()),
+        (MODEL_NAME, pa.large_string()),
+        (MODEL_VERSION, pa.int64()),
+        (SCORED_AT, TIMESTAMP_TYPE),
+    ]
+)
+_PARTITION_FILE = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/[^/]+\.parquet$")
+_READ_THREADS = 16  # S3 reads of many small files are latency-bound; local reads decompress outside the GIL
+
+TimeLike = str | datetime | pd.Timestamp | np.datetime64
+
+
+def default_store(artifact_root: str) -> str:
+    """The prediction log of a deployment: ``<artifact root>/predictions``."""
+    return storage.join(artifact_root, PREDICTIONS_FOLDER)
+
+
+def as_utc(value: TimeLike) -> pd.Timestamp:
+    """A point in time as a UTC timestamp (microseconds); a value without an offset is taken as UTC.
+
+    Raises:
+        ValueError: the value is not a date-time (ISO 8601 text such as ``2025-03-01T14:00:00Z``).
+    """
+    try:
+        stamp = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{value!r} is not a date-time: write it like 2025-03-01T14:00:00Z ({exc})") from None
+    if pd.isna(stamp):
+        raise ValueError(f"{value!r} is not a date-time: write it like 2025-03-01T14:00:00Z")
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.as_unit("us")
+
+
+def model_prefix(store_uri: str, model_name: str) -> str:
+    """The folder of one model's records (the name URL-encoded, as hive partitioning expects)."""
+    return storage.join(store_uri, f"model={quote(model_name, safe='')}")
+
+
+def _hour_folder(store_uri: str, model_name: str, hour: pd.Timestamp) -> str:
+    return storage.join(model_prefix(store_uri, model_name), f"date={hour:%Y-%m-%d}", f"hour={hour:%H}")
+
+
+def check_batch(features: pd.DataFrame, predictions: pd.DataFrame, ids: Sequence[Any] | None = None) -> None:
+    """Check that features, predictions and ids describe the same rows and that the names do not clash.
+
+    Raises:
+        TypeError: features or predictions is not a DataFrame.
+        ValueError: the row counts differ, a prediction column is missing, or a feature has a record column's name.
+    """
+    if not isinstance(features, pd.DataFrame) or not isinstance(predictions, pd.DataFrame):
+        raise TypeError(
+            f"features and predictions must be DataFrames, got {type(features).__name__} and "
+            f"{type(predictions).__name__}"
+        )
+    missing = [column for column in (PROBABILITY, PREDICTION) if column not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions lack column(s) {missing}; they have {list(predictions.columns)}")
+    counts = {"features": len(features), "predictions": len(predictions)}
+    if ids is not None:
+        counts["ids"] = len(ids)
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"row counts differ: {counts}")
+    clashes = sorted(set(map(str, features.columns)) & set(RECORD_SCHEMA.names))
+    if clashes:
+        raise ValueError(f"feature column(s) {clashes} clash with prediction log columns {RECORD_SCHEMA.names}")
+
+
+def _random_ids(rows: int) -> np.ndarray:
+    """Random 128-bit hex ids, made without a Python loop over the rows."""
+    return np.frombuffer(os.urandom(16 * rows).hex().encode("ascii"), dtype="S32").astype(str)
+
+
+def _storable(values: pd.Series) -> pd.Series:
+    """A feature column with one Parquet type: mixed or text object columns become strings (nulls stay null)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.astype("str")
+    if not pd.api.types.is_object_dtype(values.dtype):
+        return values
+    inferred = values.infer_objects()  # e.g. floats with None from JSON requests stay numbers
+    if not pd.api.types.is_object_dtype(inferred.dtype) or inferred.isna().all():
+        return inferred  # an all-null column is stored as Parquet's null type, which reading merges with any type
+    return inferred.astype("str")
+
+
+def build_records(
+    features: pd.DataFrame,
+    predictions: pd.DataFrame,
+    model_name: str,
+    model_version: int,
+    scored_at: TimeLike | Sequence[TimeLike] | None = None,
+    ids: Sequence[Any] | None = None,
+) -> pd.DataFrame:
+    """The prediction-log records of scored rows (see the module docstring for the columns).
+
+    Args:
+        features: the feature rows the model scored (raw values, dataset column names).
+        predictions: the model's output for them: ``probability`` and ``prediction``, one row per feature row.
+        model_name: registered model name.
+        model_version: registered model version.
+        scored_at: when the rows were scored: one time for all rows, one per row, or None for now.
+        ids: one id per row (the dataset's id column); None generates random ids.
+
+    Returns:
+        One record per row, in input order.
+
+    Raises:
+        TypeError: features or predictions is not a DataFrame.
+        ValueError: as ``check_batch`` says, or ``scored_at`` is not a date-time or not one time per row.
+    """
+    check_batch(features, predictions, ids)
+    rows = len(features)
+    if scored_at is None or pd.api.types.is_scalar(scored_at):
+        at = as_utc(pd.Timestamp.now(tz="UTC") if scored_at is None else scored_at)
+        times = pd.DatetimeIndex(np.full(rows, at.tz_localize(None).to_datetime64())).tz_localize("UTC")
+    else:
+        times = pd.DatetimeIndex(pd.to_datetime(scored_at, utc=True, format="ISO8601"))
+        if len(times) != rows:
+            raise ValueError(f"scored_at has {len(times)} time(s) for {rows} row(s)")
+    request_ids = _random_ids(rows) if ids is None else pd.Series(ids).astype("str").array
+    columns: dict[str, Any] = {REQUEST_ID: request_ids}
+    columns.update({str(name): _storable(values).array for name, values in features.items()})
+    columns[PROBABILITY] = predictions[PROBABILITY].to_numpy(dtype=np.float64)
+    columns[PREDICTION] = predictions[PREDICTION].to_numpy(dtype=np.int64)
+    columns[MODEL_NAME] = pd.array(np.full(rows, model_name), dtype="str")
+    columns[MODEL_VERSION] = np.full(rows, int(model_version), dtype=np.int64)
+    columns[SCORED_AT] = times.as_unit("us").array
+    return pd.DataFrame(columns)
+
+
+def write_records(store_uri: str, records: pd.DataFrame, file_stem: str | None = None) -> list[str]:
+    """Write records as one new file per model and hour partition they touch.
+
+    Args:
+        store_uri: the prediction log's root folder (path or URI).
+        records: as ``build_records`` makes them.
+        file_stem: file name without ``.parquet``; None gives a unique (uuid) name. A fixed stem lets a retried
+            batch job overwrite its own earlier files instead of adding the rows twice.
+
+    Returns:
+        The URIs written, sorted.
+    """
+    if records.empty:
+        return []
+    written = []
+    hours = records[SCORED_AT].dt.floor("h")
+    for (model_name, hour), part in records.groupby([records[MODEL_NAME], hours], sort=True):
+        uri = storage.join(_hour_folder(store_uri, model_name, hour), f"{file_stem or uuid.uuid4().hex}.parquet")
+        storage.write_parquet(part, uri)
+        written.append(uri)
+    return sorted(written)
+
+
+def append(
+    store_uri: str,
+    features: pd.DataFrame,
+    predictions: pd.DataFrame,
+    model_name: str,
+    model_version: int,
+    scored_at: TimeLike | Sequence[TimeLike] | None = None,
+    ids: Sequence[Any] | None = None,
+) -> list[str]:
+    """Append scored rows to the prediction log: ``build_records``, then ``write_records`` with unique names.
+
+    Args:
+        store_uri: the prediction log's root folder (path or URI).
+        features: the feature rows the model scored.
+        predictions: ``probability`` and ``prediction`` per row.
+        model_name: registered model name.
+        model_version: registered model version.
+        scored_at: one time for all rows, one per row, or None for now.
+        ids: one id per row; None generates random ids.
+
+    Returns:
+        The URIs of the new files, one per hour partition touched.
+    """
+    return write_records(store_uri, build_records(features, predictions, model_name, model_version, scored_at, ids))
+
+
+def _window_bounds(start: TimeLike, end: TimeLike) -> tuple[pd.Timestamp, pd.Timestamp]:
+    start_at, end_at = as_utc(start), as_utc(end)
+    if start_at >= end_at:
+        raise ValueError(f"the window is empty: start {start_at.isoformat()} is not before end {end_at.isoformat()}")
+    return start_at, end_at
+
+
+def window_files(store_uri: str, model_name: str, start: TimeLike, end: TimeLike) -> list[str]:
+    """The files of the hour partitions that overlap ``[start, end)``; only their days' folders are listed.
+
+    Raises:
+        ValueError: start is not before end, or either is not a date-time.
+    """
+    start_at, end_at = _window_bounds(start, end)
+    prefix = model_prefix(store_uri, model_name)
+    last_hour = (end_at - pd.Timedelta(1, "us")).floor("h")
+    found = []
+    for day in pd.date_range(start_at.floor("D"), last_hour.floor("D"), freq="D"):
+        for uri in storage.list_files(storage.join(prefix, f"date={day:%Y-%m-%d}")):
+            match = _PARTITION_FILE.search(uri)
+            if match and start_at.floor("h") <= pd.Timestamp(f"{match[1]}T{match[2]}:00Z") <= last_hour:
+                found.append(uri)
+    return found
+
+
+def _read_file(
+    uri: str, columns: list[str] | None, start: pd.Timestamp, end: pd.Timestamp, version: int | None
+) -> pa.Table:
+    """One file's rows inside ``[start, end)`` (and of ``version``), reading only the wanted columns it has."""
+    parquet = pq.ParquetFile(io.BytesIO(storage.read_bytes(uri)))
+    present = parquet.schema_arrow.names
+    needed = None if columns is None else dict.fromkeys([*columns, SCORED_AT, MODEL_VERSION])
+    wanted = None if needed is None else [column for column in needed if column in present]
+    table = parquet.read(columns=wanted).replace_schema_metadata(None)
+    scored_at = table[SCORED_AT]
+    keep = pc.and_(
+        pc.greater_equal(scored_at, pa.scalar(start.to_pydatetime(), TIMESTAMP_TYPE)),
+        pc.less(scored_at, pa.scalar(end.to_pydatetime(), TIMESTAMP_TYPE)),
+    )
+    if version is not None:
+        keep = pc.and_(keep, pc.equal(table[MODEL_VERSION], version))
+    return table.filter(keep)
+
+
+def _select(table: pa.Table, columns: list[str] | None) -> pa.Table:
+    """The wanted columns in the wanted order; one that no file had comes back all null."""
+    if columns is None:
+        return table
+    for column in columns:
+        if column not in table.column_names:
+            known = RECORD_SCHEMA.field(column).type if column in RECORD_SCHEMA.names else pa.null()
+            table = table.append_column(pa.field(column, known), pa.nulls(table.num_rows, known))
+    return table.select(columns)
+
+
+def read_window(
+    store_uri: str,
+    model_name: str,
+    start: TimeLike,
+    end: TimeLike,
+    columns: Sequence[str] | None = None,
+    model_version: int | None = None,
+) -> pd.DataFrame:
+    """The records of one model scored in ``[start, end)``, oldest first.
+
+    Only the hour partitions that overlap the window are listed and read (``window_files``); rows are then
+    filtered on ``scored_at`` exactly. Works for local folders and ``s3://`` alike.
+
+    Args:
+        store_uri: the prediction log's root folder (path or URI).
+        model_name: registered model name.
+        start: first instant of the window (inclusive); no offset means UTC.
+        end: end of the window (exclusive).
+        columns: the columns to return, in this order; None returns every column.
+        model_version: only rows scored by this version; None for all versions.
+
+    Returns:
+        A DataFrame; with no rows in the window, an empty one with the wanted (or the record) columns.
+
+    Raises:
+        ValueError: start is not before end, or either is not a date-time.
+        DataError: the window's files store one column with types that cannot be merged (number and text).
+    """
+    start_at, end_at = _window_bounds(start, end)
+    wanted = None if columns is None else list(columns)
+    files = window_files(store_uri, model_name, start_at, end_at)
+    with ThreadPoolExecutor(max_workers=min(_READ_THREADS, max(len(files), 1))) as pool:
+        tables = list(pool.map(lambda uri: _read_file(uri, wanted, start_at, end_at, model_version), files))
+    if not tables:
+        return _select(RECORD_SCHEMA.empty_table(), wanted).to_pandas()
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive").sort_by(SCORED_AT)
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+        raise DataError(
+            f"prediction log files of {model_name!r} in {files[0]} .. {files[-1]} store a column with types that "
+            f"do not merge ({exc}): log each feature with one type (numbers as float64, categories as strings)"
+        ) from None
+    logger.info(
+        "read %d prediction record(s) of %s scored in [%s, %s) from %d file(s)",
+        table.num_rows,
+        model_name,
+        start_at.isoformat(),
+        end_at.isoformat(),
+        len(files),
+    )
+    return _select(table, wanted).to_pandas()
+
+
+def join_labels(window: pd.DataFrame, labels: pd.DataFrame, id_column: str) -> pd.DataFrame:
+    """The window's records with the labels that have arrived, joined on ``request_id`` = ``labels[id_column]``.
+
+    Rows without a label yet are left out, so the result is what performance metrics can use.
+
+    Args:
+        window: records from ``read_window`` (with ``request_id``).
+        labels: one row per id: the id column plus the label column(s).
+        id_column: the id column of ``labels`` (the dataset's ``id_column``).
+
+    Raises:
+        DataError: ``labels`` lacks the id column or holds an id twice.
+    """
+    if id_column not in labels.columns:
+        raise DataError(f"labels lack the id column {id_column!r}; they have {list(labels.columns)}")
+    keyed = labels.rename(columns={id_column: REQUEST_ID}).astype({REQUEST_ID: "str"})
+    repeated = keyed[REQUEST_ID][keyed[REQUEST_ID].duplicated()]
+    if not repeated.empty:
+        raise DataError(
+            f"labels hold {len(repeated)} repeated id(s) in {id_column!r}, e.g. {repeated.head(3).tolist()}: "
+            "keep one label per id"
+        )
+    return window.merge(keyed, on=REQUEST_ID, how="inner", suffixes=("", "_label"))
+
+
+@dataclass(frozen=True)
+class _PendingBatch:
+    features: pd.DataFrame
+    predictions: pd.DataFrame
+    ids: Sequence[Any] | None
+    scored_at: pd.Timestamp
+
+
+class PredictionLogWriter:
+    """An in-process buffer that appends a model server's predictions to the log from a background thread.
+
+    ``log`` only queues the batch: it never blocks on storage and never raises, so logging cannot slow down or
+    break serving. The queue is bounded; a batch that does not fit is dropped and counted. The thread writes
+    every ``flush_seconds`` or once ``flush_rows`` rows are queued; a write that fails is logged and its rows
+    are counted as failed (not retried, so a store that is down cannot grow memory). ``close`` writes what is
+    left. Counters: ``written``, ``dropped`` and ``failed`` rows.
+
+    Do not change a frame after passing it to ``log``: it is written later as it is then.
+    """
+
+    def __init__(
+        self,
+        store_uri: str,
+        model_name: str,
+        model_version: int,
+        *,
+        flush_seconds: float = 10.0,
+        flush_rows: int = 5_000,
+        max_pending_rows: int = 100_000,
+    ) -> None:
+        """Start the writer thread.
+
+        Args:
+            store_uri: the prediction log's root folder (path or URI).
+            model_name: registered model name of the served model.
+            model_version: its version.
+            flush_seconds: longest time a row waits in the buffer.
+            flush_rows: write as soon as this many rows are queued.
+            max_pending_rows: most rows held in memory; more are dropped.
+
+        Raises:
+            ValueError: a limit is not positive.
+        """
+        limits = {"flush_seconds": flush_seconds, "flush_rows": flush_rows, "max_pending_rows": max_pending_rows}
+        not_positive = {name: value for name, value in limits.items() if value <= 0}
+        if not_positive:
+            raise ValueError(f"PredictionLogWriter limits must be positive, got {not_positive}")
+        self.store_uri = store_uri
+        self.model_name = model_name
+        self.model_version = int(model_version)
+        self.flush_seconds = flush_seconds
+        self.flush_rows = flush_rows
+        self.max_pending_rows = max_pending_rows
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending: list[_PendingBatch] = []
+        self._pending_rows = 0
+        self._closed = False
+        self._written = self._dropped = self._failed = 0
+        self._thread = threading.Thread(target=self._run, name=f"prediction-log-{model_name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def written(self) -> int:
+        """Rows written to the store."""
+        return self._written
+
+    @property
+    def dropped(self) -> int:
+        """Rows refused because the buffer was full or the writer was closed."""
+        return self._dropped
+
+    @property
+    def failed(self) -> int:
+        """Rows lost to errors: a batch that was not a valid (features, predictions) pair, or a failed write."""
+        return self._failed
+
+    def log(self, features: pd.DataFrame, predictions: pd.DataFrame, ids: Sequence[Any] | None = None) -> bool:
+        """Queue one scored batch (``scored_at`` is now); never blocks on storage and never raises.
+
+        Args:
+            features: the feature rows the model scored.
+            predictions: its ``probability`` and ``prediction`` per row.
+            ids: request ids, one per row; None generates random ids.
+
+        Returns:
+            Whether the batch was queued (False: dropped or invalid, and counted).
+        """
+        rows = len(features) if isinstance(features, pd.DataFrame) else 0
+        try:
+            check_batch(features, predictions, ids)
+        except (TypeError, ValueError) as exc:
+            logger.warning("prediction log: batch of %d row(s) not logged: %s", rows, exc)
+            self._count(failed=rows)
+            return False
+        batch = _PendingBatch(features, predictions, ids, pd.Timestamp.now(tz="UTC"))
+        with self._lock:
+            if self._closed or self._pending_rows + rows > self.max_pending_rows:
+                self._dropped += rows
+                return False
+            self._pending.append(batch)
+            self._pending_rows += rows
+            full = self._pending_rows >= self.flush_rows
+        if full:
+            self._wake.set()
+        return True
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop taking batches, write what is queued and stop the thread (waiting at most ``timeout`` seconds)."""
+        with self._lock:
+            self._closed = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> PredictionLogWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _count(self, written: int = 0, failed: int = 0) -> None:
+        with self._lock:
+            self._written += written
+            self._failed += failed
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            with self._lock:
+                closing = self._closed
+            self._flush()
+            if closing:
+                return
+
+    def _flush(self) -> None:
+        """Write every queued batch in one ``append``; on failure log it and count the rows as failed."""
+        with self._lock:
+            batches, self._pending, self._pending_rows = self._pending, [], 0
+        if not batches:
+            return
+        rows = sum(len(batch.features) for batch in batches)
+        try:
+            ids = pd.concat(
+                [pd.Series(_random_ids(len(b.features)) if b.ids is None else b.ids, dtype="str") for b in batches],
+                ignore_index=True,
+            )
+            files = append(
+                self.store_uri,
+                pd.concat([batch.features for batch in batches], ignore_index=True),
+                pd.concat([batch.predictions for batch in batches], ignore_index=True),
+                self.model_name,
+                self.model_version,
+                scored_at=np.repeat(
+                    [batch.scored_at.tz_localize(None).to_datetime64() for batch in batches],
+                    [len(batch.features) for batch in batches],
+                ),
+                ids=ids,
+            )
+        except Exception as exc:  # the store may be down or refuse; serving goes on and the loss is counted
+            logger.warning("prediction log: could not write %d row(s) to %s: %s", rows, self.store_uri, exc)
+            self._count(failed=rows)
+            return
+        logger.debug("prediction log: wrote %d row(s) to %s", rows, files)
+        self._count(written=rows)

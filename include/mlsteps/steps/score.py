@@ -1,0 +1,242 @@
+"""score: batch-score a CSV or Parquet file with a registered model and append the rows to the prediction log.
+
+The drift monitor reads the prediction log, so scored files count as traffic of the model version that scored
+them. A retry for the same run root never logs the same rows twice: a completed run is skipped, and an
+interrupted one rewrites its own log file (fixed name, same ``scored_at``) instead of adding another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any
+
+import pandas as pd
+import typer
+
+from mlsteps import prediction_log, registry, results, storage, tracking
+from mlsteps.cli_options import ConfigUri, RunRoot
+from mlsteps.config import DatasetConfig, load_pipeline_config
+from mlsteps.errors import ConfigError, DataError, StepError
+from mlsteps.features import numeric_frame, require_columns
+from mlsteps.predictions import PREDICTION, check_predictions
+from mlsteps.snapshots import read_table, table_format, unknown_extension_message, write_table
+
+STEP = "score"
+PREDICTIONS_FILE = "predictions.parquet"
+# Written before the log is appended: a retry of an interrupted run reuses its scored_at, hence its log file.
+ATTEMPT_FILE = "attempt.json"
+DEFAULT_BATCH_ROWS = 50_000
+
+
+def _model_version(client: Any, model_name: str, alias: str, version: int | None) -> int:
+    """The version to score with: ``version`` when given (checked to exist), else the one behind ``alias``.
+
+    Raises:
+        StepError: the version or the alias does not exist in the registry.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if version is None:
+        found = registry.alias_version_number(client, model_name, alias)
+        if found is None:
+            raise StepError(
+                f"registered model {model_name!r} has no alias {alias!r} (or does not exist) in the MLflow registry: "
+                "promote a version first, pass another --model-alias, or pass --model-version"
+            )
+        return found
+    try:
+        client.get_model_version(model_name, str(version))
+    except MlflowException as exc:
+        if not registry.is_missing(exc):
+            raise
+        raise StepError(
+            f"registered model {model_name!r} has no version {version} in the MLflow registry: "
+            "pass an existing --model-version, or --model-alias instead"
+        ) from None
+    return version
+
+
+def _model_input(frame: pd.DataFrame, dataset: DatasetConfig, what: str) -> pd.DataFrame:
+    """The feature columns typed as serving sends them: numbers as float64, categories as strings.
+
+    Raises:
+        DataError: a feature column is missing or a numeric one holds values that are not numbers.
+    """
+    names = [column.name for column in dataset.features]
+    require_columns(frame, names, what)
+    try:
+        numeric = numeric_frame(frame, dataset.numeric_features)
+    except DataError as exc:
+        raise DataError(f"{what}: {exc}") from None
+    categorical = frame[dataset.categorical_features].astype("str")
+    return pd.concat([numeric, categorical], axis=1)[names]
+
+
+def _predict(model_uri: str, features: pd.DataFrame, batch_rows: int) -> pd.DataFrame:
+    """``probability`` and ``prediction`` for every row, predicted ``batch_rows`` rows at a time."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    batches = (features.iloc[start : start + batch_rows] for start in range(0, len(features), batch_rows))
+    checked = [check_predictions(model.predict(batch), len(batch), model_uri) for batch in batches]
+    return pd.concat(checked, ignore_index=True)
+
+
+def _scored_at(value: str | None, attempt: dict[str, Any] | None, identity: dict[str, Any]) -> pd.Timestamp:
+    """The time the rows are logged at: ``--scored-at``, else that of an interrupted attempt, else now.
+
+    Raises:
+        ConfigError: ``--scored-at`` is not a date-time.
+    """
+    if value is not None:
+        try:
+            return prediction_log.as_utc(value)
+        except ValueError as exc:
+            raise ConfigError(f"--scored-at {exc}") from None
+    if attempt is not None and all(attempt.get(key) == identity[key] for key in identity):
+        return prediction_log.as_utc(attempt["scored_at"])
+    return prediction_log.as_utc(pd.Timestamp.now(tz="UTC"))
+
+
+def _log_file_stem(run_root: str, identity: dict[str, Any]) -> str:
+    """A log file name fixed for this run root, input and model version, so a retry overwrites its own file."""
+    key = json.dumps([registry.run_root_tag(run_root), identity], sort_keys=True)
+    return f"{STEP}-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:16]}"
+
+
+def main(
+    run_root: RunRoot,
+    input_uri: Annotated[
+        str,
+        typer.Option("--input-uri", help="CSV or Parquet file to score (.csv, .parquet, .pq; path, file:// or s3://)"),
+    ],
+    prediction_store: Annotated[
+        str,
+        typer.Option(
+            "--prediction-store",
+            help="root folder of the prediction log, e.g. <artifact root>/predictions (path or URI)",
+        ),
+    ],
+    model_alias: Annotated[
+        str, typer.Option("--model-alias", help="registry alias of the model version to score with")
+    ] = registry.CHAMPION,
+    model_version: Annotated[
+        int | None,
+        typer.Option("--model-version", min=1, help="model version to score with; replaces --model-alias"),
+    ] = None,
+    output_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--output-uri", help="also write the scored rows here (.csv, .parquet or .pq; path, file:// or s3://)"
+        ),
+    ] = None,
+    scored_at: Annotated[
+        str | None,
+        typer.Option(
+            "--scored-at",
+            help="ISO 8601 time the rows are logged at (no offset means UTC), e.g. 2025-03-01T14:00:00Z; "
+            "default: now. Places a batch in a given hour of the log (tests, demos, backfills)",
+        ),
+    ] = None,
+    batch_rows: Annotated[
+        int, typer.Option("--batch-rows", min=1, help="rows per predict call; bounds the model's memory")
+    ] = DEFAULT_BATCH_ROWS,
+    config: ConfigUri = None,
+) -> None:
+    r"""Score a file with a registered model and append the rows to the prediction log.
+
+    Loads registry.model_name at --model-version, else at --model-alias,
+    checks that the input has every feature column, predicts in batches of
+    --batch-rows and appends one record per row (the dataset's id column as
+    request_id, the features, probability, prediction, model name and
+    version, scored_at) to <prediction-store>/model=<name>/date=.../hour=.../.
+    Writes the records to <run-root>/score/predictions.parquet (and to
+    --output-uri when given) and result.json. Re-running for the same run
+    root, input and model version skips, so no row is logged twice.
+
+    Args:
+        run_root: folder of this run's artifacts.
+        input_uri: the CSV or Parquet file to score.
+        prediction_store: root folder of the prediction log.
+        model_alias: registry alias of the version to use (default champion).
+        model_version: version to use instead of the alias.
+        output_uri: extra copy of the scored rows, CSV or Parquet by extension.
+        scored_at: ISO 8601 time the rows are logged at; default now.
+        batch_rows: rows per predict call.
+        config: pipeline config; registry.model_name and the dataset columns.
+
+    Examples:
+        python -m mlsteps score --run-root /tmp/runs/s1 \
+            --input-uri data/new_customers.csv \
+            --prediction-store /tmp/artifacts/predictions
+
+        python -m mlsteps score --run-root s3://ml/runs/s2 \
+            --input-uri s3://ml/in/week10.parquet \
+            --prediction-store s3://ml/predictions \
+            --model-version 3 --scored-at 2025-03-01T14:00:00Z
+    """
+    if output_uri is not None and table_format(output_uri) is None:
+        raise ConfigError(f"--output-uri {output_uri}: {unknown_extension_message(output_uri)}")
+    pipeline = load_pipeline_config(config)
+    dataset = pipeline.dataset
+    model_name = pipeline.registry.model_name
+    version = _model_version(tracking.client(), model_name, model_alias, model_version)
+    identity = {
+        "input_uri": input_uri,
+        "model_name": model_name,
+        "model_version": version,
+        "prediction_store": prediction_store,
+    }
+    previous = results.optional_result(run_root, STEP)
+    if previous is not None and all(previous.get(key) == value for key, value in identity.items()):
+        print(
+            f"{STEP}: {input_uri} was already scored by {model_name} v{version} for this run root "
+            f"({previous['rows']} rows logged at {previous['scored_at']}); skipping so the log holds them once",
+            flush=True,
+        )
+        return
+
+    id_column = dataset.id_column
+    # ids are read as text, so codes such as 007 join with their labels as written
+    frame = read_table(input_uri, text_columns=[*dataset.categorical_features, *([id_column] if id_column else [])])
+    features = _model_input(frame, dataset, f"input {input_uri}")
+    ids = frame[id_column] if id_column in frame.columns else None
+    if ids is None:
+        print(f"{STEP}: {input_uri} has no id column ({id_column}): random request ids are generated", flush=True)
+    model_uri = registry.model_uri(model_name, version)
+    predictions = _predict(model_uri, features, batch_rows)
+
+    folder = results.step_dir(run_root, STEP)
+    attempt_uri = storage.join(folder, ATTEMPT_FILE)
+    attempt = storage.read_json(attempt_uri) if storage.exists(attempt_uri) else None
+    logged_at = _scored_at(scored_at, attempt, identity)
+    storage.write_json(attempt_uri, {**identity, "scored_at": logged_at.isoformat()})
+    records = prediction_log.build_records(features, predictions, model_name, version, logged_at, ids)
+    predictions_uri = storage.join(folder, PREDICTIONS_FILE)
+    storage.write_parquet(records, predictions_uri)
+    if output_uri is not None:
+        write_table(records, output_uri)
+    log_files = prediction_log.write_records(prediction_store, records, _log_file_stem(run_root, identity))
+
+    positive_rate = float(records[PREDICTION].mean())
+    print(
+        f"{STEP}: scored {len(records)} rows of {input_uri} with {model_uri}: positive rate {positive_rate:.4f}; "
+        f"logged at {logged_at.isoformat()} to {', '.join(log_files)}",
+        flush=True,
+    )
+    results.write_result(
+        run_root,
+        STEP,
+        {
+            **identity,
+            "model_alias": None if model_version is not None else model_alias,
+            "model_uri": model_uri,
+            "rows": len(records),
+            "log_files": log_files,
+            "positive_rate": positive_rate,
+            "scored_at": logged_at.isoformat(),
+            "predictions_uri": predictions_uri,
+            "output_uri": output_uri,
+        },
+    )
