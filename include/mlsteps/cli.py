@@ -19,7 +19,18 @@ import typer
 from mlsteps import IMPORTED_AT, results
 from mlsteps.distributed import World
 from mlsteps.errors import EXIT_USER_ERROR, StepError
-from mlsteps.steps import evaluate, make_dataset, preprocess, promote, register, score, snapshot, train, validate
+from mlsteps.steps import (
+    drift,
+    evaluate,
+    make_dataset,
+    preprocess,
+    promote,
+    register,
+    score,
+    snapshot,
+    train,
+    validate,
+)
 
 app = typer.Typer(
     name="mlsteps",
@@ -49,6 +60,6 @@ def _user_errors_exit_cleanly(name: str, func: Callable[..., Any]) -> Callable[.
     return wrapper
 
 
-for _module in (make_dataset, snapshot, validate, preprocess, train, evaluate, register, promote, score):
+for _module in (make_dataset, snapshot, validate, preprocess, train, evaluate, register, promote, score, drift):
     _name = _module.__name__.rsplit(".", 1)[-1].replace("_", "-")
     app.command(_name)(_user_errors_exit_cleanly(_name, _module.main))

@@ -215,6 +215,20 @@ class DriftConfig(_Strict):
     score: FeatureDriftConfig = Field(FeatureDriftConfig(), description="settings of the prediction (score) drift")
 
 
+class MonitoringConfig(_Strict):
+    """How production predictions are watched: the window each check reads and when drift triggers retraining."""
+
+    model_alias: str = Field("champion", description="the registry alias whose predictions are checked")
+    window_hours: int = Field(1, ge=1, le=24 * 31, description="hours of prediction logs each check reads")
+    min_rows: int = Field(500, ge=1, description="a window with fewer logged predictions is skipped, not judged")
+    consecutive_windows: int = Field(
+        2, ge=1, description="retraining starts after drift in this many consecutive windows (hysteresis)"
+    )
+    cooldown_hours: float = Field(
+        24, ge=0, description="no retraining trigger within this long after the champion was trained or the last one"
+    )
+
+
 class PipelineConfig(_Strict):
     """Everything the steps need besides their input URIs."""
 
@@ -223,6 +237,7 @@ class PipelineConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     drift: DriftConfig = DriftConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     registry: RegistryConfig
     runtime: dict[str, Any] = Field(default_factory=dict, description="read by the orchestration side only")
 
