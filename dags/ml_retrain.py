@@ -1,7 +1,9 @@
 """
 ### ml_retrain: snapshot, validate, train, evaluate and promote a churn model
 
-Runs weekly on its cron, or from the UI with the params below.
+Runs weekly on its cron, when `ml_drift_monitor` emits the `drift_alert` asset, or from the UI with the params
+below. The MLflow run and the model version record what started it (`trigger`, and for drift `drift_report`,
+`drifted_features`).
 
 | step | what it does | output (under the run folder) |
 | --- | --- | --- |
@@ -24,10 +26,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, chain, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, chain, dag, task
 
-from orchestration.assets import MODEL_PROMOTED
+from orchestration.assets import DRIFT_ALERT, MODEL_PROMOTED
 from orchestration.pod_task import TEMPLATE_MACROS, pod_task
+from orchestration.retrain import TRIGGER_MACROS, TRIGGER_TAG_ARGS
 from orchestration.settings import get_settings
 
 DAG_ID = Path(__file__).stem
@@ -38,7 +41,9 @@ EVALUATION = SETTINGS.pipeline.evaluation
 
 @dag(
     dag_id=DAG_ID,
-    schedule=CronTriggerTimetable(SETTINGS.runtime.retrain_cron, timezone="UTC"),
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(SETTINGS.runtime.retrain_cron, timezone="UTC"), assets=[DRIFT_ALERT]
+    ),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -52,7 +57,7 @@ EVALUATION = SETTINGS.pipeline.evaluation
         "max_retry_delay": timedelta(minutes=15),
         "execution_timeout": timedelta(minutes=10),  # the steps get theirs from the pipeline config
     },
-    user_defined_macros=TEMPLATE_MACROS,
+    user_defined_macros={**TEMPLATE_MACROS, **TRIGGER_MACROS},
     params={
         "dataset_uri": Param(
             SETTINGS.dataset_uri,
@@ -107,6 +112,7 @@ def ml_retrain() -> None:
             "{{ params.learning_rate }}",
             "--tag",
             "airflow_run_id={{ run_id }}",
+            *TRIGGER_TAG_ARGS,
         ],
     )
 

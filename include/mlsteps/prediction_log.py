@@ -5,9 +5,10 @@ partition columns)::
 
     <store>/model=<model name>/date=YYYY-MM-DD/hour=HH/<unique>.parquet
 
-The default store is ``<artifact root>/predictions`` (``default_store``). Files are never rewritten: each write
-adds new files with unique names, so concurrent writers (model server replicas, batch ``score`` runs) never clash,
-and each file appears whole or not at all (local writes are atomic renames, S3 puts are atomic).
+The default store is ``<artifact root>/predictions`` (``mlsteps.results.prediction_store``). Files are never
+rewritten: each write adds new files with unique names, so concurrent writers (model server replicas, batch
+``score`` runs) never clash, and each file appears whole or not at all (local writes are atomic renames, S3 puts
+are atomic).
 
 One record per scored row:
 
@@ -47,7 +48,6 @@ from mlsteps.predictions import PREDICTION, PROBABILITY
 
 logger = logging.getLogger(__name__)
 
-PREDICTIONS_FOLDER = "predictions"
 REQUEST_ID = "request_id"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
@@ -68,11 +68,6 @@ _PARTITION_FILE = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/[^/]+\.par
 _READ_THREADS = 16  # S3 reads of many small files are latency-bound; local reads decompress outside the GIL
 
 TimeLike = str | datetime | pd.Timestamp | np.datetime64
-
-
-def default_store(artifact_root: str) -> str:
-    """The prediction log of a deployment: ``<artifact root>/predictions``."""
-    return storage.join(artifact_root, PREDICTIONS_FOLDER)
 
 
 def as_utc(value: TimeLike) -> pd.Timestamp:

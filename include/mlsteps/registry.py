@@ -20,6 +20,8 @@ RUN_ROOT_TAG = "run_root"
 SOURCE_TAG = "source_model_uri"
 CODE_VERSION_ENV_VAR = "CODE_VERSION"
 IMAGE_ENV_VAR = "STEP_IMAGE"
+# Training-run tags that say why a model was trained; register copies them onto the model version.
+TRIGGER_TAGS = ("trigger", "drift_report", "drifted_features")
 
 
 def model_uri(model_name: str, version: int) -> str:

@@ -27,6 +27,16 @@ def run_root(artifact_root: str, dag_id: str, run_id: str) -> str:
     return storage.join(artifact_root, "runs", safe_name(dag_id), safe_name(run_id))
 
 
+def prediction_store(artifact_root: str) -> str:
+    """Where scoring and serving log predictions (``mlsteps.prediction_log``), beside the runs."""
+    return storage.join(artifact_root, "predictions")
+
+
+def monitor_state(artifact_root: str, model_name: str) -> str:
+    """The drift monitor's memory of recent windows and its last trigger, per model."""
+    return storage.join(artifact_root, "monitor", safe_name(model_name), "state.json")
+
+
 def step_dir(root: str, step: str) -> str:
     """The folder a step writes into for one run."""
     return storage.join(root, step)

@@ -18,3 +18,9 @@ def _artifact_uri(*parts: str) -> str:
 MODEL_PROMOTED = Asset(
     name="model_promoted", uri=_artifact_uri("models", get_settings().pipeline.registry.model_name, "champion")
 )
+
+# The drift monitor decided that the champion no longer fits production data; extra: report_uri, drifted_features,
+# model_version, window_end, reason. ml_retrain runs on it (besides its cron).
+DRIFT_ALERT = Asset(
+    name="drift_alert", uri=_artifact_uri("monitor", get_settings().pipeline.registry.model_name, "drift_alert")
+)

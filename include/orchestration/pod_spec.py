@@ -30,6 +30,7 @@ from airflow.providers.cncf.kubernetes.pod_generator import make_safe_label_valu
 from airflow.providers.cncf.kubernetes.secret import Secret
 from kubernetes.client import models as k8s
 
+from mlsteps.registry import IMAGE_ENV_VAR
 from orchestration.pod_task import RUN_ROOT_TEMPLATE
 from orchestration.settings import KubernetesSettings, Settings, StepSettings, parse_quantity
 
@@ -64,11 +65,13 @@ def _command(step_name: str, step: StepSettings, settings: Settings, common: dic
     return command
 
 
-def _pod_env(step: StepSettings) -> dict[str, str]:
-    """What a pod's environment adds to the one both runtimes share: config mount, thread count, writable home."""
+def _pod_env(step: StepSettings, image: str) -> dict[str, str]:
+    """What a pod's environment adds to the one both runtimes share: config mount, thread count, writable home,
+    and the image, which register records on the model version."""
     cpu_limit = parse_quantity(step.resources.limits.cpu)
     processes = max(step.gpus, 1)
     return {
+        IMAGE_ENV_VAR: image,
         "MLSTEPS_CONFIG": POD_CONFIG_PATH,
         "OMP_NUM_THREADS": str(max(1, math.floor(cpu_limit / processes))),
         "HOME": "/tmp",
@@ -190,7 +193,7 @@ def pod_operator_kwargs(step_name: str, settings: Settings, common: dict[str, An
     volumes, mounts = _volumes(step_name, step, kube)
     return {
         **_command(step_name, step, settings, common),
-        "env_vars": {**common["env_vars"], **_pod_env(step)},
+        "env_vars": {**common["env_vars"], **_pod_env(step, kube.images[step.image])},
         "namespace": kube.namespace,
         "image": kube.images[step.image],
         "image_pull_policy": kube.image_pull_policy,

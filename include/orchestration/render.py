@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,14 +29,24 @@ from orchestration.settings import PROJECT_ROOT, Settings, load_settings
 
 DAGS_FOLDER = PROJECT_ROOT / "dags"
 MANIFESTS_FOLDER = PROJECT_ROOT / "include" / "k8s"
-EXAMPLE_RUN_ID = "scheduled__2026-01-05T03:00:00+00:00"
+EXAMPLE_RUN_AFTER = datetime(2026, 1, 5, 3, tzinfo=UTC)
+EXAMPLE_RUN_ID = f"scheduled__{EXAMPLE_RUN_AFTER.isoformat()}"
 CLUSTER_SCOPED_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass", "StorageClass"}
 
 
 def _example_context(dag: Any, task: Any) -> dict[str, Any]:
     """What the templates of a task see in a scheduled run, with the params' defaults."""
     ti = SimpleNamespace(dag_id=dag.dag_id, task_id=task.task_id, run_id=EXAMPLE_RUN_ID, try_number=1, map_index=-1)
-    return {"dag": dag, "task": task, "ti": ti, "run_id": EXAMPLE_RUN_ID, "params": dag.params.dump()}
+    dag_run = SimpleNamespace(run_id=EXAMPLE_RUN_ID, run_type="scheduled", run_after=EXAMPLE_RUN_AFTER)
+    return {
+        "dag": dag,
+        "task": task,
+        "ti": ti,
+        "dag_run": dag_run,
+        "run_id": EXAMPLE_RUN_ID,
+        "params": dag.params.dump(),
+        "triggering_asset_events": {},
+    }
 
 
 def render_pods(dags_folder: Path = DAGS_FOLDER) -> dict[str, dict[str, dict]]:

@@ -17,6 +17,31 @@ REJECT_TASK = "reject"
 REPORT_ORDER = ("validation_html", "evaluation_html", "evaluation_json")
 
 
+def drift_alert_extra(triggering_asset_events: Any) -> dict[str, Any]:
+    """The extra of the drift alert that started this run (report, drifted features), or ``{}`` without one."""
+    from orchestration.assets import DRIFT_ALERT
+
+    events = triggering_asset_events.get(DRIFT_ALERT) if triggering_asset_events else None
+    return dict(events[-1].extra or {}) if events else {}
+
+
+def run_trigger(dag_run: Any, triggering_asset_events: Any) -> str:
+    """Why this run exists: ``drift_alert``, or the run type (``scheduled``, ``manual``, ``backfill``)."""
+    return "drift_alert" if drift_alert_extra(triggering_asset_events) else str(getattr(dag_run, "run_type", "manual"))
+
+
+# Template macros of ml_retrain: its train step tags the MLflow run with what triggered it.
+TRIGGER_MACROS = {"drift_alert_extra": drift_alert_extra, "run_trigger": run_trigger}
+TRIGGER_TAG_ARGS = [
+    "--tag",
+    "trigger={{ run_trigger(dag_run, triggering_asset_events) }}",
+    "--tag",
+    "drift_report={{ drift_alert_extra(triggering_asset_events).get('report_uri', '') }}",
+    "--tag",
+    "drifted_features={{ drift_alert_extra(triggering_asset_events).get('drifted_features', []) | join(',') }}",
+]
+
+
 def promotion_branch(run_root: str, force: bool) -> str:
     """The task to follow the gate: ``promote`` when the gate passed (or promotion is forced), else ``reject``."""
     gate = results.read_result(run_root, "evaluate")["gate"]

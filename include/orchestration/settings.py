@@ -30,7 +30,7 @@ from mlsteps.errors import ConfigError
 from mlsteps.storage import S3_ENDPOINT_ENV_VAR
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-STEPS = ("snapshot", "validate", "preprocess", "train", "evaluate", "register", "promote")
+STEPS = ("snapshot", "validate", "preprocess", "train", "evaluate", "register", "promote", "drift")
 GPU_POOL = "gpu"  # the Airflow pool (airflow_settings.yaml) that caps concurrent GPU steps
 
 
@@ -204,6 +204,7 @@ class RuntimeSettings(BaseModel):
     dataset_uri: str | None = Field(None, description="dataset of scheduled runs; default: the built-in one")
     mlflow_tracking_uri: str | None = Field(None, description="MLflow server; default: SQLite in the state folder")
     retrain_cron: str = Field("0 3 * * 1", description="cron of scheduled retraining (UTC)")
+    monitor_cron: str = Field("0 * * * *", description="cron of the drift checks (UTC); each reads the window before")
     steps: dict[str, StepSettings] = Field(
         default_factory=dict, validate_default=True, description="per-step settings; unlisted steps get the defaults"
     )
@@ -253,6 +254,16 @@ class Settings(BaseModel):
     def snapshot_store(self) -> str:
         """Where content-addressed dataset snapshots are kept, shared by all runs."""
         return f"{self.artifact_root.rstrip('/')}/snapshots"
+
+    @property
+    def prediction_store(self) -> str:
+        """Where scoring and serving log predictions, partitioned by model and hour."""
+        return results.prediction_store(self.artifact_root)
+
+    @property
+    def monitor_state_uri(self) -> str:
+        """The drift monitor's memory of recent windows and its last trigger (hysteresis and cooldown)."""
+        return results.monitor_state(self.artifact_root, self.pipeline.registry.model_name)
 
     def step(self, name: str) -> StepSettings:
         """Limits of one step."""

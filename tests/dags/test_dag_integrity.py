@@ -82,3 +82,21 @@ def test_ml_retrain_structure(dagbag: DagBag) -> None:
     }
     assert dag.task_dict["summary"].trigger_rule == "none_failed_min_one_success"
     assert [a.name for a in dag.task_dict["promote"].outlets] == ["model_promoted"]
+
+
+def test_ml_retrain_runs_on_its_cron_or_on_a_drift_alert(dagbag: DagBag) -> None:
+    timetable = dagbag.dags["ml_retrain"].timetable
+    assert [asset.name for asset in timetable.asset_condition.objects] == ["drift_alert"]
+    assert timetable.timetable.expression == "0 3 * * 1"
+
+
+def test_ml_drift_monitor_structure(dagbag: DagBag) -> None:
+    dag = dagbag.dags["ml_drift_monitor"]
+    assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == {
+        "drift": {"decide"},
+        "decide": {"alert", "quiet"},
+        "alert": set(),
+        "quiet": set(),
+    }
+    assert [a.name for a in dag.task_dict["alert"].outlets] == ["drift_alert"]
+    assert dag.timetable.expression == "0 * * * *"

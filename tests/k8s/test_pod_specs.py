@@ -52,8 +52,9 @@ def _mounts(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {mount["mountPath"]: mount for mount in _container(pod).get("volumeMounts", [])}
 
 
-def test_every_step_of_ml_retrain_is_rendered(pods: dict[str, dict[str, Any]]) -> None:
-    assert {name for name in pods if name.startswith("ml_retrain.")} == {f"ml_retrain.{step}" for step in STEPS}
+def test_every_pod_task_of_every_dag_is_rendered(pods: dict[str, dict[str, Any]]) -> None:
+    retrain = ("snapshot", "validate", "preprocess", "train", "evaluate", "register", "promote")
+    assert set(pods) == {*(f"ml_retrain.{step}" for step in retrain), "ml_drift_monitor.drift"}
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -76,7 +77,7 @@ def test_each_step_gets_its_configured_resources_image_and_identity(
         if step.gpus:
             expected_requests[kube.gpu.resource] = expected_limits[kube.gpu.resource] = str(step.gpus)
         assert container["resources"] == {"requests": expected_requests, "limits": expected_limits}, name
-        assert container["image"] == kube.images[step.image], name
+        assert container["image"] == _env(pod)["STEP_IMAGE"] == kube.images[step.image], name
         assert container["imagePullPolicy"] == kube.image_pull_policy
         assert pod["spec"]["serviceAccountName"] == step.service_account, name
         assert pod["spec"]["automountServiceAccountToken"] is False, f"{name} does not use the Kubernetes API"

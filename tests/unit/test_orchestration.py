@@ -120,7 +120,7 @@ def test_both_runtimes_run_the_identical_command_and_environment(step: str, monk
     pod_env = pod.env_vars if isinstance(pod.env_vars, dict) else {var.name: var.value for var in pod.env_vars}
     assert set(local.env_vars) <= set(pod_env)
     differs = {name for name, value in pod_env.items() if local.env_vars.get(name) != value}
-    assert differs == {"MLSTEPS_CONFIG", "OMP_NUM_THREADS", "HOME", "XDG_CACHE_HOME"}
+    assert differs == {"MLSTEPS_CONFIG", "OMP_NUM_THREADS", "HOME", "XDG_CACHE_HOME", "STEP_IMAGE"}
     limits = local_settings.step(step)
     for task in (local, pod):
         assert task.execution_timeout == limits.execution_timeout

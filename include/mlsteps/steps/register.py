@@ -58,6 +58,9 @@ def main(run_root: RunRoot, config: ConfigUri = None) -> None:
     }
     if os.environ.get(registry.IMAGE_ENV_VAR):
         tags["image"] = os.environ[registry.IMAGE_ENV_VAR]
+    # Why this version was trained (cron, a person, a drift report) travels from the training run to the version.
+    run_tags = client.get_run(train["mlflow_run_id"]).data.tags
+    tags |= {key: run_tags[key] for key in registry.TRIGGER_TAGS if key in run_tags}
     registry.set_version_tags(client, model_name, number, tags)
     client.set_registered_model_alias(model_name, registry.CHALLENGER, str(number))
     aliases = sorted(client.get_model_version(model_name, str(number)).aliases)

@@ -199,7 +199,7 @@ class Trainer:
 
 
 def parse_tags(values: list[str]) -> dict[str, str]:
-    """Turn ``KEY=VALUE`` strings into MLflow tags.
+    """Turn ``KEY=VALUE`` strings into MLflow tags; ``KEY=`` sets nothing (a templated tag that does not apply).
 
     Raises:
         ConfigError: listing every value that is not ``KEY=VALUE``.
@@ -207,7 +207,7 @@ def parse_tags(values: list[str]) -> dict[str, str]:
     malformed = [value for value in values if "=" not in value or not value.partition("=")[0].strip()]
     if malformed:
         raise ConfigError(f"--tag values {malformed} are not KEY=VALUE: write them like --tag trigger=drift_alert")
-    return {key.strip(): value for key, _, value in (item.partition("=") for item in values)}
+    return {key.strip(): value for key, _, value in (item.partition("=") for item in values) if value}
 
 
 def select_device(requested: str) -> torch.device:
