@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo airflow test lint fmt render bench bench-drift clean constraints
+.PHONY: demo loop airflow test lint fmt render bench bench-drift clean constraints
 
 $(INSTALLED): requirements.txt requirements/steps.txt requirements/dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(INSTALLED): requirements.txt requirements/steps.txt requirements/dev.txt const
 
 demo: $(INSTALLED)  ## the main job: ml_retrain end to end on the embedded default; ARGS='--conf {"epochs":5}'
 	$(BIN)/python -m orchestration.embedded run $(ARGS)
+
+loop: $(INSTALLED)  ## the closed loop through the real scheduler: drift in production retrains by itself
+	$(BIN)/python -m orchestration.loop $(ARGS)
 
 airflow: $(INSTALLED)  ## the real Airflow services on the demo's state: UI on http://localhost:8080 (user admin)
 	$(BIN)/python -m orchestration.embedded standalone

@@ -6,7 +6,8 @@ retraining is under way, again and again. So the monitor remembers recent window
 
 - the champion's last ``monitoring.consecutive_windows`` judged windows all drifted (skipped windows, with too few
   rows, neither count nor break the run; a data-quality failure breaks it and never counts as drift), and
-- at least ``monitoring.cooldown_hours`` passed since the champion was trained and since the last alert.
+- at least ``monitoring.cooldown_hours`` passed since the champion was trained and since the last alert (0: no
+  cooldown).
 
 Times are the windows' ends, not the wall clock, so a re-run or a backfill decides the same way.
 """
@@ -96,7 +97,7 @@ def decide(
     now = datetime.fromisoformat(window_end)
     last_alert = (state.get("last_alert") or {}).get("window_end")
     since = min(_hours_since(result.get("model_trained_at"), now), _hours_since(last_alert, now))
-    if since < monitoring.cooldown_hours:
+    if monitoring.cooldown_hours and since < monitoring.cooldown_hours:
         reason = (
             f"{drifted}, but only {since:.1f} h since the champion was trained or the last trigger "
             f"< cooldown {monitoring.cooldown_hours:g} h"

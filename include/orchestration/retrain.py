@@ -27,7 +27,10 @@ def drift_alert_extra(triggering_asset_events: Any) -> dict[str, Any]:
 
 def run_trigger(dag_run: Any, triggering_asset_events: Any) -> str:
     """Why this run exists: ``drift_alert``, or the run type (``scheduled``, ``manual``, ``backfill``)."""
-    return "drift_alert" if drift_alert_extra(triggering_asset_events) else str(getattr(dag_run, "run_type", "manual"))
+    if drift_alert_extra(triggering_asset_events):
+        return "drift_alert"
+    run_type = getattr(dag_run, "run_type", "manual")
+    return str(getattr(run_type, "value", run_type))
 
 
 # Template macros of ml_retrain: its train step tags the MLflow run with what triggered it.

@@ -60,6 +60,8 @@ def test_cooldown_after_training_and_after_the_last_alert() -> None:
     assert _run(fresh_model) == ["drift_pending", "cooldown"]
     assert _run([_result(hour) for hour in range(4)]) == ["drift_pending", "alert", "cooldown", "cooldown"]
     assert _run([*(_result(hour) for hour in range(2)), _result(30)])[-1] == "alert", "cooldown of 24 h is over"
+    no_cooldown = MonitoringConfig(consecutive_windows=2, cooldown_hours=0)
+    assert _run([_result(0, trained_hours_before=-3), _result(1, trained_hours_before=-3)], no_cooldown)[-1] == "alert"
 
 
 def test_a_new_champion_starts_its_own_count() -> None:

@@ -245,3 +245,21 @@ def test_embedded_runner_help_runs_without_airflow_state() -> None:
         [sys.executable, "-m", "orchestration.embedded", "run", "--help"], capture_output=True, text=True, check=True
     )
     assert "--conf" in done.stdout
+
+
+def test_a_retraining_run_knows_what_triggered_it() -> None:
+    from types import SimpleNamespace
+
+    from airflow.utils.types import DagRunType
+
+    from orchestration.assets import DRIFT_ALERT
+    from orchestration.retrain import drift_alert_extra, run_trigger
+
+    scheduled = SimpleNamespace(run_type=DagRunType.SCHEDULED)
+    assert run_trigger(scheduled, {}) == "scheduled"
+    assert run_trigger(SimpleNamespace(run_type="manual"), None) == "manual"
+    events = {DRIFT_ALERT: [SimpleNamespace(extra={"report_uri": "old"}), SimpleNamespace(extra={"report_uri": "new"})]}
+    asset_run = SimpleNamespace(run_type=DagRunType.ASSET_TRIGGERED)
+    assert run_trigger(asset_run, events) == "drift_alert"
+    assert drift_alert_extra(events) == {"report_uri": "new"}, "the latest alert explains the run"
+    assert drift_alert_extra({}) == {}
