@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -35,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from record import write_report
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 EVIDENTLY_PYTHON = PROJECT_ROOT / ".venv-bench-evidently" / "bin" / "python"
 DEFAULT_SAMPLE_SIZE = 100_000
 
@@ -366,13 +365,9 @@ def main() -> None:
         shutil.rmtree(folder)  # about 1.3 GB of Parquet with the default sizes
     _print_summary(runs, agreement, args.rows)
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
-    report = {
-        "benchmark": "drift",
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
-        "commit": commit.strip(),
-        "config": {
+    write_report(
+        "drift",
+        {
             "rows": args.rows,
             "big_rows": args.big_rows,
             "methods": METHODS,
@@ -380,12 +375,8 @@ def main() -> None:
             "categorical_drifts": CATEGORICAL_DRIFTS,
             "drift_share": DRIFT_SHARE,
         },
-        "runs": runs,
-        "agreement": agreement,
-    }
-    out = RESULTS / f"drift-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\nwritten {out}")
+        {"runs": runs, "agreement": agreement},
+    )
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ Usage: ``python benchmarks/main_job.py [--rows 100000] [--epochs 5]``
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,8 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from record import write_report
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 STEP_ARGS = {
     "snapshot": lambda s: ["--input-uri", s.dataset_uri, "--snapshot-store", s.snapshot_store],
     "train": lambda s: ["--epochs", str(s.pipeline.training.epochs)],
@@ -158,22 +157,17 @@ def main() -> None:
         f"Airflow overhead {overhead:.1f} s, ratio {dag_wall / bare_total:.2f}x"
     )
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
-    report = {
-        "benchmark": "main_job",
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
-        "commit": commit.strip(),
-        "config": {"rows": args.rows, "epochs": args.epochs},
-        "parse": parse,
-        "tasks": rows,
-        "dag_wall_seconds": round(dag_wall, 3),
-        "bare_steps_seconds": round(bare_total, 3),
-        "overhead_ratio": round(dag_wall / bare_total, 3),
-    }
-    out = RESULTS / f"main_job-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\nwritten {out}")
+    write_report(
+        "main_job",
+        {"rows": args.rows, "epochs": args.epochs},
+        {
+            "parse": parse,
+            "tasks": rows,
+            "dag_wall_seconds": round(dag_wall, 3),
+            "bare_steps_seconds": round(bare_total, 3),
+            "overhead_ratio": round(dag_wall / bare_total, 3),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -16,14 +16,13 @@ A data-quality problem in the logs (a missing or all-null feature) is reported a
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, chain, dag, task
 
 from orchestration.assets import DRIFT_ALERT
-from orchestration.pod_task import TEMPLATE_MACROS, pod_task
+from orchestration.pod_task import TEMPLATE_MACROS, dag_default_args, pod_task
 from orchestration.settings import get_settings
 
 DAG_ID = Path(__file__).stem
@@ -39,14 +38,7 @@ ALERT_TASK, QUIET_TASK = "alert", "quiet"
     max_active_runs=1,
     doc_md=__doc__,
     tags=["ml", "monitoring", SETTINGS.pipeline.dataset.name],
-    default_args={
-        "owner": "ml-platform",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=10),
-        "execution_timeout": timedelta(minutes=5),  # the drift step gets its own from the pipeline config
-    },
+    default_args=dag_default_args(light_task_minutes=5, max_retry_minutes=10),
     user_defined_macros=TEMPLATE_MACROS,
     params={
         "window_end": Param(

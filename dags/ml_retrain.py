@@ -22,14 +22,13 @@ Bad data stops the run at `validate` (or `snapshot`) without retries; the regist
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, chain, dag, task
 
 from orchestration.assets import DRIFT_ALERT, MODEL_PROMOTED
-from orchestration.pod_task import TEMPLATE_MACROS, pod_task
+from orchestration.pod_task import TEMPLATE_MACROS, dag_default_args, pod_task
 from orchestration.retrain import TRIGGER_MACROS, TRIGGER_TAG_ARGS
 from orchestration.settings import get_settings
 
@@ -49,14 +48,7 @@ EVALUATION = SETTINGS.pipeline.evaluation
     max_active_runs=1,
     doc_md=__doc__,
     tags=["ml", "training", SETTINGS.pipeline.dataset.name],
-    default_args={
-        "owner": "ml-platform",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=15),
-        "execution_timeout": timedelta(minutes=10),  # the steps get theirs from the pipeline config
-    },
+    default_args=dag_default_args(light_task_minutes=10, max_retry_minutes=15),
     user_defined_macros={**TEMPLATE_MACROS, **TRIGGER_MACROS},
     params={
         "dataset_uri": Param(

@@ -9,6 +9,7 @@ place; what only a pod needs (resources, GPU scheduling, security, secrets, volu
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -31,6 +32,19 @@ RUN_CONTEXT_ENV = {
     "AIRFLOW_CTX_DAG_RUN_ID": "{{ run_id }}",
     "AIRFLOW_CTX_TASK_ID": "{{ task.task_id }}",
 }
+
+
+def dag_default_args(light_task_minutes: int, max_retry_minutes: int) -> dict[str, Any]:
+    """``default_args`` of every DAG: owner, retries with exponential backoff, and a timeout for the light Airflow
+    tasks (the steps get theirs from the pipeline config)."""
+    return {
+        "owner": "ml-platform",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=max_retry_minutes),
+        "execution_timeout": timedelta(minutes=light_task_minutes),
+    }
 
 
 def step_command(step: str, args: list[str] | None = None) -> tuple[list[str], list[str]]:
