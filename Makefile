@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo loop airflow test lint fmt render bench bench-drift clean constraints
+.PHONY: demo loop airflow test test-images lint fmt render bench bench-drift clean constraints
 
 $(INSTALLED): requirements.txt requirements/steps.txt requirements/dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,10 @@ airflow: $(INSTALLED)  ## the real Airflow services on the demo's state: UI on h
 	$(BIN)/python -m orchestration.embedded standalone
 
 test: lint .venv-checkov  ## lint, then every test that can run on this machine
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not images" $(PYTEST_ARGS)
+
+test-images: $(INSTALLED) .venv-checkov .venv-images  ## build every image with buildah and smoke-test it inside (root)
+	$(BIN)/python -m pytest -m images tests/images $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
@@ -65,4 +68,19 @@ clean:  ## remove all local state (Airflow DB, MLflow, artifacts, datasets)
 	rm -rf $@
 	$(PYTHON) -m venv $@
 	$@/bin/python -m pip install --quiet -r requirements/checkov.txt || { rm -rf $@; exit 1; }
+	touch $@
+
+# Container images (docker/): docker build where a Docker engine answers, else buildah; each image's SBOM and size
+# report go to build/images. Where python:3.11-slim cannot be pulled, build a local base first (docker/README.md):
+#   .venv/bin/python docker/build.py base && make images ARGS='--base-image localhost/python-base:3.11'
+.PHONY: images
+images: $(INSTALLED) .venv-images  ## build the steps, train and serve images, print their sizes (ARGS='--image serve')
+	$(BIN)/python docker/build.py build $(ARGS)
+
+# hadolint, cyclonedx-py and pip-audit (make images, tests/images) pin their own dependencies: their own virtualenv;
+# the folder is the stamp, removed again when the install fails.
+.venv-images: requirements/images.txt
+	rm -rf $@
+	$(PYTHON) -m venv $@
+	$@/bin/python -m pip install --quiet -r requirements/images.txt || { rm -rf $@; exit 1; }
 	touch $@

@@ -1,0 +1,149 @@
+"""The Dockerfiles and the build script without building: lint (hadolint, checkov), what every image must declare,
+the pins of the serving image, and the build script's refusals of bad input, which come before any build."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestration.settings import load_settings
+
+from .containers import BUILD_SCRIPT, REPO_ROOT, requirement_pins
+
+pytestmark = pytest.mark.images
+
+CHECKOV = REPO_ROOT / ".venv-checkov" / "bin" / "checkov"
+DOCKERFILES = sorted((REPO_ROOT / "docker").glob("*.Dockerfile"))
+# Breaks rules both linters check: untagged base, ADD of a URL, no USER (so root), no HEALTHCHECK.
+CANARY_DOCKERFILE = "FROM debian\nADD https://example.com/tool.tar.gz /opt/\nRUN apt-get update\n"
+TRAINING_ONLY = {"torch", "great-expectations", "scikit-learn", "scipy", "tqdm"}
+
+
+def _build(*args: str, cwd: Path = REPO_ROOT, script: Path = BUILD_SCRIPT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_there_is_one_dockerfile_per_image(build_script: Any) -> None:
+    assert [path.name for path in DOCKERFILES] == sorted(f"{image}.Dockerfile" for image in build_script.IMAGES)
+
+
+def test_hadolint_finds_nothing_in_the_dockerfiles_and_flags_a_broken_one(tools_venv: Path, tmp_path: Path) -> None:
+    hadolint = str(tools_venv / "bin" / "hadolint")
+    ours = subprocess.run([hadolint, *map(str, DOCKERFILES)], capture_output=True, text=True)
+    assert (ours.returncode, ours.stdout) == (0, "")
+    canary = tmp_path / "canary.Dockerfile"
+    canary.write_text(CANARY_DOCKERFILE)
+    flagged = subprocess.run([hadolint, "--no-color", str(canary)], capture_output=True, text=True)
+    assert flagged.returncode == 1
+    assert {"DL3006", "DL3009"} <= set(re.findall(r"DL\d{4}", flagged.stdout))
+
+
+def test_checkov_dockerfile_checks_pass_with_the_skips_of_checkov_yaml(tmp_path: Path) -> None:
+    if not CHECKOV.is_file():
+        pytest.fail(f"checkov is not installed at {CHECKOV}: run `make .venv-checkov`")
+    for path in DOCKERFILES:
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "canary.Dockerfile").write_text(CANARY_DOCKERFILE)
+    command = [str(CHECKOV), "--directory", str(tmp_path), "--framework", "dockerfile", "--skip-download"]
+    command += ["--config-file", str(REPO_ROOT / ".checkov.yaml"), "--output", "json"]
+    scan = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+    assert scan.returncode in (0, 1), scan.stderr
+    results = json.loads(scan.stdout)["results"]
+    failed = {(Path(check["file_path"]).name, check["check_id"]) for check in results["failed_checks"]}
+    ours = sorted(failure for failure in failed if failure[0] != "canary.Dockerfile")
+    assert ours == []
+    # The canary proves that checkov read the folder: it fails checks our files pass.
+    assert {("canary.Dockerfile", "CKV_DOCKER_2"), ("canary.Dockerfile", "CKV_DOCKER_3")} <= failed
+    assert len(results["passed_checks"]) > 20 * len(DOCKERFILES)
+
+
+def test_every_image_builds_on_the_pinned_python_base_and_runs_as_the_pod_user(build_script: Any) -> None:
+    kube = load_settings().runtime.kubernetes
+    for path in DOCKERFILES:
+        instructions = build_script.instructions(path)
+        assert build_script.build_arg_defaults(path)["BASE_IMAGE"] == "python:3.11-slim-bookworm", path.name
+        bases = [
+            i.arguments.split()[0] for i in instructions if i.keyword == "FROM" and i.arguments != "scratch AS wheels"
+        ]
+        assert set(bases) == {"${BASE_IMAGE}"}, path.name
+        users = [i.arguments for i in instructions if i.keyword == "USER"]
+        assert users[-1] == f"{kube.run_as_user}:{kube.run_as_group}", path.name
+        # Only the virtualenv comes from the builder stage; code and config from the build context.
+        copies = [i.arguments for i in instructions if i.keyword == "COPY" and "--from=" in i.arguments]
+        assert copies == ["--from=builder /opt/venv /opt/venv"], path.name
+
+
+def test_steps_and_train_share_their_builder_stage_line_for_line(build_script: Any) -> None:
+    def builder(image: str) -> str:
+        text = (REPO_ROOT / "docker" / f"{image}.Dockerfile").read_text()
+        return text[text.index("FROM ${BASE_IMAGE} AS builder") : text.index("FROM ${BASE_IMAGE}\n")]
+
+    assert builder("steps") == builder("train")
+    assert "ARG TORCH_VARIANT\n" in builder("train")
+    # Only the default before the first FROM tells them apart.
+    assert build_script.build_arg_defaults(REPO_ROOT / "docker" / "steps.Dockerfile")["TORCH_VARIANT"] == "cpu"
+    assert build_script.build_arg_defaults(REPO_ROOT / "docker" / "train.Dockerfile")["TORCH_VARIANT"] == "cuda"
+
+
+def test_images_are_named_as_the_pods_and_the_model_server_run_them(build_script: Any) -> None:
+    kube = load_settings().runtime.kubernetes
+    manifest = (REPO_ROOT / "include" / "k8s" / "model-server.yaml").read_text()
+    assert build_script.image_references() == {
+        "steps": kube.images["steps"],
+        "train": kube.images["train"],
+        "serve": re.search(r"image: (\S+mlsteps-serve\S*)", manifest).group(1),
+    }
+    assert all(build_script.is_pinned(reference) for reference in build_script.image_references().values())
+
+
+def test_serving_requirements_leave_training_out_and_agree_with_the_constraints() -> None:
+    path = REPO_ROOT / "requirements" / "serve.txt"
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    assert [line for line in lines if line and "==" not in line] == []
+    serve = requirement_pins(path)
+    constraints = requirement_pins(REPO_ROOT / "constraints.txt")
+    assert not TRAINING_ONLY & set(serve)
+    assert {"onnxruntime", "fastapi", "uvicorn", "mlflow-skinny", "pandas", "pyarrow", "boto3"} <= set(serve)
+    assert {name: version for name, version in serve.items() if constraints.get(name, version) != version} == {}
+
+
+def test_build_names_every_missing_copied_file_before_building(tmp_path: Path) -> None:
+    # A copy of what the build reads, less the serving requirements.
+    for folder in ("docker", "requirements", "include/config", "include/mlsteps"):
+        shutil.copytree(REPO_ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "constraints.txt", tmp_path)
+    (tmp_path / "requirements" / "serve.txt").unlink()
+    (tmp_path / "constraints.txt").unlink()
+    refused = _build("build", script=tmp_path / "docker" / "build.py")
+    assert refused.returncode == 2
+    assert "Traceback" not in refused.stderr
+    assert re.search(
+        r"docker/serve\.Dockerfile line \d+ copies requirements/serve\.txt, which is not in", refused.stderr
+    )
+    for image in ("steps", "train", "serve"):
+        assert re.search(rf"docker/{image}\.Dockerfile line \d+ copies constraints\.txt", refused.stderr)
+    assert "restore the file" in refused.stderr
+
+
+@pytest.mark.parametrize("base_image", ["python", "python:latest", "registry.example/python:latest"])
+def test_build_refuses_a_base_image_without_a_pinned_tag(base_image: str) -> None:
+    refused = _build("build", "--no-sbom", "--base-image", base_image)
+    assert refused.returncode == 2
+    assert f"--base-image {base_image}: pin it by a tag other than latest or by a digest" in refused.stderr
+
+
+def test_build_lists_every_bad_option_at_once(tmp_path: Path) -> None:
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("no certificates here\n")
+    refused = _build("build", "--wheels", str(tmp_path / "missing"), "--ca-bundle", str(not_pem), "--base-image", "x")
+    assert refused.returncode == 2
+    assert f"--wheels {tmp_path / 'missing'}: not a folder" in refused.stderr
+    assert f"--ca-bundle {not_pem}: not a PEM file of certificates" in refused.stderr
+    assert "--base-image x: pin it" in refused.stderr
