@@ -31,7 +31,22 @@ DAGS_FOLDER = PROJECT_ROOT / "dags"
 MANIFESTS_FOLDER = PROJECT_ROOT / "include" / "k8s"
 EXAMPLE_RUN_AFTER = datetime(2026, 1, 5, 3, tzinfo=UTC)
 EXAMPLE_RUN_ID = f"scheduled__{EXAMPLE_RUN_AFTER.isoformat()}"
-CLUSTER_SCOPED_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass", "StorageClass"}
+# Kinds that live outside namespaces: moving manifests to the configured namespace leaves them alone.
+CLUSTER_SCOPED_KINDS = frozenset(
+    {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "IngressClass",
+        "MutatingWebhookConfiguration",
+        "Namespace",
+        "PersistentVolume",
+        "PriorityClass",
+        "RuntimeClass",
+        "StorageClass",
+        "ValidatingWebhookConfiguration",
+    }
+)
 
 
 def _example_context(dag: Any, task: Any) -> dict[str, Any]:

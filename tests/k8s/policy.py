@@ -20,6 +20,8 @@ import kubernetes_validate
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, VersionNotSupportedError
 
+from orchestration.render import CLUSTER_SCOPED_KINDS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO_ROOT / "include" / "k8s"
 CHECKOV_VENV = REPO_ROOT / ".venv-checkov"
@@ -34,22 +36,6 @@ K8S_VERSIONS = ("1.33.0", "1.37.0")
 # The user and group every container runs as (the images create them; the manifests and pod specs set them).
 RUN_AS_ID = 10001
 
-# Kinds that live outside namespaces: kustomize's `namespace:` leaves them alone.
-CLUSTER_SCOPED_KINDS = frozenset(
-    {
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "CustomResourceDefinition",
-        "IngressClass",
-        "MutatingWebhookConfiguration",
-        "Namespace",
-        "PersistentVolume",
-        "PriorityClass",
-        "RuntimeClass",
-        "StorageClass",
-        "ValidatingWebhookConfiguration",
-    }
-)
 
 # Where the pod spec sits in each kind of workload.
 POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
