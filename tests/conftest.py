@@ -51,6 +51,17 @@ def mlflow_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     mlflow.set_tracking_uri(None)
 
 
+@pytest.fixture(scope="session")
+def serving_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real serving bundle (ONNX model, preprocessor, smoke rows) of a known risk-score model, version 1.
+
+    Read-only for tests: copy it before changing anything (``fake_models.break_bundle`` breaks a copy).
+    """
+    from fake_models import write_test_bundle
+
+    return write_test_bundle(tmp_path_factory.mktemp("bundle") / "v1")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -130,6 +130,8 @@ def test_register_twice_for_one_run_root_creates_one_version(new_run: NewRun, mo
         "roc_auc": str(roc_auc),
         "code_version": "0.1.0+abc123",
         "image": "ghcr.io/example/mlsteps:0.1.0",
+        "serving_bundle_uri": f"runs:/{train['mlflow_run_id']}/serving_bundle/v1",
+        "serving_bundle_sha256": first["serving_bundle_sha256"],
     }
 
 

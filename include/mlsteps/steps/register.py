@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from mlsteps import registry, results, tracking
+from mlsteps import registry, results, serving_bundle, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import load_pipeline_config
 from mlsteps.errors import StepError
@@ -21,6 +21,8 @@ def main(run_root: RunRoot, config: ConfigUri = None) -> None:
     Reads the snapshot, train and evaluate results. Tags the version with
     run_root, snapshot_id, dataset, mlflow_run_id, gate_passed, roc_auc,
     code_version ($CODE_VERSION appended) and image ($STEP_IMAGE), when set.
+    Exports the serving bundle (ONNX model, preprocessor, smoke rows) next to
+    the training run's artifacts and records its sha256 on the version.
     Re-running for the same run root reuses the version it registered.
 
     Args:
@@ -62,6 +64,8 @@ def main(run_root: RunRoot, config: ConfigUri = None) -> None:
     run_tags = client.get_run(train["mlflow_run_id"]).data.tags
     tags |= {key: run_tags[key] for key in registry.TRIGGER_TAGS if key in run_tags}
     registry.set_version_tags(client, model_name, number, tags)
+    # The bundle before the alias: a version that is a challenger can always be served.
+    bundle_sha256 = serving_bundle.publish_bundle(client, model_name, number, model_uri, train["mlflow_run_id"])
     client.set_registered_model_alias(model_name, registry.CHALLENGER, str(number))
     aliases = sorted(client.get_model_version(model_name, str(number)).aliases)
     action = "registered" if created else "reused (registered by an earlier attempt)"
@@ -75,5 +79,6 @@ def main(run_root: RunRoot, config: ConfigUri = None) -> None:
             "aliases": aliases,
             "model_uri": registry.model_uri(model_name, number),
             "source_run_id": version.run_id,
+            "serving_bundle_sha256": bundle_sha256,
         },
     )
