@@ -4,15 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo loop airflow test test-images lint fmt render bench bench-drift clean constraints
+.PHONY: demo stop-server loop airflow test test-images lint fmt render bench bench-drift bench-serving clean constraints
 
 $(INSTALLED): requirements.txt requirements/steps.txt requirements/dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements.txt -r requirements/dev.txt -e .
 	touch $@
 
-demo: $(INSTALLED)  ## the main job: ml_retrain end to end on the embedded default; ARGS='--conf {"epochs":5}'
-	$(BIN)/python -m orchestration.embedded run $(ARGS)
+demo: $(INSTALLED)  ## the main job: ml_retrain end to end, then ml_deploy of the new champion; ARGS='--conf {"epochs":5}'
+	$(BIN)/python -m orchestration.embedded run --deploy $(ARGS)
+
+stop-server: $(INSTALLED)  ## stop the local model server that make demo's deploy started
+	$(BIN)/python -m orchestration.embedded stop-server
 
 loop: $(INSTALLED)  ## the closed loop through the real scheduler: drift in production retrains by itself
 	$(BIN)/python -m orchestration.loop $(ARGS)
@@ -20,10 +23,10 @@ loop: $(INSTALLED)  ## the closed loop through the real scheduler: drift in prod
 airflow: $(INSTALLED)  ## the real Airflow services on the demo's state: UI on http://localhost:8080 (user admin)
 	$(BIN)/python -m orchestration.embedded standalone
 
-test: lint .venv-checkov  ## lint, then every test that can run on this machine
-	$(BIN)/python -m pytest -m "not images" $(PYTEST_ARGS)
+test: lint .venv-checkov .venv-images  ## lint, then every test, the image builds included (they need root)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-images: $(INSTALLED) .venv-checkov .venv-images  ## build every image with buildah and smoke-test it inside (root)
+test-images: $(INSTALLED) .venv-checkov .venv-images  ## only the image builds and their smoke tests (root, buildah)
 	$(BIN)/python -m pytest -m images tests/images $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
@@ -48,9 +51,12 @@ bench: $(INSTALLED)  ## the main job on 100k rows: per-task wall time, Airflow o
 bench-drift: $(INSTALLED) .venv-bench-evidently  ## drift library vs Evidently 0.7 on 1M x 25 columns (+ a 10M window)
 	$(BIN)/python benchmarks/drift.py
 
+bench-serving: $(INSTALLED)  ## model server vs mlflow models serve: req/s, p50/p99 at batch 1/64, 1/2 workers (~5 min)
+	$(BIN)/python benchmarks/serving.py $(ARGS)
+
 constraints: $(INSTALLED)
-	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > constraints.tmp
-	{ sed -n '1,2p' constraints.txt; cat constraints.tmp; } > constraints.txt && rm constraints.tmp
+	$(BIN)/python -m pip freeze --all --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > constraints.tmp
+	{ sed -n '1,2p' constraints.txt; cat constraints.tmp; } > constraints.new && mv constraints.new constraints.txt && rm constraints.tmp
 
 clean:  ## remove all local state (Airflow DB, MLflow, artifacts, datasets)
 	rm -rf .local

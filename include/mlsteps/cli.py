@@ -20,6 +20,7 @@ from mlsteps import IMPORTED_AT, results
 from mlsteps.distributed import World
 from mlsteps.errors import EXIT_USER_ERROR, StepError
 from mlsteps.steps import (
+    deploy,
     drift,
     evaluate,
     make_dataset,
@@ -60,6 +61,6 @@ def _user_errors_exit_cleanly(name: str, func: Callable[..., Any]) -> Callable[.
     return wrapper
 
 
-for _module in (make_dataset, snapshot, validate, preprocess, train, evaluate, register, promote, score, drift):
+for _module in (make_dataset, snapshot, validate, preprocess, train, evaluate, register, promote, score, drift, deploy):
     _name = _module.__name__.rsplit(".", 1)[-1].replace("_", "-")
     app.command(_name)(_user_errors_exit_cleanly(_name, _module.main))

@@ -229,6 +229,86 @@ class MonitoringConfig(_Strict):
     )
 
 
+class SmokeConfig(_Strict):
+    """The smoke test after every rollout: the bundle's smoke rows through the serving endpoint."""
+
+    requests: int = Field(
+        50, ge=1, le=10_000, description="inference requests sent; the p99 latency is taken over them"
+    )
+    latency_budget_ms: float = Field(250, gt=0, description="the p99 latency of those requests must stay within this")
+    tolerance: float = Field(
+        1e-4, gt=0, lt=0.1, description="largest difference from the bundle's expected probabilities that passes"
+    )
+    request_timeout_seconds: float = Field(10, gt=0, description="one request that takes longer fails the test")
+
+
+class KubernetesServingConfig(_Strict):
+    """The model server's objects in the cluster (include/k8s/model-server.yaml)."""
+
+    namespace: str = Field("ml", min_length=1, description="namespace of the model server")
+    deployment: str = Field("model-server", min_length=1, description="the Deployment that serves (track=stable)")
+    canary_deployment: str = Field(
+        "model-server-canary", min_length=1, description="the Deployment a canary rollout creates and removes"
+    )
+    container: str = Field("model-server", min_length=1, description="the server container in the pod template")
+    service_url: str = Field(
+        "http://model-server.ml.svc.cluster.local",
+        pattern=r"^https?://",
+        description="base URL of the Service (port 80) that the smoke test calls",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_deployments(self) -> KubernetesServingConfig:
+        if self.canary_deployment == self.deployment:
+            raise ValueError(
+                f"canary_deployment and deployment are both {self.deployment!r}: give the canary its own name"
+            )
+        return self
+
+
+class CanaryConfig(_Strict):
+    """A canary rollout: a share of the pods serves the new version and is judged by its own metrics."""
+
+    share: float = Field(0.1, gt=0, le=1, description="canary replicas = max(1, round(share * stable replicas))")
+    observation_seconds: float = Field(300, ge=0, description="how long the canary's metrics are watched")
+    max_error_rate: float = Field(
+        0.01, ge=0, le=1, description="share of the canary's inference requests that may fail (HTTP 5xx)"
+    )
+    max_p99_ms: float = Field(250, gt=0, description="the canary's p99 inference latency must stay within this")
+    min_requests: int = Field(
+        100, ge=0, description="fewer canary requests in the window: judged by the smoke test alone (reported so)"
+    )
+
+
+class LocalServingConfig(_Strict):
+    """The server the local runtime runs on this machine."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="address the local server binds to")
+    port: int = Field(8081, ge=1, le=65535, description="port of the local server")
+
+
+class ServingConfig(_Strict):
+    """How the deploy step rolls a model version out and decides whether it serves well enough to stay."""
+
+    smoke: SmokeConfig = SmokeConfig()
+    rollout_timeout_seconds: float = Field(
+        600, gt=0, description="a rollout (or rollback) not complete by then fails the deploy"
+    )
+    poll_seconds: float = Field(2, gt=0, description="interval between rollout status checks")
+    kubernetes: KubernetesServingConfig = KubernetesServingConfig()
+    canary: CanaryConfig = CanaryConfig()
+    local: LocalServingConfig = LocalServingConfig()
+
+    @model_validator(mode="after")
+    def _poll_within_timeout(self) -> ServingConfig:
+        if self.poll_seconds > self.rollout_timeout_seconds:
+            raise ValueError(
+                f"poll_seconds {self.poll_seconds} exceeds rollout_timeout_seconds {self.rollout_timeout_seconds}: "
+                "the rollout would be checked at most once"
+            )
+        return self
+
+
 class PipelineConfig(_Strict):
     """Everything the steps need besides their input URIs."""
 
@@ -238,6 +318,7 @@ class PipelineConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     drift: DriftConfig = DriftConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    serving: ServingConfig = ServingConfig()
     registry: RegistryConfig
     runtime: dict[str, Any] = Field(default_factory=dict, description="read by the orchestration side only")
 

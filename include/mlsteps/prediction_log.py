@@ -28,8 +28,9 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,6 +50,9 @@ from mlsteps.predictions import PREDICTION, PROBABILITY
 logger = logging.getLogger(__name__)
 
 REQUEST_ID = "request_id"
+# Requests whose id starts with this are smoke tests (the deploy step's): not production traffic, so a server does
+# not log them, and they never reach a drift check.
+SMOKE_REQUEST_PREFIX = "smoke-"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 SCORED_AT = "scored_at"
@@ -364,12 +368,42 @@ def join_labels(window: pd.DataFrame, labels: pd.DataFrame, id_column: str) -> p
     return window.merge(keyed, on=REQUEST_ID, how="inner", suffixes=("", "_label"))
 
 
+# A batch's features or predictions: a DataFrame (``log``) or columns of equal length (``log_columns``).
+_Part = pd.DataFrame | Mapping[str, np.ndarray]
+
+
 @dataclass(frozen=True)
 class _PendingBatch:
-    features: pd.DataFrame
-    predictions: pd.DataFrame
+    features: _Part
+    predictions: _Part
     ids: Sequence[Any] | None
-    scored_at: pd.Timestamp
+    scored_at: np.datetime64  # UTC, without a zone
+    rows: int
+
+
+def _utc_now() -> np.datetime64:
+    """Now in UTC, at a tenth of the cost of ``pd.Timestamp.now(tz="UTC")`` (it runs once per queued batch)."""
+    return np.datetime64(time.time_ns(), "ns")
+
+
+def _concat(parts: list[_Part]) -> pd.DataFrame:
+    """The parts' rows as one frame; runs of column mappings are joined column by column first.
+
+    Joining arrays costs microseconds where building a DataFrame per part costs a millisecond, which matters for a
+    server that queues thousands of one-row batches between flushes.
+    """
+    frames: list[pd.DataFrame] = []
+    run: list[Mapping[str, np.ndarray]] = []
+    for part in [*parts, None]:
+        if isinstance(part, Mapping):
+            run.append(part)
+            continue
+        if run:
+            frames.append(pd.DataFrame({name: np.concatenate([columns[name] for columns in run]) for name in run[0]}))
+            run = []
+        if part is not None:
+            frames.append(part)
+    return pd.concat(frames, ignore_index=True)
 
 
 class PredictionLogWriter:
@@ -459,7 +493,45 @@ class PredictionLogWriter:
             logger.warning("prediction log: batch of %d row(s) not logged: %s", rows, exc)
             self._count(failed=rows)
             return False
-        batch = _PendingBatch(features, predictions, ids, pd.Timestamp.now(tz="UTC"))
+        return self._queue(_PendingBatch(features, predictions, ids, _utc_now(), rows))
+
+    def log_columns(
+        self,
+        features: Mapping[str, np.ndarray],
+        probability: np.ndarray,
+        prediction: np.ndarray,
+        ids: Sequence[Any] | None = None,
+    ) -> bool:
+        """``log`` for a server's hot path: queue column arrays; the DataFrames are built in the writer thread.
+
+        Args:
+            features: feature name -> the values the model scored (one array per column, one value per row).
+            probability: the positive-class probability per row.
+            prediction: the 0/1 prediction per row.
+            ids: request ids, one per row; None generates random ids.
+
+        Returns:
+            Whether the batch was queued (False: dropped or invalid, and counted).
+        """
+        rows = len(probability)
+        lengths = {name: len(values) for name, values in features.items()}
+        lengths.update({PREDICTION: len(prediction), "ids": rows if ids is None else len(ids)})
+        clashes = sorted(set(features) & set(RECORD_SCHEMA.names))
+        if clashes or any(length != rows for length in lengths.values()):
+            logger.warning(
+                "prediction log: batch of %d row(s) not logged: lengths %s, record column names used by features %s",
+                rows,
+                lengths,
+                clashes,
+            )
+            self._count(failed=rows)
+            return False
+        predictions = {PROBABILITY: probability, PREDICTION: prediction}
+        return self._queue(_PendingBatch(features, predictions, ids, _utc_now(), rows))
+
+    def _queue(self, batch: _PendingBatch) -> bool:
+        """Add a checked batch unless the writer is closed or the buffer is full (then count it as dropped)."""
+        rows = batch.rows
         with self._lock:
             if self._closed or self._pending_rows + rows > self.max_pending_rows:
                 self._dropped += rows
@@ -505,21 +577,21 @@ class PredictionLogWriter:
             batches, self._pending, self._pending_rows = self._pending, [], 0
         if not batches:
             return
-        rows = sum(len(batch.features) for batch in batches)
+        rows = sum(batch.rows for batch in batches)
         try:
             ids = pd.concat(
-                [pd.Series(_random_ids(len(b.features)) if b.ids is None else b.ids, dtype="str") for b in batches],
+                [pd.Series(_random_ids(b.rows) if b.ids is None else b.ids, dtype="str") for b in batches],
                 ignore_index=True,
             )
             files = append(
                 self.store_uri,
-                pd.concat([batch.features for batch in batches], ignore_index=True),
-                pd.concat([batch.predictions for batch in batches], ignore_index=True),
+                _concat([batch.features for batch in batches]),
+                _concat([batch.predictions for batch in batches]),
                 self.model_name,
                 self.model_version,
                 scored_at=np.repeat(
-                    [batch.scored_at.tz_localize(None).to_datetime64() for batch in batches],
-                    [len(batch.features) for batch in batches],
+                    [batch.scored_at for batch in batches],
+                    [batch.rows for batch in batches],
                 ),
                 ids=ids,
             )

@@ -1,13 +1,20 @@
-"""MLflow model registry helpers: idempotent registration, alias lookups and version tags.
+"""MLflow model registry helpers: idempotent registration, alias lookups, alias history and version tags.
 
 Versions carry ``run_root`` and ``source_model_uri`` tags, so a retried ``register`` finds the version its first
 attempt created instead of adding a second one. Aliases name roles: ``challenger`` is the latest registered
 candidate, ``champion`` the model that serves.
+
+Every move of an alias made through ``move_alias`` is also recorded as a tag of the registered model
+(``alias_history.<alias>.<UTC time>``, a compact JSON value), so the history of an alias and "which version served
+at time X" take one ``get_registered_model`` call and live in the registry itself, next to the aliases.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import mlsteps
@@ -22,6 +29,14 @@ CODE_VERSION_ENV_VAR = "CODE_VERSION"
 IMAGE_ENV_VAR = "STEP_IMAGE"
 # Training-run tags that say why a model was trained; register copies them onto the model version.
 TRIGGER_TAGS = ("trigger", "drift_report", "drifted_features")
+ALIAS_HISTORY_PREFIX = "alias_history"
+# Sorts as it reads: lexicographic order of the tag keys is chronological order. No colons: MLflow rejects them in
+# tag keys on Windows.
+_EVENT_KEY_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+# MLflow validates registered-model tag values up to 100 000 characters, but its SQL store's column holds 5000
+# (registered_model_tags.value VARCHAR(5000)); MySQL and PostgreSQL refuse longer values.
+MAX_EVENT_VALUE_CHARS = 5000
+_TRUNCATED = " [truncated]"
 
 
 def model_uri(model_name: str, version: int) -> str:
@@ -39,6 +54,18 @@ def is_missing(exc: Exception) -> bool:
     return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
 
+def _registered_model(client: Any, model_name: str) -> Any | None:
+    """The registered model, or None when it does not exist yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(model_name)
+    except MlflowException as exc:
+        if is_missing(exc):
+            return None
+        raise
+
+
 def alias_version(client: Any, model_name: str, alias: str) -> Any | None:
     """The model version an alias points at, or None when the model or the alias does not exist yet.
 
@@ -50,15 +77,8 @@ def alias_version(client: Any, model_name: str, alias: str) -> Any | None:
     Returns:
         The ``ModelVersion`` or None.
     """
-    from mlflow.exceptions import MlflowException
-
-    try:
-        registered = client.get_registered_model(model_name)
-    except MlflowException as exc:
-        if is_missing(exc):
-            return None
-        raise
-    version = registered.aliases.get(alias)
+    registered = _registered_model(client, model_name)
+    version = None if registered is None else registered.aliases.get(alias)
     return None if version is None else client.get_model_version(model_name, str(version))
 
 
@@ -123,3 +143,118 @@ def set_version_tags(client: Any, model_name: str, version: int, tags: dict[str,
     """Set tags on a model version (values stored as ``tag_text`` gives them)."""
     for key, value in tags.items():
         client.set_model_version_tag(model_name, str(version), key, tag_text(value))
+
+
+@dataclass(frozen=True)
+class AliasEvent:
+    """One move of an alias: from which version to which (None: the alias did not exist / was removed), who, why."""
+
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    reason: str
+    at: datetime
+
+
+def _event_key(alias: str, at: datetime) -> str:
+    return f"{ALIAS_HISTORY_PREFIX}.{alias}.{at.astimezone(UTC).strftime(_EVENT_KEY_TIME_FORMAT)}"
+
+
+def _event_value(event: AliasEvent) -> str:
+    """The event as compact JSON, the reason shortened until the value fits MLflow's SQL column."""
+
+    def encode(reason: str) -> str:
+        payload = {
+            "from": event.from_version,
+            "to": event.to_version,
+            "actor": event.actor,
+            "reason": reason,
+            "at": event.at.isoformat(),
+        }
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+    value = encode(event.reason)
+    reason = event.reason
+    while len(value) > MAX_EVENT_VALUE_CHARS and reason:
+        reason = reason[: max(0, len(reason) - (len(value) - MAX_EVENT_VALUE_CHARS) - len(_TRUNCATED))]
+        value = encode(reason + _TRUNCATED)
+    return value
+
+
+def _parse_event(alias: str, value: str) -> AliasEvent:
+    payload = json.loads(value)
+    return AliasEvent(
+        alias=alias,
+        from_version=payload["from"],
+        to_version=payload["to"],
+        actor=payload["actor"],
+        reason=payload["reason"],
+        at=datetime.fromisoformat(payload["at"]),
+    )
+
+
+def _events_in(registered: Any, alias: str) -> list[AliasEvent]:
+    prefix = f"{ALIAS_HISTORY_PREFIX}.{alias}."
+    keys = sorted(key for key in registered.tags if key.startswith(prefix))
+    return [_parse_event(alias, registered.tags[key]) for key in keys]
+
+
+def move_alias(
+    client: Any, model_name: str, alias: str, version: int | None, *, actor: str, reason: str
+) -> AliasEvent | None:
+    """Point an alias at a version (None removes it) and record the move in the alias history.
+
+    The event is recorded before the alias moves: a crash in between leaves an event whose move a retry repeats
+    (a second event, seconds later), never a move without its event.
+
+    Args:
+        client: an MLflow client.
+        model_name: registered model name (it must exist).
+        alias: alias such as ``champion``.
+        version: the version it should point at; None deletes the alias (nothing served before a failed deploy).
+        actor: who moved it (a DAG run id, or ``cli``).
+        reason: why, e.g. the gate summary or ``rollback: <why>``; shortened when it would not fit the registry.
+
+    Returns:
+        The recorded event, or None when the alias already pointed there (nothing changes, nothing is recorded).
+    """
+    registered = client.get_registered_model(model_name)
+    current = registered.aliases.get(alias)
+    current_version = None if current is None else int(current)
+    if current_version == version:
+        return None
+    at = datetime.now(UTC)
+    while _event_key(alias, at) in registered.tags:  # two moves within one microsecond keep both events
+        at += timedelta(microseconds=1)
+    event = AliasEvent(alias, current_version, version, actor, reason, at)
+    client.set_registered_model_tag(model_name, _event_key(alias, at), _event_value(event))
+    if version is None:
+        client.delete_registered_model_alias(model_name, alias)
+    else:
+        client.set_registered_model_alias(model_name, alias, str(version))
+    return event
+
+
+def alias_history(client: Any, model_name: str, alias: str) -> list[AliasEvent]:
+    """Every recorded move of an alias, oldest first; empty when the model or its history does not exist."""
+    registered = _registered_model(client, model_name)
+    return [] if registered is None else _events_in(registered, alias)
+
+
+def alias_version_at(client: Any, model_name: str, alias: str, when: datetime) -> int | None:
+    """The version an alias pointed at, at a moment: what served on a date, for audits and incident reviews.
+
+    Args:
+        client: an MLflow client.
+        model_name: registered model name.
+        alias: alias such as ``champion``.
+        when: the moment; a naive datetime is taken as UTC.
+
+    Returns:
+        The ``to_version`` of the last recorded move at or before ``when``; None when the alias had no recorded
+        move by then or had been removed (moves made outside ``move_alias`` are not in the history).
+    """
+    moment = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    earlier = [event for event in alias_history(client, model_name, alias) if event.at <= moment]
+    return earlier[-1].to_version if earlier else None

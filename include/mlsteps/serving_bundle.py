@@ -267,7 +267,9 @@ def read_bundle(folder: Path, expected_sha256: str | None = None) -> ServingBund
         )
     manifest = _read_json(folder, MANIFEST_FILE)
     if manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"serving bundle {folder} has format {manifest.get('format')}, this server reads {BUNDLE_FORMAT}")
+        raise BundleError(
+            f"serving bundle {folder} has format {manifest.get('format')}, this server reads format {BUNDLE_FORMAT}"
+        )
     for name, recorded in manifest["files"].items():
         if not (folder / name).is_file():
             raise BundleError(f"serving bundle {folder} lacks {name}, which its manifest lists")

@@ -196,15 +196,17 @@ def run_dag(settings: Settings, env: dict[str, str], dag_id: str, conf: dict[str
 
 
 def run(dag_id: str, conf: dict[str, Any], rows: int, seed: int) -> dict[str, Any]:
-    """Prepare the embedded default and run one DAG; return its outcome (with the summary when there is one)."""
+    """Prepare the embedded default and run one DAG; return its outcome (with its summary or deploy result)."""
     settings = get_settings()
     env = prepare_airflow(settings)
     ensure_dataset(settings, rows, seed)
     outcome = run_dag(settings, env, dag_id, conf)
-    from mlsteps import storage
+    from mlsteps import results, storage
 
-    summary_uri = storage.join(settings.run_root(dag_id, outcome["run_id"]), "summary.json")
+    run_root = settings.run_root(dag_id, outcome["run_id"])
+    summary_uri = storage.join(run_root, "summary.json")
     outcome["summary"] = storage.read_json(summary_uri) if storage.exists(summary_uri) else None
+    outcome["deploy"] = results.optional_result(run_root, "deploy")
     return outcome
 
 
@@ -218,6 +220,34 @@ def standalone() -> None:
     os.execvpe("airflow", ["airflow", "standalone"], env)
 
 
+def _report(dag_id: str, outcome: dict[str, Any]) -> bool:
+    """Print a run's summary, deploy result and failures; whether it succeeded."""
+    print()
+    if outcome["summary"]:
+        from orchestration.retrain import format_summary
+
+        print(format_summary(outcome["summary"]))
+    if outcome["deploy"]:
+        print(f"deploy {outcome['deploy']['outcome']}: {outcome['deploy']['reason']}")
+    failed = [task for task, info in outcome["tasks"].items() if info["state"] == "failed"]
+    print(f"\n{dag_id} run {outcome['run_id']}: {outcome['state']} in {outcome['seconds']:.0f} s")
+    if failed:
+        print(f"failed tasks: {', '.join(failed)}; details in {outcome['log_file']}")
+        for message in outcome["step_failures"]:
+            print(message)
+    return outcome["state"] == "success"
+
+
+def local_server(settings: Settings) -> Any:
+    """The local model server that ``ml_deploy`` runs for these settings' state folder."""
+    from mlsteps.deploy.local import LocalTarget
+
+    serving = settings.pipeline.serving.local
+    return LocalTarget(
+        settings.pipeline.registry.model_name, settings.serving_state_dir, port=serving.port, host=serving.host
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``run`` a DAG on the embedded default and print its summary, or start the Airflow services."""
     parser = argparse.ArgumentParser(prog="python -m orchestration.embedded", description=__doc__.split("\n")[1])
@@ -227,7 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--conf", default="{}", help="run params as JSON, e.g. '{\"epochs\": 5}'")
     run_cmd.add_argument("--rows", type=int, default=20000, help="rows of the built-in dataset if it is generated")
     run_cmd.add_argument("--seed", type=int, default=7, help="seed of the built-in dataset if it is generated")
+    run_cmd.add_argument(
+        "--deploy",
+        action="store_true",
+        help="when ml_retrain promotes, run ml_deploy next, as the scheduler does on the model_promoted asset",
+    )
     sub.add_parser("standalone", help="start the Airflow services (UI on http://localhost:8080) on the same state")
+    sub.add_parser("stop-server", help="stop the local model server that ml_deploy started")
     child = sub.add_parser("_dag-test", help=argparse.SUPPRESS)
     child.add_argument("dag_id")
     child.add_argument("conf")
@@ -236,22 +272,21 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "standalone":
         standalone()
+    if args.command == "stop-server":
+        local_server(get_settings()).stop()
+        return 0
     if args.command == "_dag-test":
         _dag_test(args.dag_id, json.loads(args.conf), args.outcome_file)
         return 0
     outcome = run(args.dag, json.loads(args.conf), args.rows, args.seed)
-    print()
-    if outcome["summary"]:
-        from orchestration.retrain import format_summary
-
-        print(format_summary(outcome["summary"]))
-    failed = [task for task, info in outcome["tasks"].items() if info["state"] == "failed"]
-    print(f"\n{args.dag} run {outcome['run_id']}: {outcome['state']} in {outcome['seconds']:.0f} s")
-    if failed:
-        print(f"failed tasks: {', '.join(failed)}; details in {outcome['log_file']}")
-        for message in outcome["step_failures"]:
-            print(message)
-    return 0 if outcome["state"] == "success" else 1
+    succeeded = _report(args.dag, outcome)
+    promoted = outcome["tasks"].get("promote", {}).get("state") == "success"
+    if args.deploy and args.dag == "ml_retrain" and promoted:
+        # dag.test() does not follow Assets: run what the scheduler would start on model_promoted
+        succeeded = _report("ml_deploy", run("ml_deploy", {}, args.rows, args.seed)) and succeeded
+        server = local_server(get_settings())
+        print(f"\nthe champion serves at {server.endpoint()} (curl examples in the README); stop it: make stop-server")
+    return 0 if succeeded else 1
 
 
 if __name__ == "__main__":

@@ -7,11 +7,14 @@ server), so that what starts retraining is the scheduler reacting to the ``drift
 3. two hours of customers whose features moved (covariate drift) are scored; the monitor sees drift in the first
    window (one is not enough: hysteresis) and again in the second: it emits ``drift_alert``;
 4. the scheduler starts ``ml_retrain`` from the asset event; it trains on the latest export, which now holds the
-   new customers, records the drift report on the MLflow run and the model version, and promotes the new champion.
+   new customers, records the drift report on the MLflow run and the model version, and promotes the new champion;
+5. the promotion (the ``model_promoted`` asset) starts ``ml_deploy``, which reloads the local model server with the
+   new champion after its smoke test: the server the first champion's deploy started now serves the retrained model.
 
 Hours are compressed into minutes: the streams are logged into past hours and each check is triggered with the
 window it reads, and the loop's config sets ``monitoring.cooldown_hours`` to 0. Everything lives in its own state
-folder (``.local/loop``), wiped at the start. ``python -m orchestration.loop``; ``make loop``.
+folder (``.local/loop``), wiped at the start, and its model server on a free port is stopped at the end.
+``python -m orchestration.loop``; ``make loop``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from orchestration.embedded import prepare_airflow
+from orchestration.embedded import local_server, prepare_airflow
 from orchestration.settings import PROJECT_ROOT, Settings, load_settings
 
 CONFIG = PROJECT_ROOT / "include" / "config" / "pipeline.yaml"
@@ -51,6 +54,7 @@ def _loop_config(state_dir: Path, epochs: int, min_rows: int) -> Path:
     raw["dataset"] = str(CONFIG.parent / raw["dataset"])
     raw["training"]["epochs"] = epochs
     raw["monitoring"] |= {"min_rows": min_rows, "cooldown_hours": 0}
+    raw["serving"]["local"]["port"] = _free_port()
     path = state_dir / "pipeline.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -232,6 +236,10 @@ def run_loop(state_dir: Path, rows: int, epochs: int, stream_rows: int) -> dict[
         retrain = _wait_for_run("ml_retrain", run_type="asset_triggered", after=champion_run.id)
         outcome["retrain_run"] = {"run_id": retrain.run_id, "state": str(retrain.state), "type": str(retrain.run_type)}
         print(f"ml_retrain {retrain.run_id} ({retrain.run_type}): {retrain.state}", flush=True)
+        try:
+            outcome["redeploy"] = _follow_redeploy(settings, after=retrain.id)
+        finally:
+            local_server(settings).stop()
 
     from mlsteps import storage
 
@@ -239,6 +247,17 @@ def run_loop(state_dir: Path, rows: int, epochs: int, stream_rows: int) -> dict[
     outcome["retrain_summary"] = storage.read_json(summary_uri) if storage.exists(summary_uri) else None
     outcome["model_version_tags"] = _version_tags(settings)
     return outcome
+
+
+def _follow_redeploy(settings: Settings, after: int) -> dict[str, Any]:
+    """The ``ml_deploy`` run that the retrained champion's promotion started, and the version the server serves."""
+    deploy = _wait_for_run("ml_deploy", run_type="asset_triggered", after=after)
+    from mlsteps import results
+
+    result = results.optional_result(settings.run_root("ml_deploy", deploy.run_id), "deploy")
+    served = local_server(settings).current_version()
+    print(f"ml_deploy {deploy.run_id}: {deploy.state}; the local model server answers with v{served}", flush=True)
+    return {"run_id": deploy.run_id, "state": str(deploy.state), "result": result, "served_version": served}
 
 
 def _version_tags(settings: Settings) -> dict[str, dict[str, str]]:
@@ -272,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     for version, tags in sorted(outcome["model_version_tags"].items(), key=lambda item: int(item[0])):
         why = tags.get("trigger", "?") + (f" ({tags['drift_report']})" if tags.get("drift_report") else "")
         print(f"  v{version} aliases [{tags['aliases']}] trained because: {why}")
-    return 0 if outcome["retrain_run"]["state"] == "success" else 1
+    redeploy = outcome["redeploy"]
+    print(
+        f"ml_deploy after retraining: {redeploy['state']}, the model server answered with v{redeploy['served_version']}"
+    )
+    return 0 if outcome["retrain_run"]["state"] == "success" and redeploy["state"] == "success" else 1
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from mlsteps.errors import ConfigError
 from mlsteps.storage import S3_ENDPOINT_ENV_VAR
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-STEPS = ("snapshot", "validate", "preprocess", "train", "evaluate", "register", "promote", "drift")
+STEPS = ("snapshot", "validate", "preprocess", "train", "evaluate", "register", "promote", "drift", "deploy")
 GPU_POOL = "gpu"  # the Airflow pool (airflow_settings.yaml) that caps concurrent GPU steps
 
 
@@ -259,6 +259,11 @@ class Settings(BaseModel):
     def prediction_store(self) -> str:
         """Where scoring and serving log predictions, partitioned by model and hour."""
         return results.prediction_store(self.artifact_root)
+
+    @property
+    def serving_state_dir(self) -> Path:
+        """Runtime ``local``: where the deploy step keeps the local model server's pid, port and log."""
+        return self.state_dir / "serving"
 
     @property
     def monitor_state_uri(self) -> str:

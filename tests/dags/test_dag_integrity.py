@@ -56,14 +56,38 @@ def test_params_have_descriptions_and_defaults_that_validate(dagbag: DagBag) -> 
         ParamsDict(dag.params).validate()  # defaults pass their own schema
 
 
-def test_params_reject_bad_values(dagbag: DagBag) -> None:
+BAD_PARAMS = {
+    "ml_retrain": [("epochs", 0), ("learning_rate", 0), ("min_roc_auc", 1.5), ("dataset_uri", "data.txt")],
+    "ml_deploy": [
+        ("model", "latest"),
+        ("model", "0"),
+        ("model", "v2"),
+        ("strategy", "blue-green"),
+        ("canary_share", 0),
+        ("canary_share", 1.5),
+        ("require_approval", "yes"),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "name", "bad"), [(dag_id, *case) for dag_id, cases in BAD_PARAMS.items() for case in cases]
+)
+def test_params_reject_bad_values(dagbag: DagBag, dag_id: str, name: str, bad: object) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
-    dag = dagbag.dags["ml_retrain"]
-    for name, bad in {"epochs": 0, "learning_rate": 0, "min_roc_auc": 1.5, "dataset_uri": "data.txt"}.items():
-        params = ParamsDict(dag.params)
-        with pytest.raises(ParamValidationError, match=name):
-            params[name] = bad
+    params = ParamsDict(dagbag.dags[dag_id].params)
+    with pytest.raises(ParamValidationError, match=name):
+        params[name] = bad
+
+
+def test_ml_deploy_params_accept_the_alias_and_version_numbers(dagbag: DagBag) -> None:
+    params = ParamsDict(dagbag.dags["ml_deploy"].params)
+    for model in ("champion", "1", "42"):
+        params["model"] = model
+    params["strategy"] = "canary"
+    params["canary_share"] = 1
+    assert params.validate() == {"model": "42", "strategy": "canary", "canary_share": 1, "require_approval": False}
 
 
 def test_ml_retrain_structure(dagbag: DagBag) -> None:
@@ -100,3 +124,38 @@ def test_ml_drift_monitor_structure(dagbag: DagBag) -> None:
     }
     assert [a.name for a in dag.task_dict["alert"].outlets] == ["drift_alert"]
     assert dag.timetable.expression == "0 * * * *"
+
+
+def test_ml_deploy_structure(dagbag: DagBag) -> None:
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    dag = dagbag.dags["ml_deploy"]
+    assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == {
+        "approval_gate": {"approval", "deploy"},
+        "approval": {"deploy"},
+        "deploy": set(),
+    }
+    # deploy follows the gate directly (approval skipped) or after an approval; a rejection skips it
+    assert dag.task_dict["deploy"].trigger_rule == "none_failed_min_one_success"
+    assert isinstance(dag.task_dict["approval"], ApprovalOperator)
+    assert dag.task_dict["approval"].response_timeout is not None, "an unanswered approval must not wait forever"
+    assert dag.max_active_runs == 1, "two rollouts at once would race for the same server"
+
+
+@pytest.mark.parametrize(("require_approval", "followed"), [(True, "approval"), (False, "deploy")])
+def test_ml_deploy_asks_for_approval_only_when_the_run_requires_it(
+    dagbag: DagBag, require_approval: bool, followed: str
+) -> None:
+    gate = dagbag.dags["ml_deploy"].task_dict["approval_gate"]
+    assert gate.python_callable(params={"require_approval": require_approval}) == followed
+
+
+def test_ml_deploy_runs_when_a_model_is_promoted_and_deploys_to_the_local_server(dagbag: DagBag) -> None:
+    dag = dagbag.dags["ml_deploy"]
+    assert [asset.name for asset in dag.timetable.asset_condition.objects] == ["model_promoted"]
+    deploy = dag.task_dict["deploy"]
+    assert deploy.cmds == ["python", "-m", "mlsteps", "deploy"]
+    args = deploy.arguments
+    assert args[args.index("--target") + 1] == "local", "the tests run the local runtime"
+    assert args[args.index("--state-dir") + 1].endswith("/serving")
+    assert args[args.index("--model") + 1] == "{{ params.model }}"

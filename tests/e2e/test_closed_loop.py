@@ -1,6 +1,7 @@
 """The closed loop through the real Airflow services (`make loop`): a champion from the scheduled run, a steady
 stream that triggers nothing, a drifted stream that the monitor alerts on after two windows, and the scheduler
-starting ml_retrain from the asset event, which records the drift report on the new model version."""
+starting ml_retrain from the asset event, which records the drift report on the new model version; its promotion
+starts ml_deploy, which switches the local model server to the retrained champion."""
 
 from __future__ import annotations
 
@@ -67,3 +68,11 @@ def test_the_new_model_version_says_why_it_was_trained_and_serves(outcome: dict[
     summary = outcome["retrain_summary"]
     assert summary["gate"]["passed"] is True, summary["gate"]["reasons"]
     assert "champion" in retrained["aliases"].split(","), "the retrained model on the new data is the champion"
+
+
+def test_the_promotion_redeploys_the_retrained_champion_by_itself(outcome: dict[str, Any]) -> None:
+    redeploy = outcome["redeploy"]
+    assert redeploy["state"] == "success", outcome["stdout"][-3000:]
+    assert redeploy["result"]["outcome"] == "deployed"
+    assert (redeploy["result"]["previous_version"], redeploy["result"]["version"]) == (1, 2)
+    assert redeploy["served_version"] == 2

@@ -5,7 +5,8 @@ pods do.
 and the pods run with ``readOnlyRootFilesystem``. So ``ReadOnlyContainer`` mounts the image (``buildah mount``) and
 runs each command in its own mount, PID and network namespaces (``unshare``): the image's root remounted read-only, a
 host folder on /tmp (the pods' emptyDir), /proc and /dev, then ``chroot`` as UID/GID 10001 with the image's
-environment and working directory. No network: a step that reaches out at run time fails here.
+environment and working directory. No network but the namespace's own loopback (where the model server and its
+clients meet): a step that reaches out at run time fails here.
 """
 
 from __future__ import annotations
@@ -26,11 +27,21 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "docker" / "build.py"
 RUN_AS = "10001:10001"  # tests/k8s/policy.py RUN_AS_ID, the user and group every pod runs as
+# The host tools the image tests run, and the Debian package of each.
+TOOL_PACKAGES = {
+    "buildah": "buildah",
+    "debootstrap": "debootstrap",
+    "ip": "iproute2",
+    "unshare": "util-linux",
+    "chroot": "coreutils",
+}
 
 # Namespaced, so nothing leaks to the host: the root read-only, the emptyDir stand-in on /tmp, then the image's user.
+# A new network namespace starts with its loopback down; up, it reaches nothing outside the namespace.
 _READ_ONLY_ROOT = """set -eu
 root=$1 tmp=$2 user=$3
 shift 3
+ip link set lo up
 mount --bind "$root" "$root"
 mount -o remount,bind,ro "$root"
 mount --bind "$tmp" "$root/tmp"
@@ -51,17 +62,18 @@ def load_build_script() -> ModuleType:
 
 def missing_tools() -> list[str]:
     """The system tools the image tests need that are not installed."""
-    return [tool for tool in ("buildah", "debootstrap", "unshare", "chroot") if not shutil.which(tool)]
+    return [tool for tool in TOOL_PACKAGES if not shutil.which(tool)]
 
 
 def install_tools() -> str | None:
-    """Install buildah and debootstrap with apt-get where they are missing; returns why not when that cannot be."""
+    """Install the missing tools' packages with apt-get; returns why not when that cannot be."""
     if not missing_tools():
         return None
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         return f"{', '.join(missing_tools())} missing and not root on a Debian-like system to apt-get them"
     environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "buildah", "debootstrap"]):
+    packages = sorted({TOOL_PACKAGES[tool] for tool in missing_tools()})
+    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *packages]):
         subprocess.run(command, check=True, capture_output=True, env=environment)
     return f"{', '.join(missing_tools())} still missing after apt-get" if missing_tools() else None
 

@@ -1,11 +1,14 @@
 """The images built for real (buildah on a local Debian base) and run as their pods run them: read-only root, /tmp
-writable, UID/GID 10001, no network. The steps image runs the data steps, the train image trains one batch, the
-steps image then evaluates and registers the model that the train image logged, and the serving image imports its
-stack. Its health check has no server to call yet (python -m mlsteps.serve comes later)."""
+writable, UID/GID 10001, no network but loopback. The steps image runs the data steps, the train image trains one
+batch, the steps image then evaluates and registers the model that the train image logged, and the serving image
+serves a real bundle: its own health check passes and both protocols answer with the bundle's expected
+probabilities."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,9 +35,10 @@ pytestmark = pytest.mark.images
 
 MLFLOW = {"MLFLOW_TRACKING_URI": "sqlite:////tmp/mlflow.db"}  # in the shared /tmp, so both images see one registry
 RUN_ROOT = "/tmp/runs/smoke"
-# constraints.txt is `pip freeze`, which leaves these out: torch needs setuptools, so pip takes the newest. Checked
-# like any other package once constraints.txt pins it (`pip freeze --all`).
+# Packaging tools: checked like any other package where constraints.txt pins them (`make constraints` runs
+# `pip freeze --all`, which keeps setuptools, the one of them torch needs).
 PIP_FREEZE_LEAVES_OUT = {"pip", "setuptools", "wheel"}
+SERVE_SMOKE = Path(__file__).with_name("serve_smoke.py")  # runs inside the serving image
 SERVING_STACK = "onnxruntime, fastapi, uvicorn, uvloop, httptools, pandas, pyarrow, boto3, mlflow, yaml, pydantic"
 
 
@@ -218,10 +222,38 @@ def test_serving_image_imports_its_stack_without_the_training_one(containers: di
 
 def test_serving_health_check_fails_while_no_server_listens(containers: dict[str, ReadOnlyContainer]) -> None:
     serve = containers["serve"]
-    # The one open item: python -m mlsteps.serve does not exist yet, so nothing answers the check.
+    # A real check, not one that always passes: without a server in the container it fails.
     check = serve.config["Healthcheck"]["Test"][1:]
     failed = serve.run(check)
     assert failed.returncode == 1 and "URLError" in failed.stderr
+
+
+def test_serving_image_serves_a_bundle_read_only_and_passes_its_own_health_check(
+    containers: dict[str, ReadOnlyContainer], serving_bundle_dir: Path
+) -> None:
+    serve = containers["serve"]
+    shutil.copytree(serving_bundle_dir, serve.tmp / "bundle")
+    shutil.copy(SERVE_SMOKE, serve.tmp / SERVE_SMOKE.name)
+    health_check = json.dumps(serve.config["Healthcheck"]["Test"][1:])
+    outcome = json.loads(serve.check(["python", f"/tmp/{SERVE_SMOKE.name}", "/tmp/bundle", health_check]))
+    log = outcome["server_log"]
+    assert "failure" not in outcome, f"{outcome['failure']}\n{log}"
+    assert outcome["health_check"] == {"returncode": 0, "stderr": ""}, log
+
+    smoke = json.loads((serving_bundle_dir / "smoke.json").read_text())
+    threshold = json.loads((serving_bundle_dir / "manifest.json").read_text())["decision_threshold"]
+    expected_probability = pytest.approx(smoke["probability"], abs=1e-4)
+    expected_prediction = [int(probability >= threshold) for probability in smoke["probability"]]
+    v2, invocations = outcome["v2"], outcome["invocations"]
+    assert (v2["status"], v2["model_version"]) == (200, "1"), f"{v2}\n{log}"
+    outputs = {output["name"]: output for output in v2["body"]["outputs"]}
+    assert outputs["probability"]["datatype"] == "FP64" and outputs["prediction"]["datatype"] == "INT64"
+    assert outputs["probability"]["data"] == expected_probability
+    assert outputs["prediction"]["data"] == expected_prediction
+    assert (invocations["status"], invocations["model_version"]) == (200, "1"), f"{invocations}\n{log}"
+    predictions = invocations["body"]["predictions"]
+    assert [row["probability"] for row in predictions] == expected_probability
+    assert [row["prediction"] for row in predictions] == expected_prediction
 
 
 def test_a_second_build_reuses_every_layer(built: BuiltImages, build_script: Any, base_image: str) -> None:

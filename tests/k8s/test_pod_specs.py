@@ -54,7 +54,7 @@ def _mounts(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_every_pod_task_of_every_dag_is_rendered(pods: dict[str, dict[str, Any]]) -> None:
     retrain = ("snapshot", "validate", "preprocess", "train", "evaluate", "register", "promote")
-    assert set(pods) == {*(f"ml_retrain.{step}" for step in retrain), "ml_drift_monitor.drift"}
+    assert set(pods) == {*(f"ml_retrain.{step}" for step in retrain), "ml_drift_monitor.drift", "ml_deploy.deploy"}
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -80,11 +80,17 @@ def test_each_step_gets_its_configured_resources_image_and_identity(
         assert container["image"] == _env(pod)["STEP_IMAGE"] == kube.images[step.image], name
         assert container["imagePullPolicy"] == kube.image_pull_policy
         assert pod["spec"]["serviceAccountName"] == step.service_account, name
-        assert pod["spec"]["automountServiceAccountToken"] is False, f"{name} does not use the Kubernetes API"
+        # Only the deploy step talks to the Kubernetes API (it rolls the model server out).
+        assert pod["spec"]["automountServiceAccountToken"] is step.needs_kubernetes_api, name
         assert pod["metadata"]["namespace"] == kube.namespace
         cpu_limit = parse_quantity(step.resources.limits.cpu)
         assert _env(pod)["OMP_NUM_THREADS"] == str(max(1, int(cpu_limit // max(step.gpus, 1)))), name
     assert _container(pods["ml_retrain.train"])["image"] != _container(pods["ml_retrain.validate"])["image"]
+    assert [name for name, pod in pods.items() if pod["spec"]["automountServiceAccountToken"]] == ["ml_deploy.deploy"]
+    assert pods["ml_deploy.deploy"]["spec"]["serviceAccountName"] == "ml-deploy"
+    deploy_args = _container(pods["ml_deploy.deploy"])["args"]
+    assert deploy_args[deploy_args.index("--target") + 1] == "kubernetes" and "--state-dir" not in deploy_args
+    assert deploy_args[deploy_args.index("--model") + 1] == "champion", "the param's default, rendered"
 
 
 def test_every_container_runs_locked_down(pods: dict[str, dict[str, Any]]) -> None:

@@ -33,7 +33,7 @@ def test_the_cli_loads_no_heavy_library_before_a_step_needs_it() -> None:
 
 def test_every_step_has_help_with_examples() -> None:
     steps = ("make-dataset", "snapshot", "validate", "preprocess", "train", "evaluate", "register", "promote")
-    for step in (*steps, "score", "drift"):
+    for step in (*steps, "score", "drift", "deploy"):
         done = subprocess.run(
             [sys.executable, "-m", "mlsteps", step, "--help"], capture_output=True, text=True, check=True
         )

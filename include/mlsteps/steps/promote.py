@@ -73,7 +73,9 @@ def main(
     Reads the evaluate and register results. Refuses when the gate failed
     (unless --force) or when ``champion`` moved since evaluation. Tags the
     version with promoted_at, promoted_by ($AIRFLOW_CTX_DAG_RUN_ID or "cli"),
-    previous_champion and forced. A retry after a promotion changes nothing.
+    previous_champion and forced, and records the move in the alias history
+    with the gate summary as its reason. A retry after a promotion changes
+    nothing.
 
     Args:
         run_root: folder of this run's artifacts.
@@ -114,15 +116,24 @@ def main(
                 f"{'; '.join(decision.reasons)}. Improve the model, or re-run promote with --force to override"
             )
         previous, forced = current, decision.forced
+        actor = os.environ.get(DAG_RUN_ENV_VAR) or "cli"
         promotion = {
             "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "promoted_by": os.environ.get(DAG_RUN_ENV_VAR) or "cli",
+            "promoted_by": actor,
             "previous_champion": previous,
             "forced": forced,
         }
         # Tags before the alias: a crash in between leaves the alias unmoved, so the retry promotes again.
         registry.set_version_tags(client, model_name, version, promotion)
-        client.set_registered_model_alias(model_name, registry.CHAMPION, str(version))
+        verdict = "forced" if forced else "gate passed"
+        registry.move_alias(
+            client,
+            model_name,
+            registry.CHAMPION,
+            version,
+            actor=actor,
+            reason=f"promote ({verdict}): {'; '.join(decision.reasons)}",
+        )
         suffix = " (forced)" if forced else ""
         print(
             f"{STEP}: {registry.CHAMPION} of {model_name}: {_version_label(previous)} -> v{version}{suffix}", flush=True

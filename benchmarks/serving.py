@@ -1,0 +1,719 @@
+"""Benchmark of the model server: ``python -m mlsteps.serve`` against ``mlflow models serve``, same model, same load.
+
+In one run, on loopback:
+
+1. **the model**: the real steps (make-dataset, snapshot, validate, preprocess, train, evaluate, register) on a small
+   generated dataset, in a temporary state folder with MLflow on SQLite; register leaves the version's serving bundle,
+   which ours serves with ``--bundle`` and MLflow serves as ``models:/<name>/<version>`` (``--env-manager local``);
+2. **the load**: a closed loop of C keep-alive connections (raw asyncio streams, uvloop), each sending its next request
+   as soon as the answer came; a warm-up, then a fixed duration per configuration. Every answer is checked (status 200
+   and one prediction per row sent); failures are counted by reason and printed. The request bodies are pre-encoded
+   from rows of the dataset without nulls (the Open Inference Protocol has no null);
+3. **the configurations**: batch 1 and 64 rows, 1 and 2 workers; ours on its natural endpoint
+   (``/v2/models/<name>/infer``) and on MLflow's (``/invocations``, dataframe_split), MLflow on ``/invocations``.
+   One server runs at a time;
+4. **the generator's ceiling**: the same generator against a canned-answer server that does no work, so a reader sees
+   when the generator, not the server, limits (generator and servers share the machine's cores).
+
+It prints requests/s and p50/p99 latency of each configuration, our ratios to MLflow against the target (at least 5x
+MLflow's throughput at batch 1 with a lower p99), that both servers give the same probabilities, and the serving
+image's size when ``build/images/serve.json`` exists (``make images``). Everything, with the machine, the commit and
+the config, goes to ``benchmarks/results/serving-<time>.json``.
+
+Usage: ``python benchmarks/serving.py [--duration 10] [--warmup 3] [--concurrency 8] [--rows 5000] [--epochs 3]``
+(``BENCH_SERVING_DURATION``, ``BENCH_SERVING_WARMUP`` and ``BENCH_SERVING_CONCURRENCY`` set the defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from record import write_report
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+IMAGE_REPORT = PROJECT_ROOT / "build" / "images" / "serve.json"
+HOST = "127.0.0.1"
+BATCHES = (1, 64)
+WORKERS = (1, 2)
+BODIES_PER_BATCH = 16  # distinct pre-encoded requests per batch size, sent in turn
+TARGET_RATIO = 5.0
+START_TIMEOUT_SECONDS = 180
+WORKER_STARTED = "Application startup complete"  # what each uvicorn worker logs once it accepts connections
+V2_DATATYPES = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32", "boolean": "BOOL"}
+PYTHON_TYPES: dict[str, Callable[[Any], Any]] = {
+    "double": float,
+    "float": float,
+    "long": int,
+    "integer": int,
+    "boolean": bool,
+    "string": str,
+}
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)")
+
+
+# ---------------------------------------------------------------------------------------------------- the load
+class ProtocolError(Exception):
+    """An answer that is not well-formed HTTP/1.1."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One endpoint under load: where, the pre-encoded bodies sent in turn, and how to count an answer's rows."""
+
+    port: int
+    path: str
+    bodies: list[bytes]
+    rows: int
+    rows_in: Callable[[bytes], int]
+    host: str = HOST
+
+    def requests(self) -> list[bytes]:
+        """Each body as a whole keep-alive POST, encoded once so that the generator only writes bytes."""
+        head = f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+        return [f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body for body in self.bodies]
+
+
+@dataclass
+class LoadResult:
+    """What the generator saw after the warm-up: good answers' latencies, failures by reason, the measured time."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    error_samples: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def fail(self, reason: str, sample: str = "") -> None:
+        """Count a failed request; the first answer of each reason is kept to print."""
+        self.errors[reason] += 1
+        self.error_samples.setdefault(reason, sample[:300])
+
+    @property
+    def requests(self) -> int:
+        """Requests answered correctly."""
+        return len(self.latencies)
+
+    def summary(self) -> dict[str, Any]:
+        """Requests/s (good answers only), p50/p99 latency in ms, and the failures."""
+        p50, p99 = np.percentile(self.latencies, [50, 99]) * 1000 if self.latencies else (float("nan"),) * 2
+        return {
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
+            "requests_per_second": round(self.requests / self.seconds, 1) if self.seconds else 0.0,
+            "p50_ms": round(float(p50), 2),
+            "p99_ms": round(float(p99), 2),
+            "errors": sum(self.errors.values()),
+            "errors_by_reason": dict(self.errors),
+            "error_samples": self.error_samples,
+        }
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    chunks = []
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+        chunks.append(await reader.readexactly(size + 2))
+    await reader.readuntil(b"\r\n")  # no trailers expected: the empty line after the last chunk
+    return b"".join(chunk[:-2] for chunk in chunks)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """One HTTP/1.1 answer: status, body, and whether the connection stays open."""
+    head = (await reader.readuntil(b"\r\n\r\n")).lower()
+    if not head.startswith(b"http/1.1 "):
+        raise ProtocolError(f"not an HTTP/1.1 status line: {head[:40]!r}")
+    if match := _CONTENT_LENGTH.search(head):
+        body = await reader.readexactly(int(match[1]))
+    elif b"\r\ntransfer-encoding: chunked" in head:
+        body = await _read_chunked(reader)
+    else:
+        raise ProtocolError("answer has neither Content-Length nor chunked encoding")
+    return int(head[9:12]), body, b"\r\nconnection: close" not in head
+
+
+def check_answer(target: Target, status: int, body: bytes) -> str | None:
+    """Why an answer is wrong (None when it is right): not 200, unreadable, or not one prediction per row."""
+    if status != 200:
+        return f"HTTP {status}"
+    try:
+        rows = target.rows_in(body)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        return f"unreadable answer ({type(exc).__name__})"
+    return None if rows == target.rows else f"{rows} predictions for {target.rows} rows"
+
+
+async def _connection(target: Target, first: int, measure_from: float, stop_at: float, result: LoadResult) -> float:
+    """One keep-alive connection in a closed loop until ``stop_at``; returns when its last answer came."""
+    requests = target.requests()
+    sent_count = first
+    writer: asyncio.StreamWriter | None = None
+    last = measure_from
+    while (sent := time.perf_counter()) < stop_at:
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(target.host, target.port)
+            writer.write(requests[sent_count % len(requests)])
+            sent_count += 1
+            status, body, keep_alive = await read_response(reader)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProtocolError, ValueError) as exc:
+            if sent >= measure_from:
+                result.fail(type(exc).__name__, str(exc))
+            if writer is not None:
+                writer.close()
+                writer = None
+            await asyncio.sleep(0.05)  # a server that refuses connections must not turn this into a busy loop
+            continue
+        last = time.perf_counter()
+        if sent >= measure_from:
+            problem = check_answer(target, status, body)
+            if problem:
+                result.fail(problem, body.decode(errors="replace"))
+            else:
+                result.latencies.append(last - sent)
+        if not keep_alive:
+            writer.close()
+            writer = None
+    if writer is not None:
+        writer.close()
+    return last
+
+
+async def generate_load(target: Target, concurrency: int, duration: float, warmup: float) -> LoadResult:
+    """Closed-loop load: ``concurrency`` connections, each waiting for its answer before it sends again.
+
+    Requests sent during the warm-up are not counted; requests sent before the end are awaited and counted, so the
+    measured time runs from the end of the warm-up to the last answer.
+    """
+    result = LoadResult()
+    measure_from = time.perf_counter() + warmup
+    stop_at = measure_from + duration
+    ends = await asyncio.gather(
+        *(_connection(target, index, measure_from, stop_at, result) for index in range(concurrency))
+    )
+    result.seconds = max(ends) - measure_from
+    return result
+
+
+def run_load(target: Target, concurrency: int, duration: float, warmup: float) -> LoadResult:
+    """``generate_load`` on its own event loop (uvloop when installed: it is the cheaper generator)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(generate_load(target, concurrency, duration, warmup))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(generate_load(target, concurrency, duration, warmup))
+
+
+# ---------------------------------------------------------------------------------------------------- canned server
+class CannedServer(asyncio.Protocol):
+    """A keep-alive HTTP/1.1 server that does no work: ``answer()`` gives (status, body) for each request in turn."""
+
+    def __init__(self, answer: Callable[[], tuple[int, bytes]]) -> None:
+        self.answer = answer
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            match = _CONTENT_LENGTH.search(self.buffer[: end + 2].lower())
+            size = end + 4 + (int(match[1]) if match else 0)
+            if len(self.buffer) < size:
+                return
+            self.buffer = self.buffer[size:]
+            status, body = self.answer()
+            head = f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+            self.transport.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def v2_answer(rows: int) -> bytes:
+    """An Open Inference Protocol answer of ``rows`` predictions, shaped as ours gives it."""
+    outputs = [
+        {"name": "probability", "datatype": "FP64", "shape": [rows], "data": [0.25] * rows},
+        {"name": "prediction", "datatype": "INT64", "shape": [rows], "data": [0] * rows},
+    ]
+    return json.dumps({"model_name": "canned", "model_version": "1", "outputs": outputs}).encode()
+
+
+def serve_canned(port: int, rows: int) -> None:
+    """Answer every request on ``port`` with a fixed V2 answer of ``rows`` predictions, until killed."""
+
+    async def forever() -> None:
+        body = v2_answer(rows)
+        server = await asyncio.get_running_loop().create_server(
+            lambda: CannedServer(lambda: (200, body)), HOST, port, reuse_address=True
+        )
+        await server.serve_forever()
+
+    asyncio.run(forever())
+
+
+# ---------------------------------------------------------------------------------------------------- bodies
+def v2_rows(body: bytes) -> int:
+    """Predictions in an Open Inference Protocol answer (the probability output's length)."""
+    outputs = {output["name"]: output for output in json.loads(body)["outputs"]}
+    return len(outputs["probability"]["data"])
+
+
+def invocation_rows(body: bytes) -> int:
+    """Predictions in an MLflow scoring answer."""
+    return len(json.loads(body)["predictions"])
+
+
+def v2_body(columns: list[dict[str, str]], rows: list[list[Any]]) -> bytes:
+    """An Open Inference Protocol request: one input tensor of shape [rows] per column."""
+    inputs = [
+        {
+            "name": column["name"],
+            "shape": [len(rows)],
+            "datatype": V2_DATATYPES.get(column["type"], "BYTES"),
+            "data": [row[index] for row in rows],
+        }
+        for index, column in enumerate(columns)
+    ]
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def invocations_body(columns: list[dict[str, str]], rows: list[list[Any]]) -> bytes:
+    """An MLflow scoring request in the dataframe_split format."""
+    return json.dumps({"dataframe_split": {"columns": [column["name"] for column in columns], "data": rows}}).encode()
+
+
+def sample_rows(dataset: Path, columns: list[dict[str, str]], count: int, seed: int = 0) -> list[list[Any]]:
+    """``count`` rows of the request columns from the dataset, without nulls, as JSON values of the column types."""
+    import pandas as pd
+
+    names = [column["name"] for column in columns]
+    frame = pd.read_csv(dataset, usecols=names)[names].dropna()
+    picked = frame.sample(count, replace=len(frame) < count, random_state=seed)
+    converters = [PYTHON_TYPES[column["type"]] for column in columns]
+    return [[convert(value) for convert, value in zip(converters, row, strict=True)] for row in picked.to_numpy()]
+
+
+# ---------------------------------------------------------------------------------------------------- processes
+def free_port() -> int:
+    """A port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def cpu_plan(pin: str) -> tuple[set[int], set[int]] | None:
+    """(generator CPUs, server CPUs), or None when not pinning.
+
+    ``auto`` pins only where the generator and the largest server each get CPUs of their own: pinning two workers to
+    one core would measure the core, not the workers.
+    """
+    available = sorted(os.sched_getaffinity(0))
+    if pin == "off" or (pin == "auto" and len(available) < 1 + max(WORKERS)) or len(available) < 2:
+        return None
+    return {available[0]}, set(available[1:])
+
+
+@contextmanager
+def server_process(
+    argv: list[str], ready_path: str, port: int, log: Path, cpus: set[int] | None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server in its own session (stopped as a group afterwards), once ``ready_path`` answers 200."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            argv,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"`{' '.join(argv)}` exited {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{port}{ready_path}", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except (OSError, urllib.error.URLError):
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"`{' '.join(argv)}` not ready after {START_TIMEOUT_SECONDS} s:\n{log.read_text()}")
+            time.sleep(0.25)
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def wait_for_workers(log: Path, workers: int, timeout: float = 10.0) -> None:
+    """Wait until the log shows every uvicorn worker started (one worker is ready when the server is).
+
+    A worker still loading the model accepts no connection, so the keep-alive connections would all land on the
+    workers that are ready and stay there for the whole measurement. A server whose workers do not log their start
+    gets ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while (started := log.read_text(errors="replace").count(WORKER_STARTED)) < workers:
+        if time.monotonic() > deadline:
+            print(f"  note: {started} of {workers} workers logged their start; measuring after {timeout:g} s")
+            return
+        time.sleep(0.25)
+
+
+def post(port: int, path: str, body: bytes) -> dict[str, Any]:
+    """One request outside the load, its JSON answer."""
+    request = urllib.request.Request(
+        f"http://{HOST}:{port}{path}", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+def build_model(state: Path, rows: int, epochs: int) -> tuple[Path, dict[str, Any]]:
+    """Run the steps up to register on a generated dataset; the dataset file and register's result."""
+    dataset = state / "data" / "churn.csv"
+    run_root = str(state / "runs" / "bench-serving")
+    steps = [
+        ("make-dataset", ["--output-uri", str(dataset), "--rows", str(rows), "--seed", "7"]),
+        ("snapshot", ["--input-uri", str(dataset), "--snapshot-store", str(state / "snapshots")]),
+        ("validate", []),
+        ("preprocess", []),
+        ("train", ["--epochs", str(epochs)]),
+        ("evaluate", []),
+        ("register", []),
+    ]
+    for step, args in steps:
+        started = time.perf_counter()
+        root = [] if step == "make-dataset" else ["--run-root", run_root]
+        done = subprocess.run(
+            [sys.executable, "-m", "mlsteps", step, *root, *args],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"{step} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        print(f"  {step}: {time.perf_counter() - started:.1f} s", flush=True)
+    from mlsteps.results import read_result
+
+    return dataset, read_result(run_root, "register")
+
+
+def fetch_serving_bundle(
+    model_name: str, version: int, dest: Path, tracking_uri: str
+) -> tuple[Path, list[dict[str, str]]]:
+    """Download and verify the version's serving bundle (what ours serves); its folder and request columns in order."""
+    from mlflow import MlflowClient
+
+    from mlsteps.serving_bundle import fetch_bundle
+
+    bundle = fetch_bundle(MlflowClient(tracking_uri=tracking_uri), model_name, version, dest)
+    return bundle.folder, [{"name": column.name, "type": column.type} for column in bundle.columns]
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+@dataclass(frozen=True)
+class Measurement:
+    """One configuration's figures."""
+
+    server: str
+    endpoint: str
+    workers: int | None
+    batch: int
+    figures: dict[str, Any]
+
+    def row(self) -> dict[str, Any]:
+        """As one JSON row of the report."""
+        return {
+            "server": self.server,
+            "endpoint": self.endpoint,
+            "workers": self.workers,
+            "batch": self.batch,
+            **self.figures,
+        }
+
+
+@dataclass
+class Bench:
+    """The settings of one benchmark run and what it measured so far."""
+
+    duration: float
+    warmup: float
+    concurrency: int
+    cpus: tuple[set[int], set[int]] | None
+    measurements: list[Measurement] = field(default_factory=list)
+
+    @property
+    def server_cpus(self) -> set[int] | None:
+        """The CPUs every server process is pinned to, if pinned."""
+        return self.cpus[1] if self.cpus else None
+
+    def measure(self, server: str, workers: int | None, target: Target, batch: int) -> None:
+        """Put ``target`` under load, print its line and keep its figures."""
+        figures = run_load(target, self.concurrency, self.duration, self.warmup).summary()
+        self.measurements.append(Measurement(server, target.path, workers, batch, figures))
+        print_row(self.measurements[-1])
+
+    def find(self, server: str, endpoint: str, workers: int | None, batch: int) -> dict[str, Any]:
+        """The figures of one configuration."""
+        return next(
+            m.figures
+            for m in self.measurements
+            if (m.server, m.endpoint, m.workers, m.batch) == (server, endpoint, workers, batch)
+        )
+
+
+def print_header() -> None:
+    """The table's header; each configuration prints its row as soon as it is measured."""
+    print(f"\n  {'server':<9}{'endpoint':<34}{'workers':>8}{'batch':>6}{'req/s':>9}{'rows/s':>10}", end="")
+    print(f"{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+
+
+def print_row(measurement: Measurement) -> None:
+    """One configuration's row, and the first answer of each kind of failure under it."""
+    figures = measurement.figures
+    workers = "-" if measurement.workers is None else str(measurement.workers)
+    rps = figures["requests_per_second"]
+    print(
+        f"  {measurement.server:<9}{measurement.endpoint:<34}{workers:>8}{measurement.batch:>6}{rps:>9.0f}"
+        f"{rps * measurement.batch:>10.0f}{figures['p50_ms']:>9.1f}{figures['p99_ms']:>9.1f}{figures['errors']:>8}",
+        flush=True,
+    )
+    for reason, count in figures["errors_by_reason"].items():
+        print(f"      {count} x {reason}: {figures['error_samples'][reason]}", flush=True)
+
+
+def measure_ceiling(bench: Bench, bodies: dict[int, list[bytes]], log_dir: Path) -> None:
+    """The generator against the canned server, with our batch bodies: the most it can send here."""
+    for batch in BATCHES:
+        port = free_port()
+        argv = [sys.executable, __file__, "--canned-server", str(port), str(batch)]
+        with server_process(argv, "/", port, log_dir / f"canned-{batch}.log", bench.server_cpus):
+            bench.measure("canned", None, Target(port, "/", bodies[batch], batch, v2_rows), batch)
+
+
+@dataclass(frozen=True)
+class Server:
+    """A server under test: its command (less port and workers), readiness path, and the endpoints to load."""
+
+    name: str
+    argv: list[str]
+    ready_path: str
+    endpoints: list[tuple[str, str, Callable[[bytes], int]]]  # path, body format, how to count the answer's rows
+
+
+def measure_servers(
+    bench: Bench, model_name: str, version: int, bundle: Path, bodies: dict[str, dict[int, list[bytes]]], state: Path
+) -> dict[str, list[float]]:
+    """Each server with 1 and 2 workers under every batch and endpoint; the probabilities each gave for one body."""
+    ours = Server(
+        "ours",
+        [sys.executable, "-m", "mlsteps.serve", "--bundle", str(bundle), "--host", HOST],
+        "/v2/health/ready",
+        [(f"/v2/models/{model_name}/infer", "v2", v2_rows), ("/invocations", "invocations", invocation_rows)],
+    )
+    mlflow = Server(
+        "mlflow",
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{model_name}/{version}"]
+        + ["--env-manager", "local", "--host", HOST],
+        "/ping",
+        [("/invocations", "invocations", invocation_rows)],
+    )
+    probe = bodies["invocations"][max(BATCHES)][0]
+    probabilities: dict[str, list[float]] = {}
+    for workers in WORKERS:
+        for server in (ours, mlflow):
+            port = free_port()
+            log = state / f"{server.name}-{workers}.log"
+            print(f"  starting {server.name} with {workers} worker(s) (log {log})", flush=True)
+            command = [*server.argv, "--port", str(port), "--workers", str(workers)]
+            with server_process(command, server.ready_path, port, log, bench.server_cpus):
+                if workers > 1:
+                    wait_for_workers(log, workers)
+                answer = post(port, "/invocations", probe)["predictions"]
+                probabilities.setdefault(server.name, [row["probability"] for row in answer])
+                for path, body_format, rows_in in server.endpoints:
+                    for batch in BATCHES:
+                        target = Target(port, path, bodies[body_format][batch], batch, rows_in)
+                        bench.measure(server.name, workers, target, batch)
+    return probabilities
+
+
+def ratios(bench: Bench, model_name: str) -> list[dict[str, Any]]:
+    """Ours against MLflow per workers and batch: throughput and p99 ratios, and whether the target is met."""
+    rows = []
+    for workers in WORKERS:
+        for batch in BATCHES:
+            anchor = bench.find("mlflow", "/invocations", workers, batch)
+            for endpoint in (f"/v2/models/{model_name}/infer", "/invocations"):
+                ours = bench.find("ours", endpoint, workers, batch)
+                rps_ratio = ours["requests_per_second"] / anchor["requests_per_second"]
+                rows.append(
+                    {
+                        "workers": workers,
+                        "batch": batch,
+                        "ours_endpoint": endpoint,
+                        "rps_ratio": round(rps_ratio, 2),
+                        "p99_ratio": round(ours["p99_ms"] / anchor["p99_ms"], 3),
+                        "target_met": rps_ratio >= TARGET_RATIO and ours["p99_ms"] < anchor["p99_ms"],
+                    }
+                )
+    return rows
+
+
+def image_size() -> str:
+    """The serving image's size from its build report, or 'not built'."""
+    if not IMAGE_REPORT.is_file():
+        return "not built"
+    report = json.loads(IMAGE_REPORT.read_text())
+    return f"{report['size_bytes'] / 1e6:.0f} MB ({report['reference']}, build/images/serve.json)"
+
+
+def print_summary(
+    bench: Bench, ratio_rows: list[dict[str, Any]], agreement: float, generator: dict[int, float]
+) -> None:
+    """Ratios against the target, the generator's headroom, the agreement of both servers and the image size."""
+    print("\nours / MLflow (throughput ratio, p99 ratio; target: >= 5x throughput at batch 1 with a lower p99)")
+    for row in ratio_rows:
+        verdict = ""
+        if row["batch"] == 1:
+            verdict = "target met" if row["target_met"] else "target NOT met"
+        print(
+            f"  {row['workers']} worker(s), batch {row['batch']:>2}, ours on {row['ours_endpoint']:<34} "
+            f"{row['rps_ratio']:>6.2f}x req/s, p99 {row['p99_ratio']:.2f}x  {verdict}"
+        )
+    print(
+        "\ngenerator ceiling (canned server, no work):",
+        ", ".join(f"batch {b}: {r:.0f} req/s" for b, r in generator.items()),
+    )
+    busiest = max(m.figures["requests_per_second"] for m in bench.measurements if m.server == "ours")
+    print(f"  the fastest server measurement reached {busiest / min(generator.values()):.0%} of it")
+    print(f"largest |ours - MLflow| probability on the same {max(BATCHES)} rows: {agreement:.2e}")
+    print(f"serving image: {image_size()}")
+
+
+def main() -> None:
+    """Build the model, measure the generator and both servers, print the comparison and write the JSON result."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=float(os.environ.get("BENCH_SERVING_DURATION", 10)),
+        help="measured seconds per configuration",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=float(os.environ.get("BENCH_SERVING_WARMUP", 3)),
+        help="seconds of load before each measurement",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(os.environ.get("BENCH_SERVING_CONCURRENCY", 8)),
+        help="keep-alive connections of the closed loop",
+    )
+    parser.add_argument("--rows", type=int, default=5000, help="rows of the generated training dataset")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs")
+    parser.add_argument(
+        "--pin",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="pin the generator to one CPU and the servers to the others; auto: where each server worker gets a CPU",
+    )
+    parser.add_argument("--canned-server", nargs=2, type=int, metavar=("PORT", "ROWS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.canned_server:
+        serve_canned(*args.canned_server)
+        return
+
+    started = time.perf_counter()
+    state = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    tracking_uri = f"sqlite:///{state / 'mlflow.db'}"
+    os.environ |= {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_ARTIFACT_LOCATION": (state / "mlartifacts").as_uri(),
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # mlflow runs `uvicorn`
+    }
+    print(f"state folder {state}; model from {args.rows} rows, {args.epochs} epochs", flush=True)
+    dataset, registered = build_model(state, args.rows, args.epochs)
+    model_name, version = registered["model_name"], registered["version"]
+    bundle, columns = fetch_serving_bundle(model_name, version, state / "bundle", tracking_uri)
+    print(f"model {model_name} v{version}; serving bundle in {bundle}", flush=True)
+
+    rows = sample_rows(dataset, columns, BODIES_PER_BATCH * max(BATCHES))
+    bodies = {
+        name: {
+            batch: [encode(columns, rows[i * batch : (i + 1) * batch]) for i in range(BODIES_PER_BATCH)]
+            for batch in BATCHES
+        }
+        for name, encode in (("v2", v2_body), ("invocations", invocations_body))
+    }
+    cpus = cpu_plan(args.pin)
+    if cpus:
+        os.sched_setaffinity(0, cpus[0])
+        pinning = f"generator on CPU {sorted(cpus[0])}, servers on CPUs {sorted(cpus[1])}"
+    else:
+        pinning = f"off ({len(os.sched_getaffinity(0))} CPUs shared by the generator and the servers)"
+    print(f"CPU pinning: {pinning}")
+    print(f"closed loop: {args.concurrency} connections, {args.warmup:g} s warm-up, {args.duration:g} s measured")
+
+    bench = Bench(args.duration, args.warmup, args.concurrency, cpus)
+    print_header()
+    measure_ceiling(bench, bodies["v2"], state)
+    probabilities = measure_servers(bench, model_name, version, bundle, bodies, state)
+    agreement = float(np.max(np.abs(np.subtract(probabilities["ours"], probabilities["mlflow"]))))
+    ratio_rows = ratios(bench, model_name)
+    generator = {batch: bench.find("canned", "/", None, batch)["requests_per_second"] for batch in BATCHES}
+    print_summary(bench, ratio_rows, agreement, generator)
+    print(f"whole benchmark: {time.perf_counter() - started:.0f} s")
+
+    write_report(
+        "serving",
+        {
+            "duration_seconds": args.duration,
+            "warmup_seconds": args.warmup,
+            "concurrency": args.concurrency,
+            "dataset_rows": args.rows,
+            "epochs": args.epochs,
+            "cpu_pinning": pinning,
+            "model": {"name": model_name, "version": version},
+        },
+        {
+            "measurements": [m.row() for m in bench.measurements],
+            "ratios": ratio_rows,
+            "max_probability_difference": agreement,
+            "serving_image": image_size(),
+        },
+    )
+    shutil.rmtree(state)  # kept when a step or a server fails: its logs are there
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""
+### ml_deploy: serve the champion, smoke-test it through the server, roll back when it fails
+
+Runs when `ml_retrain` promotes a model (the `model_promoted` asset), or from the UI with the params below to deploy
+another version or roll back by hand (`model` = an older version number).
+
+| task | what it does | output |
+| --- | --- | --- |
+| `approval_gate` | `approval` when `require_approval` is set, else straight to `deploy` | |
+| `approval` | a person approves or rejects in the UI (*Required actions*); a rejection skips `deploy` | |
+| `deploy` | rolls `model` out (rolling, or canary on Kubernetes), smoke-tests it via the server | `result.json` |
+
+The smoke test sends the bundle's known rows: every probability must match and the p99 latency stay within budget.
+The target follows the runtime: `local` serves from one `python -m mlsteps.serve` process on this machine (pid,
+port and log in `<state>/serving/`), `kubernetes` rolls out the `model-server` Deployment. A failed deploy ends with
+the previous version serving, `champion` pointing at it again (the alias history records the rollback), and the task
+failed with the reason; it is not retried. Deploying the version that already serves changes nothing (`unchanged`).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param, TriggerRule, chain, dag, task
+
+from mlsteps.deploy import STRATEGIES
+from orchestration.assets import MODEL_PROMOTED
+from orchestration.deploy import APPROVAL_TASK, MODEL_PARAM_PATTERN, deploy_args
+from orchestration.pod_task import TEMPLATE_MACROS, dag_default_args, pod_task
+from orchestration.settings import get_settings
+
+DAG_ID = Path(__file__).stem
+SETTINGS = get_settings()
+MODEL_NAME = SETTINGS.pipeline.registry.model_name
+APPROVAL_WAIT = timedelta(hours=24)
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=[MODEL_PROMOTED],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # one rollout at a time: two would race for the same server
+    doc_md=__doc__,
+    tags=["ml", "serving", SETTINGS.pipeline.dataset.name],
+    default_args=dag_default_args(light_task_minutes=10, max_retry_minutes=10),
+    user_defined_macros=TEMPLATE_MACROS,
+    params={
+        "model": Param(
+            "champion",
+            type="string",
+            pattern=MODEL_PARAM_PATTERN,
+            description=f"What to serve: 'champion' (the alias) or a version number of {MODEL_NAME}.",
+        ),
+        "strategy": Param(
+            "rolling",
+            type="string",
+            enum=list(STRATEGIES),
+            description="rolling: replace every server; canary: a share of traffic first (Kubernetes only).",
+        ),
+        "canary_share": Param(
+            SETTINGS.pipeline.serving.canary.share,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1,
+            description="Share of requests the canary gets while it is observed (strategy canary).",
+        ),
+        "require_approval": Param(
+            False,
+            type="boolean",
+            description="Wait for a person to approve the deploy in the UI before rolling out.",
+        ),
+    },
+)
+def ml_deploy() -> None:
+    """Wire the deploy; see the module docstring."""
+
+    # --- approval (optional) ---
+    @task.branch(task_id="approval_gate")
+    def approval_gate(params: dict | None = None) -> str:
+        """``approval`` when the run requires it, else ``deploy``."""
+        from orchestration.deploy import approval_branch
+
+        return approval_branch(params["require_approval"])
+
+    approval = ApprovalOperator(
+        task_id=APPROVAL_TASK,
+        subject=f"Deploy {MODEL_NAME} {{{{ params.model }}}} ({{{{ params.strategy }}}})?",
+        body="Approve to roll it out to the model server; Reject skips the deploy. Run: {{ run_id }}",
+        response_timeout=APPROVAL_WAIT,
+    )
+
+    # --- rollout, smoke test, rollback ---
+    deploy = pod_task("deploy", args=deploy_args(SETTINGS), trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+
+    chain(approval_gate(), [approval, deploy])
+    chain(approval, deploy)
+
+
+ml_deploy()

@@ -1,0 +1,317 @@
+"""The HTTP API of the model server: Open Inference Protocol v2, MLflow's /invocations, health and metrics.
+
+Handlers are plain Starlette endpoints inside a FastAPI app (no per-request pydantic models or dependency
+resolution): they read the body once, parse it with ``mlsteps.serve.protocol`` and run the model inline on the
+event loop, which for small batches is faster than a hand-off to a thread. Batches of ``THREADPOOL_ROWS`` rows or
+more run in the thread pool instead, so one large request does not stall the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+import mlsteps
+from mlsteps.errors import ConfigError, StepError
+from mlsteps.prediction_log import SMOKE_REQUEST_PREFIX
+from mlsteps.serve.metrics import CONTENT_TYPE, ServerMetrics
+from mlsteps.serve.model import ModelHandle, ModelLoader, ServedModel
+from mlsteps.serve.protocol import ParsedRequest, RequestError, RequestSchema, load_json, parse_mlflow, parse_v2
+from mlsteps.serving_bundle import BundleError
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME = "mlsteps-serve"
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+THREADPOOL_ROWS = 2048
+JSON = "application/json"
+MODEL_VERSION_HEADER = "x-model-version"
+REQUEST_ID_HEADER = "x-request-id"
+_OUTPUTS_METADATA = [
+    {"name": "probability", "datatype": "FP64", "shape": [-1]},
+    {"name": "prediction", "datatype": "INT64", "shape": [-1]},
+]
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(payload), status, headers, JSON)
+
+
+def _v2_body(model: ServedModel, request_id: str | None, probability: np.ndarray, prediction: np.ndarray) -> Any:
+    rows = len(probability)
+    answer: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
+    if request_id is not None:
+        answer["id"] = request_id
+    answer["outputs"] = [
+        {"name": "probability", "datatype": "FP64", "shape": [rows], "data": probability.tolist()},
+        {"name": "prediction", "datatype": "INT64", "shape": [rows], "data": prediction.tolist()},
+    ]
+    return answer
+
+
+def _mlflow_body(model: ServedModel, request_id: str | None, probability: np.ndarray, prediction: np.ndarray) -> Any:
+    return {
+        "predictions": [
+            {"probability": p, "prediction": c} for p, c in zip(probability.tolist(), prediction.tolist(), strict=True)
+        ]
+    }
+
+
+# The two inference formats: how to parse a body, how to answer, and whether the path names the model.
+_Parser = Callable[[bytes, RequestSchema], ParsedRequest]
+_Renderer = Callable[[ServedModel, "str | None", np.ndarray, np.ndarray], Any]
+
+
+class _Endpoints:
+    """The request handlers, sharing the handle, the metrics and the body limit."""
+
+    def __init__(self, handle: ModelHandle, loader: ModelLoader | None, max_body_bytes: int) -> None:
+        self.handle = handle
+        self.loader = loader
+        self.max_body_bytes = max_body_bytes
+        self.metrics = ServerMetrics(lambda: handle.current.log_writer if handle.current else None)
+        if handle.current is not None:
+            current = handle.current
+            self.metrics.model_loaded(current.name, current.version, current.bundle.sha256, None)
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body, refused with 413 once Content-Length or the bytes received pass the limit."""
+        declared = request.headers.get("content-length")
+        too_large = RequestError(
+            f"request body of {declared or 'more'} bytes is over the limit of {self.max_body_bytes} bytes: "
+            "send fewer rows per request",
+            413,
+            "body_too_large",
+        )
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def serving(self, request: Request) -> ServedModel:
+        """The model the path names, read once: this request uses it to the end even if a reload swaps it."""
+        model = self.handle.current
+        if model is None:
+            raise RequestError("no model is loaded yet: wait for /v2/health/ready", 503, "not_ready")
+        name = request.path_params.get("name", model.name)
+        version = request.path_params.get("version", model.version)
+        if name != model.name or version != model.version:
+            asked = name if "version" not in request.path_params else f"{name} version {version}"
+            raise RequestError(
+                f"unknown model {asked!r}: this server serves {model.name!r} version {model.version}",
+                404,
+                "unknown_model",
+            )
+        return model
+
+    def failure(self, endpoint: str, exc: RequestError, started: float, model: ServedModel | None) -> Response:
+        """The JSON error answer, counted."""
+        self.metrics.error(endpoint, exc.reason)
+        self.metrics.observe(endpoint, exc.status, time.perf_counter() - started)
+        headers = {MODEL_VERSION_HEADER: model.version} if model is not None else None
+        return _json({"error": str(exc)}, exc.status, headers)
+
+    def inference(self, endpoint: str, parse: _Parser, render: _Renderer) -> Callable[[Request], Any]:
+        """A handler that parses one inference format, scores the rows, logs them and answers in that format."""
+
+        async def infer(request: Request) -> Response:
+            started = time.perf_counter()
+            model = None
+            try:
+                model = self.serving(request)
+                parsed = parse(await self.read_body(request), model.schema)
+                if parsed.rows >= THREADPOOL_ROWS:
+                    probability, prediction = await run_in_threadpool(model.predict, parsed)
+                else:
+                    probability, prediction = model.predict(parsed)
+            except RequestError as exc:
+                return self.failure(endpoint, exc, started, model)
+            except Exception:  # a bug or a runtime failure must cost one request, never the server
+                logger.exception("%s failed", endpoint)
+                internal = RequestError("internal error: see the server log", 500, "internal")
+                return self.failure(endpoint, internal, started, model)
+            request_id = parsed.request_id or request.headers.get(REQUEST_ID_HEADER) or os.urandom(16).hex()
+            if not request_id.startswith(SMOKE_REQUEST_PREFIX):
+                model.log(parsed, probability, prediction, request_id)
+            response = _json(
+                render(model, parsed.request_id, probability, prediction),
+                headers={MODEL_VERSION_HEADER: model.version, REQUEST_ID_HEADER: request_id},
+            )
+            self.metrics.observe(endpoint, 200, time.perf_counter() - started, parsed.rows)
+            return response
+
+        return infer
+
+    async def live(self, request: Request) -> Response:
+        return _json({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        loaded = self.handle.current is not None
+        return _json({"ready": loaded}, 200 if loaded else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return _json({"name": SERVER_NAME, "version": mlsteps.__version__, "extensions": ["model_repository"]})
+
+    async def model_metadata(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            model = self.serving(request)
+        except RequestError as exc:
+            return self.failure("metadata", exc, started, None)
+        metadata = {
+            "name": model.name,
+            "versions": [model.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": model.schema.metadata_inputs(),
+            "outputs": _OUTPUTS_METADATA,
+        }
+        return _json(metadata, headers={MODEL_VERSION_HEADER: model.version})
+
+    async def model_ready(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            model = self.serving(request)
+        except RequestError as exc:
+            return self.failure("model_ready", exc, started, None)
+        return _json({"name": model.name, "ready": True}, headers={MODEL_VERSION_HEADER: model.version})
+
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(self.metrics.render(), 200, media_type=CONTENT_TYPE)
+
+    async def load(self, request: Request) -> Response:
+        started = time.perf_counter()
+        current = self.handle.current
+        try:
+            if self.loader is None:
+                raise RequestError(
+                    "model reloads are off: start the server with --allow-reload (SERVE_ALLOW_RELOAD=1)",
+                    403,
+                    "forbidden",
+                )
+            if current is not None and request.path_params["name"] != current.name:
+                raise RequestError(
+                    f"unknown model {request.path_params['name']!r}: this server serves {current.name!r}",
+                    404,
+                    "unknown_model",
+                )
+            selector = _load_selector(load_json(await self.read_body(request)))
+            model = await run_in_threadpool(_load_exclusively, self.handle, self.loader, selector, self.metrics)
+        except RequestError as exc:
+            return self.failure("load", exc, started, current)
+        self.metrics.observe("load", 200, time.perf_counter() - started)
+        return _json({"name": model.name, "version": model.version}, headers={MODEL_VERSION_HEADER: model.version})
+
+
+def create_app(
+    handle: ModelHandle,
+    *,
+    loader: ModelLoader | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """Build the server's ASGI app around a model handle.
+
+    Args:
+        handle: the model that serves; an empty handle answers readiness with 503 until a model is swapped in.
+        loader: loads a version or alias for ``POST /v2/repository/models/{name}/load``; None disables reloads
+            (the endpoint answers 403).
+        max_body_bytes: larger request bodies are refused with 413 (by Content-Length and by the bytes read).
+
+    Returns:
+        The app; ``app.state.metrics`` holds its ``ServerMetrics`` and ``app.state.handle`` the handle. Its
+        lifespan shutdown flushes the prediction log.
+    """
+    endpoints = _Endpoints(handle, loader, max_body_bytes)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Uvicorn has answered the in-flight requests by now; write what they queued for the log.
+        await run_in_threadpool(handle.close)
+
+    app = FastAPI(
+        title=SERVER_NAME,
+        version=mlsteps.__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.metrics = endpoints.metrics
+    app.state.handle = handle
+    infer_v2 = endpoints.inference("infer", parse_v2, _v2_body)
+    # Starlette tries routes in order: the inference paths come first.
+    routes: list[tuple[str, Callable[[Request], Any], str]] = [
+        ("/v2/models/{name}/infer", infer_v2, "POST"),
+        ("/invocations", endpoints.inference("invocations", parse_mlflow, _mlflow_body), "POST"),
+        ("/v2/models/{name}/versions/{version}/infer", infer_v2, "POST"),
+        ("/v2/health/live", endpoints.live, "GET"),
+        ("/v2/health/ready", endpoints.ready, "GET"),
+        ("/v2", endpoints.server_metadata, "GET"),
+        ("/v2/models/{name}", endpoints.model_metadata, "GET"),
+        ("/v2/models/{name}/ready", endpoints.model_ready, "GET"),
+        ("/metrics", endpoints.metrics_text, "GET"),
+        ("/v2/repository/models/{name}/load", endpoints.load, "POST"),
+    ]
+    for path, endpoint, method in routes:
+        app.router.add_route(path, endpoint, methods=[method], include_in_schema=False)
+    return app
+
+
+def _load_selector(payload: Any) -> str:
+    """The version or alias a load request asks for.
+
+    Raises:
+        RequestError: neither or both are given.
+    """
+    parameters = payload.get("parameters") if type(payload) is dict else None
+    wanted = {key: parameters[key] for key in ("version", "alias") if type(parameters) is dict and key in parameters}
+    if len(wanted) != 1 or not str(next(iter(wanted.values()))).strip():
+        raise RequestError(
+            'send {"parameters": {"version": "8"}} or {"parameters": {"alias": "champion"}}: one of the two, '
+            f"got {payload!r}"
+        )
+    return str(next(iter(wanted.values()))).strip()
+
+
+def _load_exclusively(handle: ModelHandle, loader: ModelLoader, selector: str, metrics: ServerMetrics) -> ServedModel:
+    """Load ``selector`` (one load at a time) and swap it in; the old model keeps serving if anything fails.
+
+    Raises:
+        RequestError: 422 for a bundle that is invalid or fails its smoke check, 404 for an unknown version or
+            alias, 500 for a server without registry settings, 502 when the registry cannot be reached.
+    """
+    with handle.reload_lock:
+        try:
+            model = loader(selector)
+        except Exception as exc:
+            metrics.load_failed()
+            status = 422 if isinstance(exc, BundleError) else 500 if isinstance(exc, ConfigError) else 404
+            if not isinstance(exc, StepError):
+                logger.exception("loading %r failed", selector)
+                status = 502
+            current = handle.current
+            serving = f"{current.name} v{current.version}" if current else "nothing"
+            raise RequestError(
+                f"could not load {selector!r}: {exc}; still serving {serving}", status, "reload_failed"
+            ) from None
+        previous = handle.swap(model)
+        old = (previous.name, previous.version, previous.bundle.sha256) if previous else None
+        metrics.model_loaded(model.name, model.version, model.bundle.sha256, old)
+        logger.info("now serving %s v%s (was %s)", model.name, model.version, old[1] if old else "nothing")
+        return model
