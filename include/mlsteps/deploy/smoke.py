@@ -21,17 +21,8 @@ from urllib.parse import quote
 from mlsteps.config import SmokeConfig
 from mlsteps.deploy import DeployFailed
 from mlsteps.prediction_log import SMOKE_REQUEST_PREFIX
+from mlsteps.serve.protocol import MODEL_VERSION_HEADER, V2_DATATYPE
 
-MODEL_VERSION_HEADER = "x-model-version"
-# Open Inference Protocol v2 datatypes of the MLflow column types a bundle's signature uses.
-V2_DATATYPES = {
-    "double": "FP64",
-    "float": "FP32",
-    "long": "INT64",
-    "integer": "INT32",
-    "boolean": "BOOL",
-    "string": "BYTES",
-}
 _BODY_EXCERPT_CHARS = 300
 
 log = logging.getLogger(__name__)
@@ -67,11 +58,11 @@ def v2_request(bundle: Any) -> dict[str, Any]:
         DeployFailed: a column has a type the protocol cannot carry (the bundle is not servable as is).
     """
     rows = bundle.smoke_inputs
-    unsupported = [f"{column.name} ({column.type})" for column in bundle.columns if column.type not in V2_DATATYPES]
+    unsupported = [f"{column.name} ({column.type})" for column in bundle.columns if column.type not in V2_DATATYPE]
     if unsupported:
         raise DeployFailed(
             f"{bundle.model_name} v{bundle.model_version}: columns {unsupported} have types without a v2 datatype "
-            f"(supported: {', '.join(V2_DATATYPES)}); re-register the model with supported column types"
+            f"(supported: {', '.join(V2_DATATYPE)}); re-register the model with supported column types"
         )
     return {
         "id": f"{SMOKE_REQUEST_PREFIX}{bundle.model_name}-v{bundle.model_version}",
@@ -79,7 +70,7 @@ def v2_request(bundle: Any) -> dict[str, Any]:
             {
                 "name": column.name,
                 "shape": [len(rows)],
-                "datatype": V2_DATATYPES[column.type],
+                "datatype": V2_DATATYPE[column.type],
                 "data": [row.get(column.name) for row in rows],
             }
             for column in bundle.columns

@@ -27,7 +27,15 @@ from mlsteps.errors import ConfigError, StepError
 from mlsteps.prediction_log import SMOKE_REQUEST_PREFIX
 from mlsteps.serve.metrics import CONTENT_TYPE, ServerMetrics
 from mlsteps.serve.model import ModelHandle, ModelLoader, ServedModel
-from mlsteps.serve.protocol import ParsedRequest, RequestError, RequestSchema, load_json, parse_mlflow, parse_v2
+from mlsteps.serve.protocol import (
+    MODEL_VERSION_HEADER,
+    ParsedRequest,
+    RequestError,
+    RequestSchema,
+    load_json,
+    parse_mlflow,
+    parse_v2,
+)
 from mlsteps.serving_bundle import BundleError
 
 logger = logging.getLogger(__name__)
@@ -36,7 +44,6 @@ SERVER_NAME = "mlsteps-serve"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 THREADPOOL_ROWS = 2048
 JSON = "application/json"
-MODEL_VERSION_HEADER = "x-model-version"
 REQUEST_ID_HEADER = "x-request-id"
 _OUTPUTS_METADATA = [
     {"name": "probability", "datatype": "FP64", "shape": [-1]},

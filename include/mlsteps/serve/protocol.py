@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 NUMERIC_TYPES = ("double", "float", "long", "integer", "boolean")
+# Every inference answer names the version that computed it (the deploy smoke test checks it).
+MODEL_VERSION_HEADER = "x-model-version"
 # MLflow column type -> the v2 datatype the server announces for it in the model metadata.
 V2_DATATYPE = {
     "double": "FP64",
