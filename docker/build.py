@@ -69,6 +69,12 @@ class Layer:
     created_by: str
 
 
+# The OCI labels that change with every build, by the build argument that sets them in the Dockerfiles. buildah
+# reuses a cached LABEL layer when only a build argument changed, so build() also sets them on the command line,
+# which both engines apply on top of the Dockerfile's labels.
+PER_BUILD_LABELS = {"VERSION": "org.opencontainers.image.version", "REVISION": "org.opencontainers.image.revision"}
+
+
 @dataclass(frozen=True)
 class BuildSpec:
     """One image build: what docker build and buildah bud take alike."""
@@ -84,6 +90,7 @@ class BuildSpec:
         """The command-line flags both engines share; the build context (the repository root) goes last."""
         flags = ["--file", str(self.dockerfile), "--tag", self.tag, *(["--no-cache"] if self.no_cache else [])]
         flags += [f"--build-arg={name}={value}" for name, value in self.args.items()]
+        flags += [f"--label={label}={self.args[arg]}" for arg, label in PER_BUILD_LABELS.items() if arg in self.args]
         flags += [f"--secret=id={name},src={file}" for name, file in self.secrets.items()]
         flags += [f"--build-context={name}={folder}" for name, folder in self.contexts.items()]
         return [*flags, str(REPO_ROOT)]
