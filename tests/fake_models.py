@@ -82,27 +82,22 @@ def log_model(weights: dict[str, float], bias: float = -1.5) -> tuple[str, str]:
 
 def write_test_bundle(folder: Path, weights: dict[str, float] = GOOD, model_version: int = 1) -> Path:
     """A serving bundle of a risk-score model, written straight to ``folder`` (no MLflow); returns the folder."""
-    from mlsteps.model import DECISION_THRESHOLD
-    from mlsteps.serving_bundle import ColumnSpec, smoke_frame, write_bundle
+    from mlsteps.serving_bundle import ColumnSpec, bundle_from_model
 
     dataset = PIPELINE.dataset
     sample = generate_churn(2000, seed=11)
     preprocessor = TabularPreprocessor.fit(sample, dataset.numeric_features, dataset.categorical_features)
-    network = risk_score_network(preprocessor, weights)
-    rows = smoke_frame(sample[[*dataset.numeric_features, *dataset.categorical_features]], preprocessor)
     columns = [ColumnSpec(name, "double") for name in dataset.numeric_features]
     columns += [ColumnSpec(name, "string") for name in dataset.categorical_features]
-    write_bundle(
+    bundle_from_model(
         folder,
-        network=network,
+        network=risk_score_network(preprocessor, weights),
         preprocessor=preprocessor,
         columns=columns,
-        smoke_rows=rows,
-        expected_probability=predict_frame(preprocessor, network, rows)["probability"].to_numpy(),
+        example=sample[[spec.name for spec in columns]],
         model_name=MODEL_NAME,
         model_version=model_version,
         source_model_uri=f"models:/{MODEL_NAME}/{model_version}",
-        decision_threshold=DECISION_THRESHOLD,
     )
     return folder
 

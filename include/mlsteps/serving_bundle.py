@@ -130,13 +130,18 @@ def _export_onnx(network: Any, numeric: np.ndarray, categories: np.ndarray, path
     program.save(str(path))
 
 
+def probability_of(logits: np.ndarray) -> np.ndarray:
+    """Positive-class probabilities (float64, one per row) from the exported model's ``logit`` output."""
+    return 1.0 / (1.0 + np.exp(-logits.reshape(-1).astype(np.float64)))
+
+
 def onnx_probability(onnx_path: Path, numeric: np.ndarray, categories: np.ndarray) -> np.ndarray:
     """Positive-class probabilities (float64) from the exported model, as the server computes them."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     (logits,) = session.run([ONNX_OUTPUT], dict(zip(ONNX_INPUTS, (numeric, categories), strict=True)))
-    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return probability_of(logits)
 
 
 def smoke_frame(example: pd.DataFrame, preprocessor: TabularPreprocessor) -> pd.DataFrame:
@@ -208,7 +213,7 @@ def export_bundle(package_dir: Path, out_dir: Path, model_name: str, model_versi
     """
     from mlflow.models import Model
 
-    from mlsteps.model import DECISION_THRESHOLD, NETWORK_ARTIFACT, PREPROCESSOR_ARTIFACT, load_network, predict_frame
+    from mlsteps.model import NETWORK_ARTIFACT, PREPROCESSOR_ARTIFACT, load_network
 
     package = Model.load(str(package_dir))
     artifacts = package.flavors["python_function"]["artifacts"]
@@ -219,16 +224,44 @@ def export_bundle(package_dir: Path, out_dir: Path, model_name: str, model_versi
     example = package.load_input_example(str(package_dir))
     if package.signature is None or example is None:
         raise BundleError(f"model package {source_model_uri} has no signature or input example; retrain to add them")
-    columns = [ColumnSpec(spec.name, spec.type.name) for spec in package.signature.inputs.inputs]
+    return bundle_from_model(
+        out_dir,
+        network=network,
+        preprocessor=preprocessor,
+        columns=[ColumnSpec(spec.name, spec.type.name) for spec in package.signature.inputs.inputs],
+        example=example,
+        model_name=model_name,
+        model_version=model_version,
+        source_model_uri=source_model_uri,
+    )
+
+
+def bundle_from_model(
+    out_dir: Path,
+    *,
+    network: Any,
+    preprocessor: TabularPreprocessor,
+    columns: list[ColumnSpec],
+    example: pd.DataFrame,
+    model_name: str,
+    model_version: int,
+    source_model_uri: str,
+) -> str:
+    """Write the bundle of a trained network: smoke rows from ``example``, expected outputs from the network itself.
+
+    Returns:
+        The sha256 of the bundle's manifest.
+    """
+    from mlsteps.model import DECISION_THRESHOLD, predict_frame
+
     rows = smoke_frame(example, preprocessor)
-    expected = predict_frame(preprocessor, network, rows)["probability"].to_numpy(dtype=np.float64)
     return write_bundle(
         out_dir,
         network=network,
         preprocessor=preprocessor,
         columns=columns,
         smoke_rows=rows,
-        expected_probability=expected,
+        expected_probability=predict_frame(preprocessor, network, rows)["probability"].to_numpy(dtype=np.float64),
         model_name=model_name,
         model_version=model_version,
         source_model_uri=source_model_uri,

@@ -21,7 +21,15 @@ import numpy as np
 from mlsteps.errors import ConfigError
 from mlsteps.prediction_log import PredictionLogWriter
 from mlsteps.serve.protocol import ParsedRequest, RequestError, RequestSchema, parse_records
-from mlsteps.serving_bundle import ONNX_INPUTS, ONNX_OUTPUT, BundleError, ServingBundle, fetch_bundle, resolve_version
+from mlsteps.serving_bundle import (
+    ONNX_INPUTS,
+    ONNX_OUTPUT,
+    BundleError,
+    ServingBundle,
+    fetch_bundle,
+    probability_of,
+    resolve_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +65,7 @@ class ServedModel:
         """Probabilities (float64) and 0/1 predictions (int64) of the request's rows."""
         numeric, indices = self.bundle.preprocessor.transform_columns(request.columns, request.rows)
         (logit,) = self.session.run([ONNX_OUTPUT], {ONNX_INPUTS[0]: numeric, ONNX_INPUTS[1]: indices})
-        probability = 1.0 / (1.0 + np.exp(-logit.reshape(-1).astype(np.float64)))
+        probability = probability_of(logit)
         return probability, (probability >= self.bundle.decision_threshold).astype(np.int64)
 
     def log(self, request: ParsedRequest, probability: np.ndarray, prediction: np.ndarray, request_id: str) -> None:
