@@ -30,7 +30,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -117,9 +117,18 @@ def check_batch(features: pd.DataFrame, predictions: pd.DataFrame, ids: Sequence
     counts = {"features": len(features), "predictions": len(predictions)}
     if ids is not None:
         counts["ids"] = len(ids)
+    _check_rows_and_names(counts, features.columns)
+
+
+def _check_rows_and_names(counts: dict[str, int], feature_names: Iterable[Any]) -> None:
+    """Every part of a batch has the same number of rows, and no feature takes a record column's name.
+
+    Raises:
+        ValueError: naming the counts or the clashing columns.
+    """
     if len(set(counts.values())) > 1:
         raise ValueError(f"row counts differ: {counts}")
-    clashes = sorted(set(map(str, features.columns)) & set(RECORD_SCHEMA.names))
+    clashes = sorted(set(map(str, feature_names)) & set(RECORD_SCHEMA.names))
     if clashes:
         raise ValueError(f"feature column(s) {clashes} clash with prediction log columns {RECORD_SCHEMA.names}")
 
@@ -490,9 +499,7 @@ class PredictionLogWriter:
         try:
             check_batch(features, predictions, ids)
         except (TypeError, ValueError) as exc:
-            logger.warning("prediction log: batch of %d row(s) not logged: %s", rows, exc)
-            self._count(failed=rows)
-            return False
+            return self._refuse(rows, exc)
         return self._queue(_PendingBatch(features, predictions, ids, _utc_now(), rows))
 
     def log_columns(
@@ -514,20 +521,20 @@ class PredictionLogWriter:
             Whether the batch was queued (False: dropped or invalid, and counted).
         """
         rows = len(probability)
-        lengths = {name: len(values) for name, values in features.items()}
-        lengths.update({PREDICTION: len(prediction), "ids": rows if ids is None else len(ids)})
-        clashes = sorted(set(features) & set(RECORD_SCHEMA.names))
-        if clashes or any(length != rows for length in lengths.values()):
-            logger.warning(
-                "prediction log: batch of %d row(s) not logged: lengths %s, record column names used by features %s",
-                rows,
-                lengths,
-                clashes,
-            )
-            self._count(failed=rows)
-            return False
+        counts = {f"feature {name}": len(values) for name, values in features.items()}
+        counts |= {PROBABILITY: rows, PREDICTION: len(prediction)} | ({} if ids is None else {"ids": len(ids)})
+        try:
+            _check_rows_and_names(counts, features)
+        except ValueError as exc:
+            return self._refuse(rows, exc)
         predictions = {PROBABILITY: probability, PREDICTION: prediction}
         return self._queue(_PendingBatch(features, predictions, ids, _utc_now(), rows))
+
+    def _refuse(self, rows: int, reason: Exception) -> bool:
+        """Count an invalid batch as failed and say why; a caller's bad batch never raises into serving."""
+        logger.warning("prediction log: batch of %d row(s) not logged: %s", rows, reason)
+        self._count(failed=rows)
+        return False
 
     def _queue(self, batch: _PendingBatch) -> bool:
         """Add a checked batch unless the writer is closed or the buffer is full (then count it as dropped)."""

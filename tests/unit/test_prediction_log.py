@@ -294,3 +294,19 @@ def test_log_returns_while_the_store_hangs(tmp_path: Path, monkeypatch: pytest.M
     store_answers.set()
     writer.close(timeout=30)
     assert (writer.written, writer.dropped, writer.failed) == (1020, 0, 0)
+
+
+def test_column_batches_are_checked_like_frames_and_written_alike(tmp_path: Path) -> None:
+    features, predictions, ids = _scored(3)
+    columns = {name: features[name].to_numpy() for name in features.columns}
+    probability, prediction = predictions["probability"].to_numpy(), predictions["prediction"].to_numpy()
+    store = str(tmp_path)
+    with prediction_log.PredictionLogWriter(store, MODEL, 1, flush_seconds=3600) as writer:
+        assert writer.log_columns(columns, probability, prediction, list(ids))
+        assert not writer.log_columns(columns, probability[:2], prediction[:2])  # 3 feature rows, 2 predictions
+        assert not writer.log_columns({**columns, "model_version": probability}, probability, prediction)
+    logged = prediction_log.read_window(store, MODEL, "2000-01-01", "2100-01-01")
+
+    assert (writer.written, writer.failed) == (3, 5)
+    assert sorted(logged["request_id"]) == sorted(map(str, ids))
+    np.testing.assert_allclose(logged.set_index("request_id").loc[list(map(str, ids)), "probability"], probability)
