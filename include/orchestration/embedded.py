@@ -242,9 +242,9 @@ def local_server(settings: Settings) -> Any:
     """The local model server that ``ml_deploy`` runs for these settings' state folder."""
     from mlsteps.deploy.local import LocalTarget
 
-    serving = settings.pipeline.serving.local
-    return LocalTarget(
-        settings.pipeline.registry.model_name, settings.serving_state_dir, port=serving.port, host=serving.host
+    pipeline = settings.pipeline
+    return LocalTarget.from_config(
+        pipeline.registry.model_name, pipeline.serving, settings.serving_state_dir, settings.prediction_store
     )
 
 

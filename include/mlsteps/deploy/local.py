@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from mlsteps.config import ServingConfig
 from mlsteps.deploy import DeployFailed
 from mlsteps.errors import StepError
 
@@ -104,6 +105,20 @@ class LocalTarget:
         self.host = host
         self.prediction_log = prediction_log
         self.ready_timeout_s = ready_timeout_s
+
+    @classmethod
+    def from_config(
+        cls, model_name: str, serving: ServingConfig, state_dir: Path, prediction_log: str | None = None
+    ) -> LocalTarget:
+        """The local server as the ``serving:`` config places it (``serving.local``, the rollout timeout)."""
+        return cls(
+            model_name,
+            state_dir,
+            port=serving.local.port,
+            host=serving.local.host,
+            prediction_log=prediction_log,
+            ready_timeout_s=serving.rollout_timeout_seconds,
+        )
 
     @property
     def state_file(self) -> Path:

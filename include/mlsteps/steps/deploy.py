@@ -45,14 +45,7 @@ def build_target(
         )
     from mlsteps.deploy.local import LocalTarget
 
-    return LocalTarget(
-        model_name,
-        state_dir,
-        port=serving.local.port,
-        host=serving.local.host,
-        prediction_log=prediction_store,
-        ready_timeout_s=serving.rollout_timeout_seconds,
-    )
+    return LocalTarget.from_config(model_name, serving, state_dir, prediction_store)
 
 
 def main(
