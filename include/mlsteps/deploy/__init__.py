@@ -13,13 +13,14 @@ import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from mlsteps import registry
 from mlsteps.config import ServingConfig
 from mlsteps.errors import ConfigError, StepError
 
-STRATEGIES = ("rolling", "canary")
+Strategy = Literal["rolling", "canary"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 ROLLBACK_REASON_PREFIX = "rollback: "
 
 log = logging.getLogger(__name__)

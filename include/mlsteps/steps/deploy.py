@@ -16,12 +16,12 @@ import typer
 from mlsteps import results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import PipelineConfig, load_pipeline_config
+from mlsteps.deploy import Strategy
 from mlsteps.errors import ConfigError
 from mlsteps.steps.promote import DAG_RUN_ENV_VAR
 
 STEP = "deploy"
 TargetKind = Literal["kubernetes", "local"]
-Strategy = Literal["rolling", "canary"]
 
 
 def build_target(
