@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 from mlsteps import storage
 from mlsteps.config import PipelineConfig, load_pipeline_config
@@ -62,16 +62,10 @@ def serving_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_test_bundle(tmp_path_factory.mktemp("bundle") / "v1")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """moto's standalone server in its own process, reached over real HTTP; yields its endpoint URL."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

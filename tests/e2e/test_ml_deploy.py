@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -20,18 +19,13 @@ from typing import Any
 import pytest
 import yaml
 from fake_models import GOOD, MODEL_NAME, WORSE, register_with_bundle
+from ports import free_port
 
 from mlsteps import registry, results, tracking
 from mlsteps.config import DEFAULT_CONFIG_PATH
 from mlsteps.deploy.local import LocalTarget
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Deployment:
@@ -83,7 +77,7 @@ class Deployment:
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     import mlflow
 
-    state = Deployment(tmp_path_factory.mktemp("embedded"), _free_port())
+    state = Deployment(tmp_path_factory.mktemp("embedded"), free_port())
     (state.state_dir / "mlflow").mkdir()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", state.tracking_uri)

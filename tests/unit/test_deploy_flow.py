@@ -10,7 +10,6 @@ same local server standing in for every pod.
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from fake_models import GOOD, MODEL_NAME, WORSE, break_bundle, register_with_bundle
+from ports import free_port
 from test_deploy_kube import CANARY, MAIN, FakeClock, FakeCluster, main_deployment
 
 from mlsteps import registry, tracking
@@ -46,9 +46,7 @@ def server() -> Iterator[tuple[str, ModelHandle]]:
     import uvicorn
 
     handle = ModelHandle()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = uvicorn.Config(create_app(handle), host="127.0.0.1", port=port, log_level="warning", access_log=False)
     uvicorn_server = uvicorn.Server(config)
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)
@@ -254,9 +252,7 @@ def test_canary_needs_a_target_that_can_run_one(target: InProcessTarget) -> None
 
 def test_smoke_test_of_a_server_that_does_not_answer_names_the_url(serving_bundle_dir: Path) -> None:
     bundle = read_bundle(serving_bundle_dir)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
 
     with pytest.raises(DeployFailed, match=rf"127.0.0.1:{port}/v2/models/{MODEL_NAME}/infer: request 1 of 5 failed"):
         smoke_test(f"http://127.0.0.1:{port}", MODEL_NAME, bundle, _settings().smoke)

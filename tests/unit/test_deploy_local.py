@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from fake_models import GOOD, MODEL_NAME, WORSE, register_with_bundle
+from ports import free_port
 
 from mlsteps import registry, results, tracking
 from mlsteps.config import DEFAULT_CONFIG_PATH, load_pipeline_config
@@ -29,12 +29,6 @@ from mlsteps.deploy.local import LocalTarget
 from mlsteps.serving_bundle import json_rows
 
 LOAD_THREADS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +55,7 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int
 
 @pytest.fixture
 def target(tmp_path: Path, versions: dict[str, int]) -> Iterator[LocalTarget]:
-    local = LocalTarget(MODEL_NAME, tmp_path / "serving", port=_free_port(), prediction_log=str(tmp_path / "preds"))
+    local = LocalTarget(MODEL_NAME, tmp_path / "serving", port=free_port(), prediction_log=str(tmp_path / "preds"))
     yield local
     local.stop()
 
@@ -193,7 +187,7 @@ def _deploy(run_root: Path, state_dir: Path, port: int, *args: str) -> subproces
 def test_deploy_step_deploys_reports_unchanged_and_rolls_back_a_broken_champion(
     tmp_path: Path, versions: dict[str, int]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     state_dir = tmp_path / "serving"
     client = tracking.client()
     good, broken = versions["good"], versions["broken"]
@@ -223,7 +217,7 @@ def test_deploy_step_deploys_reports_unchanged_and_rolls_back_a_broken_champion(
 
 
 def test_deploy_step_names_what_is_missing(tmp_path: Path, versions: dict[str, int]) -> None:
-    done = _deploy(tmp_path / "d1", tmp_path / "serving", _free_port(), "--model", "17")
+    done = _deploy(tmp_path / "d1", tmp_path / "serving", free_port(), "--model", "17")
     assert done.returncode == 2
     assert f"model {MODEL_NAME} has no version 17" in done.stderr
     no_state = subprocess.run(

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,12 @@ from typing import Any
 
 import pytest
 from fake_models import break_bundle
+from ports import free_port
 
 from mlsteps import prediction_log
 from mlsteps.serving_bundle import read_bundle
 
 STARTUP_SECONDS = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _serve(*args: str) -> subprocess.Popen[str]:
@@ -70,7 +64,7 @@ def _wait_ready(process: subprocess.Popen[str], base: str) -> None:
 
 def test_serves_a_bundle_and_exits_cleanly_on_sigterm(serving_bundle_dir: Path, tmp_path: Path) -> None:
     bundle = read_bundle(serving_bundle_dir)
-    port, store = _free_port(), str(tmp_path / "predictions")
+    port, store = free_port(), str(tmp_path / "predictions")
     base = f"http://127.0.0.1:{port}"
     process = _serve("--bundle", str(serving_bundle_dir), "--port", str(port), "--prediction-log", store)
     try:
@@ -94,7 +88,7 @@ def test_a_bundle_that_fails_its_smoke_check_stops_the_server_with_the_reason(
     serving_bundle_dir: Path, tmp_path: Path
 ) -> None:
     broken = break_bundle(Path(shutil.copytree(serving_bundle_dir, tmp_path / "broken")))
-    process = _serve("--bundle", str(broken), "--port", str(_free_port()))
+    process = _serve("--bundle", str(broken), "--port", str(free_port()))
     _, stderr = process.communicate(timeout=STARTUP_SECONDS)
 
     assert process.returncode == 2
@@ -110,7 +104,7 @@ def test_a_bundle_that_fails_its_smoke_check_stops_the_server_with_the_reason(
     ],
 )
 def test_a_server_without_a_usable_model_source_exits_with_the_reason(args: list[str], message: str) -> None:
-    process = _serve(*args, "--port", str(_free_port()))
+    process = _serve(*args, "--port", str(free_port()))
     _, stderr = process.communicate(timeout=STARTUP_SECONDS)
 
     assert process.returncode == 2
