@@ -8,6 +8,7 @@ message and exits with code 2, which tells the orchestrator that a retry cannot 
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import sys
 import time
@@ -19,19 +20,7 @@ import typer
 from mlsteps import IMPORTED_AT, results
 from mlsteps.distributed import World
 from mlsteps.errors import EXIT_USER_ERROR, StepError
-from mlsteps.steps import (
-    deploy,
-    drift,
-    evaluate,
-    make_dataset,
-    preprocess,
-    promote,
-    register,
-    score,
-    snapshot,
-    train,
-    validate,
-)
+from mlsteps.steps import COMMANDS, module_name
 
 app = typer.Typer(
     name="mlsteps",
@@ -61,6 +50,6 @@ def _user_errors_exit_cleanly(name: str, func: Callable[..., Any]) -> Callable[.
     return wrapper
 
 
-for _module in (make_dataset, snapshot, validate, preprocess, train, evaluate, register, promote, score, drift, deploy):
-    _name = _module.__name__.rsplit(".", 1)[-1].replace("_", "-")
-    app.command(_name)(_user_errors_exit_cleanly(_name, _module.main))
+for _command in COMMANDS:
+    _module = importlib.import_module(f"mlsteps.steps.{module_name(_command)}")
+    app.command(_command)(_user_errors_exit_cleanly(_command, _module.main))

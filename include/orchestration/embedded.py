@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from orchestration.settings import PROJECT_ROOT, STEPS, Settings, get_settings
+from mlsteps.steps import STEPS
+from orchestration.settings import PROJECT_ROOT, Settings, get_settings
 
 SETTINGS_FILE = PROJECT_ROOT / "airflow_settings.yaml"
 _TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from mlsteps.config import PipelineConfig
-from orchestration.settings import GPU_POOL, STEPS, Settings, load_settings, parse_quantity
+from mlsteps.steps import STEPS
+from orchestration.settings import GPU_POOL, Settings, load_settings, parse_quantity
 
 from .policy import K8S_VERSIONS, RUN_AS_ID, load_documents, validate_schema
 from .rendering import CLUSTER_ENV, REPO, render, rendered_pods, variant_config

@@ -15,11 +15,12 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from mlsteps import results, storage
 from mlsteps.errors import ConfigError
+from mlsteps.steps import STEPS
 from orchestration.embedded import SETTINGS_FILE, settings_files
 from orchestration.local_step import LocalStepOperator
 from orchestration.pod_task import RUN_ROOT_TEMPLATE, pod_task
 from orchestration.retrain import PROMOTE_TASK, REJECT_TASK, format_summary, promotion_branch, summarize
-from orchestration.settings import STEPS, load_settings, parse_quantity
+from orchestration.settings import load_settings, parse_quantity
 
 CONFIG = Path(__file__).resolve().parents[2] / "include" / "config" / "pipeline.yaml"
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import mlsteps
+from mlsteps.steps import COMMANDS
 
 
 def _modules() -> list[str]:
@@ -32,9 +33,16 @@ def test_the_cli_loads_no_heavy_library_before_a_step_needs_it() -> None:
 
 
 def test_every_step_has_help_with_examples() -> None:
-    steps = ("make-dataset", "snapshot", "validate", "preprocess", "train", "evaluate", "register", "promote")
-    for step in (*steps, "score", "drift", "deploy"):
+    for step in COMMANDS:
         done = subprocess.run(
             [sys.executable, "-m", "mlsteps", step, "--help"], capture_output=True, text=True, check=True
         )
         assert "Examples" in done.stdout, step
+
+
+def test_every_step_module_is_a_command_and_every_command_a_module() -> None:
+    import mlsteps.steps
+    from mlsteps.steps import module_name
+
+    modules = {m.name for m in pkgutil.iter_modules(mlsteps.steps.__path__)}
+    assert modules == {module_name(command) for command in COMMANDS}
