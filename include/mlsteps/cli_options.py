@@ -19,3 +19,14 @@ ConfigUri = Annotated[
         help="pipeline config YAML (path or URI); default: $MLSTEPS_CONFIG, else the bundled pipeline.yaml",
     ),
 ]
+
+
+def above_zero(value: float | None) -> float | None:
+    """Option callback for a lower bound that is not allowed itself; typer's ``min`` includes its bound.
+
+    Raises:
+        typer.BadParameter: the value is 0 or below; typer names the option and exits with code 2.
+    """
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"{value} is not above 0")
+    return value

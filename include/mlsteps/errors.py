@@ -25,3 +25,7 @@ class ValidationFailed(StepError):
 
 class RegistryConflict(StepError):
     """The model registry changed under us (for example ``champion`` moved since evaluation)."""
+
+
+class StorageError(StepError):
+    """A path or URI cannot be used as given: a file where a folder belongs, or no credentials for S3."""

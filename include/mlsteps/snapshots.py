@@ -76,8 +76,13 @@ def read_table(uri: str, text_columns: Collection[str] = ()) -> pd.DataFrame:
         text_columns: CSV columns to read as strings, so that codes such as ``007`` stay as written.
 
     Raises:
-        DataError: the extension is unknown, or the file is missing, empty, unreadable or has no rows.
+        DataError: the URI is a folder, the extension is unknown, or the file is missing, empty, unreadable or has
+            no rows.
     """
+    if not storage.is_s3(uri) and storage.local_path(uri).is_dir():
+        tables = [path for path in storage.list_files(uri) if table_format(path)]
+        example = f" in it, e.g. {tables[0]}" if tables else " (this folder holds none)"
+        raise DataError(f"input {uri} is a folder, not a file: give the path of one CSV or Parquet file{example}")
     file_format = table_format(uri)
     if file_format is None:
         raise DataError(f"cannot read {uri}: {unknown_extension_message(uri)}")

@@ -3,18 +3,23 @@
 S3 goes through boto3. Set ``S3_ENDPOINT_URL`` to use an S3-compatible store (MinIO, Ceph, moto); credentials
 come from boto3's usual chain (environment, web identity, instance profile), never from config files.
 Local writes are atomic (write to a temporary file, then rename), so a crashed step never leaves half a file
-where a good artifact was.
+where a good artifact was. No S3 credentials, or a file where a folder belongs, is a ``StorageError`` that says
+what to set or give instead: the step exits 2, as a retry would fail the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
+
+from mlsteps.errors import StorageError
 
 S3_ENDPOINT_ENV_VAR = "S3_ENDPOINT_URL"
 
@@ -70,21 +75,60 @@ def s3_client() -> Any:
     return boto3.client("s3", endpoint_url=os.environ.get(S3_ENDPOINT_ENV_VAR) or None)
 
 
+@contextlib.contextmanager
+def _s3_access(uri: str) -> Iterator[None]:
+    """Say what to set when boto3 finds no credentials; its own "Unable to locate credentials" names neither.
+
+    Raises:
+        StorageError: no credentials anywhere in boto3's chain, naming the URI and the variables to set.
+    """
+    from botocore.exceptions import NoCredentialsError
+
+    try:
+        yield
+    except NoCredentialsError:
+        endpoint = os.environ.get(S3_ENDPOINT_ENV_VAR)
+        store = f"{S3_ENDPOINT_ENV_VAR}={endpoint}" if endpoint else f"AWS S3 ({S3_ENDPOINT_ENV_VAR} is not set)"
+        raise StorageError(
+            f"no S3 credentials to access {uri} on {store}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+            "AWS_PROFILE, or give the pod a workload identity (web identity token or instance profile); "
+            f"for an S3-compatible store (MinIO, Ceph) set {S3_ENDPOINT_ENV_VAR} to its URL too"
+        ) from None
+
+
+def _make_folder(folder: Path, uri: str) -> None:
+    """Create a folder and its parents, naming the file in the way when a file was given where a folder belongs.
+
+    Raises:
+        StorageError: ``folder`` or one of its parents is an existing file.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise StorageError(
+            f"cannot write {uri}: {blocker} is a file, not a folder; give a folder path (new or existing), "
+            f"or move {blocker} away"
+        ) from None
+
+
 def read_bytes(uri: str) -> bytes:
     """Read a whole object or file.
 
     Raises:
         FileNotFoundError: naming the URI, for local files and S3 keys alike.
+        StorageError: S3 has no credentials.
     """
     if is_s3(uri):
         bucket, key = _split_s3(uri)
         client = s3_client()
-        try:
-            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except client.exceptions.NoSuchKey as exc:
-            raise FileNotFoundError(f"no such object: {uri}") from exc
-        except client.exceptions.NoSuchBucket as exc:
-            raise FileNotFoundError(f"no such bucket for {uri}") from exc
+        with _s3_access(uri):
+            try:
+                return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            except client.exceptions.NoSuchKey as exc:
+                raise FileNotFoundError(f"no such object: {uri}") from exc
+            except client.exceptions.NoSuchBucket as exc:
+                raise FileNotFoundError(f"no such bucket for {uri}") from exc
     path = local_path(uri)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {uri}")
@@ -92,13 +136,18 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole object or file, atomically for local files; parent folders are created."""
+    """Write a whole object or file, atomically for local files; parent folders are created.
+
+    Raises:
+        StorageError: a file lies where a parent folder belongs, or S3 has no credentials.
+    """
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        with _s3_access(uri):
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         return
     path = local_path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path.parent, uri)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -135,12 +184,13 @@ def exists(uri: str) -> bool:
     if is_s3(uri):
         bucket, key = _split_s3(uri)
         client = s3_client()
-        try:
-            client.head_object(Bucket=bucket, Key=key)
-        except client.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                return False
-            raise
+        with _s3_access(uri):
+            try:
+                client.head_object(Bucket=bucket, Key=key)
+            except client.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                    return False
+                raise
         return True
     return local_path(uri).is_file()
 
@@ -151,11 +201,12 @@ def list_files(prefix: str) -> list[str]:
         bucket, key = _split_s3(prefix)
         key = key.rstrip("/") + "/"
         paginator = s3_client().get_paginator("list_objects_v2")
-        found = [
-            f"s3://{bucket}/{item['Key']}"
-            for page in paginator.paginate(Bucket=bucket, Prefix=key)
-            for item in page.get("Contents", [])
-        ]
+        with _s3_access(prefix):
+            found = [
+                f"s3://{bucket}/{item['Key']}"
+                for page in paginator.paginate(Bucket=bucket, Prefix=key)
+                for item in page.get("Contents", [])
+            ]
         return sorted(found)
     root = local_path(prefix)
     if not root.is_dir():
@@ -163,11 +214,22 @@ def list_files(prefix: str) -> list[str]:
     return sorted(str(p) for p in root.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
 
 
+def delete(uri: str) -> None:
+    """Remove a file or object; one that is not there is no error (S3's delete is idempotent too)."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        with _s3_access(uri):
+            s3_client().delete_object(Bucket=bucket, Key=key)
+        return
+    local_path(uri).unlink(missing_ok=True)
+
+
 def upload_file(path: Path, uri: str) -> None:
     """Copy a local file to a URI (streamed for S3, atomic for local targets)."""
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        s3_client().upload_file(str(path), bucket, key)
+        with _s3_access(uri):
+            s3_client().upload_file(str(path), bucket, key)
         return
     write_bytes(uri, path.read_bytes())
 
@@ -179,7 +241,8 @@ def download_file(uri: str, path: Path) -> Path:
         if not exists(uri):
             raise FileNotFoundError(f"no such object: {uri}")
         bucket, key = _split_s3(uri)
-        s3_client().download_file(bucket, key, str(path))
+        with _s3_access(uri):
+            s3_client().download_file(bucket, key, str(path))
         return path
     path.write_bytes(read_bytes(uri))
     return path

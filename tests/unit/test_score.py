@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from fake_models import GOOD, MODEL_NAME, WEAK, log_model
@@ -142,6 +143,43 @@ def test_bad_input_names_what_is_wrong(champion: int, tmp_path: Path) -> None:
         _score(run_root, _input_without(tmp_path), store, output_uri=str(tmp_path / "out.txt"))
     assert prediction_log.window_files(store, MODEL_NAME, "2000-01-01", "2100-01-01") == []
     assert not storage.exists(results.result_uri(run_root, "score"))
+
+
+def _score_cli(run_root: str, input_uri: str, store: str) -> list[str]:
+    """Run ``python -m mlsteps score`` in-process; it must exit 2. Returns the lines of its stderr."""
+    outcome = CliRunner().invoke(
+        app, ["score", "--run-root", run_root, "--input-uri", input_uri, "--prediction-store", store]
+    )
+    assert outcome.exit_code == 2, outcome.output
+    return outcome.stderr.splitlines()
+
+
+def test_infinite_values_are_named_by_column_and_row_not_blamed_on_the_model(champion: int, tmp_path: Path) -> None:
+    frame = generate_churn(50, seed=2)
+    frame.loc[[3, 17], "tenure_months"] = np.inf
+    frame.loc[5, "age"] = -np.inf
+    input_uri = str(tmp_path / "inf.csv")
+    write_table(frame, input_uri)
+    store, run_root = str(tmp_path / "predictions"), str(tmp_path / "runs" / "inf")
+
+    assert _score_cli(run_root, input_uri, store) == [
+        f"score failed: input {input_uri}: numeric feature column(s) hold infinite values (tenure_months: 2 row(s), "
+        "e.g. rows [3, 17]; age: 1 row(s), e.g. rows [5]; rows count from 0, header excluded). Replace them with "
+        "numbers, or leave them empty to have them imputed like other nulls."
+    ]
+    assert prediction_log.window_files(store, MODEL_NAME, "2000-01-01", "2100-01-01") == []
+
+
+def test_a_folder_as_input_says_which_file_to_give(champion: int, tmp_path: Path) -> None:
+    folder = tmp_path / "batch"
+    write_table(generate_churn(20, seed=3), str(folder / "week10.parquet"))
+
+    lines = _score_cli(str(tmp_path / "runs" / "folder"), str(folder), str(tmp_path / "predictions"))
+
+    assert lines == [
+        f"score failed: input {folder} is a folder, not a file: give the path of one CSV or Parquet file in it, "
+        f"e.g. {folder / 'week10.parquet'}"
+    ]
 
 
 def test_a_missing_alias_or_version_says_what_to_do(mlflow_tracking: str, tmp_path: Path) -> None:

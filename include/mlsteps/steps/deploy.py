@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from mlsteps import results, tracking
-from mlsteps.cli_options import ConfigUri, RunRoot
+from mlsteps.cli_options import ConfigUri, RunRoot, above_zero
 from mlsteps.config import PipelineConfig, load_pipeline_config
 from mlsteps.deploy import Strategy
 from mlsteps.errors import ConfigError
@@ -65,7 +65,10 @@ def main(
     canary_share: Annotated[
         float | None,
         typer.Option(
-            "--canary-share", min=0.0, max=1.0, help="share of pods that run the canary; default: serving.canary.share"
+            "--canary-share",
+            max=1.0,
+            callback=above_zero,
+            help="share of pods that run the canary, above 0; default: serving.canary.share",
         ),
     ] = None,
     state_dir: Annotated[

@@ -169,7 +169,8 @@ def main(
         ),
     ] = None,
     window_hours: Annotated[
-        int | None, typer.Option("--window-hours", min=1, help="window length; default: monitoring.window_hours")
+        int | None,
+        typer.Option("--window-hours", min=1, max=24 * 31, help="window length; default: monitoring.window_hours"),
     ] = None,
     min_rows: Annotated[
         int | None, typer.Option("--min-rows", min=1, help="skip smaller windows; default: monitoring.min_rows")

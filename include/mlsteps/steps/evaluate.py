@@ -79,12 +79,16 @@ def main(
     config: ConfigUri = None,
     min_roc_auc: Annotated[
         float | None,
-        typer.Option("--min-roc-auc", help="minimum holdout ROC AUC of the challenger; overrides the config"),
+        typer.Option(
+            "--min-roc-auc", min=0.0, max=1.0, help="minimum holdout ROC AUC of the challenger; overrides the config"
+        ),
     ] = None,
     max_roc_auc_regression: Annotated[
         float | None,
         typer.Option(
             "--max-roc-auc-regression",
+            min=0.0,
+            max=1.0,
             help="largest ROC AUC drop versus the champion that still passes; overrides the config",
         ),
     ] = None,

@@ -22,7 +22,7 @@ def main(
         typer.Option("--output-uri", help="file to write: .csv, .parquet or .pq; path, file:// or s3:// URI"),
     ],
     rows: Annotated[int, typer.Option("--rows", min=1, help="number of rows")] = 20000,
-    seed: Annotated[int, typer.Option("--seed", help="random seed; the same options give the same rows")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="random seed; the same options give the same rows")] = 0,
     start: Annotated[str, typer.Option("--start", help="first day of event_time (UTC)")] = "2025-01-01",
     days: Annotated[int, typer.Option("--days", min=1, help="days that event_time spreads over")] = 365,
     covariate_drift: Annotated[

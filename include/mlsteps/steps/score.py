@@ -11,6 +11,7 @@ import hashlib
 import json
 from typing import Annotated, Any
 
+import numpy as np
 import pandas as pd
 import typer
 
@@ -27,6 +28,7 @@ PREDICTIONS_FILE = "predictions.parquet"
 # Written before the log is appended: a retry of an interrupted run reuses its scored_at, hence its log file.
 ATTEMPT_FILE = "attempt.json"
 DEFAULT_BATCH_ROWS = 50_000
+_ROWS_SHOWN = 5
 
 
 def _model_version(client: Any, model_name: str, alias: str, version: int | None) -> int:
@@ -61,7 +63,8 @@ def _model_input(frame: pd.DataFrame, dataset: DatasetConfig, what: str) -> pd.D
     """The feature columns typed as serving sends them: numbers as float64, categories as strings.
 
     Raises:
-        DataError: a feature column is missing or a numeric one holds values that are not numbers.
+        DataError: a feature column is missing, or a numeric one holds values that are not numbers or are infinite
+            (the model would return NaN for those rows).
     """
     names = [column.name for column in dataset.features]
     require_columns(frame, names, what)
@@ -69,6 +72,17 @@ def _model_input(frame: pd.DataFrame, dataset: DatasetConfig, what: str) -> pd.D
         numeric = numeric_frame(frame, dataset.numeric_features)
     except DataError as exc:
         raise DataError(f"{what}: {exc}") from None
+    infinite = np.isinf(numeric)
+    if infinite.to_numpy().any():
+        details = "; ".join(
+            f"{column}: {int(rows.sum())} row(s), e.g. rows {np.flatnonzero(rows)[:_ROWS_SHOWN].tolist()}"
+            for column, rows in infinite.items()
+            if rows.any()
+        )
+        raise DataError(
+            f"{what}: numeric feature column(s) hold infinite values ({details}; rows count from 0, header "
+            "excluded). Replace them with numbers, or leave them empty to have them imputed like other nulls."
+        )
     categorical = frame[dataset.categorical_features].astype("str")
     return pd.concat([numeric, categorical], axis=1)[names]
 
