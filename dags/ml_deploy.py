@@ -9,6 +9,7 @@ another version or roll back by hand (`model` = an older version number).
 | `approval_gate` | `approval` when `require_approval` is set, else straight to `deploy` | |
 | `approval` | a person approves or rejects in the UI (*Required actions*); a rejection skips `deploy` | |
 | `deploy` | rolls `model` out (rolling, or canary on Kubernetes), smoke-tests it via the server | `result.json` |
+| `summary` | the run's outcome: `deployed`, `unchanged`, `rolled_back`, `failed` or `skipped` | `summary.json` |
 
 The smoke test sends the bundle's known rows: every probability must match and the p99 latency stay within budget.
 The target follows the runtime: `local` serves from one `python -m mlsteps.serve` process on this machine (pid,
@@ -28,9 +29,11 @@ from airflow.sdk import Param, TriggerRule, chain, dag, task
 
 from mlsteps.deploy import STRATEGIES
 from orchestration.assets import MODEL_PROMOTED
-from orchestration.deploy import APPROVAL_TASK, MODEL_PARAM_PATTERN, deploy_args
-from orchestration.pod_task import TEMPLATE_MACROS, dag_default_args, pod_task
+from orchestration.contracts import APPROVAL_TASK, DEPLOY_TASK, SUMMARY_TASK
+from orchestration.deploy import MODEL_PARAM_PATTERN, deploy_args
+from orchestration.pod_task import dag_default_args, pod_task
 from orchestration.settings import get_settings
+from orchestration.templates import TEMPLATE_MACROS
 
 DAG_ID = Path(__file__).stem
 SETTINGS = get_settings()
@@ -94,10 +97,25 @@ def ml_deploy() -> None:
     )
 
     # --- rollout, smoke test, rollback ---
-    deploy = pod_task("deploy", args=deploy_args(SETTINGS), trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    deploy = pod_task(
+        "deploy",
+        task_id=DEPLOY_TASK,
+        args=deploy_args(SETTINGS),
+        trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+    )
+
+    @task(task_id=SUMMARY_TASK, trigger_rule=TriggerRule.ALL_DONE)
+    def summary(run_id: str | None = None) -> dict:
+        """Store the run's outcome as ``summary.json`` and log it; fail when the deploy failed or rolled back."""
+        from orchestration.deploy import format_summary, summarize
+        from orchestration.failures import close_run
+
+        run_root = SETTINGS.run_root(DAG_ID, run_id)
+        outcome = summarize(run_root, run_id)
+        return close_run(run_root, outcome, format_summary(outcome))
 
     chain(approval_gate(), [approval, deploy])
-    chain(approval, deploy)
+    chain(approval, deploy, summary())
 
 
 ml_deploy()

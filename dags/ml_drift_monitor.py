@@ -10,6 +10,7 @@ ends at the `window_end` param), for the model version behind `monitoring.model_
 | `decide` | skip small windows; hysteresis (`consecutive_windows`) and `cooldown_hours` | monitor `state.json` |
 | `alert` | emits `drift_alert` (extra: report, drifted features, model version); `ml_retrain` starts | asset event |
 | `quiet` | no retraining; the reason is in the `decide` log | |
+| `summary` | the run's outcome: the decision (`alert`, `no_drift`, ...) or `failed` | `summary.json` |
 
 A data-quality problem in the logs (a missing or all-null feature) is reported as such and never starts retraining.
 """
@@ -19,15 +20,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, Param, chain, dag, task
+from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, chain, dag, task
 
 from orchestration.assets import DRIFT_ALERT
-from orchestration.pod_task import TEMPLATE_MACROS, dag_default_args, pod_task
+from orchestration.contracts import ALERT_TASK, QUIET_TASK, SUMMARY_TASK
+from orchestration.pod_task import dag_default_args, pod_task
 from orchestration.settings import get_settings
+from orchestration.templates import TEMPLATE_MACROS
 
 DAG_ID = Path(__file__).stem
 SETTINGS = get_settings()
-ALERT_TASK, QUIET_TASK = "alert", "quiet"
 
 
 @dag(
@@ -76,16 +78,9 @@ def ml_drift_monitor() -> None:
     def alert(run_id: str | None = None, *, outlet_events=None) -> dict:
         """Emit ``drift_alert`` with the report and the drifted features, which starts ``ml_retrain``."""
         from mlsteps.results import read_result
+        from orchestration.contracts import drift_alert_extra
 
-        result = read_result(SETTINGS.run_root(DAG_ID, run_id), "drift")
-        extra = {
-            "report_uri": result["report_uri"],
-            "report_html_uri": result["report_html_uri"],
-            "drifted_features": result["drifted_features"],
-            "model_name": result["model_name"],
-            "model_version": result["model_version"],
-            "window_end": result["window"]["end"],
-        }
+        extra = drift_alert_extra(read_result(SETTINGS.run_root(DAG_ID, run_id), "drift"))
         outlet_events[DRIFT_ALERT].extra = extra
         print(f"drift_alert: {extra}")
         return extra
@@ -94,7 +89,17 @@ def ml_drift_monitor() -> None:
     def quiet() -> None:
         """No retraining this time; ``decide`` logged why."""
 
-    chain(drift, decide(), [alert(), quiet()])
+    @task(task_id=SUMMARY_TASK, trigger_rule=TriggerRule.ALL_DONE)
+    def summary(run_id: str | None = None) -> dict:
+        """Store the run's outcome as ``summary.json`` and log it; fail when an earlier task failed."""
+        from orchestration.failures import close_run
+        from orchestration.monitor import format_summary, summarize
+
+        run_root = SETTINGS.run_root(DAG_ID, run_id)
+        outcome = summarize(run_root, run_id)
+        return close_run(run_root, outcome, format_summary(outcome))
+
+    chain(drift, decide(), [alert(), quiet()], summary())
 
 
 ml_drift_monitor()

@@ -15,9 +15,10 @@ below. The MLflow run and the model version record what started it (`trigger`, a
 | `register` | new model version in the MLflow registry, alias `challenger` | model version |
 | `gate` | branches on the gate: `promote` or `reject` | |
 | `promote` | moves alias `champion`, if it did not move since evaluation; emits `model_promoted` | alias |
-| `summary` | prints and stores the run's outcome | `summary.json` |
+| `summary` | the run's outcome (`promoted`, `rejected` or `failed`), also after a failure | `summary.json` |
 
-Bad data stops the run at `validate` (or `snapshot`) without retries; the registry and the champion stay unchanged.
+Bad data stops the run at `validate` (or `snapshot`) without retries; the registry and the champion stay unchanged,
+and `summary.json` names the failed task and its message.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, chain, dag, task
 
 from orchestration.assets import DRIFT_ALERT, MODEL_PROMOTED
-from orchestration.pod_task import TEMPLATE_MACROS, dag_default_args, pod_task
+from orchestration.contracts import PROMOTE_TASK, REJECT_TASK, SUMMARY_TASK
+from orchestration.pod_task import dag_default_args, pod_task
 from orchestration.retrain import TRIGGER_MACROS, TRIGGER_TAG_ARGS
 from orchestration.settings import get_settings
+from orchestration.templates import TEMPLATE_MACROS
 
 DAG_ID = Path(__file__).stem
 SETTINGS = get_settings()
@@ -129,22 +132,24 @@ def ml_retrain() -> None:
 
     promote = pod_task(
         "promote",
+        task_id=PROMOTE_TASK,
         args=["{{ '--force' if params.force_promotion else '--no-force' }}"],
         outlets=[MODEL_PROMOTED],
     )
 
-    @task(task_id="reject")
+    @task(task_id=REJECT_TASK)
     def reject() -> None:
         """The challenger stays registered as ``challenger``; the champion is unchanged."""
 
-    @task(task_id="summary", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    @task(task_id=SUMMARY_TASK, trigger_rule=TriggerRule.ALL_DONE)
     def summary(run_id: str | None = None) -> dict:
-        """Log the outcome of the run and store it as ``summary.json`` in the run folder."""
+        """Store the run's outcome as ``summary.json`` and log it; fail when an earlier task failed."""
+        from orchestration.failures import close_run
         from orchestration.retrain import format_summary, summarize
 
-        outcome = summarize(SETTINGS.run_root(DAG_ID, run_id), run_id)
-        print(format_summary(outcome))
-        return outcome
+        run_root = SETTINGS.run_root(DAG_ID, run_id)
+        outcome = summarize(run_root, run_id)
+        return close_run(run_root, outcome, format_summary(outcome))
 
     chain(snapshot, validate, preprocess, train, evaluate, register, gate(), [promote, reject()], summary())
 

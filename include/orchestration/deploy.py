@@ -7,13 +7,17 @@ module only says which serving target a runtime deploys to and whether a person 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from mlsteps import results
+from orchestration.contracts import APPROVAL_TASK, DEPLOY_TASK
+from orchestration.failures import failure_summary
 from orchestration.settings import Settings
 
 log = logging.getLogger(__name__)
 
-APPROVAL_TASK = "approval"
-DEPLOY_TASK = "deploy"
+# The deploy step's outcomes when the new version failed: its result.json says what serves now.
+ROLLBACK_OUTCOMES = ("rolled_back", "rollback_failed")
 # A version number or the alias that serving follows.
 MODEL_PARAM_PATTERN = r"^(champion|[1-9][0-9]*)$"
 
@@ -56,3 +60,36 @@ def approval_branch(require_approval: bool) -> str:
         return APPROVAL_TASK
     log.info("require_approval is not set -> %s", DEPLOY_TASK)
     return DEPLOY_TASK
+
+
+def summarize(run_root: str, run_id: str) -> dict[str, Any]:
+    """The outcome of one deploy run, from the deploy step's result and the run's failure records.
+
+    ``deployed`` and ``unchanged`` succeed; ``rolled_back`` (the previous version serves again) and
+    ``rollback_failed`` are the deploy step's own failed outcomes; ``failed`` is any other failure; ``skipped`` means
+    the deploy did not run (a person rejected it).
+    """
+    deployed = results.optional_result(run_root, DEPLOY_TASK)
+    failure = failure_summary(run_root)
+    if failure and deployed and deployed["outcome"] in ROLLBACK_OUTCOMES:
+        failure = {**failure, "outcome": deployed["outcome"]}
+    outcome = failure or (
+        {"outcome": deployed["outcome"]} if deployed else {"outcome": "skipped", "message": "the deploy did not run"}
+    )
+    return {"run_id": run_id, "run_root": run_root, **outcome, "deploy": deployed}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A short human-readable report of one deploy run."""
+    deployed = summary["deploy"] or {}
+    lines = [f"run           {summary['run_id']}", f"outcome       {summary['outcome'].upper()}"]
+    if summary.get("failed_task"):
+        lines.append(f"failed task   {summary['failed_task']}")
+    lines += [f"  {line}" for line in (summary.get("message") or deployed.get("reason", "")).splitlines()]
+    if deployed:
+        lines.append(
+            f"model         {deployed['model_name']} v{deployed['version']} on {deployed['target']} "
+            f"({deployed['strategy']}), before: {deployed['previous_version'] or 'none'}"
+        )
+    lines.append(f"run folder    {summary['run_root']}")
+    return "\n".join(lines)

@@ -21,14 +21,10 @@ from typing import Any
 
 import yaml
 
-from mlsteps.steps import STEPS
 from orchestration.settings import PROJECT_ROOT, Settings, get_settings
 
 SETTINGS_FILE = PROJECT_ROOT / "airflow_settings.yaml"
 _TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
-# A step's failure message as the task's exception repeats it: "validate failed: ..." then "- ..." detail lines.
-_STEP_FAILED = re.compile(rf"^(?:{'|'.join(STEPS)}) failed: ")
-_FAILURE_DETAIL = ("- ", "Report: ")
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
@@ -145,6 +141,7 @@ def _dag_test(dag_id: str, conf: dict[str, Any], outcome_file: Path) -> None:
     tasks = {
         ti.task_id: {
             "state": str(ti.state),
+            "try_number": ti.try_number,
             "started_at": ti.start_date.isoformat() if ti.start_date else None,
             "seconds": (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else None,
         }
@@ -168,8 +165,6 @@ def run_dag(settings: Settings, env: dict[str, str], dag_id: str, conf: dict[str
     outcome_file = logs / f"{dag_id}-{stamp}.json"
     argv = [sys.executable, "-m", "orchestration.embedded", "_dag-test", dag_id, json.dumps(conf), str(outcome_file)]
     print(f"running {dag_id} (Airflow log: {log_file})", flush=True)
-    step_failures: list[list[str]] = []
-    capturing = False
     with log_file.open("w") as log:
         child = subprocess.Popen(
             argv, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -180,34 +175,25 @@ def run_dag(settings: Settings, env: dict[str, str], dag_id: str, conf: dict[str
             text = line.rstrip()
             if match := _TASK_END.search(text):
                 print(f"  task {match.group(1)} ended", flush=True)
-            if _STEP_FAILED.match(text):
-                step_failures.append([text])
-                capturing = True
-            elif capturing and text.startswith(_FAILURE_DETAIL):
-                step_failures[-1].append(text)
-            else:
-                capturing = False
         child.wait()
     if child.returncode != 0 or not outcome_file.exists():
         raise SystemExit(f"{dag_id} could not run (exit {child.returncode}); see {log_file}")
     outcome = json.loads(outcome_file.read_text())
     outcome["log_file"] = str(log_file)
-    outcome["step_failures"] = ["\n".join(block) for block in dict.fromkeys(map(tuple, step_failures))]
     return outcome
 
 
 def run(dag_id: str, conf: dict[str, Any], rows: int, seed: int) -> dict[str, Any]:
-    """Prepare the embedded default and run one DAG; return its outcome (with its summary or deploy result)."""
+    """Prepare the embedded default and run one DAG; return its outcome, with the summary its last task wrote."""
     settings = get_settings()
     env = prepare_airflow(settings)
     ensure_dataset(settings, rows, seed)
     outcome = run_dag(settings, env, dag_id, conf)
-    from mlsteps import results, storage
+    from mlsteps import storage
+    from orchestration.failures import SUMMARY_FILE
 
-    run_root = settings.run_root(dag_id, outcome["run_id"])
-    summary_uri = storage.join(run_root, "summary.json")
+    summary_uri = storage.join(settings.run_root(dag_id, outcome["run_id"]), SUMMARY_FILE)
     outcome["summary"] = storage.read_json(summary_uri) if storage.exists(summary_uri) else None
-    outcome["deploy"] = results.optional_result(run_root, "deploy")
     return outcome
 
 
@@ -222,20 +208,17 @@ def standalone() -> None:
 
 
 def _report(dag_id: str, outcome: dict[str, Any]) -> bool:
-    """Print a run's summary, deploy result and failures; whether it succeeded."""
+    """Print a run's summary (failed runs have one too) and its end; whether it succeeded."""
+    from orchestration import deploy, monitor, retrain
+
+    formatters = {"ml_retrain": retrain, "ml_deploy": deploy, "ml_drift_monitor": monitor}
     print()
     if outcome["summary"]:
-        from orchestration.retrain import format_summary
-
-        print(format_summary(outcome["summary"]))
-    if outcome["deploy"]:
-        print(f"deploy {outcome['deploy']['outcome']}: {outcome['deploy']['reason']}")
-    failed = [task for task, info in outcome["tasks"].items() if info["state"] == "failed"]
+        print(formatters[dag_id].format_summary(outcome["summary"]))
     print(f"\n{dag_id} run {outcome['run_id']}: {outcome['state']} in {outcome['seconds']:.0f} s")
+    failed = [task for task, info in outcome["tasks"].items() if info["state"] == "failed"]
     if failed:
-        print(f"failed tasks: {', '.join(failed)}; details in {outcome['log_file']}")
-        for message in outcome["step_failures"]:
-            print(message)
+        print(f"failed tasks: {', '.join(failed)}; their logs are in {outcome['log_file']}")
     return outcome["state"] == "success"
 
 

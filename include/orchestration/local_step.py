@@ -2,9 +2,10 @@
 
 The command and environment are the ones the pod would get; only ``python`` is replaced by the worker's own
 interpreter, so the subprocess sees the same installed packages. Output is streamed line by line into the task
-log. Exit code 2 (bad input, failed validation, failed gate) fails the task without retries; any other failure
-is retried. When Airflow kills the task (timeout, cleared, marked failed), the whole process group is terminated,
-so no orphaned step keeps running.
+log. A non-zero exit becomes the same exception as on Kubernetes (``failures.step_exit_error``): exit code 2 (bad
+input, failed validation, failed gate) fails the task without retries; any other failure is retried. When Airflow
+kills the task (timeout, cleared, marked failed), the whole process group is terminated, so no orphaned step keeps
+running.
 """
 
 from __future__ import annotations
@@ -18,17 +19,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from mlsteps.errors import EXIT_USER_ERROR
-
-_TAIL_LINES = 20
+from orchestration.failures import TAIL_LINES, step_exit_error
 
 
 class LocalStepOperator(BaseOperator):
     """Runs ``cmds + arguments`` with ``env_vars`` added to the worker's environment.
 
     Args:
+        step: the step the command runs, named in failure messages.
         cmds: the container entrypoint, e.g. ``["python", "-m", "mlsteps", "train"]``.
         arguments: the container arguments (templated).
         env_vars: environment of the step (templated), identical to the pod's.
@@ -37,8 +36,11 @@ class LocalStepOperator(BaseOperator):
     template_fields: Sequence[str] = ("arguments", "env_vars")
     ui_color = "#e8f4fd"
 
-    def __init__(self, *, cmds: list[str], arguments: list[str], env_vars: dict[str, str], **kwargs: Any) -> None:
+    def __init__(
+        self, *, step: str, cmds: list[str], arguments: list[str], env_vars: dict[str, str], **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
+        self.step = step
         self.cmds = cmds
         self.arguments = arguments
         self.env_vars = env_vars
@@ -50,10 +52,15 @@ class LocalStepOperator(BaseOperator):
         return [*head, *(str(a) for a in self.arguments)]
 
     def execute(self, context: Any) -> None:
-        """Run the step, stream its output, and translate its exit code."""
+        """Run the step, stream its output, and translate its exit code.
+
+        Raises:
+            StepUserError: exit code 2; not retried.
+            StepExitError: any other non-zero exit; retried.
+        """
         argv = self.command()
         self.log.info("Running %s", " ".join(argv))
-        tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._process = subprocess.Popen(
             argv,
             env={**os.environ, **self.env_vars},
@@ -68,12 +75,8 @@ class LocalStepOperator(BaseOperator):
             tail.append(line)
             self.log.info("%s", line)
         code = self._process.wait()
-        if code == 0:
-            return
-        last = "\n".join(tail)
-        if code == EXIT_USER_ERROR:
-            raise AirflowFailException(f"{self.task_id} stopped on bad input or a failed check:\n{last}")
-        raise AirflowException(f"{self.task_id} exited with code {code}:\n{last}")
+        if code != 0:
+            raise step_exit_error(self.step, code, "\n".join(tail))
 
     def on_kill(self) -> None:
         """Terminate the step's whole process group when Airflow kills the task."""

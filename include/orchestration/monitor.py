@@ -20,10 +20,12 @@ from typing import Any, Literal
 
 from mlsteps import storage
 from mlsteps.config import MonitoringConfig
-from mlsteps.results import read_result
+from mlsteps.results import optional_result, read_result
+from orchestration.failures import failure_summary, unexplained_failure
 
 Action = Literal["alert", "no_drift", "drift_pending", "cooldown", "skipped", "data_quality"]
 KEPT_WINDOWS = 100
+DECISION_FILE = "decision.json"  # in the monitor run's folder, for its summary
 
 
 @dataclass(frozen=True)
@@ -116,10 +118,44 @@ def record_decision(run_root: str, state_uri: str, monitoring: MonitoringConfig)
         monitoring: the pipeline config's ``monitoring`` section.
 
     Returns:
-        The decision.
+        The decision, also written to ``decision.json`` in the run folder.
     """
     state = storage.read_json(state_uri) if storage.exists(state_uri) else {}
     decision, new_state = decide(read_result(run_root, "drift"), state, monitoring)
     if new_state is not state:
         storage.write_json(state_uri, new_state)
+    storage.write_json(storage.join(run_root, DECISION_FILE), asdict(decision))
     return decision
+
+
+def summarize(run_root: str, run_id: str) -> dict[str, Any]:
+    """The outcome of one monitor run: the decision's action (``alert``, ``no_drift``, ...) or ``failed``."""
+    decision_uri = storage.join(run_root, DECISION_FILE)
+    decision = storage.read_json(decision_uri) if storage.exists(decision_uri) else None
+    drift = optional_result(run_root, "drift") or {}
+    failure = failure_summary(run_root) or (None if decision else unexplained_failure("decide"))
+    outcome = failure or {"outcome": decision["action"], "message": decision["reason"]}
+    return {
+        "run_id": run_id,
+        "run_root": run_root,
+        **outcome,
+        "model_version": drift.get("model_version"),
+        "window": drift.get("window"),
+        "drifted_features": drift.get("drifted_features", []),
+        "report_html_uri": drift.get("report_html_uri"),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A short human-readable report of one monitor run."""
+    window = summary["window"] or {}
+    lines = [f"run           {summary['run_id']}", f"outcome       {summary['outcome'].upper()}"]
+    if summary.get("failed_task"):
+        lines.append(f"failed task   {summary['failed_task']}")
+    lines += [f"  {line}" for line in summary["message"].splitlines()]
+    if window:
+        lines.append(f"window        {window.get('start')} .. {window.get('end')} of v{summary['model_version']}")
+    if summary["report_html_uri"]:
+        lines.append(f"report        {summary['report_html_uri']}")
+    lines.append(f"run folder    {summary['run_root']}")
+    return "\n".join(lines)

@@ -1,11 +1,12 @@
-"""Why a step pod did not start, read from its status and events, and the pod operator that says so.
+"""Why a step pod did not start, read from its status and events; how its step container ended.
 
 A pod that cannot be placed or started stays ``Pending`` without a word in the task log; the provider then gives up
 with "Pod took too long to be scheduled ... Check the pod events in kubernetes". ``diagnose_pod`` reads what
 ``kubectl describe pod`` shows (the scheduler's FailedScheduling text, the kubelet's image and volume errors,
 container waiting reasons, scheduling gates) and turns it into one cause and a message that names the resource,
-taint, image, claim or quota with the numbers Kubernetes reported, and says what to do. ``StepPodOperator`` puts
-that message into the task log and makes it the task's error.
+taint, image, claim or quota with the numbers Kubernetes reported, and says what to do. ``container_exit`` reads how
+a container that ran has ended. Both are pure functions of the API's objects; ``StepPodOperator`` makes them the
+task's error.
 """
 
 from __future__ import annotations
@@ -16,16 +17,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
 
-from airflow.providers.cncf.kubernetes.kubernetes_helper_functions import PodLaunchFailedException
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
-from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowException
 from kubernetes.client import models as k8s
 
-from orchestration.pod_spec import KUEUE_QUEUE_LABEL
+from orchestration.templates import KUEUE_QUEUE_LABEL
 
 
 class StartFailure(StrEnum):
@@ -406,63 +401,27 @@ def diagnose_pod(pod: k8s.V1Pod, events: Sequence[k8s.CoreV1Event]) -> PodDiagno
     return None
 
 
-class StepPodOperator(KubernetesPodOperator):
-    """The provider's pod operator, except that a pod which does not start fails the task with the reason why.
+@dataclass(frozen=True)
+class ContainerExit:
+    """How a container ended, from ``status.containerStatuses[].state.terminated``.
 
-    Everything else (reattaching, deletion on kill, cleanup, logs) is the provider's.
+    Attributes:
+        exit_code: the process's exit code (137 for SIGKILL, e.g. an out-of-memory kill).
+        reason: Kubernetes' reason: ``Completed``, ``Error``, ``OOMKilled``, ...
+        message: the termination message: with ``terminationMessagePolicy: FallbackToLogsOnError`` the last lines of
+            a failed container's log.
     """
 
-    _start_diagnosis: PodDiagnosis | None = None
+    exit_code: int
+    reason: str | None
+    message: str
 
-    def await_pod_start(self, pod: k8s.V1Pod) -> None:
-        """Wait as the provider does; when the pod fails to start or times out, raise its diagnosis instead.
 
-        Raises:
-            AirflowException: starting with the diagnosis, chained to the provider's launch error; the launch
-                error itself when the pod or its events cannot be read or explain nothing.
-        """
-        try:
-            super().await_pod_start(pod)
-        except (PodLaunchFailedException, PodLaunchTimeoutException) as launch_error:
-            diagnosis = self._diagnose_start(pod)
-            if diagnosis is None:
-                raise
-            raise self._start_failure(diagnosis) from launch_error
-
-    def trigger_reentry(self, context: Context, event: dict[str, Any]) -> Any:
-        """Deferrable mode: the trigger reports a start timeout or launch error; explain it like ``await_pod_start``.
-
-        The pod is read before the provider's cleanup, which may delete it.
-        """
-        if event.get("status") in ("timeout", "error"):
-            self._diagnose_start(k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=event["name"], namespace=event["namespace"])))
-        try:
-            return super().trigger_reentry(context, event)
-        except AirflowException as failure:
-            if self._start_diagnosis is None:
-                raise
-            raise self._start_failure(self._start_diagnosis) from failure
-
-    def cleanup(
-        self, pod: k8s.V1Pod, remote_pod: k8s.V1Pod, xcom_result: dict | None = None, context: Context | None = None
-    ) -> None:
-        """The provider's cleanup; its "Pod ... returned a failure" must not replace why the pod never started."""
-        try:
-            super().cleanup(pod, remote_pod, xcom_result, context)
-        except AirflowException:
-            if self._start_diagnosis is None:
-                raise
-
-    def _diagnose_start(self, pod: k8s.V1Pod) -> PodDiagnosis | None:
-        """Read the pod and its events and keep the diagnosis; None when reading fails or nothing explains it."""
-        try:
-            remote_pod = self.pod_manager.read_pod(pod)
-            events = self.pod_manager.read_pod_events(remote_pod).items
-            self._start_diagnosis = diagnose_pod(remote_pod, events)
-        except Exception:
-            self.log.warning("Could not read pod %s and its events to explain it", pod.metadata.name, exc_info=True)
-        return self._start_diagnosis
-
-    def _start_failure(self, diagnosis: PodDiagnosis) -> AirflowException:
-        self.log.error("%s", diagnosis.message)
-        return AirflowException(f"{diagnosis.cause}: {diagnosis.message}\nEvidence: {diagnosis.evidence}")
+def container_exit(pod: k8s.V1Pod, container_name: str) -> ContainerExit | None:
+    """How one container of the pod ended, or None when it has not terminated (or is not in the status)."""
+    statuses = (pod.status.container_statuses if pod.status else None) or []
+    status = next((status for status in statuses if status.name == container_name), None)
+    terminated = status.state.terminated if status and status.state else None
+    if terminated is None or terminated.exit_code is None:
+        return None
+    return ContainerExit(terminated.exit_code, terminated.reason, (terminated.message or "").rstrip())

@@ -31,14 +31,13 @@ from airflow.providers.cncf.kubernetes.secret import Secret
 from kubernetes.client import models as k8s
 
 from mlsteps.registry import IMAGE_ENV_VAR
-from orchestration.pod_task import RUN_ROOT_TEMPLATE
 from orchestration.settings import KubernetesSettings, Settings, StepSettings, parse_quantity
+from orchestration.templates import KUEUE_QUEUE_LABEL, RUN_ROOT_TEMPLATE
 
 CONFIG_MOUNT = "/etc/mlsteps"
 POD_CONFIG_PATH = f"{CONFIG_MOUNT}/pipeline.yaml"
 PART_OF = "continuous-training"
 LABEL_PREFIX = "continuous-training"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 DELETE_SUCCEEDED_KEEP_FAILED = "delete_succeeded_pod"
 # The policy scan (checkov, tests/k8s) flags every pod that mounts an API token; the deploy step's pod needs one, and
 # says why on the pod itself, so the check still guards every other pod.
@@ -220,6 +219,8 @@ def pod_operator_kwargs(step_name: str, settings: Settings, common: dict[str, An
         **_security(kube),
         **(_gpu_scheduling(kube) if step.gpus else {}),
         "get_logs": True,
+        # A failed step's last lines become its container's termination message, read back by StepPodOperator.
+        "termination_message_policy": "FallbackToLogsOnError",
         "log_events_on_failure": True,
         "on_finish_action": DELETE_SUCCEEDED_KEEP_FAILED,
         "on_kill_action": "delete_pod",

@@ -14,29 +14,14 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from orchestration.failures import clear_failure, record_failure
 from orchestration.settings import GPU_POOL, Settings, get_settings
-
-# Rendered per run by the DAG's user-defined macro ``run_root`` (see ``TEMPLATE_MACROS``).
-RUN_ROOT_TEMPLATE = "{{ run_root(dag.dag_id, run_id) }}"
-
-
-def _run_root_macro(dag_id: str, run_id: str) -> str:
-    return get_settings().run_root(dag_id, run_id)
-
-
-TEMPLATE_MACROS = {"run_root": _run_root_macro}
-
-# The run's identity, rendered per task, so a step (in a pod as well) can record who did what, e.g. who promoted.
-RUN_CONTEXT_ENV = {
-    "AIRFLOW_CTX_DAG_ID": "{{ dag.dag_id }}",
-    "AIRFLOW_CTX_DAG_RUN_ID": "{{ run_id }}",
-    "AIRFLOW_CTX_TASK_ID": "{{ task.task_id }}",
-}
+from orchestration.templates import RUN_CONTEXT_ENV, RUN_ROOT_TEMPLATE
 
 
 def dag_default_args(light_task_minutes: int, max_retry_minutes: int) -> dict[str, Any]:
-    """``default_args`` of every DAG: owner, retries with exponential backoff, and a timeout for the light Airflow
-    tasks (the steps get theirs from the pipeline config)."""
+    """``default_args`` of every DAG: owner, retries with exponential backoff, a timeout for the light Airflow
+    tasks (the steps get theirs from the pipeline config), and the failure record the run's summary reads."""
     return {
         "owner": "ml-platform",
         "retries": 2,
@@ -44,6 +29,8 @@ def dag_default_args(light_task_minutes: int, max_retry_minutes: int) -> dict[st
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=max_retry_minutes),
         "execution_timeout": timedelta(minutes=light_task_minutes),
+        "on_execute_callback": clear_failure,
+        "on_failure_callback": record_failure,
     }
 
 
@@ -70,13 +57,14 @@ def pod_task(
         operator_kwargs: passed on to the operator (``outlets``, ``trigger_rule``, ...).
 
     Returns:
-        A ``KubernetesPodOperator`` (runtime ``kubernetes``) or a ``LocalStepOperator`` (runtime ``local``).
+        A ``StepPodOperator`` (runtime ``kubernetes``) or a ``LocalStepOperator`` (runtime ``local``).
     """
     settings = settings or get_settings()
     limits = settings.step(step)
     cmds, arguments = step_command(step, args)
     common: dict[str, Any] = {
         "task_id": task_id or step,
+        "step": step,
         "cmds": cmds,
         "arguments": arguments,
         "env_vars": {**settings.step_env(), **RUN_CONTEXT_ENV},
@@ -86,12 +74,13 @@ def pod_task(
         **({"pool": GPU_POOL} if limits.gpus else {}),
         **operator_kwargs,
     }
+    # Imported here: the pod side pulls in the kubernetes client (0.3 s), which a local DAG parse need not pay.
     if settings.runtime.mode == "local":
         from orchestration.local_step import LocalStepOperator
 
         return LocalStepOperator(**common)
 
-    from orchestration.pod_diagnosis import StepPodOperator
+    from orchestration.pod_operator import StepPodOperator
     from orchestration.pod_spec import pod_operator_kwargs
 
     return StepPodOperator(**{**common, **pod_operator_kwargs(step, settings, common)})

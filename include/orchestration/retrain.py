@@ -8,40 +8,41 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mlsteps import results, storage
+from mlsteps import results
+from orchestration.contracts import PROMOTE_TASK, REJECT_TASK, DriftAlertExtra
+from orchestration.failures import failure_summary, unexplained_failure
 
 log = logging.getLogger(__name__)
 
-PROMOTE_TASK = "promote"
-REJECT_TASK = "reject"
 REPORT_ORDER = ("validation_html", "evaluation_html", "evaluation_json")
 
 
-def drift_alert_extra(triggering_asset_events: Any) -> dict[str, Any]:
-    """The extra of the drift alert that started this run (report, drifted features), or ``{}`` without one."""
+def triggering_drift_alert(triggering_asset_events: Any) -> DriftAlertExtra | None:
+    """The payload of the drift alert that started this run (the latest, when several did), or None."""
     from orchestration.assets import DRIFT_ALERT
 
     events = triggering_asset_events.get(DRIFT_ALERT) if triggering_asset_events else None
-    return dict(events[-1].extra or {}) if events else {}
+    return DriftAlertExtra(**events[-1].extra) if events and events[-1].extra else None
 
 
 def run_trigger(dag_run: Any, triggering_asset_events: Any) -> str:
     """Why this run exists: ``drift_alert``, or the run type (``scheduled``, ``manual``, ``backfill``)."""
-    if drift_alert_extra(triggering_asset_events):
+    if triggering_drift_alert(triggering_asset_events):
         return "drift_alert"
     run_type = getattr(dag_run, "run_type", "manual")
     return str(getattr(run_type, "value", run_type))
 
 
 # Template macros of ml_retrain: its train step tags the MLflow run with what triggered it.
-TRIGGER_MACROS = {"drift_alert_extra": drift_alert_extra, "run_trigger": run_trigger}
+TRIGGER_MACROS = {"triggering_drift_alert": triggering_drift_alert, "run_trigger": run_trigger}
+_ALERT = "(triggering_drift_alert(triggering_asset_events) or {})"
 TRIGGER_TAG_ARGS = [
     "--tag",
     "trigger={{ run_trigger(dag_run, triggering_asset_events) }}",
     "--tag",
-    "drift_report={{ drift_alert_extra(triggering_asset_events).get('report_uri', '') }}",
+    f"drift_report={{{{ {_ALERT}.get('report_uri', '') }}}}",
     "--tag",
-    "drifted_features={{ drift_alert_extra(triggering_asset_events).get('drifted_features', []) | join(',') }}",
+    f"drifted_features={{{{ {_ALERT}.get('drifted_features', []) | join(',') }}}}",
 ]
 
 
@@ -61,35 +62,41 @@ def promotion_branch(run_root: str, force: bool) -> str:
 
 
 def summarize(run_root: str, run_id: str) -> dict[str, Any]:
-    """Collect the outcome of one run from the steps' results and write ``summary.json`` into the run folder."""
-    snapshot = results.read_result(run_root, "snapshot")
-    validate = results.read_result(run_root, "validate")
-    evaluate = results.read_result(run_root, "evaluate")
-    register = results.read_result(run_root, "register")
-    promote = results.optional_result(run_root, "promote")
-    champion = evaluate.get("champion") or {}
-    summary = {
+    """Collect the outcome of one run from the steps' results and its failure records.
+
+    The outcome is ``promoted``, ``rejected`` (the gate kept the champion) or ``failed`` (with the failed task and
+    its message); a failed run's summary holds what the steps before the failure found (its snapshot, its
+    validation report).
+    """
+    snapshot = results.optional_result(run_root, "snapshot") or {}
+    validate = results.optional_result(run_root, "validate")
+    evaluate = results.optional_result(run_root, "evaluate")
+    register = results.optional_result(run_root, "register") or {}
+    promoted = results.optional_result(run_root, PROMOTE_TASK) is not None
+    failure = failure_summary(run_root) or (None if evaluate else unexplained_failure("evaluate"))
+    champion = (evaluate or {}).get("champion") or {}
+    reports = {
+        "validation_html": validate and validate["report_html_uri"],
+        "evaluation_html": evaluate and evaluate["report_html_uri"],
+        "evaluation_json": evaluate and evaluate["report_uri"],
+    }
+    return {
         "run_id": run_id,
         "run_root": run_root,
-        "snapshot_id": snapshot["snapshot_id"],
-        "rows": snapshot["rows"],
-        "validation": {"success": validate["success"], "statistics": validate["statistics"]},
-        "challenger_metrics": evaluate["challenger"]["metrics"],
+        **(failure or {"outcome": "promoted" if promoted else "rejected"}),
+        "snapshot_id": snapshot.get("snapshot_id"),
+        "rows": snapshot.get("rows"),
+        "validation": validate and {"success": validate["success"], "statistics": validate["statistics"]},
+        "challenger_metrics": evaluate and evaluate["challenger"]["metrics"],
         "champion_version_at_evaluation": champion.get("version"),
         "champion_metrics": champion.get("metrics"),
-        "gate": evaluate["gate"],
-        "model_name": register["model_name"],
-        "registered_version": register["version"],
-        "aliases": ["challenger", "champion"] if promote else ["challenger"],
-        "promoted": promote is not None,
-        "reports": {
-            "validation_html": validate["report_html_uri"],
-            "evaluation_html": evaluate["report_html_uri"],
-            "evaluation_json": evaluate["report_uri"],
-        },
+        "gate": evaluate and evaluate["gate"],
+        "model_name": register.get("model_name"),
+        "registered_version": register.get("version"),
+        "aliases": ["challenger", "champion"] if promoted else ["challenger"] if register else [],
+        "promoted": promoted,
+        "reports": {name: uri for name, uri in reports.items() if uri},
     }
-    storage.write_json(storage.join(run_root, "summary.json"), summary)
-    return summary
 
 
 def _metric_line(name: str, metrics: dict[str, Any] | None) -> str:
@@ -101,24 +108,34 @@ def _metric_line(name: str, metrics: dict[str, Any] | None) -> str:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A short human-readable report of one run."""
+    """A short human-readable report of one run, failed or not: only what the run got to."""
+    lines = [f"run           {summary['run_id']}", f"outcome       {summary['outcome'].upper()}"]
+    if summary.get("failed_task"):
+        lines += [f"failed task   {summary['failed_task']}", *(f"  {line}" for line in summary["message"].splitlines())]
+    if summary["snapshot_id"]:
+        lines.append(f"snapshot      {summary['snapshot_id']} ({summary['rows']} rows)")
     validation = summary["validation"]
-    stats = validation["statistics"]
-    champion = summary["champion_version_at_evaluation"]
-    lines = [
-        f"run           {summary['run_id']}",
-        f"snapshot      {summary['snapshot_id']} ({summary['rows']} rows)",
-        f"validation    {'passed' if validation['success'] else 'FAILED'} "
-        f"({stats['successful']}/{stats['evaluated']} expectations)",
-        "metrics (holdout):",
-        _metric_line("challenger", summary["challenger_metrics"]),
-        _metric_line(f"champion v{champion}" if champion else "champion", summary["champion_metrics"]),
-        f"gate          {'PASSED' if summary['gate']['passed'] else 'REJECTED'}",
-        *(f"  - {reason}" for reason in summary["gate"]["reasons"]),
-        f"model         {summary['model_name']} version {summary['registered_version']} "
-        f"aliases {', '.join(summary['aliases'])}",
+    if validation:
+        stats = validation["statistics"]
+        verdict = "passed" if validation["success"] else "FAILED"
+        lines.append(f"validation    {verdict} ({stats['successful']}/{stats['evaluated']} expectations)")
+    if summary["gate"]:
+        champion = summary["champion_version_at_evaluation"]
+        lines += [
+            "metrics (holdout):",
+            _metric_line("challenger", summary["challenger_metrics"]),
+            _metric_line(f"champion v{champion}" if champion else "champion", summary["champion_metrics"]),
+            f"gate          {'PASSED' if summary['gate']['passed'] else 'REJECTED'}",
+            *(f"  - {reason}" for reason in summary["gate"]["reasons"]),
+        ]
+    if summary["registered_version"]:
+        lines.append(
+            f"model         {summary['model_name']} version {summary['registered_version']} "
+            f"aliases {', '.join(summary['aliases'])}"
+        )
+    lines += [
         "reports:",
-        *(f"  {name:<16}{summary['reports'][name]}" for name in REPORT_ORDER),
+        *(f"  {name:<16}{summary['reports'][name]}" for name in REPORT_ORDER if name in summary["reports"]),
         f"  {'run folder':<16}{summary['run_root']}",
     ]
     return "\n".join(lines)

@@ -104,8 +104,20 @@ def test_ml_retrain_structure(dagbag: DagBag) -> None:
         "reject": {"summary"},
         "summary": set(),
     }
-    assert dag.task_dict["summary"].trigger_rule == "none_failed_min_one_success"
     assert [a.name for a in dag.task_dict["promote"].outlets] == ["model_promoted"]
+
+
+def test_every_dag_ends_in_a_summary_that_runs_whatever_happened_and_every_task_records_its_failure(
+    dagbag: DagBag,
+) -> None:
+    from orchestration.failures import clear_failure, record_failure
+
+    for dag_id, dag in dagbag.dags.items():
+        (leaf,) = dag.leaves
+        assert (leaf.task_id, leaf.trigger_rule) == ("summary", "all_done"), dag_id
+        for task in dag.tasks:
+            assert task.on_execute_callback == [clear_failure], f"{dag_id}.{task.task_id}"
+            assert task.on_failure_callback == [record_failure], f"{dag_id}.{task.task_id}"
 
 
 def test_ml_retrain_runs_on_its_cron_or_on_a_drift_alert(dagbag: DagBag) -> None:
@@ -119,8 +131,9 @@ def test_ml_drift_monitor_structure(dagbag: DagBag) -> None:
     assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == {
         "drift": {"decide"},
         "decide": {"alert", "quiet"},
-        "alert": set(),
-        "quiet": set(),
+        "alert": {"summary"},
+        "quiet": {"summary"},
+        "summary": set(),
     }
     assert [a.name for a in dag.task_dict["alert"].outlets] == ["drift_alert"]
     assert dag.timetable.expression == "0 * * * *"
@@ -133,7 +146,8 @@ def test_ml_deploy_structure(dagbag: DagBag) -> None:
     assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == {
         "approval_gate": {"approval", "deploy"},
         "approval": {"deploy"},
-        "deploy": set(),
+        "deploy": {"summary"},
+        "summary": set(),
     }
     # deploy follows the gate directly (approval skipped) or after an approval; a rejection skips it
     assert dag.task_dict["deploy"].trigger_rule == "none_failed_min_one_success"

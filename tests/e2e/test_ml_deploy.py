@@ -2,7 +2,8 @@
 
 One state folder and one registry: v1 is deployed (a local server starts), then v2 (the server switches), then a
 deliberately broken v3 is made champion: its deploy fails, v2 keeps serving, champion points at v2 again with the
-rollback in the alias history, and the task fails with the reason. The local server is stopped at the end.
+rollback in the alias history, the task fails with the reason, and the run's summary says `rolled_back`. The local
+server is stopped at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import yaml
 from fake_models import GOOD, MODEL_NAME, WORSE, register_with_bundle
 from ports import free_port
 
-from mlsteps import registry, results, tracking
+from mlsteps import registry, results, storage, tracking
 from mlsteps.config import DEFAULT_CONFIG_PATH
 from mlsteps.deploy.local import LocalTarget
 
@@ -64,8 +65,13 @@ class Deployment:
         return done, json.loads(outcomes[-1].read_text())
 
     def result(self, run_id: str) -> dict[str, Any]:
-        root = results.run_root(str(self.state_dir / "artifacts"), "ml_deploy", run_id)
-        return results.read_result(root, "deploy")
+        return results.read_result(self._run_root(run_id), "deploy")
+
+    def summary(self, run_id: str) -> dict[str, Any]:
+        return storage.read_json(storage.join(self._run_root(run_id), "summary.json"))
+
+    def _run_root(self, run_id: str) -> str:
+        return results.run_root(str(self.state_dir / "artifacts"), "ml_deploy", run_id)
 
     def served_version(self) -> str:
         with urllib.request.urlopen(f"{self.server.endpoint()}/v2/models/{MODEL_NAME}", timeout=10) as response:
@@ -115,7 +121,9 @@ def test_first_deploy_starts_the_local_server_without_asking_for_approval(deploy
     assert (result["target"], result["strategy"]) == ("local", "rolling")
     assert result["smoke"]["passed"] is True
     assert deployment.server.state_file.exists()
-    assert f"deploy deployed: {MODEL_NAME} v{version} serves on local: smoke test passed" in done.stdout
+    assert deployment.summary(outcome["run_id"])["outcome"] == "deployed"
+    assert "outcome       DEPLOYED" in done.stdout
+    assert f"{MODEL_NAME} v{version} serves on local: smoke test passed" in done.stdout
 
 
 def test_second_deploy_switches_the_server_to_the_new_champion(deployment: Deployment, first, second) -> None:
@@ -145,3 +153,7 @@ def test_a_broken_champion_is_rolled_back_and_the_task_fails_with_the_reason(dep
     assert rollback.reason.startswith("rollback: ") and rollback.actor == outcome["run_id"]
     result = deployment.result(outcome["run_id"])
     assert (result["outcome"], result["version"], result["previous_version"]) == ("rolled_back", broken, good)
+    summary = deployment.summary(outcome["run_id"])
+    assert (summary["outcome"], summary["failed_task"]) == ("rolled_back", "deploy")
+    assert f"v{good} serves again" in summary["message"]
+    assert outcome["tasks"]["summary"]["state"] == "failed", "the run is failed, and its summary says why"

@@ -73,6 +73,7 @@ def test_first_run_registers_and_promotes_a_champion(state_dir: Path, first_run:
     assert outcome["tasks"]["reject"]["state"] == "skipped"
 
     summary = _summary(state_dir, outcome["run_id"])
+    assert summary["outcome"] == "promoted"
     assert summary["validation"]["success"] is True
     assert summary["champion_version_at_evaluation"] is None
     assert summary["challenger_metrics"]["roc_auc"] > 0.7
@@ -165,5 +166,9 @@ def test_bad_input_stops_early_with_its_message_and_changes_nothing(
     assert outcome["tasks"]["train"]["state"] == "upstream_failed"
     for word in words:
         assert word in done.stdout, f"console does not name {word!r}:\n{done.stdout[-2000:]}"
+    summary = _summary(state_dir, outcome["run_id"])  # the run folder says why, without opening a log
+    assert (summary["outcome"], summary["failed_task"]) == ("failed", stopping_task)
+    assert all(word in summary["message"] for word in words), summary["message"]
+    assert outcome["tasks"][stopping_task]["try_number"] == 1, "bad input is not retried"
     assert {v.version for v in registry.search_model_versions(f"name='{model_name}'")} == versions_before
     assert registry.get_model_version_by_alias(model_name, "champion").version == champion_before

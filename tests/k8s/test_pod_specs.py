@@ -111,6 +111,12 @@ def test_every_container_runs_locked_down(pods: dict[str, dict[str, Any]]) -> No
         assert _env(pod)["HOME"] == "/tmp" and _env(pod)["XDG_CACHE_HOME"].startswith("/tmp/")
 
 
+def test_a_failed_step_leaves_its_last_lines_in_its_container_status(pods: dict[str, dict[str, Any]]) -> None:
+    # StepPodOperator reads the exit code and this message from state.terminated: no extra log call, no log parsing.
+    for name, pod in pods.items():
+        assert _container(pod)["terminationMessagePolicy"] == "FallbackToLogsOnError", name
+
+
 def test_credentials_come_from_secrets_only(pods: dict[str, dict[str, Any]], settings: Settings) -> None:
     for name, pod in pods.items():
         container = _container(pod)

@@ -16,11 +16,14 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from mlsteps import results, storage
 from mlsteps.errors import ConfigError
 from mlsteps.steps import STEPS
+from orchestration.contracts import PROMOTE_TASK, REJECT_TASK
 from orchestration.embedded import SETTINGS_FILE, settings_files
+from orchestration.failures import close_run
 from orchestration.local_step import LocalStepOperator
-from orchestration.pod_task import RUN_ROOT_TEMPLATE, pod_task
-from orchestration.retrain import PROMOTE_TASK, REJECT_TASK, format_summary, promotion_branch, summarize
+from orchestration.pod_task import pod_task
+from orchestration.retrain import format_summary, promotion_branch, summarize
 from orchestration.settings import load_settings, parse_quantity
+from orchestration.templates import RUN_ROOT_TEMPLATE
 
 CONFIG = Path(__file__).resolve().parents[2] / "include" / "config" / "pipeline.yaml"
 
@@ -131,7 +134,9 @@ def test_both_runtimes_run_the_identical_command_and_environment(step: str, monk
 
 
 def _operator(code: str) -> LocalStepOperator:
-    return LocalStepOperator(task_id="probe", cmds=["python", "-c", code], arguments=[], env_vars={"PROBE": "42"})
+    return LocalStepOperator(
+        task_id="probe", step="probe", cmds=["python", "-c", code], arguments=[], env_vars={"PROBE": "42"}
+    )
 
 
 def test_local_step_passes_environment_and_streams_output(capfd: pytest.CaptureFixture[str]) -> None:
@@ -212,9 +217,10 @@ def test_summary_collects_results_and_is_stored(tmp_path: Path) -> None:
     _write_evaluation(root, passed=False)
     results.write_result(root, "register", {"model_name": "churn-classifier", "version": "4"})
 
-    summary = summarize(root, "manual__1")
+    summary = close_run(root, summarize(root, "manual__1"), "report")
 
     assert storage.read_json(f"{root}/summary.json") == summary
+    assert summary["outcome"] == "rejected"
     assert summary["promoted"] is False and summary["aliases"] == ["challenger"]
     text = format_summary(summary)
     for expected in (
@@ -248,19 +254,57 @@ def test_embedded_runner_help_runs_without_airflow_state() -> None:
     assert "--conf" in done.stdout
 
 
+def _drift_result(report: str) -> dict:
+    """A drift step's result.json, as much of it as the alert's payload reads."""
+    return {
+        "report_uri": f"s3://ml/monitor/{report}",
+        "report_html_uri": f"s3://ml/monitor/{report}.html",
+        "drifted_features": ["age", "plan"],
+        "model_name": "churn-classifier",
+        "model_version": 3,
+        "window": {"start": "2026-03-02T02:00:00+00:00", "end": "2026-03-02T03:00:00+00:00"},
+        "drift_detected": True,
+    }
+
+
 def test_a_retraining_run_knows_what_triggered_it() -> None:
     from types import SimpleNamespace
 
     from airflow.utils.types import DagRunType
 
     from orchestration.assets import DRIFT_ALERT
-    from orchestration.retrain import drift_alert_extra, run_trigger
+    from orchestration.contracts import drift_alert_extra
+    from orchestration.retrain import run_trigger, triggering_drift_alert
 
     scheduled = SimpleNamespace(run_type=DagRunType.SCHEDULED)
     assert run_trigger(scheduled, {}) == "scheduled"
     assert run_trigger(SimpleNamespace(run_type="manual"), None) == "manual"
-    events = {DRIFT_ALERT: [SimpleNamespace(extra={"report_uri": "old"}), SimpleNamespace(extra={"report_uri": "new"})]}
+    old, new = (drift_alert_extra(_drift_result(report)) for report in ("old.json", "new.json"))
+    events = {DRIFT_ALERT: [SimpleNamespace(extra=old), SimpleNamespace(extra=new)]}
     asset_run = SimpleNamespace(run_type=DagRunType.ASSET_TRIGGERED)
     assert run_trigger(asset_run, events) == "drift_alert"
-    assert drift_alert_extra(events) == {"report_uri": "new"}, "the latest alert explains the run"
-    assert drift_alert_extra({}) == {}
+    assert triggering_drift_alert(events) == new, "the latest alert explains the run"
+    assert triggering_drift_alert({}) is None
+
+
+def test_the_drift_alert_payload_is_what_ml_retrain_tags_its_run_with() -> None:
+    # One payload (contracts.DriftAlertExtra): built by ml_drift_monitor's alert, read by ml_retrain's templates.
+    from types import SimpleNamespace
+
+    from jinja2 import Environment
+
+    from orchestration.assets import DRIFT_ALERT
+    from orchestration.contracts import drift_alert_extra
+    from orchestration.retrain import TRIGGER_MACROS, TRIGGER_TAG_ARGS
+
+    extra = drift_alert_extra(_drift_result("r1.json"))
+    templates = [Environment().from_string(arg) for arg in TRIGGER_TAG_ARGS[1::2]]
+    context = {**TRIGGER_MACROS, "dag_run": SimpleNamespace(run_type="asset_triggered")}
+
+    on_alert = [
+        t.render(**context, triggering_asset_events={DRIFT_ALERT: [SimpleNamespace(extra=extra)]}) for t in templates
+    ]
+    on_cron = [t.render(**context, triggering_asset_events={}) for t in templates]
+
+    assert on_alert == ["trigger=drift_alert", "drift_report=s3://ml/monitor/r1.json", "drifted_features=age,plan"]
+    assert on_cron == ["trigger=asset_triggered", "drift_report=", "drifted_features="]

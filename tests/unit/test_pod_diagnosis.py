@@ -1,4 +1,5 @@
-"""Why a step pod did not start: diagnoses from real-shaped pods and events, and the operator that reports them."""
+"""Why a step pod did not start or its step failed: diagnoses from real-shaped pods and events, and the operator that
+reports them the way the local runtime does."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from typing import Any
 import pytest
 from airflow.providers.cncf.kubernetes.kubernetes_helper_functions import PodLaunchFailedException
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import models as k8s
 from kubernetes.client.rest import ApiException
 
-from orchestration.pod_diagnosis import PodDiagnosis, StartFailure, StepPodOperator, diagnose_pod
+from orchestration.failures import StepExitError, StepUserError
+from orchestration.local_step import LocalStepOperator
+from orchestration.pod_diagnosis import ContainerExit, PodDiagnosis, StartFailure, container_exit, diagnose_pod
+from orchestration.pod_operator import StepPodOperator
 
 NOW = datetime(2026, 3, 2, 3, 4, 5, tzinfo=UTC)
 NAMESPACE = "ml"
@@ -39,6 +43,7 @@ def make_pod(
     conditions: list[k8s.V1PodCondition] | None = None,
     waiting: k8s.V1ContainerStateWaiting | None = None,
     running: bool = False,
+    terminated: k8s.V1ContainerStateTerminated | None = None,
     node_name: str | None = None,
     gpus: int = 1,
     image: str = TRAIN_IMAGE,
@@ -69,9 +74,11 @@ def make_pod(
             k8s.V1Volume(name="data", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=claim))
         )
     container_statuses = None
-    if waiting or running:
+    if waiting or running or terminated:
         state = k8s.V1ContainerState(
-            waiting=waiting, running=k8s.V1ContainerStateRunning(started_at=NOW) if running else None
+            waiting=waiting,
+            running=k8s.V1ContainerStateRunning(started_at=NOW) if running else None,
+            terminated=terminated,
         )
         container_statuses = [
             k8s.V1ContainerStatus(
@@ -514,6 +521,9 @@ class FakePodManager:
     def read_pod_events(self, pod: k8s.V1Pod, resource_version: str | None = None) -> k8s.CoreV1EventList:
         return k8s.CoreV1EventList(items=self.events, metadata=k8s.V1ListMeta(resource_version="48213"))
 
+    def await_pod_completion(self, pod: k8s.V1Pod, *args: Any) -> k8s.V1Pod:
+        return self.pod
+
 
 class FakeCoreV1Api:
     """The few CoreV1Api calls the provider makes around a pod that never started."""
@@ -535,6 +545,7 @@ class FakeCoreV1Api:
 def make_operator(pod_manager: FakePodManager, **kwargs: Any) -> StepPodOperator:
     operator = StepPodOperator(
         task_id="train",
+        step="train",
         name="train",
         namespace=NAMESPACE,
         image=TRAIN_IMAGE,
@@ -665,3 +676,111 @@ def test_a_deferred_pod_that_ran_keeps_the_providers_error() -> None:
 
     with pytest.raises(AirflowException, match=f"^Pod {POD_NAME} returned a failure"):
         operator.trigger_reentry(task_context(), event)
+
+
+# ---- a step that ran and failed: its exit code, read from the container status -----------------------------------
+
+STEP_TAIL = (
+    "reading the preprocessed splits: 2400 train, 600 validation rows\n"
+    "train failed: the validation split has one class only (churned = 0):\n"
+    "- add rows of the other class or use a time split with a longer window"
+)
+
+
+def terminated(exit_code: int, reason: str = "Error", message: str = STEP_TAIL) -> k8s.V1ContainerStateTerminated:
+    """The step container's end as the kubelet reports it (the message: its log tail, FallbackToLogsOnError)."""
+    return k8s.V1ContainerStateTerminated(
+        exit_code=exit_code, reason=reason, message=message, started_at=NOW, finished_at=NOW + timedelta(minutes=2)
+    )
+
+
+def ended_pod(exit_code: int, reason: str = "Error", message: str = STEP_TAIL) -> k8s.V1Pod:
+    return make_pod(
+        phase="Succeeded" if exit_code == 0 else "Failed",
+        node_name="cpu-node-1",
+        conditions=[scheduled()],
+        terminated=terminated(exit_code, reason, message),
+    )
+
+
+def test_container_exit_reads_the_step_containers_terminated_state() -> None:
+    assert container_exit(ended_pod(2), "base") == ContainerExit(2, "Error", STEP_TAIL)
+    assert container_exit(ended_pod(2), "istio-proxy") is None
+    assert container_exit(make_pod(phase="Running", running=True), "base") is None
+
+
+def test_exit_code_2_fails_the_task_without_retry_naming_the_step_code_and_last_lines() -> None:
+    pod = ended_pod(2)
+    operator = make_operator(FakePodManager(pod, []))
+
+    with pytest.raises(StepUserError) as raised:
+        operator.cleanup(pod, pod)
+
+    assert isinstance(raised.value, AirflowFailException), "AirflowFailException is what stops Airflow's retries"
+    message = str(raised.value)
+    assert message.startswith("train stopped on bad input, bad config or a failed check (exit code 2)")
+    assert "- add rows of the other class" in message
+    assert raised.value.step_message.startswith("train failed: the validation split has one class only")
+    assert operator.client.patched_labels == [{"already_checked": "True"}]  # the provider's cleanup still ran
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "reason", "words"),
+    [
+        (1, "Error", ["train exited with code 1; it is retried", "Traceback"]),
+        (137, "OOMKilled", ["OOMKilled", "runtime.steps.train.resources.limits.memory"]),
+    ],
+)
+def test_other_exit_codes_stay_retryable(exit_code: int, reason: str, words: list[str]) -> None:
+    pod = ended_pod(exit_code, reason, "Traceback (most recent call last):\nRuntimeError: CUDA error")
+    operator = make_operator(FakePodManager(pod, []))
+
+    with pytest.raises(StepExitError) as raised:
+        operator.cleanup(pod, pod)
+
+    assert not isinstance(raised.value, AirflowFailException)
+    for word in words:
+        assert word in str(raised.value)
+
+
+def test_a_successful_step_passes() -> None:
+    pod = ended_pod(0, "Completed", "")
+    make_operator(FakePodManager(pod, [])).cleanup(pod, pod)
+
+
+def test_a_step_failure_without_output_points_at_the_pod_log() -> None:
+    pod = ended_pod(1, "Error", "")
+    with pytest.raises(StepExitError, match=f"kubectl logs -n {NAMESPACE} {POD_NAME}"):
+        make_operator(FakePodManager(pod, [])).cleanup(pod, pod)
+
+
+def test_deferrable_mode_fails_exit_code_2_without_retry_too() -> None:
+    pod = ended_pod(2)
+    operator = make_operator(FakePodManager(pod, []), deferrable=True)
+    event = {"status": "failed", "name": POD_NAME, "namespace": NAMESPACE, "message": "Pod failed"}
+
+    with pytest.raises(StepUserError, match=r"^train stopped on bad input.*\n.*\ntrain failed"):
+        operator.trigger_reentry(task_context(), event)
+
+
+@pytest.mark.parametrize(("exit_code", "reason"), [(2, "Error"), (1, "Error"), (3, "Error")])
+def test_both_runtimes_fail_alike_on_each_exit_code(exit_code: int, reason: str) -> None:
+    # The same step output and exit code: the local process and the pod raise the same exception and message.
+    tail = "train failed: --epochs must be at least 1"
+    local = LocalStepOperator(
+        task_id="train",
+        step="train",
+        cmds=["python", "-c", f"import sys; print({tail!r}); sys.exit({exit_code})"],
+        arguments=[],
+        env_vars={},
+    )
+    pod = ended_pod(exit_code, reason, tail)
+    with pytest.raises(StepExitError) as from_local:
+        local.execute(context={})
+    with pytest.raises(StepExitError) as from_pod:
+        make_operator(FakePodManager(pod, [])).cleanup(pod, pod)
+
+    assert type(from_local.value) is type(from_pod.value)
+    assert isinstance(from_pod.value, AirflowFailException) is (exit_code == 2)
+    assert from_local.value.step_message == from_pod.value.step_message == tail
+    assert str(from_local.value) == str(from_pod.value)
