@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo stop-server loop airflow test test-images lint fmt render bench bench-drift bench-serving clean constraints
+.PHONY: demo stop-server loop airflow test test-images lint fmt render bench bench-drift bench-serving gpu-check clean constraints
 
 $(INSTALLED): requirements.txt requirements/steps.txt requirements/dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ loop: $(INSTALLED)  ## the closed loop through the real scheduler: drift in prod
 airflow: $(INSTALLED)  ## the real Airflow services on the demo's state: UI on http://localhost:8080 (user admin)
 	$(BIN)/python -m orchestration.embedded standalone
 
-test: lint .venv-checkov .venv-images  ## lint, then every test, the image builds included (they need root)
+test: lint .venv-checkov .venv-images .venv-bench-evidently  ## lint, then every test, images and benchmark smoke runs included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-images: $(INSTALLED) .venv-checkov .venv-images  ## only the image builds and their smoke tests (root, buildah)
@@ -45,14 +45,20 @@ render: export MLFLOW_TRACKING_URI ?= http://mlflow.mlflow.svc.cluster.local:500
 render: $(INSTALLED)  ## every pod spec of every DAG task and every manifest as YAML in build/k8s (OUT=...)
 	$(BIN)/python -m orchestration.render --out $(or $(OUT),build/k8s)
 
-bench: $(INSTALLED)  ## the main job on 100k rows: per-task wall time, Airflow overhead, DAG parse time
-	$(BIN)/python benchmarks/main_job.py
+bench: $(INSTALLED)  ## the main job on 100k rows: per-task wall time, Airflow overhead, DAG parse time (ARGS=--smoke: 1 min)
+	$(BIN)/python benchmarks/main_job.py $(ARGS)
 
 bench-drift: $(INSTALLED) .venv-bench-evidently  ## drift library vs Evidently 0.7 on 1M x 25 columns (+ a 10M window)
-	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/drift.py $(ARGS)
 
 bench-serving: $(INSTALLED)  ## model server vs mlflow models serve: req/s, p50/p99 at batch 1/64, 1/2 workers (~5 min)
 	$(BIN)/python benchmarks/serving.py $(ARGS)
+
+# No .venv needed, nor installed: a GPU node with only Python, torch, numpy, pandas and scikit-learn runs it with
+# python3 (benchmarks/gpu_check.py imports nothing else); PYTHON_GPU_CHECK=/path/to/python picks the interpreter.
+PYTHON_GPU_CHECK ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:  ## network on CUDA (bf16) vs CPU: agreement, rows/s, GPU peak memory, DDP with 2+ GPUs; exits 0 without a GPU
+	PYTHONPATH=include $(PYTHON_GPU_CHECK) benchmarks/gpu_check.py $(ARGS)
 
 constraints: $(INSTALLED)
 	$(BIN)/python -m pip freeze --all --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > constraints.tmp

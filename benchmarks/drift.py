@@ -14,9 +14,13 @@ nulls and ties), written once as Parquet to a temporary folder:
 Every side runs in its own subprocess, which reports its peak RSS (``getrusage(RUSAGE_SELF)``) and the time of its
 drift computation; the parent times each whole process. It prints wall times and ratios, peak memory, the largest
 difference of each method's statistic and how many drifted flags agree, and writes everything (machine, commit,
-config) to ``benchmarks/results/drift-<time>.json``.
+config) to ``benchmarks/results/drift-<time>.json`` (or ``$BENCH_RESULTS_DIR``).
 
-Usage: ``python benchmarks/drift.py [--rows 1000000] [--big-rows 10000000] [--no-evidently]``
+``--smoke`` runs every side (Evidently too, unless ``--no-evidently``) and the comparison on 2,000 rows and a
+4,000-row large window: it checks that the benchmark works (``tests/unit/test_benchmarks.py``); its figures mean
+nothing.
+
+Usage: ``python benchmarks/drift.py [--rows 1000000] [--big-rows 10000000] [--no-evidently] [--smoke]``
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ NUMERIC_DRIFTS = {
 CATEGORICAL_DRIFTS = {"cat_1": "reversed mix", "cat_3": "reversed mix", "cat_4": "new category"}
 # Statistics that are the same quantity on both sides; the others differ by definition (see _agreement).
 SAME_DEFINITION = {"wasserstein (numeric)", "ks (numeric)", "jensenshannon (categorical)", "psi (categorical)"}
+# --smoke: every side on small tables (enough rows for each method's minimum sample).
+SMOKE = {"rows": 2_000, "big_rows": 4_000}
 
 
 # ---------------------------------------------------------------------------------------------------- the data
@@ -348,6 +354,12 @@ def main() -> None:
         "--big-rows", type=int, default=10_000_000, help="rows of the large window (ours only); 0 skips"
     )
     parser.add_argument("--no-evidently", action="store_true", help="run our side only")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every side on small tables: checks the benchmark runs; "
+        + ", ".join(f"{key} {value}" for key, value in SMOKE.items()),
+    )
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -357,6 +369,8 @@ def main() -> None:
         outcome = sides[args.side](*args.args)
         Path(args.out).write_text(json.dumps({**outcome, "peak_rss_mb": _peak_rss_mb()}))
         return
+    if args.smoke:
+        vars(args).update(SMOKE)
 
     folder = Path(tempfile.mkdtemp(prefix="bench-drift-"))
     try:
@@ -374,6 +388,8 @@ def main() -> None:
             "numeric_drifts": NUMERIC_DRIFTS,
             "categorical_drifts": CATEGORICAL_DRIFTS,
             "drift_share": DRIFT_SHARE,
+            "smoke": args.smoke,
+            "evidently": not args.no_evidently,
         },
         {"runs": runs, "agreement": agreement},
     )

@@ -19,7 +19,8 @@ from mlsteps.config import load_pipeline_config
 from mlsteps.datasets import generate_churn
 from mlsteps.drift import build_profile, save_profile
 from mlsteps.features import TabularPreprocessor
-from mlsteps.model import REFERENCE_PROFILE_FILE, NetworkSpec, TabularNet, log_model_package, predict_frame
+from mlsteps.model import REFERENCE_PROFILE_FILE, log_model_package, predict_frame
+from mlsteps.training.mlp import NetworkSpec, TabularNet
 
 PIPELINE = load_pipeline_config()
 MODEL_NAME = PIPELINE.registry.model_name

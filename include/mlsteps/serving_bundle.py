@@ -213,7 +213,8 @@ def export_bundle(package_dir: Path, out_dir: Path, model_name: str, model_versi
     """
     from mlflow.models import Model
 
-    from mlsteps.model import NETWORK_ARTIFACT, PREPROCESSOR_ARTIFACT, load_network
+    from mlsteps.model import NETWORK_ARTIFACT, PREPROCESSOR_ARTIFACT
+    from mlsteps.training.mlp import load_network
 
     package = Model.load(str(package_dir))
     artifacts = package.flavors["python_function"]["artifacts"]

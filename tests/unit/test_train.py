@@ -24,6 +24,7 @@ from mlsteps.datasets import generate_churn
 from mlsteps.errors import ConfigError
 from mlsteps.features import TabularPreprocessor
 from mlsteps.steps import preprocess, train
+from mlsteps.training import trainer
 
 # Small and quick, yet enough to learn something in a few epochs.
 TINY_TRAINING = {"epochs": 3, "hidden_units": [16], "batch_size": 128, "learning_rate": 0.01}
@@ -259,7 +260,7 @@ def test_malformed_tag_is_rejected_before_training(tmp_path: Path) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where no GPU is present")
 def test_cuda_without_a_gpu_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="training.device is 'cuda' but torch sees no CUDA device"):
-        train.select_device("cuda")
+        trainer.select_device("cuda")
 
 
 @pytest.mark.gpu

@@ -12,29 +12,23 @@ evaluates its share of the validation rows, and only rank 0 talks to MLflow and 
 
 from __future__ import annotations
 
-import math
-import os
-import random
 import re
-import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import pandas as pd
 import typer
 
 import mlsteps
 from mlsteps import storage, tracking
-from mlsteps.cli_options import ConfigUri, RunRoot
+from mlsteps.cli_options import ConfigUri, RunRoot, above_zero
 from mlsteps.config import DatasetConfig, PipelineConfig, TrainingConfig, load_pipeline_config
 from mlsteps.distributed import World
 from mlsteps.errors import ConfigError
 from mlsteps.features import TabularPreprocessor, binary_labels
 from mlsteps.results import read_result, result_uri, step_dir, write_result
+from mlsteps.training.trainer import Progress, Split, Trainer, select_device
 
 if TYPE_CHECKING:
     import torch
@@ -47,156 +41,6 @@ MLFLOW_RUN_FILE = "mlflow_run.json"
 # one run. The device setting is among them because a retry may land on another kind of node.
 RESUMABLE_CHANGES = frozenset({"epochs", "patience", "device"})
 
-Split = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint so a retry continues exactly here."""
-
-    epoch: int = 0
-    best_epoch: int = 0
-    best_val_loss: float = math.inf
-    best_val_roc_auc: float = math.nan
-    epochs_without_improvement: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    def finished(self, training: TrainingConfig) -> bool:
-        """Whether the epoch budget is spent or early stopping has triggered."""
-        return self.epoch >= training.epochs or self.stopped_early(training)
-
-    def stopped_early(self, training: TrainingConfig) -> bool:
-        """Whether validation loss has not improved for ``patience`` epochs."""
-        return self.epochs_without_improvement >= training.patience
-
-
-class Trainer:
-    """The network, optimizer, random streams and progress of one run: everything a checkpoint must hold."""
-
-    def __init__(
-        self, preprocessor: TabularPreprocessor, training: TrainingConfig, device: torch.device, world: World
-    ) -> None:
-        import torch
-
-        from mlsteps.model import NetworkSpec, TabularNet
-
-        seed_everything(training.seed)
-        spec = NetworkSpec(
-            numeric_features=len(preprocessor.numeric_columns),
-            cardinalities=preprocessor.cardinalities,
-            hidden_units=list(training.hidden_units),
-            dropout=training.dropout,
-            max_embedding_dim=training.max_embedding_dim,
-        )
-        self.training = training
-        self.device = device
-        self.world = world
-        self.network = TabularNet(spec).to(device)
-        # Checkpoints, evaluation and the logged model use the plain network; only training steps go through
-        # the wrapper, which averages gradients over the ranks of a distributed run.
-        self.model = world.wrap(self.network, device)
-        self.optimizer = torch.optim.AdamW(
-            self.network.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay
-        )
-        self.shuffle = torch.Generator().manual_seed(training.seed)
-        self.progress = Progress()
-        self.best_weights = self._copy_weights()
-
-    def _copy_weights(self) -> dict[str, torch.Tensor]:
-        return {name: tensor.detach().clone() for name, tensor in self.network.state_dict().items()}
-
-    def state(self) -> dict[str, Any]:
-        """What a checkpoint stores (loadable with ``torch.load(weights_only=True)``)."""
-        import torch
-
-        # Only this process's GPU: reading every visible one would open a CUDA context on each from every rank.
-        cuda = self.device.type == "cuda"
-        return {
-            "model": self.network.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "best_model": self.best_weights,
-            "progress": asdict(self.progress),
-            "random": {
-                "torch": torch.get_rng_state(),
-                "shuffle": self.shuffle.get_state(),
-                "cuda": [torch.cuda.get_rng_state(self.device)] if cuda else [],
-            },
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint's state, random streams included, as if training had never stopped."""
-        import torch
-
-        self.network.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.best_weights = {name: tensor.to(self.device) for name, tensor in state["best_model"].items()}
-        self.progress = Progress(**state["progress"])
-        torch.set_rng_state(state["random"]["torch"])
-        self.shuffle.set_state(state["random"]["shuffle"])
-        if self.device.type == "cuda" and state["random"]["cuda"]:
-            torch.cuda.set_rng_state(state["random"]["cuda"][0], self.device)
-
-    def fit(
-        self,
-        criterion: torch.nn.Module,
-        train: Split,
-        validation: Split,
-        after_epoch: Callable[[dict[str, float]], None] = lambda metrics: None,
-    ) -> None:
-        """Train until the epoch budget is spent or early stopping triggers; nothing when a checkpoint says so."""
-        while not self.progress.finished(self.training):
-            after_epoch(self.fit_epoch(criterion, train, validation))
-
-    def fit_epoch(self, criterion: torch.nn.Module, train: Split, validation: Split) -> dict[str, float]:
-        """Train one epoch, evaluate on validation, and keep the weights if validation loss improved.
-
-        Every rank of a distributed run gets the same metrics, so all make the same early-stopping decision.
-        """
-        epoch = self.progress.epoch + 1
-        train_loss = self._train_pass(criterion, train, f"epoch {epoch}/{self.training.epochs}")
-        val_loss, val_roc_auc = _evaluate(self.network, criterion, validation, self.world)
-        progress = self.progress
-        progress.epoch = epoch
-        metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_roc_auc": val_roc_auc}
-        progress.history.append({"epoch": epoch, **metrics})
-        if val_loss < progress.best_val_loss:
-            progress.best_epoch, progress.best_val_loss, progress.best_val_roc_auc = epoch, val_loss, val_roc_auc
-            progress.epochs_without_improvement = 0
-            self.best_weights = self._copy_weights()
-        else:
-            progress.epochs_without_improvement += 1
-        return metrics
-
-    def _train_pass(self, criterion: torch.nn.Module, data: Split, description: str) -> float:
-        """One pass over this rank's shard of the shuffled train split; returns the mean train loss of all ranks.
-
-        Every rank draws the same permutation from the shared shuffle stream and takes its own shard of it, and
-        each step's rows are split over the ranks, so an optimizer step still sees ``batch_size`` rows.
-        """
-        import torch
-        from tqdm import tqdm
-
-        numeric, categories, labels = data
-        self.model.train()
-        rows = self.world.shard(torch.randperm(len(labels), generator=self.shuffle).to(self.device))
-        step_rows = self.world.share(self.training.batch_size)
-        total = torch.zeros((), device=self.device)
-        starts = range(0, len(rows), step_rows)
-        cuda = self.device.type == "cuda"
-        for start in tqdm(starts, desc=description, unit="batch", file=sys.stderr, disable=not sys.stderr.isatty()):
-            batch = rows[start : start + step_rows]
-            # bf16 autocast only on CUDA: on CPU it is slower for layers this small and changes the numbers.
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda):
-                logits = self.model(numeric[batch], categories[batch])
-            loss = criterion(logits.float(), labels[batch])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += loss.detach() * len(batch)
-        sums = torch.stack([total.double(), torch.tensor(len(rows), dtype=torch.float64, device=self.device)])
-        loss_sum, rows_seen = self.world.all_reduce_sum(sums).tolist()
-        return loss_sum / rows_seen
-
 
 def parse_tags(values: list[str]) -> dict[str, str]:
     """Turn ``KEY=VALUE`` strings into MLflow tags; ``KEY=`` sets nothing (a templated tag that does not apply).
@@ -208,36 +52,6 @@ def parse_tags(values: list[str]) -> dict[str, str]:
     if malformed:
         raise ConfigError(f"--tag values {malformed} are not KEY=VALUE: write them like --tag trigger=drift_alert")
     return {key.strip(): value for key, _, value in (item.partition("=") for item in values) if value}
-
-
-def select_device(requested: str) -> torch.device:
-    """CUDA for ``auto`` when present, else CPU.
-
-    Raises:
-        ConfigError: ``cuda`` was requested but no CUDA device is visible.
-    """
-    import torch
-
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "training.device is 'cuda' but torch sees no CUDA device: set training.device to auto or cpu, "
-            "or run the step on a GPU node"
-        )
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch and ask for deterministic kernels, so the same seed gives the same model."""
-    import torch
-
-    # cuBLAS needs this workspace setting for deterministic matmuls; it must be set before CUDA starts.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def default_checkpoint_dir(run_root: str) -> str:
@@ -315,25 +129,6 @@ def _split_tensors(
         torch.from_numpy(categories).to(device),
         torch.from_numpy(labels).float().to(device),
     )
-
-
-def _evaluate(network: torch.nn.Module, criterion: torch.nn.Module, data: Split, world: World) -> tuple[float, float]:
-    """Validation loss (weighted as in training) and ROC AUC, without dropout.
-
-    Each rank predicts every ``size``-th row from position ``rank`` and the logits are summed over the ranks into
-    one full tensor, so every rank computes the same numbers from all validation rows.
-    """
-    import torch
-    from sklearn.metrics import roc_auc_score
-
-    from mlsteps.model import predict_logits
-
-    numeric, categories, labels = data
-    rows = slice(world.rank, None, world.size)
-    logits = torch.zeros_like(labels)
-    logits[rows] = predict_logits(network, numeric[rows], categories[rows])
-    world.all_reduce_sum(logits)
-    return float(criterion(logits, labels)), float(roc_auc_score(labels.cpu().numpy(), logits.cpu().numpy()))
 
 
 def _stored_run_id(out: str) -> str | None:
@@ -556,13 +351,21 @@ def main(
     run_root: RunRoot,
     config: ConfigUri = None,
     epochs: Annotated[
-        int | None, typer.Option("--epochs", help="maximum number of epochs; default: training.epochs")
+        int | None,
+        typer.Option("--epochs", min=1, max=1000, help="maximum number of epochs; default: training.epochs"),
     ] = None,
     learning_rate: Annotated[
-        float | None, typer.Option("--learning-rate", help="AdamW learning rate; default: training.learning_rate")
+        float | None,
+        typer.Option(
+            "--learning-rate",
+            max=1.0,
+            callback=above_zero,
+            help="AdamW learning rate, above 0; default: training.learning_rate",
+        ),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="rows per optimisation step; default: training.batch_size")
+        int | None,
+        typer.Option("--batch-size", min=1, help="rows per optimisation step; default: training.batch_size"),
     ] = None,
     tag: Annotated[
         list[str] | None,
