@@ -10,18 +10,23 @@ In one run, on loopback:
    and one prediction per row sent); failures are counted by reason and printed. The request bodies are pre-encoded
    from rows of the dataset without nulls (the Open Inference Protocol has no null);
 3. **the configurations**: batch 1 and 64 rows, 1 and 2 workers; ours on its natural endpoint
-   (``/v2/models/<name>/infer``) and on MLflow's (``/invocations``, dataframe_split), MLflow on ``/invocations``.
-   One server runs at a time;
+   (``/v2/models/<name>/infer``, JSON, and at batch 64 also the binary tensor data extension that tritonclient sends
+   by default, binary outputs included) and on MLflow's (``/invocations``, dataframe_split), MLflow on
+   ``/invocations``. One server runs at a time;
 4. **the generator's ceiling**: the same generator against a canned-answer server that does no work, so a reader sees
    when the generator, not the server, limits (generator and servers share the machine's cores).
 
 It prints requests/s and p50/p99 latency of each configuration, our ratios to MLflow against the target (at least 5x
 MLflow's throughput at batch 1 with a lower p99), that both servers give the same probabilities, and the serving
 image's size when ``build/images/serve.json`` exists (``make images``). Everything, with the machine, the commit and
-the config, goes to ``benchmarks/results/serving-<time>.json``.
+the config, goes to ``benchmarks/results/serving-<time>.json`` (or ``$BENCH_RESULTS_DIR``).
 
-Usage: ``python benchmarks/serving.py [--duration 10] [--warmup 3] [--concurrency 8] [--rows 5000] [--epochs 3]``
-(``BENCH_SERVING_DURATION``, ``BENCH_SERVING_WARMUP`` and ``BENCH_SERVING_CONCURRENCY`` set the defaults).
+``--smoke`` runs every part (both servers, every configuration, the ceiling, the comparison) on a model from 600 rows
+and one epoch, with 0.5 s of load per configuration: it checks that the benchmark works
+(``tests/unit/test_benchmarks.py``); its figures mean nothing.
+
+Usage: ``python benchmarks/serving.py [--duration 10] [--warmup 3] [--concurrency 8] [--rows 5000] [--epochs 3]
+[--smoke]`` (``BENCH_SERVING_DURATION``, ``BENCH_SERVING_WARMUP`` and ``BENCH_SERVING_CONCURRENCY`` set the defaults).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import argparse
 import asyncio
 import http
 import json
+import math
 import os
 import re
 import shutil
@@ -61,6 +67,8 @@ TARGET_RATIO = 5.0
 START_TIMEOUT_SECONDS = 180
 WORKER_STARTED = "Application startup complete"  # what each uvicorn worker logs once it accepts connections
 V2_DATATYPES = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32", "boolean": "BOOL"}
+NUMPY_DTYPES = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4", "BOOL": "?"}  # little-endian, as v2 sends
+BINARY = " binary"  # suffix of the endpoint label of binary-extension requests
 PYTHON_TYPES: dict[str, Callable[[Any], Any]] = {
     "double": float,
     "float": float,
@@ -70,6 +78,8 @@ PYTHON_TYPES: dict[str, Callable[[Any], Any]] = {
     "string": str,
 }
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)")
+# --smoke: every configuration, briefly, on a model from just enough rows for validate (dataset min_rows 500).
+SMOKE = {"duration": 0.5, "warmup": 0.2, "concurrency": 2, "rows": 600, "epochs": 1}
 
 
 # ---------------------------------------------------------------------------------------------------- the load
@@ -86,12 +96,27 @@ class Target:
     bodies: list[bytes]
     rows: int
     rows_in: Callable[[bytes], int]
+    binary: bool = False  # the bodies use the binary tensor data extension
     host: str = HOST
+
+    @property
+    def label(self) -> str:
+        """The endpoint as the report names it: the path, marked when the bodies are binary."""
+        return self.path + (BINARY if self.binary else "")
 
     def requests(self) -> list[bytes]:
         """Each body as a whole keep-alive POST, encoded once so that the generator only writes bytes."""
-        head = f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
-        return [f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body for body in self.bodies]
+        head = f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        requests = []
+        for body in self.bodies:
+            if self.binary:
+                kind = (
+                    f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {json_prefix(body)[1]}"
+                )
+            else:
+                kind = "Content-Type: application/json"
+            requests.append(f"{head}{kind}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        return requests
 
 
 @dataclass
@@ -271,10 +296,16 @@ def serve_canned(port: int, rows: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- bodies
+def json_prefix(body: bytes) -> tuple[Any, int]:
+    """The JSON document a body starts with, and its length in bytes: all of a JSON body, or the header of a body in
+    the binary tensor data extension (tensor bytes follow it)."""
+    return json.JSONDecoder().raw_decode(body.decode("latin-1"))  # latin-1: any byte is a character, JSON is ASCII
+
+
 def v2_rows(body: bytes) -> int:
-    """Predictions in an Open Inference Protocol answer (the probability output's length)."""
-    outputs = {output["name"]: output for output in json.loads(body)["outputs"]}
-    return len(outputs["probability"]["data"])
+    """Predictions in an Open Inference Protocol answer, JSON or binary: the probability output's shape."""
+    outputs = {output["name"]: output for output in json_prefix(body)[0]["outputs"]}
+    return outputs["probability"]["shape"][0]
 
 
 def invocation_rows(body: bytes) -> int:
@@ -294,6 +325,31 @@ def v2_body(columns: list[dict[str, str]], rows: list[list[Any]]) -> bytes:
         for index, column in enumerate(columns)
     ]
     return json.dumps({"inputs": inputs}).encode()
+
+
+def v2_binary_body(columns: list[dict[str, str]], rows: list[list[Any]]) -> bytes:
+    """The same request in the binary tensor data extension, as tritonclient sends it by default: a JSON header
+    naming each input's ``binary_data_size``, then the tensors' bytes in input order; outputs asked for in binary."""
+    inputs, tensors = [], []
+    for index, column in enumerate(columns):
+        datatype = V2_DATATYPES.get(column["type"], "BYTES")
+        values = [row[index] for row in rows]
+        if datatype == "BYTES":
+            encoded = [str(value).encode() for value in values]
+            data = b"".join(len(item).to_bytes(4, "little") + item for item in encoded)
+        else:
+            data = np.asarray(values, dtype=NUMPY_DTYPES[datatype]).tobytes()
+        tensors.append(data)
+        inputs.append(
+            {
+                "name": column["name"],
+                "shape": [len(rows)],
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(data)},
+            }
+        )
+    header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
+    return header + b"".join(tensors)
 
 
 def invocations_body(columns: list[dict[str, str]], rows: list[list[Any]]) -> bytes:
@@ -476,7 +532,7 @@ class Bench:
     def measure(self, server: str, workers: int | None, target: Target, batch: int) -> None:
         """Put ``target`` under load, print its line and keep its figures."""
         figures = run_load(target, self.concurrency, self.duration, self.warmup).summary()
-        self.measurements.append(Measurement(server, target.path, workers, batch, figures))
+        self.measurements.append(Measurement(server, target.label, workers, batch, figures))
         print_row(self.measurements[-1])
 
     def find(self, server: str, endpoint: str, workers: int | None, batch: int) -> dict[str, Any]:
@@ -524,7 +580,8 @@ class Server:
     name: str
     argv: list[str]
     ready_path: str
-    endpoints: list[tuple[str, str, Callable[[bytes], int]]]  # path, body format, how to count the answer's rows
+    # path, body format, how to count the answer's rows, the batch sizes it is measured at
+    endpoints: list[tuple[str, str, Callable[[bytes], int], tuple[int, ...]]]
 
 
 def measure_servers(
@@ -535,14 +592,18 @@ def measure_servers(
         "ours",
         [sys.executable, "-m", "mlsteps.serve", "--bundle", str(bundle), "--host", HOST],
         "/v2/health/ready",
-        [(f"/v2/models/{model_name}/infer", "v2", v2_rows), ("/invocations", "invocations", invocation_rows)],
+        [
+            (f"/v2/models/{model_name}/infer", "v2", v2_rows, BATCHES),
+            (f"/v2/models/{model_name}/infer", "v2-binary", v2_rows, (max(BATCHES),)),
+            ("/invocations", "invocations", invocation_rows, BATCHES),
+        ],
     )
     mlflow = Server(
         "mlflow",
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{model_name}/{version}"]
         + ["--env-manager", "local", "--host", HOST],
         "/ping",
-        [("/invocations", "invocations", invocation_rows)],
+        [("/invocations", "invocations", invocation_rows, BATCHES)],
     )
     probe = bodies["invocations"][max(BATCHES)][0]
     probabilities: dict[str, list[float]] = {}
@@ -557,11 +618,17 @@ def measure_servers(
                     wait_for_workers(log, workers)
                 answer = post(port, "/invocations", probe)["predictions"]
                 probabilities.setdefault(server.name, [row["probability"] for row in answer])
-                for path, body_format, rows_in in server.endpoints:
-                    for batch in BATCHES:
-                        target = Target(port, path, bodies[body_format][batch], batch, rows_in)
+                for path, body_format, rows_in, batches in server.endpoints:
+                    for batch in batches:
+                        binary = body_format == "v2-binary"
+                        target = Target(port, path, bodies[body_format][batch], batch, rows_in, binary)
                         bench.measure(server.name, workers, target, batch)
     return probabilities
+
+
+def _ratio(value: float, anchor: float) -> float:
+    """value / anchor; infinite when the anchor measured nothing (possible in a 0.5 s smoke run)."""
+    return value / anchor if anchor else math.inf
 
 
 def ratios(bench: Bench, model_name: str) -> list[dict[str, Any]]:
@@ -570,16 +637,18 @@ def ratios(bench: Bench, model_name: str) -> list[dict[str, Any]]:
     for workers in WORKERS:
         for batch in BATCHES:
             anchor = bench.find("mlflow", "/invocations", workers, batch)
-            for endpoint in (f"/v2/models/{model_name}/infer", "/invocations"):
+            v2 = f"/v2/models/{model_name}/infer"
+            binary = [v2 + BINARY] if batch == max(BATCHES) else []
+            for endpoint in (v2, *binary, "/invocations"):
                 ours = bench.find("ours", endpoint, workers, batch)
-                rps_ratio = ours["requests_per_second"] / anchor["requests_per_second"]
+                rps_ratio = _ratio(ours["requests_per_second"], anchor["requests_per_second"])
                 rows.append(
                     {
                         "workers": workers,
                         "batch": batch,
                         "ours_endpoint": endpoint,
                         "rps_ratio": round(rps_ratio, 2),
-                        "p99_ratio": round(ours["p99_ms"] / anchor["p99_ms"], 3),
+                        "p99_ratio": round(_ratio(ours["p99_ms"], anchor["p99_ms"]), 3),
                         "target_met": rps_ratio >= TARGET_RATIO and ours["p99_ms"] < anchor["p99_ms"],
                     }
                 )
@@ -612,8 +681,15 @@ def print_summary(
         ", ".join(f"batch {b}: {r:.0f} req/s" for b, r in generator.items()),
     )
     busiest = max(m.figures["requests_per_second"] for m in bench.measurements if m.server == "ours")
-    print(f"  the fastest server measurement reached {busiest / min(generator.values()):.0%} of it")
-    print(f"largest |ours - MLflow| probability on the same {max(BATCHES)} rows: {agreement:.2e}")
+    print(f"  the fastest server measurement reached {_ratio(busiest, min(generator.values())):.0%} of it")
+    largest = max(BATCHES)
+    for workers in WORKERS:
+        json_rps, binary_rps = (
+            bench.find("ours", endpoint, workers, largest)["requests_per_second"]
+            for endpoint in (ratio_rows[0]["ours_endpoint"], ratio_rows[0]["ours_endpoint"] + BINARY)
+        )
+        print(f"binary tensors / JSON on v2, batch {largest}, {workers} worker(s): {_ratio(binary_rps, json_rps):.2f}x")
+    print(f"largest |ours - MLflow| probability on the same {largest} rows: {agreement:.2e}")
     print(f"serving image: {image_size()}")
 
 
@@ -646,11 +722,19 @@ def main() -> None:
         default="auto",
         help="pin the generator to one CPU and the servers to the others; auto: where each server worker gets a CPU",
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every part briefly on a tiny model: checks the benchmark runs; "
+        + ", ".join(f"{key} {value}" for key, value in SMOKE.items()),
+    )
     parser.add_argument("--canned-server", nargs=2, type=int, metavar=("PORT", "ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.canned_server:
         serve_canned(*args.canned_server)
         return
+    if args.smoke:
+        vars(args).update(SMOKE)
 
     started = time.perf_counter()
     state = Path(tempfile.mkdtemp(prefix="bench-serving-"))
@@ -673,7 +757,7 @@ def main() -> None:
             batch: [encode(columns, rows[i * batch : (i + 1) * batch]) for i in range(BODIES_PER_BATCH)]
             for batch in BATCHES
         }
-        for name, encode in (("v2", v2_body), ("invocations", invocations_body))
+        for name, encode in (("v2", v2_body), ("v2-binary", v2_binary_body), ("invocations", invocations_body))
     }
     cpus = cpu_plan(args.pin)
     if cpus:
@@ -703,6 +787,7 @@ def main() -> None:
             "dataset_rows": args.rows,
             "epochs": args.epochs,
             "cpu_pinning": pinning,
+            "smoke": args.smoke,
             "model": {"name": model_name, "version": version},
         },
         {

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlsteps import storage
 from mlsteps.errors import ConfigError
@@ -145,8 +145,19 @@ class EvaluationConfig(_Strict):
 class RegistryConfig(_Strict):
     """MLflow names."""
 
-    model_name: str = Field(description="registered model name")
-    experiment_name: str = Field(description="MLflow experiment of the training runs")
+    model_name: str = Field(description="registered model name; MLflow refuses blank names and '/' or ':' in them")
+    experiment_name: str = Field(min_length=1, description="MLflow experiment of the training runs")
+
+    @field_validator("model_name")
+    @classmethod
+    def _mlflow_accepts_model_name(cls, name: str) -> str:
+        """MLflow's own rules, checked at load: MLflow would refuse the name only at register, after training."""
+        if not name.strip() or "/" in name or ":" in name or name == "." or name.startswith(".."):
+            raise ValueError(
+                f"{name!r} is not a name MLflow accepts for a registered model: it must not be blank, contain '/' "
+                "or ':', be '.' or start with '..'; set it to a name such as churn-classifier"
+            )
+        return name
 
 
 DriftMethod = Literal["ks", "wasserstein", "psi", "chisquare", "jensenshannon"]
@@ -288,7 +299,8 @@ class LocalServingConfig(_Strict):
 
 
 class ServingConfig(_Strict):
-    """How the deploy step rolls a model version out and decides whether it serves well enough to stay."""
+    """How the deploy step rolls a model version out and decides whether it serves well enough to stay, and how the
+    model server reads requests (``strict_columns``, ``max_string_length``)."""
 
     smoke: SmokeConfig = SmokeConfig()
     rollout_timeout_seconds: float = Field(
@@ -298,6 +310,17 @@ class ServingConfig(_Strict):
     kubernetes: KubernetesServingConfig = KubernetesServingConfig()
     canary: CanaryConfig = CanaryConfig()
     local: LocalServingConfig = LocalServingConfig()
+    strict_columns: bool = Field(
+        False,
+        description="model server: refuse MLflow-format requests with columns the model does not use "
+        "(false: ignore them, as `mlflow models serve` does, and count them in /metrics)",
+    )
+    max_string_length: int | None = Field(
+        None,
+        ge=1,
+        description="model server: longest string (BYTES) value a request may send; "
+        "null: twice the longest category seen in training, at least 64 characters",
+    )
 
     @model_validator(mode="after")
     def _poll_within_timeout(self) -> ServingConfig:

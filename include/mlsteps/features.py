@@ -65,11 +65,17 @@ def binary_labels(values: pd.Series, classes: Sequence[Any], what: str) -> np.nd
 
 @dataclass(frozen=True)
 class NumericStats:
-    """Train-split statistics of one numeric column."""
+    """Train-split statistics of one numeric column.
+
+    ``minimum`` and ``maximum`` are the range seen in training (None for an all-null column, and in packages made
+    before they were recorded); the model server counts inputs outside it and names them when a row cannot be scored.
+    """
 
     median: float
     mean: float
     std: float
+    minimum: float | None = None
+    maximum: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,8 +112,15 @@ class TabularPreprocessor:
         means = imputed.mean().fillna(0.0)
         stds = imputed.std(ddof=0).fillna(1.0)
         stds = stds.where(stds > 0, 1.0)
+        minima, maxima = numbers.min(), numbers.max()
         numeric = {
-            column: NumericStats(median=float(medians[column]), mean=float(means[column]), std=float(stds[column]))
+            column: NumericStats(
+                median=float(medians[column]),
+                mean=float(means[column]),
+                std=float(stds[column]),
+                minimum=None if pd.isna(minima[column]) else float(minima[column]),
+                maximum=None if pd.isna(maxima[column]) else float(maxima[column]),
+            )
             for column in numeric_columns
         }
         vocabularies = {

@@ -145,3 +145,24 @@ def test_request_bodies_carry_the_same_dataset_rows_in_both_protocols(tmp_path: 
     assert [list(pair) for pair in zip(v2[0]["data"], v2[1]["data"], strict=True)] == split["data"]
     assert bench.invocation_rows(b'{"predictions": [{"probability": 0.1, "prediction": 0}]}') == 1
     assert bench.check_answer(_target(1), 200, b'{"predictions": []}') == "unreadable answer (KeyError)"
+
+
+def test_binary_bodies_carry_the_same_rows_as_tritonclient_encodes_them(tmp_path: Path) -> None:
+    import numpy as np
+    from tritonclient.utils import serialize_byte_tensor
+
+    dataset = tmp_path / "churn.csv"
+    generate_churn(1000, seed=3).to_csv(dataset, index=False)
+    columns = [{"name": "tenure_months", "type": "double"}, {"name": "plan", "type": "string"}]
+    rows = bench.sample_rows(dataset, columns, 64)
+
+    body = bench.v2_binary_body(columns, rows)
+    header, length = bench.json_prefix(body)
+
+    sizes = [tensor["parameters"]["binary_data_size"] for tensor in header["inputs"]]
+    numbers = np.array([row[0] for row in rows], dtype=np.float64).tobytes()
+    names = serialize_byte_tensor(np.array([row[1] for row in rows], dtype=object)).item()
+    assert body[length:] == numbers + names and sizes == [len(numbers), len(names)]
+    assert header["parameters"] == {"binary_data_output": True}
+    binary_answer = json.dumps({"outputs": [{"name": "probability", "shape": [64]}]}).encode() + b"\x00\xff" * 64
+    assert bench.v2_rows(binary_answer) == 64

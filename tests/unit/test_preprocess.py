@@ -158,6 +158,19 @@ def test_constant_column_keeps_a_unit_scale() -> None:
     assert preprocessor.transform(frame)[0][:, 0].tolist() == [0.0, 0.0, 0.0]
 
 
+def test_the_range_seen_in_training_is_recorded_and_older_packages_still_load() -> None:
+    frame = pd.DataFrame({"age": [18.0, None, 64.0], "empty": [None, None, None], "kind": ["a", "b", "a"]})
+
+    preprocessor = TabularPreprocessor.fit(frame, ["age", "empty"], ["kind"])
+    older = preprocessor.to_dict()
+    for stats in older["numeric"].values():  # a package written before the range was recorded
+        del stats["minimum"], stats["maximum"]
+
+    assert (preprocessor.numeric["age"].minimum, preprocessor.numeric["age"].maximum) == (18.0, 64.0)
+    assert preprocessor.numeric["empty"].minimum is None
+    assert TabularPreprocessor.from_dict(older).numeric["age"].minimum is None
+
+
 def test_json_round_trip_gives_an_equal_preprocessor(fitted: TabularPreprocessor, churn: pd.DataFrame) -> None:
     restored = TabularPreprocessor.from_dict(json.loads(json.dumps(fitted.to_dict())))
 

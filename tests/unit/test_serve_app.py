@@ -142,7 +142,8 @@ def test_metadata_and_metrics_describe_the_served_model(client: TestClient, bund
     metadata = client.get(f"/v2/models/{bundle.model_name}").json()
     metrics = client.get("/metrics").text
 
-    assert server == {"name": "mlsteps-serve", "version": "0.1.0", "extensions": ["model_repository"]}
+    extensions = ["model_repository", "binary_tensor_data"]
+    assert server == {"name": "mlsteps-serve", "version": "0.1.0", "extensions": extensions}
     assert metadata["versions"] == ["1"] and metadata["platform"] == "onnxruntime_onnx"
     assert metadata["inputs"][0] == {"name": "tenure_months", "datatype": "FP64", "shape": [-1]}
     assert {i["name"] for i in metadata["inputs"]} == {c.name for c in bundle.columns}

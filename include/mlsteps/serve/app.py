@@ -1,4 +1,9 @@
-"""The HTTP API of the model server: Open Inference Protocol v2, MLflow's /invocations, health and metrics.
+"""The HTTP API of the model server: Open Inference Protocol v2, MLflow's scoring server, health and metrics.
+
+v2 (``/v2/...``) with the binary tensor data extension and the model repository extension's index and load;
+MLflow's scoring-server endpoints (``/invocations``, ``/ping``, ``/health``, ``/version``). Every answer is valid
+JSON, except v2 answers whose outputs the client asked for as binary data: a model output that is not a finite
+number is a 422 naming the row and its inputs outside the range seen in training, never a ``NaN`` in the body.
 
 Handlers are plain Starlette endpoints inside a FastAPI app (no per-request pydantic models or dependency
 resolution): they read the body once, parse it with ``mlsteps.serve.protocol`` and run the model inline on the
@@ -14,6 +19,8 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from typing import Any
 
 import numpy as np
@@ -28,10 +35,12 @@ from mlsteps.prediction_log import SMOKE_REQUEST_PREFIX
 from mlsteps.serve.metrics import CONTENT_TYPE, ServerMetrics
 from mlsteps.serve.model import ModelHandle, ModelLoader, ServedModel
 from mlsteps.serve.protocol import (
+    HEADER_LENGTH_HEADER,
     MODEL_VERSION_HEADER,
     ParsedRequest,
     RequestError,
     RequestSchema,
+    body_format,
     load_json,
     parse_mlflow,
     parse_v2,
@@ -44,6 +53,7 @@ SERVER_NAME = "mlsteps-serve"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 THREADPOOL_ROWS = 2048
 JSON = "application/json"
+BINARY = "application/octet-stream"  # v2 answers with binary outputs (a JSON header, then the tensors' bytes)
 REQUEST_ID_HEADER = "x-request-id"
 _OUTPUTS_METADATA = [
     {"name": "probability", "datatype": "FP64", "shape": [-1]},
@@ -55,29 +65,73 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
     return Response(json.dumps(payload), status, headers, JSON)
 
 
-def _v2_body(model: ServedModel, request_id: str | None, probability: np.ndarray, prediction: np.ndarray) -> Any:
+def _mlflow_version() -> str:
+    """The MLflow version whose scoring protocol the server speaks (the one installed beside it)."""
+    for package in ("mlflow", "mlflow-skinny"):
+        try:
+            return package_version(package)
+        except PackageNotFoundError:
+            continue
+    return mlsteps.__version__
+
+
+def _v2_body(
+    model: ServedModel, parsed: ParsedRequest, probability: np.ndarray, prediction: np.ndarray
+) -> tuple[bytes, str | None]:
+    """The v2 answer, and the length of its JSON header when outputs go as binary data (None: all JSON)."""
     rows = len(probability)
     answer: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
-    if request_id is not None:
-        answer["id"] = request_id
-    answer["outputs"] = [
-        {"name": "probability", "datatype": "FP64", "shape": [rows], "data": probability.tolist()},
-        {"name": "prediction", "datatype": "INT64", "shape": [rows], "data": prediction.tolist()},
-    ]
-    return answer
-
-
-def _mlflow_body(model: ServedModel, request_id: str | None, probability: np.ndarray, prediction: np.ndarray) -> Any:
-    return {
-        "predictions": [
-            {"probability": p, "prediction": c} for p, c in zip(probability.tolist(), prediction.tolist(), strict=True)
+    if parsed.request_id is not None:
+        answer["id"] = parsed.request_id
+    if parsed.outputs is None:
+        answer["outputs"] = [
+            {"name": "probability", "datatype": "FP64", "shape": [rows], "data": probability.tolist()},
+            {"name": "prediction", "datatype": "INT64", "shape": [rows], "data": prediction.tolist()},
         ]
-    }
+        return json.dumps(answer).encode(), None
+    arrays = {"probability": (probability, "FP64", "<f8"), "prediction": (prediction, "INT64", "<i8")}
+    outputs, chunks = [], []
+    for name, binary in parsed.outputs:
+        values, datatype, layout = arrays[name]
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [rows]}
+        if binary:
+            chunks.append(values.astype(layout, copy=False).tobytes())
+            tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
+        else:
+            tensor["data"] = values.tolist()
+        outputs.append(tensor)
+    answer["outputs"] = outputs
+    header = json.dumps(answer).encode()
+    return (header + b"".join(chunks), str(len(header))) if chunks else (header, None)
+
+
+def _mlflow_body(
+    model: ServedModel, parsed: ParsedRequest, probability: np.ndarray, prediction: np.ndarray
+) -> tuple[bytes, str | None]:
+    predictions = [
+        {"probability": p, "prediction": c} for p, c in zip(probability.tolist(), prediction.tolist(), strict=True)
+    ]
+    return json.dumps({"predictions": predictions}).encode(), None
+
+
+def _non_finite(
+    schema: RequestSchema, parsed: ParsedRequest, probability: np.ndarray, outside: np.ndarray | None
+) -> RequestError:
+    """The 422 for rows whose probability is not a finite number, naming the first row's unusual inputs."""
+    rows = np.flatnonzero(~np.isfinite(probability))
+    first = int(rows[0])
+    return RequestError(
+        f"the model gave no finite probability for {len(rows)} row(s) {rows[:10].tolist()}: row {first} has "
+        f"{schema.describe_outside(outside, parsed, first)}. Send values within the range seen in training; "
+        "nothing was scored or logged for this request",
+        422,
+        "non_finite_output",
+    )
 
 
 # The two inference formats: how to parse a body, how to answer, and whether the path names the model.
-_Parser = Callable[[bytes, RequestSchema], ParsedRequest]
-_Renderer = Callable[[ServedModel, "str | None", np.ndarray, np.ndarray], Any]
+_Parser = Callable[[bytes, RequestSchema, "int | None"], ParsedRequest]
+_Renderer = Callable[[ServedModel, ParsedRequest, np.ndarray, np.ndarray], "tuple[bytes, str | None]"]
 
 
 class _Endpoints:
@@ -88,6 +142,7 @@ class _Endpoints:
         self.loader = loader
         self.max_body_bytes = max_body_bytes
         self.metrics = ServerMetrics(lambda: handle.current.log_writer if handle.current else None)
+        self.mlflow_version_text = _mlflow_version()
         if handle.current is not None:
             current = handle.current
             self.metrics.model_loaded(current.name, current.version, current.bundle.sha256, None)
@@ -136,17 +191,27 @@ class _Endpoints:
 
     def inference(self, endpoint: str, parse: _Parser, render: _Renderer) -> Callable[[Request], Any]:
         """A handler that parses one inference format, scores the rows, logs them and answers in that format."""
+        binary = parse is parse_v2  # the binary tensor data extension is v2's
 
         async def infer(request: Request) -> Response:
             started = time.perf_counter()
             model = None
             try:
                 model = self.serving(request)
-                parsed = parse(await self.read_body(request), model.schema)
+                headers = request.headers
+                header_length = body_format(headers.get("content-type"), headers.get(HEADER_LENGTH_HEADER), binary)
+                parsed = parse(await self.read_body(request), model.schema, header_length)
+                outside = model.schema.out_of_range(parsed)
+                if outside is not None:
+                    self.metrics.out_of_range(model.schema.numeric_names, outside)
+                if parsed.ignored:
+                    self.metrics.ignored_columns(endpoint, len(parsed.ignored))
                 if parsed.rows >= THREADPOOL_ROWS:
                     probability, prediction = await run_in_threadpool(model.predict, parsed)
                 else:
                     probability, prediction = model.predict(parsed)
+                if not np.isfinite(probability).all():
+                    raise _non_finite(model.schema, parsed, probability, outside)
             except RequestError as exc:
                 return self.failure(endpoint, exc, started, model)
             except Exception:  # a bug or a runtime failure must cost one request, never the server
@@ -156,14 +221,41 @@ class _Endpoints:
             request_id = parsed.request_id or request.headers.get(REQUEST_ID_HEADER) or os.urandom(16).hex()
             if not request_id.startswith(SMOKE_REQUEST_PREFIX):
                 model.log(parsed, probability, prediction, request_id)
-            response = _json(
-                render(model, parsed.request_id, probability, prediction),
-                headers={MODEL_VERSION_HEADER: model.version, REQUEST_ID_HEADER: request_id},
-            )
+            content, json_length = render(model, parsed, probability, prediction)
+            answer_headers = {MODEL_VERSION_HEADER: model.version, REQUEST_ID_HEADER: request_id}
+            if json_length is not None:
+                answer_headers[HEADER_LENGTH_HEADER] = json_length
+            response = Response(content, 200, answer_headers, JSON if json_length is None else BINARY)
             self.metrics.observe(endpoint, 200, time.perf_counter() - started, parsed.rows)
             return response
 
         return infer
+
+    async def ping(self, request: Request) -> Response:
+        """MLflow's /ping and /health: 200 once a model serves (503 before)."""
+        loaded = self.handle.current is not None
+        return _json({"status": "ok" if loaded else "loading"}, 200 if loaded else 503)
+
+    async def mlflow_version(self, request: Request) -> Response:
+        """MLflow's /version, as a JSON string."""
+        return _json(self.mlflow_version_text)
+
+    async def repository_index(self, request: Request) -> Response:
+        """The model repository index: the served model with its state and version (``{"ready": true}`` filters)."""
+        started = time.perf_counter()
+        try:
+            body = await self.read_body(request)
+            payload = load_json(body) if body.strip() else {}
+            if type(payload) is not dict or type(payload.get("ready", False)) is not bool:
+                raise RequestError(f'send {{}} or {{"ready": true}} to list the models; got {payload!r}')
+        except RequestError as exc:
+            return self.failure("repository_index", exc, started, self.handle.current)
+        model = self.handle.current
+        models = (
+            [] if model is None else [{"name": model.name, "version": model.version, "state": "READY", "reason": ""}]
+        )
+        self.metrics.observe("repository_index", 200, time.perf_counter() - started)
+        return _json(models)
 
     async def live(self, request: Request) -> Response:
         return _json({"live": True})
@@ -173,7 +265,8 @@ class _Endpoints:
         return _json({"ready": loaded}, 200 if loaded else 503)
 
     async def server_metadata(self, request: Request) -> Response:
-        return _json({"name": SERVER_NAME, "version": mlsteps.__version__, "extensions": ["model_repository"]})
+        extensions = ["model_repository", "binary_tensor_data"]
+        return _json({"name": SERVER_NAME, "version": mlsteps.__version__, "extensions": extensions})
 
     async def model_metadata(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -274,6 +367,10 @@ def create_app(
         ("/v2/models/{name}/ready", endpoints.model_ready, "GET"),
         ("/metrics", endpoints.metrics_text, "GET"),
         ("/v2/repository/models/{name}/load", endpoints.load, "POST"),
+        ("/v2/repository/index", endpoints.repository_index, "POST"),
+        ("/ping", endpoints.ping, "GET"),
+        ("/health", endpoints.ping, "GET"),
+        ("/version", endpoints.mlflow_version, "GET"),
     ]
     for path, endpoint, method in routes:
         app.router.add_route(path, endpoint, methods=[method], include_in_schema=False)

@@ -14,12 +14,13 @@ import os
 import signal
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from mlsteps.config import load_pipeline_config
 from mlsteps.errors import EXIT_USER_ERROR, ConfigError, StepError
 from mlsteps.serve.app import DEFAULT_MAX_BODY_BYTES, create_app
 from mlsteps.serve.model import (
@@ -31,6 +32,7 @@ from mlsteps.serve.model import (
     load_model,
     registry_loader,
 )
+from mlsteps.serve.protocol import RequestPolicy
 from mlsteps.serving_bundle import read_bundle
 
 logger = logging.getLogger("mlsteps.serve")
@@ -53,6 +55,36 @@ class ServeSettings:
     max_body_bytes: int
     allow_reload: bool
     intra_op_threads: int
+    policy: dict[str, Any] = field(default_factory=dict)  # RequestPolicy's fields (JSON, for worker processes)
+
+    @property
+    def request_policy(self) -> RequestPolicy:
+        """How requests are read."""
+        policy = dict(self.policy)
+        policy["bounds"] = {name: tuple(bound) for name, bound in policy.get("bounds", {}).items()}
+        return RequestPolicy(**policy)
+
+
+def policy_from_config(config_uri: str | None, strict_columns: bool | None) -> RequestPolicy:
+    """The request policy of the pipeline config: its ``serving`` settings and its dataset's id column and bounds.
+
+    Args:
+        config_uri: the pipeline config; None: ``$MLSTEPS_CONFIG`` or the bundled one.
+        strict_columns: overrides ``serving.strict_columns`` unless None.
+
+    Raises:
+        ConfigError: the config cannot be read or is invalid.
+    """
+    config = load_pipeline_config(config_uri)
+    dataset = config.dataset
+    return RequestPolicy(
+        strict_columns=config.serving.strict_columns if strict_columns is None else strict_columns,
+        id_column=dataset.id_column,
+        max_string_length=config.serving.max_string_length,
+        bounds={
+            c.name: (c.min, c.max) for c in dataset.features if c.type == "numeric" and (c.min, c.max) != (None, None)
+        },
+    )
 
 
 def _load_initial(settings: ServeSettings) -> ServedModel:
@@ -63,7 +95,12 @@ def _load_initial(settings: ServeSettings) -> ServedModel:
     """
     if settings.bundle is not None:
         bundle = read_bundle(Path(settings.bundle))
-        model = load_model(bundle, prediction_log=settings.prediction_log, intra_op_threads=settings.intra_op_threads)
+        model = load_model(
+            bundle,
+            prediction_log=settings.prediction_log,
+            intra_op_threads=settings.intra_op_threads,
+            policy=settings.request_policy,
+        )
         check_model_name(model, settings.model_name)
         return model
     return _registry(settings)(settings.selector)
@@ -82,6 +119,7 @@ def _registry(settings: ServeSettings) -> ModelLoader:
         _require_model_name(settings),
         prediction_log=settings.prediction_log,
         intra_op_threads=settings.intra_op_threads,
+        policy=settings.request_policy,
     )
 
 
@@ -189,6 +227,24 @@ def main(
             "--intra-op-threads", envvar="SERVE_INTRA_OP_THREADS", min=1, help="ONNX Runtime threads per worker"
         ),
     ] = 1,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            envvar="MLSTEPS_CONFIG",
+            help="pipeline config: serving.strict_columns, serving.max_string_length, the dataset's id column and "
+            "min/max (default: the bundled one)",
+        ),
+    ] = None,
+    strict_columns: Annotated[
+        bool | None,
+        typer.Option(
+            "--strict-columns/--ignore-extra-columns",
+            envvar="SERVE_STRICT_COLUMNS",
+            help="refuse MLflow-format columns the model does not use, or ignore them (default: "
+            "serving.strict_columns)",
+        ),
+    ] = None,
 ) -> None:
     """Serve a model version over HTTP: Open Inference Protocol v2, MLflow's /invocations and /metrics.
 
@@ -207,6 +263,10 @@ def main(
         max_body_bytes: larger request bodies get 413.
         allow_reload: enable POST /v2/repository/models/{name}/load.
         intra_op_threads: ONNX Runtime threads per worker.
+        config: pipeline config: serving.strict_columns, serving.max_string_length, the dataset's id column and
+            min/max (default: the bundled one).
+        strict_columns: refuse MLflow-format columns the model does not use, or ignore them (default:
+            serving.strict_columns).
 
     Examples:
         MLFLOW_TRACKING_URI=http://mlflow:5000 python -m mlsteps.serve --model-name churn-classifier
@@ -218,16 +278,17 @@ def main(
         curl -s localhost:8080/v2/health/ready
     """
     _configure_logging()
-    settings = ServeSettings(
-        bundle=None if bundle is None else str(bundle),
-        model_name=model_name,
-        selector=model_version or model_alias,
-        prediction_log=prediction_log,
-        max_body_bytes=max_body_bytes,
-        allow_reload=allow_reload,
-        intra_op_threads=intra_op_threads,
-    )
     try:
+        settings = ServeSettings(
+            bundle=None if bundle is None else str(bundle),
+            model_name=model_name,
+            selector=model_version or model_alias,
+            prediction_log=prediction_log,
+            max_body_bytes=max_body_bytes,
+            allow_reload=allow_reload,
+            intra_op_threads=intra_op_threads,
+            policy=asdict(policy_from_config(config, strict_columns)),
+        )
         if allow_reload and workers > 1:
             raise ConfigError(
                 f"--allow-reload with --workers {workers}: a load request reaches one worker only, so workers would "

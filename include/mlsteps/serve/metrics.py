@@ -9,8 +9,12 @@ Names:
 - ``mlsteps_serve_requests_total{endpoint, code}``: answered requests.
 - ``mlsteps_serve_request_duration_seconds{endpoint}``: time from routing to the response body (histogram).
 - ``mlsteps_serve_errors_total{endpoint, reason}``: failed requests by reason (invalid_request, body_too_large,
-  unknown_model, not_ready, reload_failed, internal).
+  unsupported_media_type, non_finite_output, unknown_model, not_ready, reload_failed, internal).
 - ``mlsteps_serve_predicted_rows_total``: rows scored.
+- ``mlsteps_serve_out_of_range_values_total{column}``: numeric values outside the range seen in training, in
+  requests that were scored or refused for a non-finite output.
+- ``mlsteps_serve_ignored_columns_total{endpoint}``: columns sent that the model does not use (MLflow format,
+  ``serving.strict_columns`` false), counted once per request and column.
 - ``mlsteps_serve_model_info{model_name, model_version, bundle_sha256}``: 1 for the model that serves.
 - ``mlsteps_serve_model_loads_total{outcome}``: model loads (ok, failed), the initial one included.
 - ``mlsteps_serve_prediction_log_rows{outcome}``: rows of the serving model's prediction-log writer
@@ -22,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -75,6 +80,18 @@ class ServerMetrics:
             "mlsteps_serve_errors", "failed requests", ["endpoint", "reason"], registry=self.registry
         )
         self._rows = Counter("mlsteps_serve_predicted_rows", "rows scored", registry=self.registry)
+        self._out_of_range = Counter(
+            "mlsteps_serve_out_of_range_values",
+            "numeric input values outside the range seen in training",
+            ["column"],
+            registry=self.registry,
+        )
+        self._ignored = Counter(
+            "mlsteps_serve_ignored_columns",
+            "request columns the model does not use, ignored",
+            ["endpoint"],
+            registry=self.registry,
+        )
         self._model_info = Gauge(
             "mlsteps_serve_model_info",
             "the model that serves (value 1)",
@@ -105,6 +122,16 @@ class ServerMetrics:
     def error(self, endpoint: str, reason: str) -> None:
         """Record why a request failed (besides its code in ``observe``)."""
         self._errors.labels(endpoint, reason).inc()
+
+    def out_of_range(self, columns: list[str], outside: np.ndarray) -> None:
+        """Count the values outside the training range (``outside``: rows x ``columns`` booleans)."""
+        for position, count in enumerate(outside.sum(axis=0).tolist()):
+            if count:
+                self._out_of_range.labels(columns[position]).inc(count)
+
+    def ignored_columns(self, endpoint: str, count: int) -> None:
+        """Count columns a request sent that the model does not use."""
+        self._ignored.labels(endpoint).inc(count)
 
     def model_loaded(self, name: str, version: str, sha256: str, previous: tuple[str, str, str] | None) -> None:
         """Record a successful load and point the info gauge at the new model."""

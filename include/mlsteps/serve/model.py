@@ -12,7 +12,7 @@ import logging
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from mlsteps.errors import ConfigError
 from mlsteps.prediction_log import PredictionLogWriter
-from mlsteps.serve.protocol import ParsedRequest, RequestError, RequestSchema, parse_records
+from mlsteps.serve.protocol import ParsedRequest, RequestError, RequestPolicy, RequestSchema, parse_records
 from mlsteps.serving_bundle import (
     ONNX_INPUTS,
     ONNX_OUTPUT,
@@ -71,12 +71,15 @@ class ServedModel:
     def log(self, request: ParsedRequest, probability: np.ndarray, prediction: np.ndarray, request_id: str) -> None:
         """Queue the rows for the prediction log (when there is one); never blocks and never raises.
 
-        Each row's id is the request id, with ``-<row>`` appended for requests of more than one row so that every
-        logged row keeps a unique id.
+        Each row's id is its value in the dataset's id column when the request carries that column, so delayed
+        labels join on it; otherwise the request id, with ``-<row>`` appended for requests of more than one row so
+        that every logged row keeps a unique id.
         """
         if self.log_writer is None:
             return
-        ids = [request_id] if request.rows == 1 else [f"{request_id}-{row}" for row in range(request.rows)]
+        ids: list[Any] = [request_id] if request.rows == 1 else [f"{request_id}-{row}" for row in range(request.rows)]
+        if request.row_ids is not None:
+            ids = [own if own is not None else ids[row] for row, own in enumerate(request.row_ids)]
         self.log_writer.log_columns(request.columns, probability, prediction, ids)
 
     def close(self) -> None:
@@ -140,6 +143,7 @@ def load_model(
     prediction_log: str | None = None,
     intra_op_threads: int = 1,
     log_flush_seconds: float = 10.0,
+    policy: RequestPolicy | None = None,
 ) -> ServedModel:
     """Open a verified bundle in ONNX Runtime and check it against its smoke.json.
 
@@ -148,6 +152,7 @@ def load_model(
         prediction_log: the prediction log's store URI; None logs nothing.
         intra_op_threads: ONNX Runtime threads per session (per worker process).
         log_flush_seconds: longest time a logged row waits before it is written.
+        policy: how requests are read (extra columns, id column, string limit, training bounds); None: defaults.
 
     Raises:
         BundleError: the model cannot be opened or fails its smoke check.
@@ -156,7 +161,11 @@ def load_model(
         session = _session(bundle.onnx_path, intra_op_threads)
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable or invalid models
         raise BundleError(f"ONNX Runtime cannot load {bundle.onnx_path}: {exc}") from None
-    schema = RequestSchema([(column.name, column.type) for column in bundle.columns])
+    schema = RequestSchema(
+        [(column.name, column.type) for column in bundle.columns],
+        _with_bundle_bounds(policy or RequestPolicy(), bundle),
+        bundle.preprocessor.vocabularies,
+    )
     model = ServedModel(bundle, session, schema)
     smoke_check(model)
     if prediction_log is None:
@@ -165,6 +174,20 @@ def load_model(
         prediction_log, bundle.model_name, bundle.model_version, flush_seconds=log_flush_seconds
     )
     return ServedModel(bundle, session, schema, writer)
+
+
+def _with_bundle_bounds(policy: RequestPolicy, bundle: ServingBundle) -> RequestPolicy:
+    """The policy with the range seen in training, which the bundle's preprocessor records per numeric column.
+
+    Packages trained before the range was recorded keep median, mean and std only; then the policy's bounds (the
+    dataset config's min and max, which every training row was validated against) stand.
+    """
+    recorded = {
+        name: (stats.minimum, stats.maximum)
+        for name, stats in bundle.preprocessor.numeric.items()
+        if stats.minimum is not None or stats.maximum is not None
+    }
+    return replace(policy, bounds={**policy.bounds, **recorded}) if recorded else policy
 
 
 class ModelHandle:
@@ -216,7 +239,12 @@ def fetch_from_registry(model_name: str, selector: str, dest: Path, client: Any 
 
 
 def registry_loader(
-    model_name: str, *, prediction_log: str | None = None, intra_op_threads: int = 1, client: Any = None
+    model_name: str,
+    *,
+    prediction_log: str | None = None,
+    intra_op_threads: int = 1,
+    client: Any = None,
+    policy: RequestPolicy | None = None,
 ) -> ModelLoader:
     """A loader that fetches a version's bundle from the registry into a temporary folder under /tmp.
 
@@ -227,12 +255,13 @@ def registry_loader(
         prediction_log: passed to ``load_model``.
         intra_op_threads: passed to ``load_model``.
         client: an MLflow client; None makes one from the environment on each load.
+        policy: passed to ``load_model``.
     """
 
     def load(selector: str) -> ServedModel:
         with tempfile.TemporaryDirectory(prefix="mlsteps-serve-") as folder:
             bundle = fetch_from_registry(model_name, selector, Path(folder), client)
-            return load_model(bundle, prediction_log=prediction_log, intra_op_threads=intra_op_threads)
+            return load_model(bundle, prediction_log=prediction_log, intra_op_threads=intra_op_threads, policy=policy)
 
     return load
 

@@ -1,0 +1,238 @@
+"""Every benchmark still runs: each one's smoke mode, as a subprocess of this interpreter, writes its report.
+
+The smoke runs start together (they mostly wait on subprocesses, servers and imports) and write their reports to a
+temporary folder (``$BENCH_RESULTS_DIR``), never to ``benchmarks/results/``. Their figures mean nothing and are not
+asserted; what is asserted is that every part of each benchmark ran. The GPU check runs without a GPU, as on this
+machine, with the imports a GPU node lacks made to fail, so it proves it needs only torch, numpy, pandas and
+scikit-learn. About two minutes on 2 cores, most of it the main job's two passes over the DAG's steps.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlsteps.config import load_pipeline_config
+from mlsteps.datasets import generate_churn
+from mlsteps.steps.preprocess import time_split
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS = REPO_ROOT / "benchmarks"
+EVIDENTLY_PYTHON = REPO_ROOT / ".venv-bench-evidently" / "bin" / "python"
+SMOKE_TIMEOUT_SECONDS = 600
+# What a GPU node lacks (it has Python with torch, numpy, pandas, scikit-learn and ONNX Runtime): these packages are
+# hidden from the GPU check's process and its DDP workers.
+NOT_ON_GPU_NODE = ("mlflow", "typer", "pydantic", "yaml", "tqdm", "airflow", "boto3", "great_expectations", "pyarrow")
+SMOKE_ARGS = {
+    "main_job": ["--smoke"],
+    # Evidently's side needs its own virtualenv (make .venv-bench-evidently); without it, ours alone.
+    "drift": ["--smoke", *([] if EVIDENTLY_PYTHON.exists() else ["--no-evidently"])],
+    "serving": ["--smoke"],
+    "gpu_check": ["--rows", "20000", "--epochs", "2", "--rehearse"],
+}
+# Every import finder is wrapped so that it does not see these packages: they look absent, as on a GPU node, also to
+# code that only asks whether they exist (importlib.util.find_spec, as torch._dynamo does).
+SITECUSTOMIZE = f"""
+import sys
+
+class _NotOnGpuNode:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {NOT_ON_GPU_NODE!r}:
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, attribute):
+        return getattr(self.finder, attribute)
+
+sys.meta_path[:] = [_NotOnGpuNode(finder) for finder in sys.meta_path]
+"""
+
+
+def _load_benchmark(name: str) -> Any:
+    sys.path.insert(0, str(BENCHMARKS))  # the scripts import their sibling `record`
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_check = _load_benchmark("gpu_check")
+
+
+@dataclass
+class SmokeRun:
+    """One benchmark's smoke run in its own process group: its output goes to ``log``, its report to ``results``."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    results: Path
+
+    def finish(self) -> tuple[int, str, dict[str, Any] | None]:
+        """Wait for the run; its exit code, its output, and its report (None when none was written)."""
+        code = self.process.wait(timeout=SMOKE_TIMEOUT_SECONDS)
+        reports = sorted(self.results.glob(f"{self.name}-*.json"))
+        return code, self.log.read_text(errors="replace"), json.loads(reports[-1].read_text()) if reports else None
+
+    def stop(self) -> None:
+        """Interrupt a run still going (its servers stop in its finally blocks), then kill what is left."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def _start(name: str, folder: Path) -> SmokeRun:
+    results, log, scratch = folder / "results", folder / "output.log", folder / "tmp"
+    scratch.mkdir()
+    # Their state folders (tempfile.mkdtemp) land here too, so pytest's tmp_path clean-up removes them.
+    env = {**os.environ, "BENCH_RESULTS_DIR": str(results), "TMPDIR": str(scratch)}
+    if name == "gpu_check":
+        blocker = folder / "not-on-gpu-node"
+        blocker.mkdir()
+        (blocker / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        env |= {"CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO_ROOT / "include")])}
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, str(BENCHMARKS / f"{name}.py"), *SMOKE_ARGS[name]],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return SmokeRun(name, process, log, results)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, SmokeRun]]:
+    """The smoke runs of the benchmarks whose tests were selected, all started at once."""
+    selected = [
+        item.callspec.params["benchmark"]
+        for item in request.session.items
+        if item.module is request.module and "benchmark" in getattr(getattr(item, "callspec", None), "params", {})
+    ]
+    runs = {name: _start(name, tmp_path_factory.mktemp(f"smoke-{name}")) for name in dict.fromkeys(selected)}
+    yield runs
+    for run in runs.values():
+        run.stop()
+
+
+def _check_main_job(report: dict[str, Any], output: str) -> None:
+    """The parse times, the DAG through Airflow and every step of the DAG bare (promotion forced in a smoke run)."""
+    bare_steps = ["snapshot", "validate", "preprocess", "train", "evaluate", "register", "promote"]
+    assert report["config"]["bare_steps"] == bare_steps  # ml_retrain's step tasks in order; no drift, no deploy
+    assert [row["file"] for row in report["parse"]] == sorted(p.name for p in (REPO_ROOT / "dags").glob("*.py"))
+    tasks = {row["task"]: row for row in report["tasks"]}
+    for step in bare_steps:
+        assert tasks[step]["state"] == "success" and tasks[step]["bare_step_seconds"] is not None, tasks[step]
+    assert "whole DAG run" in output
+
+
+def _check_drift(report: dict[str, Any], output: str) -> None:
+    """Every side of ours, and Evidently's with the comparison where its virtualenv exists."""
+    runs = report["runs"]
+    assert sum(label.startswith("ours") for label in runs) == 3 and sum("profile" in label for label in runs) == 2
+    if report["config"]["evidently"]:
+        assert any(label.startswith("evidently") for label in runs)
+        assert report["agreement"]["columns"] == 25
+    else:
+        assert report["agreement"] is None
+
+
+def _check_serving(report: dict[str, Any], output: str) -> None:
+    """The generator's ceiling, then both servers with 1 and 2 workers at batch 1 and 64 on every endpoint, and ours
+    with binary tensors at batch 64; every answer right (the smoke run's figures are not judged)."""
+    measured = {(m["server"], m["endpoint"], m["workers"], m["batch"]) for m in report["measurements"]}
+    model = report["config"]["model"]["name"]
+    expected = {("canned", "/", None, batch) for batch in (1, 64)}
+    for workers in (1, 2):
+        expected.add(("ours", f"/v2/models/{model}/infer binary", workers, 64))
+        for batch in (1, 64):
+            expected |= {
+                ("ours", f"/v2/models/{model}/infer", workers, batch),
+                ("ours", "/invocations", workers, batch),
+                ("mlflow", "/invocations", workers, batch),
+            }
+    assert measured == expected
+    assert all(m["errors"] == 0 for m in report["measurements"]), [
+        m["errors_by_reason"] for m in report["measurements"]
+    ]
+    assert len(report["ratios"]) == 10 and isinstance(report["max_probability_difference"], float)
+    assert "binary tensors / JSON on v2, batch 64" in output
+
+
+def _check_gpu_check(report: dict[str, Any], output: str) -> None:
+    """No CUDA here: it says so, trains on CPU twice, rehearses the GPU checks and DDP on CPU; nothing failed."""
+    assert "no CUDA device present" in output
+    assert report["config"]["cuda"] is False and report["config"]["rehearsal"] is True
+    assert report["CPU_repeatable"] is True and report["rehearsal_repeatable"] is True
+    assert report["ddp"]["world_size"] == 2 and report["failures"] == []
+    assert "No module named" not in output
+
+
+CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {
+    "main_job": _check_main_job,
+    "drift": _check_drift,
+    "serving": _check_serving,
+    "gpu_check": _check_gpu_check,
+}
+
+
+@pytest.mark.parametrize("benchmark", list(SMOKE_ARGS))
+def test_each_benchmark_runs_its_smoke_mode_and_writes_its_report(
+    smoke_runs: dict[str, SmokeRun], benchmark: str
+) -> None:
+    code, output, report = smoke_runs[benchmark].finish()
+
+    assert code == 0, output[-4000:]
+    assert report is not None, f"no {benchmark}-*.json in {smoke_runs[benchmark].results}:\n{output[-2000:]}"
+    assert report["benchmark"] == benchmark
+    CHECKS[benchmark](report, output)
+
+
+def test_gpu_check_reads_the_pipeline_config_as_mlsteps_config_does() -> None:
+    config = load_pipeline_config()
+
+    assert gpu_check.training_settings(epochs=3).__dict__ == config.training.model_dump(exclude={"device"}) | {
+        "epochs": 3
+    }
+    assert gpu_check.config_section("split") == config.split.model_dump()
+    assert gpu_check.config_section("evaluation")["max_roc_auc_regression"] == config.evaluation.max_roc_auc_regression
+
+
+def test_gpu_check_splits_and_chooses_features_as_the_pipeline_does() -> None:
+    config = load_pipeline_config()
+    frame = generate_churn(2000, seed=3)
+
+    ours = gpu_check.time_split(frame, config.split.validation_fraction, config.split.holdout_fraction)
+    pipeline, _ = time_split(frame, config.dataset.timestamp_column, config.split)
+    for name, part in pipeline.items():
+        assert ours[name]["customer_id"].tolist() == part["customer_id"].tolist(), name
+    assert gpu_check.feature_columns(frame) == (config.dataset.numeric_features, config.dataset.categorical_features)
+    dataset = config.dataset
+    assert (dataset.id_column, dataset.timestamp_column, dataset.target.name) == (
+        gpu_check.ID_COLUMN,
+        gpu_check.TIME_COLUMN,
+        gpu_check.TARGET_COLUMN,
+    )

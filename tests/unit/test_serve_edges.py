@@ -1,0 +1,163 @@
+"""The model server on inputs at the edges: every answer is valid JSON, and what is odd is refused or counted.
+
+Each case is one of the issue's: an extreme but finite input, a 3 MB string, a text/plain body, MLflow's NaN and
+extra columns, the repository index and MLflow's health endpoints. A real bundle, through the ASGI app.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from mlsteps import prediction_log
+from mlsteps.serve.app import create_app
+from mlsteps.serve.cli import policy_from_config
+from mlsteps.serve.model import ModelHandle, load_model
+from mlsteps.serving_bundle import ServingBundle, read_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(serving_bundle_dir: Path) -> ServingBundle:
+    return read_bundle(serving_bundle_dir)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    return str(tmp_path / "predictions")
+
+
+@pytest.fixture
+def client(bundle: ServingBundle, store: str) -> Iterator[TestClient]:
+    model = load_model(bundle, prediction_log=store, log_flush_seconds=0.05, policy=policy_from_config(None, None))
+    with TestClient(create_app(ModelHandle(model))) as test_client:
+        yield test_client
+
+
+def _strict_json(response: Any) -> Any:
+    """The body as JSON, refusing NaN and Infinity as a strict parser (a browser's, Go's) would."""
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in the response body: not valid JSON")
+
+    return json.loads(response.content, parse_constant=refuse)
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def _logged(store: str, bundle: ServingBundle, rows: int) -> Any:
+    """The prediction log once it holds ``rows`` rows (polled with a deadline: the writer flushes every 50 ms)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            logged = prediction_log.read_window(store, bundle.model_name, "2000-01-01", "2100-01-01")
+        except FileNotFoundError:
+            logged = None
+        if logged is not None and len(logged) >= rows:
+            return logged
+        assert time.monotonic() < deadline, f"the prediction log did not reach {rows} row(s)"
+        time.sleep(0.02)
+
+
+def test_an_extreme_input_that_breaks_the_model_is_a_422_naming_the_row_and_input(
+    client: TestClient, bundle: ServingBundle, store: str
+) -> None:
+    rows = [bundle.smoke_inputs[0], dict(bundle.smoke_inputs[0], age=1e300)]
+
+    answer = client.post("/invocations", json={"dataframe_records": rows})
+    metrics = client.get("/metrics").text
+
+    age = bundle.preprocessor.numeric["age"]  # the range the train split had, recorded in the package
+    assert answer.status_code == 422
+    assert _strict_json(answer)["error"].startswith(
+        "the model gave no finite probability for 1 row(s) [1]: row 1 has inputs outside the range seen in training: "
+        f"age=1e+300 (training range {age.minimum:g} to {age.maximum:g}). Send values within the range seen in training"
+    )
+    assert _metric(metrics, 'mlsteps_serve_out_of_range_values_total{column="age"}') == 1
+    assert _metric(metrics, 'mlsteps_serve_errors_total{endpoint="invocations",reason="non_finite_output"}') == 1
+    assert client.post("/invocations", json={"dataframe_records": rows[:1]}).status_code == 200
+    assert len(_logged(store, bundle, 1)) == 1  # the scored request's row only
+
+
+def test_values_outside_the_training_range_are_scored_and_counted(client: TestClient, bundle: ServingBundle) -> None:
+    row = dict(bundle.smoke_inputs[0], tenure_months=500, num_devices=-1)
+
+    answer = client.post("/invocations", json={"dataframe_records": [row]})
+    metrics = client.get("/metrics").text
+
+    assert answer.status_code == 200 and 0 <= _strict_json(answer)["predictions"][0]["probability"] <= 1
+    assert _metric(metrics, 'mlsteps_serve_out_of_range_values_total{column="tenure_months"}') == 1
+    assert _metric(metrics, 'mlsteps_serve_out_of_range_values_total{column="num_devices"}') == 1
+
+
+def test_a_long_string_and_a_text_body_are_refused(client: TestClient, bundle: ServingBundle) -> None:
+    huge = dict(bundle.smoke_inputs[0], plan="x" * 3_000_000)
+    rows = json.dumps({"dataframe_records": [bundle.smoke_inputs[0]]})
+
+    long_answer = client.post("/invocations", json={"dataframe_records": [huge]})
+    text_answer = client.post("/invocations", content=rows, headers={"Content-Type": "text/plain"})
+
+    assert long_answer.status_code == 400
+    assert "column 'plan' row 0 holds a string of 3000000 characters" in _strict_json(long_answer)["error"]
+    assert text_answer.status_code == 415
+    assert "content type 'text/plain' is not supported" in _strict_json(text_answer)["error"]
+
+
+def test_mlflow_rows_with_nan_and_extra_columns_are_scored_under_their_id(
+    client: TestClient, bundle: ServingBundle, store: str
+) -> None:
+    row = dict(bundle.smoke_inputs[0], customer_id="C-17", event_time="2026-01-01T00:00:00")
+    body = json.dumps({"dataframe_records": [row]})[:-2] + ', {"age": NaN, "plan": NaN, "customer_id": "C-18"}]}'
+
+    answer = client.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+    metrics = client.get("/metrics").text
+
+    assert answer.status_code == 200, answer.text
+    assert len(_strict_json(answer)["predictions"]) == 2
+    assert _metric(metrics, 'mlsteps_serve_ignored_columns_total{endpoint="invocations"}') == 1  # event_time
+    logged = _logged(store, bundle, 2).sort_values("request_id")
+    assert sorted(logged["request_id"]) == ["C-17", "C-18"]
+    assert logged["plan"].isna().tolist() == [False, True]
+
+
+def test_infinity_is_refused_with_the_column_named(client: TestClient, bundle: ServingBundle) -> None:
+    body = json.dumps({"dataframe_records": [bundle.smoke_inputs[0]]}).replace('"age": ', '"age": -Infinity, "x": ')
+
+    answer = client.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+
+    assert answer.status_code == 400
+    assert "column 'age' row 0 is -inf: send a finite number" in _strict_json(answer)["error"]
+
+
+def test_repository_index_and_mlflow_health_endpoints(client: TestClient, bundle: ServingBundle) -> None:
+    index = client.post("/v2/repository/index")
+    ready_only = client.post("/v2/repository/index", json={"ready": True})
+
+    expected = [{"name": bundle.model_name, "version": "1", "state": "READY", "reason": ""}]
+    assert (index.status_code, _strict_json(index), _strict_json(ready_only)) == (200, expected, expected)
+    for path in ("/ping", "/health"):
+        assert (client.get(path).status_code, _strict_json(client.get(path))) == (200, {"status": "ok"})
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", _strict_json(client.get("/version")))
+
+
+def test_an_empty_server_says_it_is_not_ready_in_json() -> None:
+    with TestClient(create_app(ModelHandle())) as client:
+        assert (client.get("/ping").status_code, _strict_json(client.get("/ping"))) == (503, {"status": "loading"})
+        assert _strict_json(client.post("/v2/repository/index")) == []
+
+
+def test_the_policy_comes_from_the_pipeline_config() -> None:
+    policy = policy_from_config(None, None)
+
+    assert (policy.strict_columns, policy.id_column, policy.max_string_length) == (False, "customer_id", None)
+    assert policy.bounds["age"] == (18, 100)
+    assert policy_from_config(None, True).strict_columns
