@@ -546,7 +546,7 @@ class Bench:
 
 def print_header() -> None:
     """The table's header; each configuration prints its row as soon as it is measured."""
-    print(f"\n  {'server':<9}{'endpoint':<34}{'workers':>8}{'batch':>6}{'req/s':>9}{'rows/s':>10}", end="")
+    print(f"\n  {'server':<9}{'endpoint':<41}{'workers':>8}{'batch':>6}{'req/s':>9}{'rows/s':>10}", end="")
     print(f"{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
 
 
@@ -556,7 +556,7 @@ def print_row(measurement: Measurement) -> None:
     workers = "-" if measurement.workers is None else str(measurement.workers)
     rps = figures["requests_per_second"]
     print(
-        f"  {measurement.server:<9}{measurement.endpoint:<34}{workers:>8}{measurement.batch:>6}{rps:>9.0f}"
+        f"  {measurement.server:<9}{measurement.endpoint:<41}{workers:>8}{measurement.batch:>6}{rps:>9.0f}"
         f"{rps * measurement.batch:>10.0f}{figures['p50_ms']:>9.1f}{figures['p99_ms']:>9.1f}{figures['errors']:>8}",
         flush=True,
     )
@@ -673,7 +673,7 @@ def print_summary(
         if row["batch"] == 1:
             verdict = "target met" if row["target_met"] else "target NOT met"
         print(
-            f"  {row['workers']} worker(s), batch {row['batch']:>2}, ours on {row['ours_endpoint']:<34} "
+            f"  {row['workers']} worker(s), batch {row['batch']:>2}, ours on {row['ours_endpoint']:<41} "
             f"{row['rps_ratio']:>6.2f}x req/s, p99 {row['p99_ratio']:.2f}x  {verdict}"
         )
     print(
