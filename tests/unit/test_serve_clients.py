@@ -24,9 +24,9 @@ import pytest
 import tritonclient.http as v2
 from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 from ports import free_port
+from prediction_logs import logged_rows
 from tritonclient.utils import InferenceServerException
 
-from mlsteps import prediction_log
 from mlsteps.serving_bundle import ServingBundle, read_bundle
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -61,16 +61,7 @@ class Server:
 
     def logged(self, model_name: str, rows: int) -> pd.DataFrame:
         """The prediction log once it holds ``rows`` rows (the writer flushes every 10 s or at shutdown)."""
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                frame = prediction_log.read_window(self.store, model_name, "2000-01-01", "2100-01-01")
-            except FileNotFoundError:
-                frame = None
-            if frame is not None and len(frame) >= rows:
-                return frame
-            assert time.monotonic() < deadline, f"the prediction log did not reach {rows} row(s)"
-            time.sleep(0.1)
+        return logged_rows(self.store, model_name, rows)
 
     def stop(self) -> None:
         self.process.terminate()

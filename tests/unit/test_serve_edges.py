@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prediction_logs import logged_rows
 from starlette.testclient import TestClient
 
-from mlsteps import prediction_log
 from mlsteps.serve.app import create_app
 from mlsteps.serve.cli import policy_from_config
 from mlsteps.serve.model import ModelHandle, load_model
@@ -55,17 +54,8 @@ def _metric(text: str, name: str) -> float:
 
 
 def _logged(store: str, bundle: ServingBundle, rows: int) -> Any:
-    """The prediction log once it holds ``rows`` rows (polled with a deadline: the writer flushes every 50 ms)."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            logged = prediction_log.read_window(store, bundle.model_name, "2000-01-01", "2100-01-01")
-        except FileNotFoundError:
-            logged = None
-        if logged is not None and len(logged) >= rows:
-            return logged
-        assert time.monotonic() < deadline, f"the prediction log did not reach {rows} row(s)"
-        time.sleep(0.02)
+    """The prediction log once it holds ``rows`` rows (the writer flushes every 50 ms)."""
+    return logged_rows(store, bundle.model_name, rows, timeout=10)
 
 
 def test_an_extreme_input_that_breaks_the_model_is_a_422_naming_the_row_and_input(
