@@ -25,6 +25,7 @@ from mlsteps.errors import ConfigError
 from mlsteps.features import TabularPreprocessor
 from mlsteps.steps import preprocess, train
 from mlsteps.training import trainer
+from mlsteps.training.checkpoints import check_resumable, fingerprint
 
 # Small and quick, yet enough to learn something in a few epochs.
 TINY_TRAINING = {"epochs": 3, "hidden_units": [16], "batch_size": 128, "learning_rate": 0.01}
@@ -150,15 +151,15 @@ def test_checkpoint_dir_holds_the_checkpoints_and_a_retry_resumes_from_it(mlflow
 
 def test_retry_with_other_network_settings_is_refused(pipeline_config: PipelineConfig) -> None:
     preprocessor = TabularPreprocessor(numeric={}, vocabularies={"plan": ["basic"]})
-    saved = train.fingerprint(pipeline_config.training, "abc", preprocessor)
+    saved = fingerprint(pipeline_config.training, "abc", preprocessor)
     longer = pipeline_config.training.model_copy(update={"epochs": 50, "patience": 9})
     wider = pipeline_config.training.model_copy(update={"hidden_units": [256]})
 
-    train.check_resumable(saved, train.fingerprint(longer, "abc", preprocessor), "epoch-003.pt")
+    check_resumable(saved, fingerprint(longer, "abc", preprocessor), "epoch-003.pt")
     with pytest.raises(ConfigError, match=r"training.hidden_units: \[128, 64\] -> \[256\].*new --run-root"):
-        train.check_resumable(saved, train.fingerprint(wider, "abc", preprocessor), "epoch-003.pt")
+        check_resumable(saved, fingerprint(wider, "abc", preprocessor), "epoch-003.pt")
     with pytest.raises(ConfigError, match="snapshot_id: 'abc' -> 'def'"):
-        train.check_resumable(saved, train.fingerprint(pipeline_config.training, "def", preprocessor), "epoch-003.pt")
+        check_resumable(saved, fingerprint(pipeline_config.training, "def", preprocessor), "epoch-003.pt")
 
 
 def test_cli_model_loads_and_predicts_raw_rows(mlflow_tracking: str, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ evaluates its share of the validation rows, and only rank 0 talks to MLflow and 
 
 from __future__ import annotations
 
-import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -28,18 +27,22 @@ from mlsteps.distributed import World
 from mlsteps.errors import ConfigError
 from mlsteps.features import TabularPreprocessor, binary_labels
 from mlsteps.results import read_result, result_uri, step_dir, write_result
+from mlsteps.training.checkpoints import (
+    CHECKPOINT_DIR,
+    check_resumable,
+    checkpoint_uri,
+    fingerprint,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mlsteps.training.trainer import Progress, Split, Trainer, select_device
 
 if TYPE_CHECKING:
     import torch
 
 STEP = "train"
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_NAME = re.compile(r"epoch-(\d+)\.pt$")
 MLFLOW_RUN_FILE = "mlflow_run.json"
-# A retry may change these and still resume its checkpoint; any other change would mix two different models in
-# one run. The device setting is among them because a retry may land on another kind of node.
-RESUMABLE_CHANGES = frozenset({"epochs", "patience", "device"})
 
 
 def parse_tags(values: list[str]) -> dict[str, str]:
@@ -57,63 +60,6 @@ def parse_tags(values: list[str]) -> dict[str, str]:
 def default_checkpoint_dir(run_root: str) -> str:
     """Where a run's checkpoints go unless --checkpoint-dir names another folder."""
     return storage.join(step_dir(run_root, STEP), CHECKPOINT_DIR)
-
-
-def checkpoint_uri(checkpoints: str, epoch: int) -> str:
-    """Where the checkpoint of one epoch lives."""
-    return storage.join(checkpoints, f"epoch-{epoch:03d}.pt")
-
-
-def latest_checkpoint(checkpoints: str) -> str | None:
-    """The checkpoint with the highest epoch in the checkpoint folder, or None before the first epoch ends."""
-    found = {
-        int(match.group(1)): uri for uri in storage.list_files(checkpoints) if (match := CHECKPOINT_NAME.search(uri))
-    }
-    return found[max(found)] if found else None
-
-
-def save_checkpoint(payload: dict[str, Any], uri: str) -> None:
-    """torch.save to a local file, then upload it, so local and S3 run roots work alike."""
-    import torch
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "checkpoint.pt"
-        torch.save(payload, path)
-        storage.upload_file(path, uri)
-
-
-def load_checkpoint(uri: str) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU (random states must be CPU tensors; weights move when loaded)."""
-    import torch
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return torch.load(
-            storage.download_file(uri, Path(tmp) / "checkpoint.pt"), map_location="cpu", weights_only=True
-        )
-
-
-def fingerprint(training: TrainingConfig, snapshot_id: str, preprocessor: TabularPreprocessor) -> dict[str, Any]:
-    """What must not change between an attempt and its retry for a checkpoint to be resumed."""
-    settings = {
-        f"training.{key}": value for key, value in training.model_dump().items() if key not in RESUMABLE_CHANGES
-    }
-    return {**settings, "snapshot_id": snapshot_id, "preprocessor": preprocessor.to_dict()}
-
-
-def check_resumable(saved: dict[str, Any], current: dict[str, Any], uri: str) -> None:
-    """Raise one ConfigError naming every setting that differs from the checkpoint's."""
-    changed = [key for key in current if saved.get(key) != current[key]]
-    if changed:
-        details = "; ".join(
-            "the preprocess output changed"
-            if key == "preprocessor"
-            else f"{key}: {saved.get(key)!r} -> {current[key]!r}"
-            for key in changed
-        )
-        raise ConfigError(
-            f"checkpoint {uri} was written with different settings ({details}). A retry may only change "
-            f"{sorted(RESUMABLE_CHANGES)}: restore the settings, or use a new --run-root to train from scratch"
-        )
 
 
 def _split_tensors(
