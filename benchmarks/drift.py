@@ -166,8 +166,8 @@ def side_ours(profile: str, current: str, out_dir: str) -> dict[str, Any]:
     """Ours, per window: load the profile, read the window, detect drift, write the JSON and HTML report."""
     import pandas as pd
 
-    from mlsteps import storage
     from mlsteps.config import DriftConfig, FeatureDriftConfig
+    from mlsteps.data import storage
     from mlsteps.drift import detect_drift, load_profile, render_html
 
     config = DriftConfig(

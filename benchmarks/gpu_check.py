@@ -3,8 +3,9 @@
 ``make gpu-check`` (``python benchmarks/gpu_check.py [--rows 100000] [--epochs 5]``). Everything trains with the
 train step's own code, ``mlsteps.training.trainer.Trainer`` (the network ``mlsteps.training.mlp.TabularNet``, AdamW
 with the configured settings, bf16 autocast on CUDA, early stopping on validation loss, the best epoch's weights),
-on the pipeline's data path: churn rows from ``mlsteps.datasets.generate_churn``, the time split with the configured
-fractions, the ``TabularPreprocessor`` fitted on the train split; settings from ``include/config/pipeline.yaml``.
+on the pipeline's data path: churn rows from ``mlsteps.data.datasets.generate_churn``, the time split with the
+configured fractions, the ``TabularPreprocessor`` fitted on the train split; settings from
+``include/config/pipeline.yaml``.
 
 Checks (every failed one is listed, then the exit code is 1):
 
@@ -63,12 +64,12 @@ from record import write_report
 if TYPE_CHECKING:
     import torch
 
+    from mlsteps.data.features import TabularPreprocessor
     from mlsteps.distributed import World
-    from mlsteps.features import TabularPreprocessor
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_CONFIG = PROJECT_ROOT / "include" / "config" / "pipeline.yaml"
-# The generated dataset's columns that are not features (mlsteps.datasets.generate_churn).
+# The generated dataset's columns that are not features (mlsteps.data.datasets.generate_churn).
 ID_COLUMN, TIME_COLUMN, TARGET_COLUMN = "customer_id", "event_time", "churned"
 DATA_SEED = 7
 INFERENCE_MAX_ABS = 0.01
@@ -168,8 +169,8 @@ def make_data(rows: int) -> Data:
     """Generate churn rows, split them by time, fit the preprocessor on train and tensorise every split."""
     import torch
 
-    from mlsteps.datasets import generate_churn
-    from mlsteps.features import TabularPreprocessor, binary_labels
+    from mlsteps.data.datasets import generate_churn
+    from mlsteps.data.features import TabularPreprocessor, binary_labels
 
     split = config_section("split")
     if split["method"] != "time":

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from ports import free_port
 
-from mlsteps import storage
 from mlsteps.config import PipelineConfig, load_pipeline_config
+from mlsteps.data import storage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

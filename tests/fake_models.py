@@ -16,9 +16,9 @@ import torch
 
 from mlsteps import tracking
 from mlsteps.config import load_pipeline_config
-from mlsteps.datasets import generate_churn
+from mlsteps.data.datasets import generate_churn
+from mlsteps.data.features import TabularPreprocessor
 from mlsteps.drift import build_profile, save_profile
-from mlsteps.features import TabularPreprocessor
 from mlsteps.model import REFERENCE_PROFILE_FILE, log_model_package, predict_frame
 from mlsteps.training.mlp import NetworkSpec, TabularNet
 

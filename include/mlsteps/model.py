@@ -24,7 +24,7 @@ import torch
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, Schema
 
-from mlsteps.features import TabularPreprocessor
+from mlsteps.data.features import TabularPreprocessor
 from mlsteps.training.mlp import TabularNet, load_network, predict_logits, save_network
 
 DECISION_THRESHOLD = 0.5

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlsteps import storage
+from mlsteps.data import storage
 from mlsteps.errors import DataError
 from mlsteps.predictions import PREDICTION, PROBABILITY
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import mlsteps
-from mlsteps import storage
+from mlsteps.data import storage
 from mlsteps.errors import ConfigError
 
 CHAMPION = "champion"

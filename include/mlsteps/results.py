@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from mlsteps import storage
+from mlsteps.data import storage
 from mlsteps.errors import StepError
 
 RESULT_FILE = "result.json"

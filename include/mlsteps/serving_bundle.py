@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from mlsteps import registry
+from mlsteps.data.features import TabularPreprocessor
 from mlsteps.errors import StepError
-from mlsteps.features import TabularPreprocessor
 
 BUNDLE_URI_TAG = "serving_bundle_uri"
 BUNDLE_SHA256_TAG = "serving_bundle_sha256"

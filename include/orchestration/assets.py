@@ -4,7 +4,7 @@ from pathlib import Path
 
 from airflow.sdk import Asset
 
-from mlsteps.storage import is_s3
+from mlsteps.data.storage import is_s3
 from orchestration.settings import get_settings
 
 

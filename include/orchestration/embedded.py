@@ -106,7 +106,7 @@ def prepare_airflow(settings: Settings) -> dict[str, str]:
 
 def ensure_dataset(settings: Settings, rows: int, seed: int) -> None:
     """Write the built-in dataset to the default dataset URI if nothing is there yet."""
-    from mlsteps import storage
+    from mlsteps.data import storage
 
     if storage.is_s3(settings.dataset_uri) or storage.exists(settings.dataset_uri):
         return
@@ -189,7 +189,7 @@ def run(dag_id: str, conf: dict[str, Any], rows: int, seed: int) -> dict[str, An
     env = prepare_airflow(settings)
     ensure_dataset(settings, rows, seed)
     outcome = run_dag(settings, env, dag_id, conf)
-    from mlsteps import storage
+    from mlsteps.data import storage
     from orchestration.failures import SUMMARY_FILE
 
     summary_uri = storage.join(settings.run_root(dag_id, outcome["run_id"]), SUMMARY_FILE)

@@ -22,7 +22,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from mlsteps import storage
+from mlsteps.data import storage
 from mlsteps.errors import EXIT_USER_ERROR
 from orchestration.settings import get_settings
 

@@ -241,7 +241,7 @@ def run_loop(state_dir: Path, rows: int, epochs: int, stream_rows: int) -> dict[
         finally:
             local_server(settings).stop()
 
-    from mlsteps import storage
+    from mlsteps.data import storage
 
     summary_uri = storage.join(settings.run_root("ml_retrain", retrain.run_id), "summary.json")
     outcome["retrain_summary"] = storage.read_json(summary_uri) if storage.exists(summary_uri) else None

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from mlsteps import storage
 from mlsteps.config import MonitoringConfig
+from mlsteps.data import storage
 from mlsteps.results import optional_result, read_result
 from orchestration.failures import failure_summary, unexplained_failure
 

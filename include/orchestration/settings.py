@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mlsteps import results
 from mlsteps.config import CONFIG_ENV_VAR, PipelineConfig, load_pipeline_config, resolve_config_uri
+from mlsteps.data.storage import S3_ENDPOINT_ENV_VAR
 from mlsteps.errors import ConfigError
 from mlsteps.steps import STEPS
-from mlsteps.storage import S3_ENDPOINT_ENV_VAR
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GPU_POOL = "gpu"  # the Airflow pool (airflow_settings.yaml) that caps concurrent GPU steps

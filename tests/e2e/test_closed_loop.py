@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from mlsteps import storage
+from mlsteps.data import storage
 
 pytestmark = pytest.mark.e2e
 

@@ -22,8 +22,9 @@ import yaml
 from fake_models import GOOD, MODEL_NAME, WORSE, register_with_bundle
 from ports import free_port
 
-from mlsteps import registry, results, storage, tracking
+from mlsteps import registry, results, tracking
 from mlsteps.config import DEFAULT_CONFIG_PATH
+from mlsteps.data import storage
 from mlsteps.deploy.local import LocalTarget
 
 pytestmark = pytest.mark.e2e

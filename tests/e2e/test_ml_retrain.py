@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from mlsteps import storage
-from mlsteps.datasets import generate_churn
+from mlsteps.data import storage
+from mlsteps.data.datasets import generate_churn
 
 pytestmark = pytest.mark.e2e
 

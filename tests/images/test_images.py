@@ -212,7 +212,7 @@ def test_steps_image_evaluates_and_registers_the_model_the_train_image_logged(
 
 def test_serving_image_imports_its_stack_without_the_training_one(containers: dict[str, ReadOnlyContainer]) -> None:
     serve = containers["serve"]
-    serve.check(["python", "-c", f"import {SERVING_STACK}; import mlsteps.config, mlsteps.storage"])
+    serve.check(["python", "-c", f"import {SERVING_STACK}; import mlsteps.config, mlsteps.data.storage"])
     training = ["torch", "great_expectations", "sklearn", "scipy", "pip"]
     present = serve.check(
         ["python", "-c", f"import importlib.util as u; print(*[m for m in {training} if u.find_spec(m)])"]

@@ -9,9 +9,10 @@ import mlflow
 import pandas as pd
 import pytest
 
-from mlsteps import results, storage
+from mlsteps import results
 from mlsteps.config import load_pipeline_config
-from mlsteps.datasets import generate_churn
+from mlsteps.data import storage
+from mlsteps.data.datasets import generate_churn
 from mlsteps.steps import preprocess, train
 
 TRAINING = {"epochs": 6, "hidden_units": [32], "batch_size": 128, "learning_rate": 0.01}

@@ -15,12 +15,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import _validate_model_name
 from typer.testing import CliRunner
 
-from mlsteps import storage
 from mlsteps.cli import app
 from mlsteps.config import DEFAULT_CONFIG_PATH, load_pipeline_config
-from mlsteps.datasets import generate_churn
+from mlsteps.data import storage
+from mlsteps.data.datasets import generate_churn
+from mlsteps.data.snapshots import write_table
 from mlsteps.errors import ConfigError
-from mlsteps.snapshots import write_table
 
 # Every variable boto3's credential chain reads besides the shared files (pointed at nothing in the test).
 AWS_CREDENTIAL_VARS = (

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from mlsteps.datasets import generate_churn
+from mlsteps.data.datasets import generate_churn
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 

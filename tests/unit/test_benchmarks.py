@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from mlsteps.config import load_pipeline_config
-from mlsteps.datasets import generate_churn
+from mlsteps.data.datasets import generate_churn
 from mlsteps.steps.preprocess import time_split
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -23,7 +23,7 @@ from ports import free_port
 
 from mlsteps import registry, results, tracking
 from mlsteps.config import DEFAULT_CONFIG_PATH, load_pipeline_config
-from mlsteps.datasets import generate_churn
+from mlsteps.data.datasets import generate_churn
 from mlsteps.deploy import DeployFailed
 from mlsteps.deploy.local import LocalTarget
 from mlsteps.serving_bundle import json_rows

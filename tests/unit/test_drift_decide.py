@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from mlsteps.config import ColumnSpec, DriftConfig, FeatureDriftConfig, PipelineConfig
-from mlsteps.datasets import generate_churn
+from mlsteps.data.datasets import generate_churn
 from mlsteps.drift import build_profile, detect_drift
 from mlsteps.errors import ConfigError
 

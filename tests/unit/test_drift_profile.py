@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlsteps import storage
 from mlsteps.config import ColumnSpec, DriftConfig, PipelineConfig
-from mlsteps.datasets import generate_churn
+from mlsteps.data import storage
+from mlsteps.data.datasets import generate_churn
 from mlsteps.drift import build_profile, detect_drift, load_profile, save_profile
 from mlsteps.drift.profile import CategoricalProfile, NumericProfile, ReferenceProfile
 from mlsteps.errors import DataError

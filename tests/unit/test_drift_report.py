@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from mlsteps import storage
 from mlsteps.config import PipelineConfig
-from mlsteps.datasets import generate_churn
+from mlsteps.data import storage
+from mlsteps.data.datasets import generate_churn
 from mlsteps.drift import DriftReport, build_profile, detect_drift, render_html
 from mlsteps.drift.report import share_chart_svg
 

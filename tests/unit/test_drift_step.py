@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from test_train import prepare_run
 
-from mlsteps import prediction_log, registry, results, storage, tracking
-from mlsteps.datasets import generate_churn
+from mlsteps import prediction_log, registry, results, tracking
+from mlsteps.data import storage
+from mlsteps.data.datasets import generate_churn
 from mlsteps.errors import ConfigError
 from mlsteps.steps import drift, score, train
 

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mlsteps import storage
 from mlsteps.cli import app
 from mlsteps.config import PipelineConfig
-from mlsteps.datasets import generate_churn
-from mlsteps.snapshots import read_table
+from mlsteps.data import storage
+from mlsteps.data.datasets import generate_churn
+from mlsteps.data.snapshots import read_table
 
 ROWS = 3000
 

@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from mlsteps import results, storage
+from mlsteps import results
 from mlsteps.config import MonitoringConfig
+from mlsteps.data import storage
 from orchestration.monitor import decide, record_decision
 
 START = datetime(2026, 11, 20, 10, tzinfo=UTC)

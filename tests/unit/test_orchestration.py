@@ -13,7 +13,8 @@ import yaml
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from mlsteps import results, storage
+from mlsteps import results
+from mlsteps.data import storage
 from mlsteps.errors import ConfigError
 from mlsteps.steps import STEPS
 from orchestration.contracts import PROMOTE_TASK, REJECT_TASK

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlsteps import prediction_log, storage
-from mlsteps.datasets import generate_churn
+from mlsteps import prediction_log
+from mlsteps.data import storage
+from mlsteps.data.datasets import generate_churn
 from mlsteps.errors import DataError
 
 MODEL = "churn-classifier"

@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mlsteps import results, storage
+from mlsteps import results
 from mlsteps.cli import app
 from mlsteps.config import PipelineConfig, load_pipeline_config
-from mlsteps.datasets import generate_churn
+from mlsteps.data import storage
+from mlsteps.data.datasets import generate_churn
+from mlsteps.data.features import UNKNOWN_INDEX, TabularPreprocessor
 from mlsteps.errors import ConfigError, DataError
-from mlsteps.features import UNKNOWN_INDEX, TabularPreprocessor
 from mlsteps.steps import preprocess
 
 ROWS = 3000

@@ -14,9 +14,10 @@ import pytest
 from fake_models import GOOD, MODEL_NAME, WEAK, WORSE, log_model
 from typer.testing import CliRunner
 
-from mlsteps import registry, results, storage, tracking
+from mlsteps import registry, results, tracking
 from mlsteps.cli import app
-from mlsteps.datasets import generate_churn
+from mlsteps.data import storage
+from mlsteps.data.datasets import generate_churn
 from mlsteps.errors import ConfigError, DataError, RegistryConflict, StepError
 from mlsteps.steps import evaluate, promote, register
 

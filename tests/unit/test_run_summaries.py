@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowException
 
-from mlsteps import results, storage
+from mlsteps import results
+from mlsteps.data import storage
 from orchestration import deploy, monitor, retrain
 from orchestration.failures import (
     RunFailed,

@@ -13,11 +13,12 @@ import pytest
 from fake_models import GOOD, MODEL_NAME, WEAK, log_model
 from typer.testing import CliRunner
 
-from mlsteps import prediction_log, registry, results, storage, tracking
+from mlsteps import prediction_log, registry, results, tracking
 from mlsteps.cli import app
-from mlsteps.datasets import generate_churn
+from mlsteps.data import storage
+from mlsteps.data.datasets import generate_churn
+from mlsteps.data.snapshots import write_table
 from mlsteps.errors import ConfigError, DataError, StepError
-from mlsteps.snapshots import write_table
 from mlsteps.steps import score
 
 HOUR = "2025-03-01T14:00:00Z"

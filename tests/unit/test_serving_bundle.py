@@ -93,8 +93,8 @@ def test_a_version_without_bundle_and_unknown_aliases_are_named(mlflow_tracking:
 def test_an_export_that_changes_the_model_is_refused(tmp_path: Path) -> None:
     from fake_models import PIPELINE, risk_score_network
 
-    from mlsteps.datasets import generate_churn
-    from mlsteps.features import TabularPreprocessor
+    from mlsteps.data.datasets import generate_churn
+    from mlsteps.data.features import TabularPreprocessor
 
     dataset = PIPELINE.dataset
     sample = generate_churn(500, seed=5)

@@ -11,10 +11,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from mlsteps import results, storage
-from mlsteps.datasets import generate_churn
+from mlsteps import results
+from mlsteps.data import storage
+from mlsteps.data.datasets import generate_churn
+from mlsteps.data.snapshots import snapshot_id, write_table
 from mlsteps.errors import DataError
-from mlsteps.snapshots import snapshot_id, write_table
 from mlsteps.steps import snapshot
 
 

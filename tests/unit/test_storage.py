@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlsteps import storage
+from mlsteps.data import storage
 
 
 class StorageContract:

@@ -17,12 +17,13 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 import mlsteps
-from mlsteps import results, storage
+from mlsteps import results
 from mlsteps.cli import app
 from mlsteps.config import DEFAULT_CONFIG_PATH, PipelineConfig, load_pipeline_config
-from mlsteps.datasets import generate_churn
+from mlsteps.data import storage
+from mlsteps.data.datasets import generate_churn
+from mlsteps.data.features import TabularPreprocessor
 from mlsteps.errors import ConfigError
-from mlsteps.features import TabularPreprocessor
 from mlsteps.steps import preprocess, train
 from mlsteps.training import trainer
 from mlsteps.training.checkpoints import check_resumable, fingerprint

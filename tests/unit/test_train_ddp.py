@@ -12,7 +12,8 @@ import pytest
 import torch
 from test_train import config_file, metric_steps, prepare_run
 
-from mlsteps import results, storage
+from mlsteps import results
+from mlsteps.data import storage
 from mlsteps.distributed import World, pod_exit_code
 from mlsteps.errors import EXIT_USER_ERROR, ConfigError
 from mlsteps.steps import train

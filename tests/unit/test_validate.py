@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlsteps import storage, validation
 from mlsteps.config import DatasetConfig, PipelineConfig
-from mlsteps.datasets import generate_churn
+from mlsteps.data import storage, validation
+from mlsteps.data.datasets import generate_churn
 from mlsteps.errors import DataError, StepError, ValidationFailed
 from mlsteps.results import read_result, result_uri, step_dir, write_result
 from mlsteps.steps import validate

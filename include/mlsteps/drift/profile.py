@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from mlsteps import storage
 from mlsteps.config import ColumnSpec, DriftConfig
+from mlsteps.data import storage
 from mlsteps.drift.stats import bin_counts
 from mlsteps.errors import DataError
 

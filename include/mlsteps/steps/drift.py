@@ -17,9 +17,10 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from mlsteps import prediction_log, registry, storage, tracking
+from mlsteps import prediction_log, registry, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import PipelineConfig, load_pipeline_config
+from mlsteps.data import storage
 from mlsteps.errors import ConfigError, DataError
 from mlsteps.predictions import PROBABILITY
 from mlsteps.results import read_result, result_uri, step_dir, write_result

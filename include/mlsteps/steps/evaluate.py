@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import typer
 
-from mlsteps import registry, results, storage, tracking
+from mlsteps import registry, results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import DatasetConfig, PipelineConfig, load_pipeline_config
+from mlsteps.data import storage
+from mlsteps.data.features import binary_labels, require_columns
 from mlsteps.errors import DataError
 from mlsteps.evaluation import classification_metrics, gate_decision, render_report_html, slice_metrics
-from mlsteps.features import binary_labels, require_columns
 from mlsteps.predictions import PROBABILITY, check_predictions
 
 STEP = "evaluate"

@@ -11,9 +11,9 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from mlsteps.datasets import generate_churn
+from mlsteps.data.datasets import generate_churn
+from mlsteps.data.snapshots import table_format, unknown_extension_message, write_table
 from mlsteps.errors import ConfigError
-from mlsteps.snapshots import table_format, unknown_extension_message, write_table
 
 
 def main(

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlsteps import storage
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import DatasetConfig, PipelineConfig, SplitConfig, load_pipeline_config
+from mlsteps.data import storage
+from mlsteps.data.features import TabularPreprocessor, binary_labels, require_columns
 from mlsteps.errors import ConfigError, DataError
-from mlsteps.features import TabularPreprocessor, binary_labels, require_columns
 from mlsteps.results import read_result, step_dir, write_result
 
 STEP = "preprocess"

@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 import typer
 
-from mlsteps import prediction_log, registry, results, storage, tracking
+from mlsteps import prediction_log, registry, results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import DatasetConfig, load_pipeline_config
+from mlsteps.data import storage
+from mlsteps.data.features import numeric_frame, require_columns
+from mlsteps.data.snapshots import read_table, table_format, unknown_extension_message, write_table
 from mlsteps.errors import ConfigError, DataError, StepError
-from mlsteps.features import numeric_frame, require_columns
 from mlsteps.predictions import PREDICTION, check_predictions
-from mlsteps.snapshots import read_table, table_format, unknown_extension_message, write_table
 
 STEP = "score"
 PREDICTIONS_FILE = "predictions.parquet"

@@ -13,7 +13,7 @@ import typer
 from mlsteps import results
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import load_pipeline_config
-from mlsteps.snapshots import prepare, read_table, store_snapshot
+from mlsteps.data.snapshots import prepare, read_table, store_snapshot
 
 STEP = "snapshot"
 

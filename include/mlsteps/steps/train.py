@@ -20,12 +20,13 @@ import pandas as pd
 import typer
 
 import mlsteps
-from mlsteps import storage, tracking
+from mlsteps import tracking
 from mlsteps.cli_options import ConfigUri, RunRoot, above_zero
 from mlsteps.config import DatasetConfig, PipelineConfig, TrainingConfig, load_pipeline_config
+from mlsteps.data import storage
+from mlsteps.data.features import TabularPreprocessor, binary_labels
 from mlsteps.distributed import World
 from mlsteps.errors import ConfigError
-from mlsteps.features import TabularPreprocessor, binary_labels
 from mlsteps.results import read_result, result_uri, step_dir, write_result
 from mlsteps.training.checkpoints import (
     CHECKPOINT_DIR,

@@ -10,9 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from mlsteps import storage, validation
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import load_pipeline_config
+from mlsteps.data import storage, validation
 from mlsteps.errors import DataError, ValidationFailed
 from mlsteps.results import read_result, result_uri, step_dir, write_result
 

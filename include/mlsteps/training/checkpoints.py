@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlsteps import storage
 from mlsteps.config import TrainingConfig
+from mlsteps.data import storage
+from mlsteps.data.features import TabularPreprocessor
 from mlsteps.errors import ConfigError
-from mlsteps.features import TabularPreprocessor
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_NAME = re.compile(r"epoch-(\d+)\.pt$")

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from mlsteps.data.features import TabularPreprocessor
 from mlsteps.distributed import World
 from mlsteps.errors import ConfigError
-from mlsteps.features import TabularPreprocessor
 
 if TYPE_CHECKING:
     import torch

@@ -20,8 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlsteps import storage
 from mlsteps.config import DatasetConfig
+from mlsteps.data import storage
 from mlsteps.errors import DataError
 
 logger = logging.getLogger(__name__)
