@@ -37,6 +37,7 @@ from mlsteps.serve.model import ModelHandle, ModelLoader, ServedModel
 from mlsteps.serve.protocol import (
     HEADER_LENGTH_HEADER,
     MODEL_VERSION_HEADER,
+    OUTPUT_NAMES,
     ParsedRequest,
     RequestError,
     RequestSchema,
@@ -55,10 +56,10 @@ THREADPOOL_ROWS = 2048
 JSON = "application/json"
 BINARY = "application/octet-stream"  # v2 answers with binary outputs (a JSON header, then the tensors' bytes)
 REQUEST_ID_HEADER = "x-request-id"
-_OUTPUTS_METADATA = [
-    {"name": "probability", "datatype": "FP64", "shape": [-1]},
-    {"name": "prediction", "datatype": "INT64", "shape": [-1]},
-]
+# Each output's v2 datatype and its little-endian layout as binary data, in answer order (protocol.OUTPUT_NAMES).
+_OUTPUT_TYPES = {"probability": ("FP64", "<f8"), "prediction": ("INT64", "<i8")}
+_OUTPUTS_METADATA = [{"name": name, "datatype": _OUTPUT_TYPES[name][0], "shape": [-1]} for name in OUTPUT_NAMES]
+_ALL_AS_JSON = tuple((name, False) for name in OUTPUT_NAMES)
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -83,16 +84,11 @@ def _v2_body(
     answer: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
     if parsed.request_id is not None:
         answer["id"] = parsed.request_id
-    if parsed.outputs is None:
-        answer["outputs"] = [
-            {"name": "probability", "datatype": "FP64", "shape": [rows], "data": probability.tolist()},
-            {"name": "prediction", "datatype": "INT64", "shape": [rows], "data": prediction.tolist()},
-        ]
-        return json.dumps(answer).encode(), None
-    arrays = {"probability": (probability, "FP64", "<f8"), "prediction": (prediction, "INT64", "<i8")}
+    values_of = {"probability": probability, "prediction": prediction}
     outputs, chunks = [], []
-    for name, binary in parsed.outputs:
-        values, datatype, layout = arrays[name]
+    for name, binary in _ALL_AS_JSON if parsed.outputs is None else parsed.outputs:
+        values = values_of[name]
+        datatype, layout = _OUTPUT_TYPES[name]
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [rows]}
         if binary:
             chunks.append(values.astype(layout, copy=False).tobytes())
