@@ -115,7 +115,8 @@ def run_bare_steps(
     Raises:
         SystemExit: ``STEP_ARGS`` names a step the DAG does not have, or a step failed.
     """
-    from orchestration.retrain import PROMOTE_TASK, promotion_branch
+    from orchestration.contracts import PROMOTE_TASK
+    from orchestration.retrain import promotion_branch
 
     unknown = sorted(set(STEP_ARGS) - {step for _, step in steps})
     if unknown:
@@ -187,6 +188,7 @@ def main() -> None:
     sys.path.insert(0, str(PROJECT_ROOT / "include"))
     from mlsteps import results
     from orchestration import embedded
+    from orchestration.retrain import format_summary
     from orchestration.settings import get_settings
 
     settings = get_settings()
@@ -210,7 +212,8 @@ def main() -> None:
     outcome = embedded.run_dag(settings, env, DAG_ID, {"epochs": epochs, "force_promotion": force})
     dag_wall = time.perf_counter() - started
     if outcome["state"] != "success":
-        raise SystemExit(f"{DAG_ID} failed: {outcome['step_failures']} (log {outcome['log_file']})")
+        report = format_summary(outcome["summary"]) if outcome["summary"] else "no summary"
+        raise SystemExit(f"{DAG_ID} failed (log {outcome['log_file']}):\n{report}")
     root = settings.run_root(DAG_ID, outcome["run_id"])
 
     bare = run_bare_steps(settings, settings.step_env(), steps, force)

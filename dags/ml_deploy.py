@@ -29,8 +29,9 @@ from airflow.sdk import Param, TriggerRule, chain, dag, task
 
 from mlsteps.deploy import STRATEGIES
 from orchestration.assets import MODEL_PROMOTED
-from orchestration.contracts import APPROVAL_TASK, DEPLOY_TASK, SUMMARY_TASK
-from orchestration.deploy import MODEL_PARAM_PATTERN, deploy_args
+from orchestration.contracts import APPROVAL_TASK, DEPLOY_TASK
+from orchestration.deploy import MODEL_PARAM_PATTERN, deploy_args, format_summary, summarize
+from orchestration.failures import summary_task
 from orchestration.pod_task import dag_default_args, pod_task
 from orchestration.settings import get_settings
 from orchestration.templates import TEMPLATE_MACROS
@@ -104,18 +105,11 @@ def ml_deploy() -> None:
         trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
     )
 
-    @task(task_id=SUMMARY_TASK, trigger_rule=TriggerRule.ALL_DONE)
-    def summary(run_id: str | None = None) -> dict:
-        """Store the run's outcome as ``summary.json`` and log it; fail when the deploy failed or rolled back."""
-        from orchestration.deploy import format_summary, summarize
-        from orchestration.failures import close_run
-
-        run_root = SETTINGS.run_root(DAG_ID, run_id)
-        outcome = summarize(run_root, run_id)
-        return close_run(run_root, outcome, format_summary(outcome))
+    # --- the run's outcome, whatever happened ---
+    summary = summary_task(DAG_ID, summarize, format_summary)
 
     chain(approval_gate(), [approval, deploy])
-    chain(approval, deploy, summary())
+    chain(approval, deploy, summary)
 
 
 ml_deploy()

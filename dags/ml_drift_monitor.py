@@ -20,10 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, chain, dag, task
+from airflow.sdk import CronTriggerTimetable, Param, chain, dag, task
 
 from orchestration.assets import DRIFT_ALERT
-from orchestration.contracts import ALERT_TASK, QUIET_TASK, SUMMARY_TASK
+from orchestration.contracts import ALERT_TASK, QUIET_TASK
+from orchestration.failures import summary_task
+from orchestration.monitor import format_summary, summarize
 from orchestration.pod_task import dag_default_args, pod_task
 from orchestration.settings import get_settings
 from orchestration.templates import TEMPLATE_MACROS
@@ -89,17 +91,10 @@ def ml_drift_monitor() -> None:
     def quiet() -> None:
         """No retraining this time; ``decide`` logged why."""
 
-    @task(task_id=SUMMARY_TASK, trigger_rule=TriggerRule.ALL_DONE)
-    def summary(run_id: str | None = None) -> dict:
-        """Store the run's outcome as ``summary.json`` and log it; fail when an earlier task failed."""
-        from orchestration.failures import close_run
-        from orchestration.monitor import format_summary, summarize
+    # --- the run's outcome, whatever happened ---
+    summary = summary_task(DAG_ID, summarize, format_summary)
 
-        run_root = SETTINGS.run_root(DAG_ID, run_id)
-        outcome = summarize(run_root, run_id)
-        return close_run(run_root, outcome, format_summary(outcome))
-
-    chain(drift, decide(), [alert(), quiet()], summary())
+    chain(drift, decide(), [alert(), quiet()], summary)
 
 
 ml_drift_monitor()

@@ -26,12 +26,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, chain, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, chain, dag, task
 
 from orchestration.assets import DRIFT_ALERT, MODEL_PROMOTED
-from orchestration.contracts import PROMOTE_TASK, REJECT_TASK, SUMMARY_TASK
+from orchestration.contracts import PROMOTE_TASK, REJECT_TASK
+from orchestration.failures import summary_task
 from orchestration.pod_task import dag_default_args, pod_task
-from orchestration.retrain import TRIGGER_MACROS, TRIGGER_TAG_ARGS
+from orchestration.retrain import TRIGGER_MACROS, TRIGGER_TAG_ARGS, format_summary, summarize
 from orchestration.settings import get_settings
 from orchestration.templates import TEMPLATE_MACROS
 
@@ -141,17 +142,10 @@ def ml_retrain() -> None:
     def reject() -> None:
         """The challenger stays registered as ``challenger``; the champion is unchanged."""
 
-    @task(task_id=SUMMARY_TASK, trigger_rule=TriggerRule.ALL_DONE)
-    def summary(run_id: str | None = None) -> dict:
-        """Store the run's outcome as ``summary.json`` and log it; fail when an earlier task failed."""
-        from orchestration.failures import close_run
-        from orchestration.retrain import format_summary, summarize
+    # --- the run's outcome, whatever happened ---
+    summary = summary_task(DAG_ID, summarize, format_summary)
 
-        run_root = SETTINGS.run_root(DAG_ID, run_id)
-        outcome = summarize(run_root, run_id)
-        return close_run(run_root, outcome, format_summary(outcome))
-
-    chain(snapshot, validate, preprocess, train, evaluate, register, gate(), [promote, reject()], summary())
+    chain(snapshot, validate, preprocess, train, evaluate, register, gate(), [promote, reject()], summary)
 
 
 ml_retrain()

@@ -11,7 +11,7 @@ from typing import Any
 
 from mlsteps import results
 from orchestration.contracts import APPROVAL_TASK, DEPLOY_TASK
-from orchestration.failures import failure_summary
+from orchestration.failures import failure_summary, outcome_lines
 from orchestration.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,7 @@ def summarize(run_root: str, run_id: str) -> dict[str, Any]:
 def format_summary(summary: dict[str, Any]) -> str:
     """A short human-readable report of one deploy run."""
     deployed = summary["deploy"] or {}
-    lines = [f"run           {summary['run_id']}", f"outcome       {summary['outcome'].upper()}"]
-    if summary.get("failed_task"):
-        lines.append(f"failed task   {summary['failed_task']}")
-    lines += [f"  {line}" for line in (summary.get("message") or deployed.get("reason", "")).splitlines()]
+    lines = outcome_lines(summary, deployed.get("reason", ""))
     if deployed:
         lines.append(
             f"model         {deployed['model_name']} v{deployed['version']} on {deployed['target']} "

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from orchestration.failures import read_summary
 from orchestration.settings import PROJECT_ROOT, Settings, get_settings
 
 SETTINGS_FILE = PROJECT_ROOT / "airflow_settings.yaml"
@@ -180,6 +181,7 @@ def run_dag(settings: Settings, env: dict[str, str], dag_id: str, conf: dict[str
         raise SystemExit(f"{dag_id} could not run (exit {child.returncode}); see {log_file}")
     outcome = json.loads(outcome_file.read_text())
     outcome["log_file"] = str(log_file)
+    outcome["summary"] = read_summary(settings.run_root(dag_id, outcome["run_id"]))
     return outcome
 
 
@@ -188,13 +190,7 @@ def run(dag_id: str, conf: dict[str, Any], rows: int, seed: int) -> dict[str, An
     settings = get_settings()
     env = prepare_airflow(settings)
     ensure_dataset(settings, rows, seed)
-    outcome = run_dag(settings, env, dag_id, conf)
-    from mlsteps.data import storage
-    from orchestration.failures import SUMMARY_FILE
-
-    summary_uri = storage.join(settings.run_root(dag_id, outcome["run_id"]), SUMMARY_FILE)
-    outcome["summary"] = storage.read_json(summary_uri) if storage.exists(summary_uri) else None
-    return outcome
+    return run_dag(settings, env, dag_id, conf)
 
 
 def standalone() -> None:

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from airflow.sdk import TriggerRule, task
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from mlsteps.data import storage
 from mlsteps.errors import EXIT_USER_ERROR
+from orchestration.contracts import SUMMARY_TASK
 from orchestration.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -167,6 +170,21 @@ def unexplained_failure(missing: str) -> dict[str, Any]:
     }
 
 
+def outcome_lines(summary: dict[str, Any], message: str = "") -> list[str]:
+    """The first lines of every run's report: the run, its outcome, the failed task and the message (or ``message``,
+    for a run whose summary has none)."""
+    lines = [f"run           {summary['run_id']}", f"outcome       {summary['outcome'].upper()}"]
+    if summary.get("failed_task"):
+        lines.append(f"failed task   {summary['failed_task']}")
+    return lines + [f"  {line}" for line in (summary.get("message") or message).splitlines()]
+
+
+def read_summary(run_root: str) -> dict[str, Any] | None:
+    """The ``summary.json`` a run's summary task wrote, or None when it did not run (yet)."""
+    uri = storage.join(run_root, SUMMARY_FILE)
+    return storage.read_json(uri) if storage.exists(uri) else None
+
+
 def close_run(run_root: str, summary: dict[str, Any], report: str) -> dict[str, Any]:
     """Write ``summary.json``, print the summary's report for the task log, and fail the task when the run failed.
 
@@ -179,3 +197,29 @@ def close_run(run_root: str, summary: dict[str, Any], report: str) -> dict[str, 
         where = f" at {summary['failed_task']}" if summary.get("failed_task") else ""
         raise RunFailed(f"the run {summary['outcome'].replace('_', ' ')}{where}: {summary.get('message', '')}")
     return summary
+
+
+def summary_task(
+    dag_id: str,
+    summarize: Callable[[str, str], dict[str, Any]],
+    format_summary: Callable[[dict[str, Any]], str],
+) -> Any:
+    """The last task of a DAG: after everything else, whatever happened, summarize the run and close it.
+
+    Args:
+        dag_id: the DAG, whose run folder holds the results and failure records.
+        summarize: the DAG's ``(run_root, run_id) -> summary``.
+        format_summary: the DAG's ``summary -> report`` for the task log.
+
+    Returns:
+        The task (its output is the summary), to wire with ``chain``.
+    """
+
+    @task(task_id=SUMMARY_TASK, trigger_rule=TriggerRule.ALL_DONE)
+    def summary(run_id: str | None = None) -> dict:
+        """Store the run's outcome as ``summary.json`` and log it; fail when the run failed."""
+        run_root = get_settings().run_root(dag_id, run_id)
+        outcome = summarize(run_root, run_id)
+        return close_run(run_root, outcome, format_summary(outcome))
+
+    return summary()

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from orchestration.embedded import local_server, prepare_airflow
+from orchestration.failures import read_summary
 from orchestration.settings import PROJECT_ROOT, Settings, load_settings
 
 CONFIG = PROJECT_ROOT / "include" / "config" / "pipeline.yaml"
@@ -241,10 +242,7 @@ def run_loop(state_dir: Path, rows: int, epochs: int, stream_rows: int) -> dict[
         finally:
             local_server(settings).stop()
 
-    from mlsteps.data import storage
-
-    summary_uri = storage.join(settings.run_root("ml_retrain", retrain.run_id), "summary.json")
-    outcome["retrain_summary"] = storage.read_json(summary_uri) if storage.exists(summary_uri) else None
+    outcome["retrain_summary"] = read_summary(settings.run_root("ml_retrain", retrain.run_id))
     outcome["model_version_tags"] = _version_tags(settings)
     return outcome
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from mlsteps.config import MonitoringConfig
 from mlsteps.data import storage
 from mlsteps.results import optional_result, read_result
-from orchestration.failures import failure_summary, unexplained_failure
+from orchestration.failures import failure_summary, outcome_lines, unexplained_failure
 
 Action = Literal["alert", "no_drift", "drift_pending", "cooldown", "skipped", "data_quality"]
 KEPT_WINDOWS = 100
@@ -149,10 +149,7 @@ def summarize(run_root: str, run_id: str) -> dict[str, Any]:
 def format_summary(summary: dict[str, Any]) -> str:
     """A short human-readable report of one monitor run."""
     window = summary["window"] or {}
-    lines = [f"run           {summary['run_id']}", f"outcome       {summary['outcome'].upper()}"]
-    if summary.get("failed_task"):
-        lines.append(f"failed task   {summary['failed_task']}")
-    lines += [f"  {line}" for line in summary["message"].splitlines()]
+    lines = outcome_lines(summary)
     if window:
         lines.append(f"window        {window.get('start')} .. {window.get('end')} of v{summary['model_version']}")
     if summary["report_html_uri"]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from mlsteps import results
 from orchestration.contracts import PROMOTE_TASK, REJECT_TASK, DriftAlertExtra
-from orchestration.failures import failure_summary, unexplained_failure
+from orchestration.failures import failure_summary, outcome_lines, unexplained_failure
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +109,7 @@ def _metric_line(name: str, metrics: dict[str, Any] | None) -> str:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A short human-readable report of one run, failed or not: only what the run got to."""
-    lines = [f"run           {summary['run_id']}", f"outcome       {summary['outcome'].upper()}"]
-    if summary.get("failed_task"):
-        lines += [f"failed task   {summary['failed_task']}", *(f"  {line}" for line in summary["message"].splitlines())]
+    lines = outcome_lines(summary)
     if summary["snapshot_id"]:
         lines.append(f"snapshot      {summary['snapshot_id']} ({summary['rows']} rows)")
     validation = summary["validation"]

@@ -156,4 +156,5 @@ def test_a_run_that_stopped_without_a_record_is_failed_not_rejected() -> None:
     summary = retrain.summarize(run_root, "manual__r5")
 
     assert summary["outcome"] == "failed" and "stopped before evaluate" in summary["message"]
+    assert "stopped before evaluate" in retrain.format_summary(summary), "the report says why, with no failed task"
     assert monitor.summarize(run_root, "manual__r5")["outcome"] == "failed"
