@@ -14,6 +14,7 @@ from mlsteps.data import storage
 from mlsteps.errors import StepError
 
 RESULT_FILE = "result.json"
+SUMMARY_FILE = "summary.json"  # the run's outcome, written by its DAG's last task
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -78,3 +79,14 @@ def record_elapsed(root: str, step: str, seconds: float) -> None:
     result = optional_result(root, step)
     if result is not None:
         storage.write_json(result_uri(root, step), {**result, "elapsed_seconds": round(seconds, 3)})
+
+
+def summary_uri(root: str) -> str:
+    """Where a run's ``summary.json`` lives."""
+    return storage.join(root, SUMMARY_FILE)
+
+
+def read_summary(root: str) -> dict[str, Any] | None:
+    """The ``summary.json`` of a run, or None when its summary task has not written it (yet)."""
+    uri = summary_uri(root)
+    return storage.read_json(uri) if storage.exists(uri) else None

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from orchestration.failures import read_summary
+from mlsteps import results
 from orchestration.settings import PROJECT_ROOT, Settings, get_settings
 
 SETTINGS_FILE = PROJECT_ROOT / "airflow_settings.yaml"
@@ -181,7 +181,7 @@ def run_dag(settings: Settings, env: dict[str, str], dag_id: str, conf: dict[str
         raise SystemExit(f"{dag_id} could not run (exit {child.returncode}); see {log_file}")
     outcome = json.loads(outcome_file.read_text())
     outcome["log_file"] = str(log_file)
-    outcome["summary"] = read_summary(settings.run_root(dag_id, outcome["run_id"]))
+    outcome["summary"] = results.read_summary(settings.run_root(dag_id, outcome["run_id"]))
     return outcome
 
 

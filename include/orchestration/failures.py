@@ -26,13 +26,13 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from mlsteps.data import storage
 from mlsteps.errors import EXIT_USER_ERROR
+from mlsteps.results import summary_uri
 from orchestration.contracts import SUMMARY_TASK
 from orchestration.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 FAILURES_FOLDER = "failures"
-SUMMARY_FILE = "summary.json"
 TAIL_LINES = 40  # enough for a validation report's list of failed expectations
 OOM_KILLED = "OOMKilled"
 FAILED_OUTCOMES = ("failed", "rolled_back", "rollback_failed")  # a run with these outcomes fails
@@ -179,19 +179,13 @@ def outcome_lines(summary: dict[str, Any], message: str = "") -> list[str]:
     return lines + [f"  {line}" for line in (summary.get("message") or message).splitlines()]
 
 
-def read_summary(run_root: str) -> dict[str, Any] | None:
-    """The ``summary.json`` a run's summary task wrote, or None when it did not run (yet)."""
-    uri = storage.join(run_root, SUMMARY_FILE)
-    return storage.read_json(uri) if storage.exists(uri) else None
-
-
 def close_run(run_root: str, summary: dict[str, Any], report: str) -> dict[str, Any]:
     """Write ``summary.json``, print the summary's report for the task log, and fail the task when the run failed.
 
     Raises:
         RunFailed: the summary's outcome is one of ``FAILED_OUTCOMES``, so the DAG run ends failed.
     """
-    storage.write_json(storage.join(run_root, SUMMARY_FILE), summary)
+    storage.write_json(summary_uri(run_root), summary)
     print(report)
     if summary["outcome"] in FAILED_OUTCOMES:
         where = f" at {summary['failed_task']}" if summary.get("failed_task") else ""

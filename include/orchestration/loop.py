@@ -34,8 +34,8 @@ from typing import Any
 
 import yaml
 
+from mlsteps import results
 from orchestration.embedded import local_server, prepare_airflow
-from orchestration.failures import read_summary
 from orchestration.settings import PROJECT_ROOT, Settings, load_settings
 
 CONFIG = PROJECT_ROOT / "include" / "config" / "pipeline.yaml"
@@ -242,7 +242,7 @@ def run_loop(state_dir: Path, rows: int, epochs: int, stream_rows: int) -> dict[
         finally:
             local_server(settings).stop()
 
-    outcome["retrain_summary"] = read_summary(settings.run_root("ml_retrain", retrain.run_id))
+    outcome["retrain_summary"] = results.read_summary(settings.run_root("ml_retrain", retrain.run_id))
     outcome["model_version_tags"] = _version_tags(settings)
     return outcome
 

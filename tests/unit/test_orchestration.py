@@ -309,3 +309,11 @@ def test_the_drift_alert_payload_is_what_ml_retrain_tags_its_run_with() -> None:
 
     assert on_alert == ["trigger=drift_alert", "drift_report=s3://ml/monitor/r1.json", "drifted_features=age,plan"]
     assert on_cron == ["trigger=asset_triggered", "drift_report=", "drifted_features="]
+
+
+def test_the_runners_import_no_airflow_before_they_point_it_at_their_state() -> None:
+    # make loop and the embedded runner set AIRFLOW_HOME and the database for their state folder first: Airflow
+    # reads its configuration once, at its first import, so importing it earlier would use the wrong database.
+    probe = "import sys, orchestration.embedded, orchestration.loop; print('airflow' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
