@@ -4,9 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo stop-server loop airflow test test-images lint fmt render bench bench-drift bench-serving gpu-check clean constraints
+.PHONY: demo stop-server loop airflow test test-images lint fmt render bench bench-drift bench-quality bench-serving gpu-check clean constraints
 
-$(INSTALLED): requirements.txt requirements/steps.txt requirements/dev.txt constraints.txt pyproject.toml
+# The local runtime: the steps, training (torch's and XGBoost's CPU builds) and the model server in one environment.
+$(INSTALLED): requirements.txt requirements/steps.txt requirements/train.txt requirements/train-cpu.txt \
+		requirements/serve.txt requirements/dev.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements.txt -r requirements/dev.txt -e .
 	touch $@
@@ -50,6 +52,9 @@ bench: $(INSTALLED)  ## the main job on 100k rows: per-task wall time, Airflow o
 
 bench-drift: $(INSTALLED) .venv-bench-evidently  ## drift library vs Evidently 0.7 on 1M x 25 columns (+ a 10M window)
 	$(BIN)/python benchmarks/drift.py $(ARGS)
+
+bench-quality: $(INSTALLED)  ## every family's holdout metric and fit time vs scikit-learn's HistGradientBoosting, per task (~10 min)
+	$(BIN)/python benchmarks/model_quality.py $(ARGS)
 
 bench-serving: $(INSTALLED)  ## model server vs mlflow models serve: req/s, p50/p99 at batch 1/64, 1/2 workers (~5 min)
 	$(BIN)/python benchmarks/serving.py $(ARGS)

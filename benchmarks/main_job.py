@@ -81,7 +81,8 @@ def dag_steps(dag_id: str = DAG_ID) -> list[tuple[str, str]]:
     """The step tasks of a DAG as (task id, step), in topological order, from the DagBag of ``dags/``.
 
     A step task runs ``python -m mlsteps <step>``; branches, the summary and other Airflow-side tasks are not
-    steps. Airflow's configuration (``AIRFLOW_HOME``) must be in the environment before this is called.
+    steps. A mapped step (train) runs bare once, for the configured ``training.model``. Airflow's configuration
+    (``AIRFLOW_HOME``) must be in the environment before this is called.
 
     Raises:
         SystemExit: the DAG does not load, or it has no step task.
@@ -96,7 +97,8 @@ def dag_steps(dag_id: str = DAG_ID) -> list[tuple[str, str]]:
         raise SystemExit(f"{dag_id} did not load from {PROJECT_ROOT / 'dags'}; import errors: {bag.import_errors}")
     steps = []
     for task in bag.dags[dag_id].topological_sort():
-        cmds = list(getattr(task, "cmds", None) or [])
+        # A mapped task (train, one instance per candidate) keeps its command among its partial arguments.
+        cmds = list(getattr(task, "cmds", None) or getattr(task, "partial_kwargs", {}).get("cmds") or [])
         if len(cmds) == len(prefix) + 1 and cmds[:-1] == prefix:
             steps.append((task.task_id, cmds[-1]))
     if not steps:

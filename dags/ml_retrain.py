@@ -1,5 +1,5 @@
 """
-### ml_retrain: snapshot, validate, train, evaluate and promote a churn model
+### ml_retrain: snapshot, validate, train, evaluate and promote a model
 
 Runs weekly on its cron, when `ml_drift_monitor` emits the `drift_alert` asset, or from the UI with the params
 below. The MLflow run and the model version record what started it (`trigger`, and for drift `drift_report`,
@@ -10,8 +10,9 @@ below. The MLflow run and the model version record what started it (`trigger`, a
 | `snapshot` | CSV/Parquet (local or `s3://`) to a content-addressed Parquet snapshot | `snapshot/result.json` |
 | `validate` | Great Expectations suite from the dataset config; stops on bad data | `validate/report.html` |
 | `preprocess` | time or hash split; preprocessing fitted on the train split only | `preprocess/*.parquet` |
-| `train` | PyTorch tabular network (CUDA when present), tracked in MLflow | MLflow run + model |
-| `evaluate` | challenger and current champion on the same holdout; the promotion gate | `evaluate/report.html` |
+| `candidates` | one `--model <family>` per entry of `candidates`: one mapped `train` task each | |
+| `train` | one family (mlp, gbdt or your own trainer), exported to ONNX and checked | `train/<family>/`, MLflow |
+| `evaluate` | every candidate and the champion on one holdout; the best is challenger; the gate | `evaluate/` |
 | `register` | new model version in the MLflow registry, alias `challenger` | model version |
 | `gate` | branches on the gate: `promote` or `reject` | |
 | `promote` | moves alias `champion`, if it did not move since evaluation; emits `model_promoted` | alias |
@@ -28,11 +29,12 @@ from pathlib import Path
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, chain, dag, task
 
+from mlsteps.evaluation.tasks import METRICS
 from orchestration.assets import DRIFT_ALERT, MODEL_PROMOTED
-from orchestration.contracts import PROMOTE_TASK, REJECT_TASK
+from orchestration.contracts import CANDIDATES_TASK, PROMOTE_TASK, REJECT_TASK
 from orchestration.failures import summary_task
 from orchestration.pod_task import dag_default_args, pod_task
-from orchestration.retrain import TRIGGER_MACROS, TRIGGER_TAG_ARGS, format_summary, summarize
+from orchestration.retrain import TRIGGER_MACROS, TRIGGER_TAG_ARGS, format_summary, model_families, summarize
 from orchestration.settings import get_settings
 from orchestration.templates import TEMPLATE_MACROS
 
@@ -40,6 +42,7 @@ DAG_ID = Path(__file__).stem
 SETTINGS = get_settings()
 TRAINING = SETTINGS.pipeline.training
 EVALUATION = SETTINGS.pipeline.evaluation
+TASK = SETTINGS.pipeline.dataset.target.task
 
 
 @dag(
@@ -62,25 +65,48 @@ EVALUATION = SETTINGS.pipeline.evaluation
             pattern=r"^(s3://|file://|/).+\.(csv|parquet|pq)$",
             description="CSV or Parquet file to train on: an absolute path, file:// or s3:// URI.",
         ),
+        "candidates": Param(
+            TRAINING.candidate_families,
+            type="array",
+            minItems=1,
+            uniqueItems=True,
+            items={"type": "string", "enum": model_families(TRAINING)},
+            description="Model families to train, one pod each: mlp (the network), gbdt (XGBoost) or the configured "
+            "own trainer. The best on the holdout's primary metric becomes the challenger.",
+        ),
         "epochs": Param(
-            TRAINING.epochs, type="integer", minimum=1, maximum=1000, description="Maximum training epochs."
+            TRAINING.epochs, type="integer", minimum=1, maximum=1000, description="mlp: maximum training epochs."
         ),
         "learning_rate": Param(
-            TRAINING.learning_rate, type="number", exclusiveMinimum=0, maximum=1, description="AdamW learning rate."
+            TRAINING.learning_rate,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1,
+            description="mlp: AdamW learning rate.",
         ),
-        "min_roc_auc": Param(
-            EVALUATION.min_roc_auc,
+        "primary_metric": Param(
+            SETTINGS.pipeline.primary_metric,
+            type="string",
+            enum=sorted(METRICS[TASK]),
+            description=f"The gate's holdout metric ({TASK} task).",
+        ),
+        "threshold": Param(
+            EVALUATION.threshold,
+            type=["number", "null"],
+            description="The challenger's primary metric must reach this (at most this when lower is better); "
+            "empty: no absolute bar.",
+        ),
+        "max_degradation": Param(
+            EVALUATION.max_degradation,
             type="number",
             minimum=0,
-            maximum=1,
-            description="The challenger's holdout ROC AUC must reach this to be promoted.",
+            description="Largest worsening of the primary metric versus the champion that still promotes.",
         ),
-        "max_roc_auc_regression": Param(
-            EVALUATION.max_roc_auc_regression,
-            type="number",
-            minimum=0,
-            maximum=1,
-            description="Largest ROC AUC drop versus the champion that still promotes.",
+        "degradation": Param(
+            EVALUATION.degradation,
+            type="string",
+            enum=["absolute", "relative"],
+            description="max_degradation in the metric's units (absolute) or as a share of the champion's value.",
         ),
         "force_promotion": Param(
             False,
@@ -97,8 +123,15 @@ def ml_retrain() -> None:
     )
     validate = pod_task("validate")
 
-    # --- training ---
+    # --- training: one pod per candidate family (dynamic task mapping) ---
     preprocess = pod_task("preprocess")
+
+    @task(task_id=CANDIDATES_TASK)
+    def candidate_arguments(params: dict | None = None) -> list[list[str]]:
+        """One ``--model`` argument per candidate family: each becomes a mapped ``train`` task."""
+        return [["--model", family] for family in params["candidates"]]
+
+    candidates = candidate_arguments()
     train = pod_task(
         "train",
         args=[
@@ -110,16 +143,23 @@ def ml_retrain() -> None:
             "airflow_run_id={{ run_id }}",
             *TRIGGER_TAG_ARGS,
         ],
+        expand_over=candidates,
     )
 
     # --- evaluation and promotion ---
     evaluate = pod_task(
         "evaluate",
         args=[
-            "--min-roc-auc",
-            "{{ params.min_roc_auc }}",
-            "--max-roc-auc-regression",
-            "{{ params.max_roc_auc_regression }}",
+            "--candidates",
+            "{{ params.candidates | join(',') }}",
+            "--primary-metric",
+            "{{ params.primary_metric }}",
+            "--threshold",
+            "{{ 'none' if params.threshold is none else params.threshold }}",
+            "--max-degradation",
+            "{{ params.max_degradation }}",
+            "--degradation",
+            "{{ params.degradation }}",
         ],
     )
     register = pod_task("register")
@@ -145,7 +185,7 @@ def ml_retrain() -> None:
     # --- the run's outcome, whatever happened ---
     summary = summary_task(DAG_ID, summarize, format_summary)
 
-    chain(snapshot, validate, preprocess, train, evaluate, register, gate(), [promote, reject()], summary)
+    chain(snapshot, validate, preprocess, candidates, train, evaluate, register, gate(), [promote, reject()], summary)
 
 
 ml_retrain()

@@ -393,7 +393,7 @@ def build_args(image: str, options: argparse.Namespace, base_image: str, referen
         "BASE_IMAGE": base_image,
         "VERSION": tag_of(reference),
         "REVISION": source_revision(),
-        "TORCH_VARIANT": options.torch_variant if image == "train" else None,  # steps: always its default, cpu
+        "TORCH_VARIANT": options.torch_variant,  # declared by train.Dockerfile alone: the other images have no torch
         "TORCH_CPU_INDEX_URL": options.torch_cpu_index_url,
     }
     declared = build_arg_defaults(dockerfile(image))
@@ -620,8 +620,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--torch-variant",
         choices=("cuda", "cpu"),
         default="cuda",
-        help="torch build of the train image (the steps image has the CPU build); cpu where the CUDA wheels cannot "
-        "be had (CI)",
+        help="build of the train image: cuda (torch and XGBoost with CUDA) or cpu (their CPU builds), where the CUDA "
+        "wheels cannot be had (CI); the steps and serving images have neither",
     )
     images.add_argument(
         "--torch-cpu-index-url",

@@ -3,44 +3,35 @@
 # score and drift. Pods run it as UID/GID 10001 with a read-only root filesystem and an emptyDir on /tmp.
 # Build it with docker/build.py (make images); docker/README.md describes the build arguments and mounts.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-# The steps run on CPU nodes: torch's CPU build.
-ARG TORCH_VARIANT=cpu
 
 # Extra wheels for pip (a local wheel cache), empty unless the build names a folder: --build-context wheels=DIR.
 FROM scratch AS wheels
 
-# The builder stage is the same in steps.Dockerfile and train.Dockerfile, line for line (tests/images checks it): a
-# CPU build of the train image reuses the steps image's layers instead of installing everything again.
+# requirements/steps.txt only: no torch and no XGBoost. Evaluate, register, score and drift run the model package's
+# ONNX model with ONNX Runtime; training has its own image (train.Dockerfile).
 FROM ${BASE_IMAGE} AS builder
-# cuda: PyPI's Linux torch wheels, CUDA builds that bring the CUDA libraries as wheels (the node brings the driver).
-# cpu: the CPU build from PyTorch's index, asked for torch alone; an empty index means PyPI and the wheels context.
-ARG TORCH_VARIANT
-ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 COPY requirements/steps.txt constraints.txt /tmp/requirements/
 # The optional secret `ca` is the CA bundle pip trusts instead of its own, for a TLS-intercepting proxy (--secret
 # id=ca,src=FILE, e.g. the system bundle with the proxy's CA): mounted for this command only, never part of a
 # layer. Wheels only: no compiler in any stage. pip runs from a virtualenv of its own, so the image's /opt/venv
 # holds the pinned packages and nothing else (no pip to install more at run time).
-# torch goes first, alone, and must be the variant asked for (-W ignore: it warns that numpy is not there yet).
+# The packages' own test suites go (130 MB). Bytecode only for what the steps import, written by importing it: a
+# step starts in about half the time it takes without (4.6 s instead of 9.4 s for these imports on 2 cores), for
+# 90 MB instead of the 190 MB of compiling every installed module. A module missing from the list still works; it
+# is compiled in memory each time a step imports it.
 RUN --mount=type=bind,from=wheels,target=/tmp/wheels \
     --mount=type=secret,id=ca,required=false \
-    case "$TORCH_VARIANT" in \
-        cuda) torch_index="" ;; \
-        cpu) torch_index="$TORCH_CPU_INDEX_URL" ;; \
-        *) echo "TORCH_VARIANT must be cuda or cpu, not '$TORCH_VARIANT'" >&2; exit 1 ;; \
-    esac \
-    && if [ -f /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    if [ -f /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
     && python3 -m venv /opt/pip \
     && python3 -m venv --without-pip /opt/venv \
-    && /opt/pip/bin/pip --python /opt/venv/bin/python install --only-binary=:all: --find-links /tmp/wheels \
-        ${torch_index:+--extra-index-url "$torch_index"} \
-        --constraint /tmp/requirements/constraints.txt torch \
-    && /opt/venv/bin/python -W ignore -c "import sys, torch; built = 'cuda' if torch.version.cuda else 'cpu'; \
-        sys.exit(built != sys.argv[1] and f'TORCH_VARIANT={sys.argv[1]} but pip installed torch {torch.__version__}, ' \
-        f'a {built} build: check the wheels context and TORCH_CPU_INDEX_URL')" "$TORCH_VARIANT" \
-    && /opt/pip/bin/pip --python /opt/venv/bin/python install --only-binary=:all: --find-links /tmp/wheels \
-        --constraint /tmp/requirements/constraints.txt --requirement /tmp/requirements/steps.txt
+    && /opt/pip/bin/pip --python /opt/venv/bin/python install --only-binary=:all: --no-compile \
+        --find-links /tmp/wheels --constraint /tmp/requirements/constraints.txt \
+        --requirement /tmp/requirements/steps.txt \
+    && find /opt/venv -type d -name tests -prune -exec rm -rf {} + \
+    && /opt/venv/bin/python -W ignore -c "import boto3, great_expectations, great_expectations.expectations, \
+        kubernetes.client, kubernetes.config, mlflow.models, mlflow.pyfunc, onnxruntime, pandas, pyarrow.parquet, \
+        pydantic, scipy.spatial.distance, scipy.stats, sklearn.metrics, typer, yaml"
 
 FROM ${BASE_IMAGE}
 RUN groupadd --gid 10001 mlsteps \

@@ -1,25 +1,27 @@
 # syntax=docker/dockerfile:1
 # The training image: `python -m mlsteps train` (one process per GPU through `python -m mlsteps.distributed`) on GPU
-# nodes, with PyTorch's CUDA build. Pods run it as UID/GID 10001 with a read-only root filesystem, an emptyDir on
-# /tmp and a memory-backed /dev/shm. Build it with docker/build.py (make images); docker/README.md describes the
-# build arguments and mounts. TORCH_VARIANT=cpu gives the same image with the CPU build (what CI builds: the CUDA
-# wheels are gigabytes).
+# nodes, with the CUDA builds of PyTorch and XGBoost. Pods run it as UID/GID 10001 with a read-only root filesystem,
+# an emptyDir on /tmp and a memory-backed /dev/shm. Build it with docker/build.py (make images); docker/README.md
+# describes the build arguments and mounts. TORCH_VARIANT=cpu gives the same image with the CPU builds (what CI
+# builds: the CUDA wheels are gigabytes).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-# GPU nodes: torch's CUDA build; cpu for CI, where the CUDA wheels cannot be had.
+# GPU nodes: the CUDA builds of torch and XGBoost; cpu for CI, where the CUDA wheels cannot be had.
 ARG TORCH_VARIANT=cuda
 
 # Extra wheels for pip (a local wheel cache), empty unless the build names a folder: --build-context wheels=DIR.
 FROM scratch AS wheels
 
-# The builder stage is the same in steps.Dockerfile and train.Dockerfile, line for line (tests/images checks it): a
-# CPU build of the train image reuses the steps image's layers instead of installing everything again.
+# The steps' requirements and what training adds (requirements/train.txt), with the XGBoost build of the variant.
 FROM ${BASE_IMAGE} AS builder
-# cuda: PyPI's Linux torch wheels, CUDA builds that bring the CUDA libraries as wheels (the node brings the driver).
-# cpu: the CPU build from PyTorch's index, asked for torch alone; an empty index means PyPI and the wheels context.
+# cuda: PyPI's Linux torch wheels, CUDA builds that bring the CUDA libraries as wheels (the node brings the driver),
+# and XGBoost with CUDA (requirements/train-cuda.txt).
+# cpu: the CPU build from PyTorch's index, asked for torch alone (an empty index means PyPI and the wheels context),
+# and XGBoost's CPU build (requirements/train-cpu.txt).
 ARG TORCH_VARIANT
 ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
-COPY requirements/steps.txt constraints.txt /tmp/requirements/
+COPY requirements/steps.txt requirements/train.txt requirements/train-cuda.txt requirements/train-cpu.txt \
+    constraints.txt /tmp/requirements/
 # The optional secret `ca` is the CA bundle pip trusts instead of its own, for a TLS-intercepting proxy (--secret
 # id=ca,src=FILE, e.g. the system bundle with the proxy's CA): mounted for this command only, never part of a
 # layer. Wheels only: no compiler in any stage. pip runs from a virtualenv of its own, so the image's /opt/venv
@@ -42,7 +44,8 @@ RUN --mount=type=bind,from=wheels,target=/tmp/wheels \
         sys.exit(built != sys.argv[1] and f'TORCH_VARIANT={sys.argv[1]} but pip installed torch {torch.__version__}, ' \
         f'a {built} build: check the wheels context and TORCH_CPU_INDEX_URL')" "$TORCH_VARIANT" \
     && /opt/pip/bin/pip --python /opt/venv/bin/python install --only-binary=:all: --find-links /tmp/wheels \
-        --constraint /tmp/requirements/constraints.txt --requirement /tmp/requirements/steps.txt
+        --constraint /tmp/requirements/constraints.txt --requirement /tmp/requirements/steps.txt \
+        --requirement /tmp/requirements/train.txt --requirement "/tmp/requirements/train-$TORCH_VARIANT.txt"
 
 FROM ${BASE_IMAGE}
 RUN groupadd --gid 10001 mlsteps \
@@ -50,6 +53,8 @@ RUN groupadd --gid 10001 mlsteps \
 COPY --from=builder /opt/venv /opt/venv
 COPY include/mlsteps /opt/app/mlsteps
 COPY include/config /opt/app/config
+# The worked example of a trainer of your own, beside mlsteps on the path: --model examples.trainers.sklearn_gbt:...
+COPY examples /opt/app/examples
 # HOME and caches on /tmp, the one writable folder; nothing writes bytecode next to the read-only code. MLflow asks
 # GitPython for a source commit: the image has no git, which GitPython would report on every run. The NVIDIA
 # container runtime mounts the driver libraries an image asks for; older runtimes mount only `utility` (no CUDA).

@@ -63,6 +63,18 @@ def serving_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def task_bundle_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Serving bundles of the fake multiclass and regression models (``fake_models.task_model``), version 1, by task.
+
+    Read-only for tests, as ``serving_bundle_dir``.
+    """
+    from fake_models import write_task_bundle
+
+    root = tmp_path_factory.mktemp("task-bundles")
+    return {task: write_task_bundle(root / task, task) for task in ("multiclass", "regression")}
+
+
+@pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """moto's standalone server in its own process, reached over real HTTP; yields its endpoint URL."""
     port = free_port()

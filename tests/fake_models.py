@@ -1,26 +1,30 @@
 """Tiny models with known behaviour, for the registry, evaluation, scoring and serving tests.
 
-Each is a real ``mlsteps.model`` package (preprocessor, network, signature, drift profile) whose network computes
-``sigmoid(bias + sum of weight * term)`` exactly: a term is a numeric column or ``column=value`` (an indicator). The
-network has no hidden layer and one-wide embeddings, so the weights are set rather than trained; the score equals
-the logistic formula wherever the numeric terms have no nulls (nulls are median-imputed, as in every model).
+Each is a real ``mlsteps.model`` package (preprocessor, ONNX model, task, signature, drift profile) whose ONNX graph
+computes ``sigmoid(bias + sum of weight * term)`` exactly: a term is a numeric column or ``column=value`` (an
+indicator). The weights are set rather than trained; the score equals the logistic formula wherever the numeric terms
+have no nulls (nulls are median-imputed, as in every model).
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow
-import torch
+import numpy as np
+import onnx
+import onnx.numpy_helper
 
 from mlsteps import tracking
 from mlsteps.config import load_pipeline_config
 from mlsteps.data.datasets import generate_churn
 from mlsteps.data.features import TabularPreprocessor
 from mlsteps.drift import build_profile, save_profile
-from mlsteps.model import REFERENCE_PROFILE_FILE, log_model_package, predict_frame
-from mlsteps.training.mlp import NetworkSpec, TabularNet
+from mlsteps.drift.profile import prediction_signals
+from mlsteps.inference import TaskInfo, onnx_session, predict_frame
+from mlsteps.model import REFERENCE_PROFILE_FILE, log_model_package
 
 PIPELINE = load_pipeline_config()
 MODEL_NAME = PIPELINE.registry.model_name
@@ -34,86 +38,191 @@ GOOD = {
 }
 WORSE = {"tenure_months": -0.035, "contract_type=monthly": 1.1, "contract_type=two_year": -0.9}
 WEAK = {"age": 0.01}
+SAMPLE = generate_churn(2000, seed=11)
+TASK = TaskInfo(task="binary", classes=[0, 1], target=PIPELINE.dataset.target.name, family="risk_score")
 
 
-def risk_score_network(preprocessor: TabularPreprocessor, weights: dict[str, float], bias: float = -1.5) -> TabularNet:
-    """A TabularNet whose logit is ``bias + sum(weight * term)`` on raw (unstandardised) feature values."""
-    spec = NetworkSpec(
-        numeric_features=len(preprocessor.numeric_columns),
-        cardinalities=preprocessor.cardinalities,
-        hidden_units=[],
-        dropout=0.0,
-        max_embedding_dim=1,
+def risk_score_onnx(
+    preprocessor: TabularPreprocessor, weights: dict[str, float], bias: float = -1.5
+) -> onnx.ModelProto:
+    """An ONNX model in the package contract whose positive-class logit is ``bias + sum(weight * term)`` on raw
+    (unstandardised) feature values: a linear layer on the numeric inputs plus one looked-up weight per category."""
+    return linear_onnx(preprocessor, [weights], [bias], "binary")
+
+
+def linear_onnx(
+    preprocessor: TabularPreprocessor, weights: Sequence[dict[str, float]], biases: Sequence[float], task: str
+) -> onnx.ModelProto:
+    """An ONNX model in the package contract with one linear score ``bias + sum(weight * term)`` per output, on raw
+    feature values (a term is a numeric column or ``column=value``): binary gives the sigmoid of its one score as the
+    positive class of ``probabilities``, multiclass the softmax of the scores (one per class), regression the single
+    score as ``prediction``."""
+    width = len(weights)
+    numeric_weights = np.array(
+        [[output.get(column, 0.0) * stats.std for output in weights] for column, stats in preprocessor.numeric.items()],
+        dtype=np.float32,
+    ).reshape(len(preprocessor.numeric), width)
+    shift = [
+        bias + sum(output.get(column, 0.0) * stats.mean for column, stats in preprocessor.numeric.items())
+        for output, bias in zip(weights, biases, strict=True)
+    ]
+    table, offsets = [], []
+    for column, vocabulary in preprocessor.vocabularies.items():
+        offsets.append(len(table))
+        table += [
+            [0.0] * width,
+            *([output.get(f"{column}={category}", 0.0) for output in weights] for category in vocabulary),
+        ]
+    constant = onnx.numpy_helper.from_array
+    initializers = [
+        constant(numeric_weights, "numeric_weights"),
+        constant(np.array(shift, dtype=np.float32), "shift"),
+        constant(np.array(table or [[0.0] * width], dtype=np.float32), "category_table"),
+        constant(np.array(offsets or [0], dtype=np.int64), "category_offsets"),
+        constant(np.array([1], dtype=np.int64), "axis_1"),
+        constant(np.array([1.0], dtype=np.float32), "one"),
+    ]
+    node = onnx.helper.make_node
+    nodes = [
+        node("MatMul", ["numeric", "numeric_weights"], ["numeric_term"]),
+        node("Add", ["categories", "category_offsets"], ["table_index"]),
+        node("Gather", ["category_table", "table_index"], ["category_weights"]),  # rows x columns x outputs
+        node("ReduceSum", ["category_weights", "axis_1"], ["category_term"], keepdims=0),
+        node("Add", ["numeric_term", "category_term"], ["terms"]),
+        node("Add", ["terms", "shift"], ["scores"]),
+    ]
+    tensor = onnx.helper.make_tensor_value_info
+    if task == "binary":
+        nodes += [
+            node("Sigmoid", ["scores"], ["positive"]),
+            node("Sub", ["one", "positive"], ["negative"]),
+            node("Concat", ["negative", "positive"], ["probabilities"], axis=1),
+        ]
+        output = tensor("probabilities", onnx.TensorProto.FLOAT, ["rows", 2])
+    elif task == "multiclass":
+        nodes.append(node("Softmax", ["scores"], ["probabilities"], axis=1))
+        output = tensor("probabilities", onnx.TensorProto.FLOAT, ["rows", width])
+    else:
+        nodes.append(node("Squeeze", ["scores", "axis_1"], ["prediction"]))
+        output = tensor("prediction", onnx.TensorProto.FLOAT, ["rows"])
+    graph = onnx.helper.make_graph(
+        nodes,
+        f"linear_{task}",
+        [
+            tensor("numeric", onnx.TensorProto.FLOAT, ["rows", len(preprocessor.numeric)]),
+            tensor("categories", onnx.TensorProto.INT64, ["rows", len(preprocessor.vocabularies)]),
+        ],
+        [output],
+        initializers,
     )
-    network = TabularNet(spec)
-    linear = network.mlp[0]
-    with torch.no_grad():
-        linear.weight.zero_()
-        linear.bias.fill_(bias)
-        for position, (column, stats) in enumerate(preprocessor.numeric.items()):
-            weight = weights.get(column, 0.0)
-            # the network sees (x - mean) / std: scale back to raw values
-            linear.weight[0, position] = weight * stats.std
-            linear.bias += weight * stats.mean
-        offset = len(preprocessor.numeric)
-        for position, (column, vocabulary) in enumerate(preprocessor.vocabularies.items()):
-            linear.weight[0, offset + position] = 1.0
-            embedding = network.embeddings[position].weight
-            embedding.zero_()
-            for index, category in enumerate(vocabulary, start=1):
-                embedding[index, 0] = weights.get(f"{column}={category}", 0.0)
-    return network.eval()
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
 
 
-def log_model(weights: dict[str, float], bias: float = -1.5) -> tuple[str, str]:
-    """Log a risk-score model package in a training run; returns (run id, model URI)."""
+def risk_score_model(weights: dict[str, float], bias: float = -1.5) -> tuple[TabularPreprocessor, onnx.ModelProto]:
+    """The preprocessor fitted on a fixed churn sample and the risk-score ONNX model on it."""
     dataset = PIPELINE.dataset
-    sample = generate_churn(2000, seed=11)
-    preprocessor = TabularPreprocessor.fit(sample, dataset.numeric_features, dataset.categorical_features)
-    network = risk_score_network(preprocessor, weights, bias)
-    features = sample[[*dataset.numeric_features, *dataset.categorical_features]]
-    scores = predict_frame(preprocessor, network, features)["probability"].to_numpy()
+    preprocessor = TabularPreprocessor.fit(SAMPLE, dataset.numeric_features, dataset.categorical_features)
+    return preprocessor, risk_score_onnx(preprocessor, weights, bias)
+
+
+def log_package(info: TaskInfo, preprocessor: TabularPreprocessor, model: onnx.ModelProto) -> tuple[str, str]:
+    """Log a model package of any task in a training run, its drift profile holding the task's prediction signals on
+    the churn sample; returns (run id, model URI)."""
+    dataset = PIPELINE.dataset
+    features = SAMPLE[[*dataset.numeric_features, *dataset.categorical_features]]
+    output = predict_frame(preprocessor, onnx_session(model.SerializeToString()), info, features)
     tracking.start_experiment(PIPELINE.registry.experiment_name)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
         profile = Path(tmp) / REFERENCE_PROFILE_FILE
-        save_profile(build_profile(sample, dataset.features, scores=scores, config=PIPELINE.drift), str(profile))
-        info = log_model_package(preprocessor, network, features.head(5), profile)
-    return run.info.run_id, info.model_uri
+        signals = prediction_signals(info.task, info.classes, output)
+        reference = build_profile(SAMPLE, dataset.features, predictions=signals, config=PIPELINE.drift)
+        save_profile(reference, str(profile))
+        logged = log_model_package(preprocessor, model, info, features.head(5), profile)
+    return run.info.run_id, logged.model_uri
+
+
+def log_model(weights: dict[str, float], bias: float = -1.5) -> tuple[str, str]:
+    """Log a risk-score model package (binary) in a training run; returns (run id, model URI)."""
+    return log_package(TASK, *risk_score_model(weights, bias))
+
+
+# The fake models of the other tasks, over the same features: which of three plan changes a customer makes (string
+# labels, a softmax over three linear scores) and next month's spend (a linear regression).
+PLAN_CHANGE = TaskInfo(task="multiclass", classes=["stay", "downgrade", "leave"], target="plan_change", family="linear")
+PLAN_CHANGE_WEIGHTS = (
+    {},
+    {"support_calls_90d": 0.3, "plan=premium": 0.8, "plan=enterprise": 1.2},
+    {"days_since_last_login": 0.02, "late_payments_12m": 0.3, "contract_type=monthly": 1.0},
+)
+PLAN_CHANGE_BIASES = (0.0, -1.0, -1.5)
+SPEND = TaskInfo(task="regression", classes=[], target="next_month_spend", family="linear")
+SPEND_WEIGHTS = {"monthly_charges": 1.0, "data_usage_gb": 0.05, "support_calls_90d": -2.0, "plan=enterprise": 40.0}
+SPEND_BIAS = 5.0
+
+
+def task_model(task: str) -> tuple[TaskInfo, TabularPreprocessor, onnx.ModelProto]:
+    """The fake model of a task (binary: the ``GOOD`` risk score) with the preprocessor fitted on the churn sample."""
+    preprocessor, binary = risk_score_model(GOOD)
+    if task == "binary":
+        return TASK, preprocessor, binary
+    if task == "multiclass":
+        return PLAN_CHANGE, preprocessor, linear_onnx(preprocessor, PLAN_CHANGE_WEIGHTS, PLAN_CHANGE_BIASES, task)
+    return SPEND, preprocessor, linear_onnx(preprocessor, [SPEND_WEIGHTS], [SPEND_BIAS], task)
+
+
+def _write_bundle(
+    folder: Path, info: TaskInfo, preprocessor: TabularPreprocessor, model: onnx.ModelProto, model_version: int
+) -> Path:
+    """Write the serving bundle of an ONNX model straight to ``folder`` (no MLflow); returns the folder."""
+    from mlsteps.serving_bundle import ColumnSpec, write_bundle_from_parts
+
+    dataset = PIPELINE.dataset
+    columns = [ColumnSpec(name, "double") for name in dataset.numeric_features]
+    columns += [ColumnSpec(name, "string") for name in dataset.categorical_features]
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        onnx_path.write_bytes(model.SerializeToString())
+        write_bundle_from_parts(
+            folder,
+            onnx_model_path=onnx_path,
+            preprocessor=preprocessor,
+            info=info,
+            columns=columns,
+            example=SAMPLE[[spec.name for spec in columns]],
+            model_name=MODEL_NAME,
+            model_version=model_version,
+            source_model_uri=f"models:/{MODEL_NAME}/{model_version}",
+        )
+    return folder
 
 
 def write_test_bundle(folder: Path, weights: dict[str, float] = GOOD, model_version: int = 1) -> Path:
     """A serving bundle of a risk-score model, written straight to ``folder`` (no MLflow); returns the folder."""
-    from mlsteps.serving_bundle import ColumnSpec, bundle_from_model
+    preprocessor, model = risk_score_model(weights)
+    return _write_bundle(folder, TASK, preprocessor, model, model_version)
 
-    dataset = PIPELINE.dataset
-    sample = generate_churn(2000, seed=11)
-    preprocessor = TabularPreprocessor.fit(sample, dataset.numeric_features, dataset.categorical_features)
-    columns = [ColumnSpec(name, "double") for name in dataset.numeric_features]
-    columns += [ColumnSpec(name, "string") for name in dataset.categorical_features]
-    bundle_from_model(
-        folder,
-        network=risk_score_network(preprocessor, weights),
-        preprocessor=preprocessor,
-        columns=columns,
-        example=sample[[spec.name for spec in columns]],
-        model_name=MODEL_NAME,
-        model_version=model_version,
-        source_model_uri=f"models:/{MODEL_NAME}/{model_version}",
-    )
-    return folder
+
+def write_task_bundle(folder: Path, task: str, model_version: int = 1) -> Path:
+    """A serving bundle of the task's fake model (``task_model``), written straight to ``folder``."""
+    return _write_bundle(folder, *task_model(task), model_version)
 
 
 def break_bundle(folder: Path) -> Path:
     """Make a bundle wrong but intact: its smoke expectations no longer match its model, checksums still do.
 
-    The model behind it "predicts wrongly", so a server refuses to load it and a deploy's smoke test fails.
+    Probabilities move one class on (binary: the two swap), predictions move by at least 1 and by more than their
+    own size. The model behind it "predicts wrongly", so a server refuses to load it and a deploy's smoke test fails.
     """
     import json
 
     from mlsteps.serving_bundle import MANIFEST_FILE, SMOKE_FILE, sha256_of
 
     smoke = json.loads((folder / SMOKE_FILE).read_text())
-    smoke["probability"] = [1.0 - p for p in smoke["probability"]]
+    outputs = np.asarray(smoke["outputs"], dtype=np.float64)
+    moved = np.roll(outputs, 1, axis=1) if outputs.ndim == 2 else outputs + 1.0 + np.abs(outputs)
+    smoke["outputs"] = moved.tolist()
     (folder / SMOKE_FILE).write_text(json.dumps(smoke, indent=1))
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     manifest["files"][SMOKE_FILE] = sha256_of(folder / SMOKE_FILE)

@@ -2,12 +2,14 @@
 
 The pipeline config (``include/config/pipeline.yaml``) holds thresholds, split, training and registry settings
 and points at a dataset config (``include/config/datasets/*.yaml``) that describes the columns of one dataset.
-Any CSV or Parquet file with a binary target can be used by writing a dataset config for it.
+Any CSV or Parquet file with a binary, multiclass or regression target can be used by writing a dataset config for
+it (``python -m mlsteps init-dataset`` infers one from the file).
 Errors name the file and the field, for example ``pipeline.yaml: training.epochs: ...``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mlsteps.data import storage
 from mlsteps.errors import ConfigError
+from mlsteps.evaluation.tasks import DEFAULT_PRIMARY_METRIC, Task, is_classification, metric
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "pipeline.yaml"
 CONFIG_ENV_VAR = "MLSTEPS_CONFIG"
@@ -52,10 +55,49 @@ class ColumnSpec(_Strict):
 
 
 class TargetSpec(_Strict):
-    """The binary target column."""
+    """The target column and the model's task, which decides metrics, gate, serving outputs and drift signals."""
 
     name: str = Field(description="target column name")
-    classes: tuple[Any, Any] = Field((0, 1), description="[negative, positive] target values as they appear in data")
+    task: Task = Field("binary", description="binary, multiclass or regression")
+    classes: list[Any] | None = Field(
+        None,
+        description="classification: every target value as it appears in the data, in the order of the model's "
+        "probability columns; binary: [negative, positive], default [0, 1]; regression: leave unset",
+    )
+    min: float | None = Field(None, description="regression: smallest allowed target value")
+    max: float | None = Field(None, description="regression: largest allowed target value")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _binary_default_classes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("task", "binary") == "binary" and data.get("classes") is None:
+            return {**data, "classes": [0, 1]}
+        return data
+
+    @model_validator(mode="after")
+    def _check_task_fields(self) -> TargetSpec:
+        if not is_classification(self.task):
+            if self.classes is not None:
+                raise ValueError(f"target {self.name!r} is a regression target: remove classes (classification only)")
+            if self.min is not None and self.max is not None and self.min > self.max:
+                raise ValueError(f"target {self.name!r}: min {self.min} is greater than max {self.max}")
+            return self
+        if self.min is not None or self.max is not None:
+            raise ValueError(f"target {self.name!r} is a {self.task} target: min/max apply to regression only")
+        classes = self.classes or []
+        if len({str(label) for label in classes}) != len(classes):
+            raise ValueError(f"target {self.name!r}: classes {classes} list a value twice")
+        if self.task == "binary" and len(classes) != 2:
+            raise ValueError(
+                f"target {self.name!r}: a binary target has exactly two classes [negative, positive], got {classes}; "
+                "with more, set task: multiclass"
+            )
+        if self.task == "multiclass" and len(classes) < 3:
+            raise ValueError(
+                f"target {self.name!r}: a multiclass target lists at least three classes, got {classes}; "
+                "with two, set task: binary"
+            )
+        return self
 
 
 class DatasetConfig(_Strict):
@@ -116,27 +158,102 @@ class SplitConfig(_Strict):
     holdout_fraction: float = Field(0.15, gt=0, lt=0.5, description="share of rows for evaluation and the gate")
 
 
-class TrainingConfig(_Strict):
-    """Hyper-parameters of the tabular network."""
+FAMILIES = ("mlp", "gbdt")
 
-    epochs: int = Field(20, ge=1, le=1000, description="maximum number of epochs")
-    batch_size: int = Field(512, ge=1, description="rows per optimisation step")
-    learning_rate: float = Field(2e-3, gt=0, le=1, description="AdamW learning rate")
-    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
-    hidden_units: list[int] = Field([128, 64], min_length=1, description="width of each hidden layer")
-    dropout: float = Field(0.1, ge=0, lt=1, description="dropout after each hidden layer")
-    max_embedding_dim: int = Field(16, ge=1, description="upper bound of a categorical embedding's width")
-    patience: int = Field(3, ge=1, description="epochs without validation-loss improvement before stopping")
-    seed: int = Field(42, description="seed for weights, shuffling and dropout")
+
+def check_family(model: str) -> str:
+    """``model`` if it names a family (mlp, gbdt, or ``module:Class``); the module is imported only by the train step.
+
+    Raises:
+        ValueError: naming the value and what a family looks like.
+    """
+    module, _, name = model.partition(":")
+    if model in FAMILIES or (module and name.isidentifier() and all(p.isidentifier() for p in module.split("."))):
+        return model
+    raise ValueError(
+        f"{model!r} is not a model family: use one of {list(FAMILIES)} or your own trainer as module:Class "
+        "(for example examples.trainers.sklearn_gbt:GradientBoostingTrainer)"
+    )
+
+
+class GbdtConfig(_Strict):
+    """Gradient-boosted trees (XGBoost): ``device=cuda`` on a GPU node, ``hist`` on CPU."""
+
+    n_estimators: int = Field(500, ge=1, le=100_000, description="most boosting rounds")
+    learning_rate: float = Field(0.1, gt=0, le=1, description="shrinkage of each tree (eta)")
+    max_depth: int = Field(6, ge=1, le=32, description="deepest tree")
+    min_child_weight: float = Field(1.0, ge=0, description="least hessian a leaf must hold")
+    subsample: float = Field(1.0, gt=0, le=1, description="share of rows each tree sees")
+    colsample_bytree: float = Field(1.0, gt=0, le=1, description="share of columns each tree sees")
+    reg_lambda: float = Field(1.0, ge=0, description="L2 penalty on leaf weights")
+    early_stopping_rounds: int = Field(
+        20, ge=1, description="rounds without validation-loss improvement before stopping"
+    )
+
+
+class TrainingConfig(_Strict):
+    """Which model family trains, and its hyper-parameters (the top-level ones are the network's, mlp)."""
+
+    model: str = Field(
+        "mlp",
+        description="the family: mlp (the tabular network), gbdt (XGBoost), or your own trainer as module:Class "
+        "(mlsteps.training.api.TabularTrainer)",
+    )
+    candidates: list[str] = Field(
+        default_factory=list,
+        description="families trained in parallel (one pod each) for every run; the best on the holdout's primary "
+        "metric becomes the challenger; empty: model alone",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="passed to your own trainer as context.params")
+    gbdt: GbdtConfig = Field(GbdtConfig(), description="settings of the gbdt family")
+    epochs: int = Field(20, ge=1, le=1000, description="mlp: maximum number of epochs")
+    batch_size: int = Field(512, ge=1, description="mlp: rows per optimisation step")
+    learning_rate: float = Field(2e-3, gt=0, le=1, description="mlp: AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="mlp: AdamW weight decay")
+    hidden_units: list[int] = Field([128, 64], min_length=1, description="mlp: width of each hidden layer")
+    dropout: float = Field(0.1, ge=0, lt=1, description="mlp: dropout after each hidden layer")
+    max_embedding_dim: int = Field(16, ge=1, description="mlp: upper bound of a categorical embedding's width")
+    patience: int = Field(3, ge=1, description="mlp: epochs without validation-loss improvement before stopping")
+    seed: int = Field(42, description="seed for weights, shuffling, sampling and dropout")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA when present")
+
+    @field_validator("model")
+    @classmethod
+    def _known_family(cls, model: str) -> str:
+        return check_family(model)
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_candidates(cls, candidates: list[str]) -> list[str]:
+        for name in candidates:
+            check_family(name)
+        if len(set(candidates)) != len(candidates):
+            raise ValueError(f"candidates {candidates} list a family twice")
+        return candidates
+
+    @property
+    def candidate_families(self) -> list[str]:
+        """The families every run trains: ``candidates``, else ``model`` alone."""
+        return list(self.candidates) or [self.model]
 
 
 class EvaluationConfig(_Strict):
-    """Holdout metrics and the promotion gate."""
+    """Holdout metrics and the promotion gate: one primary metric, a bar to clear, and how much worse than the
+    champion a challenger may be. Checked against the dataset's task when the pipeline config loads."""
 
-    min_roc_auc: float = Field(0.70, ge=0, le=1, description="the challenger's holdout ROC AUC must reach this")
-    max_roc_auc_regression: float = Field(
-        0.01, ge=0, le=1, description="largest ROC AUC drop versus the champion that still promotes"
+    primary_metric: str | None = Field(
+        None, description="the gate's metric (mlsteps.evaluation.tasks.METRICS); default: roc_auc, regression rmse"
+    )
+    threshold: float | None = Field(
+        None,
+        description="the challenger's primary metric must reach this (at least, when higher is better; at most, "
+        "when lower is better); null: no absolute bar",
+    )
+    max_degradation: float = Field(
+        0.01, ge=0, description="largest worsening of the primary metric versus the champion that still promotes"
+    )
+    degradation: Literal["absolute", "relative"] = Field(
+        "absolute", description="max_degradation in the metric's units (absolute) or as a share of the champion's"
     )
     calibration_bins: int = Field(10, ge=2, le=100, description="bins of the expected calibration error")
     slice_min_rows: int = Field(30, ge=1, description="slices with fewer holdout rows are not reported")
@@ -187,7 +304,8 @@ class MinEffectSizes(_Strict):
 
 
 class FeatureDriftConfig(_Strict):
-    """Settings of one feature (or of the score) that replace the global ones; unset fields inherit them."""
+    """Settings of one feature (or of the prediction signals) that replace the global ones; unset fields inherit
+    them."""
 
     method: DriftMethod | None = Field(None, description="method for this feature; unset: chosen by type and size")
     threshold: float | None = Field(None, gt=0, description="threshold of the method; unset: drift.thresholds")
@@ -223,7 +341,11 @@ class DriftConfig(_Strict):
         100_000, ge=1000, description="most values kept per numeric column in the reference profile"
     )
     features: dict[str, FeatureDriftConfig] = Field(default_factory=dict, description="per-feature overrides")
-    score: FeatureDriftConfig = Field(FeatureDriftConfig(), description="settings of the prediction (score) drift")
+    score: FeatureDriftConfig = Field(
+        FeatureDriftConfig(),
+        description="settings of the prediction drift, applied to every prediction signal (probabilities, the "
+        "predicted class or value)",
+    )
 
 
 class MonitoringConfig(_Strict):
@@ -345,6 +467,30 @@ class PipelineConfig(_Strict):
     registry: RegistryConfig
     runtime: dict[str, Any] = Field(default_factory=dict, description="read by the orchestration side only")
 
+    @model_validator(mode="after")
+    def _gate_fits_task(self) -> PipelineConfig:
+        task, evaluation = self.dataset.target.task, self.evaluation
+        try:
+            chosen = metric(task, self.primary_metric)
+        except ValueError as exc:
+            raise ValueError(f"evaluation.primary_metric: {exc}") from None
+        low, high = chosen.bounds or (-math.inf, math.inf)
+        if evaluation.threshold is not None and not low <= evaluation.threshold <= high:
+            raise ValueError(
+                f"evaluation.threshold {evaluation.threshold} is outside the range of {chosen.name} [{low}, {high}]"
+            )
+        if evaluation.degradation == "relative" and evaluation.max_degradation > 1:
+            raise ValueError(
+                f"evaluation.max_degradation {evaluation.max_degradation} is a share with degradation: relative "
+                "(0.05 is 5%): set it at most 1"
+            )
+        return self
+
+    @property
+    def primary_metric(self) -> str:
+        """The gate's metric: ``evaluation.primary_metric``, else the task's default."""
+        return self.evaluation.primary_metric or DEFAULT_PRIMARY_METRIC[self.dataset.target.task]
+
 
 def _format_validation_error(source: str, error: ValidationError) -> str:
     lines = []
@@ -395,8 +541,27 @@ def resolve_config_uri(uri: str | None) -> str:
     return uri or os.environ.get(CONFIG_ENV_VAR) or str(DEFAULT_CONFIG_PATH)
 
 
+def _read_pipeline_yaml(uri: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A pipeline config's mapping, with the config it ``extends`` (relative to it) merged in underneath."""
+    if uri in seen:
+        raise ConfigError(f"{uri}: extends forms a cycle: {' -> '.join([*seen, uri])}")
+    raw = _read_yaml(uri)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{uri}: extends: expected the path of another pipeline config, got {base!r}")
+    base_uri = storage.join(storage.parent(uri), base)
+    parent = _read_pipeline_yaml(base_uri, (*seen, uri))
+    if isinstance(parent.get("dataset"), str) and "dataset" not in raw:
+        # A dataset path is relative to the file that names it.
+        parent["dataset"] = storage.join(storage.parent(base_uri), parent["dataset"])
+    return _deep_merge(parent, raw)
+
+
 def load_pipeline_config(uri: str | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Load the pipeline config and the dataset config it points at, then apply overrides.
+    """Load the pipeline config (and the one it ``extends``, if any) and the dataset config it points at, then apply
+    overrides.
 
     Args:
         uri: pipeline YAML (path or URI); see ``resolve_config_uri``.
@@ -406,7 +571,7 @@ def load_pipeline_config(uri: str | None = None, overrides: dict[str, Any] | Non
         ConfigError: naming the file and the field that is wrong.
     """
     uri = resolve_config_uri(uri)
-    raw = _deep_merge(_read_yaml(uri), overrides or {})
+    raw = _deep_merge(_read_pipeline_yaml(uri), overrides or {})
     dataset_ref = raw.get("dataset")
     if isinstance(dataset_ref, str):
         dataset_uri = storage.join(storage.parent(uri), dataset_ref)

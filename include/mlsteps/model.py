@@ -1,11 +1,16 @@
-"""The tabular network's MLflow model package (the network itself is ``mlsteps.training.mlp``).
+"""The MLflow model package of every family: the fitted preprocessor and the ONNX model, run with ONNX Runtime.
 
-``TabularClassifier`` must stay in this importable module: MLflow pickles the python model by reference, so
-whoever loads the package (evaluation, the model server) imports it from here.
+Whatever trained the model (the network, XGBoost, your own trainer), the train step exported it to ONNX and checked
+the export against the native model, so the package holds exactly what evaluation scores and the server serves.
+Loading it needs ONNX Runtime, numpy and pandas, never torch or XGBoost.
 
-The predict contract (used by evaluation and serving, keep it stable): a DataFrame of raw feature columns in,
-a DataFrame with ``probability`` (float64, positive class) and ``prediction`` (int64, probability >= 0.5) out,
-one row per input row.
+``TabularModel`` must stay in this importable module: MLflow pickles the python model by reference, so whoever loads
+the package (evaluation, scoring, ``mlflow models serve``) imports it from here.
+
+Artifacts: ``preprocessor.json`` (``TabularPreprocessor``), ``model.onnx`` (the contract of
+``mlsteps.evaluation.tasks``: inputs ``numeric`` and ``categories``, output ``probabilities`` or ``prediction``),
+``task.json`` (``TaskInfo``) and ``reference_profile.npz`` (the drift reference). ``predict`` returns the task's
+predict contract (``mlsteps.evaluation.tasks.output_frame``).
 """
 
 from __future__ import annotations
@@ -13,66 +18,57 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
+from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
-import torch
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, Schema
 
 from mlsteps.data.features import TabularPreprocessor
-from mlsteps.training.mlp import TabularNet, load_network, predict_logits, save_network
+from mlsteps.inference import TaskInfo, onnx_session, predict_frame
 
-DECISION_THRESHOLD = 0.5
+if TYPE_CHECKING:
+    import onnx
+
 PREPROCESSOR_ARTIFACT = "preprocessor"
-NETWORK_ARTIFACT = "network"
+ONNX_ARTIFACT = "onnx_model"
+ONNX_FILE = "model.onnx"
+TASK_ARTIFACT = "task"
+TASK_FILE = "task.json"
 # The training data's drift reference (mlsteps.drift), kept in the package so a drift check needs only the model.
 REFERENCE_PROFILE_ARTIFACT = "reference_profile"
 REFERENCE_PROFILE_FILE = "reference_profile.npz"
 # What loading and predicting imports (mlsteps itself travels as code). Listed rather than inferred: inference
-# runs a slow subprocess and misses torch, which mlsteps.model imports.
-RUNTIME_PACKAGES = ("mlflow", "torch", "numpy", "pandas", "cloudpickle")
+# runs a slow subprocess.
+RUNTIME_PACKAGES = ("mlflow", "onnxruntime", "numpy", "pandas", "cloudpickle")
 
 
-def predict_frame(preprocessor: TabularPreprocessor, network: TabularNet, frame: pd.DataFrame) -> pd.DataFrame:
-    """Raw feature rows in, ``probability`` and ``prediction`` out (the model package's predict contract)."""
-    numeric, categories = preprocessor.transform(frame)
-    device = next(network.parameters()).device
-    logits = predict_logits(network, torch.from_numpy(numeric).to(device), torch.from_numpy(categories).to(device))
-    probability = torch.sigmoid(logits).cpu().numpy().astype(np.float64)
-    return pd.DataFrame(
-        {"probability": probability, "prediction": (probability >= DECISION_THRESHOLD).astype(np.int64)},
-        index=frame.index,
-    )
-
-
-class TabularClassifier(mlflow.pyfunc.PythonModel):
-    """The MLflow pyfunc model: the fitted preprocessor and the network, applied to raw feature rows on CPU."""
+class TabularModel(mlflow.pyfunc.PythonModel):
+    """The MLflow pyfunc model: the fitted preprocessor and the ONNX model, applied to raw feature rows."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        """Load the preprocessor JSON and the network file from the package's artifacts."""
-        payload = json.loads(Path(context.artifacts[PREPROCESSOR_ARTIFACT]).read_text())
-        self.preprocessor = TabularPreprocessor.from_dict(payload)
-        self.network = load_network(context.artifacts[NETWORK_ARTIFACT], "cpu")
+        """Read the preprocessor, the task and the ONNX model from the package's artifacts."""
+        self.preprocessor = TabularPreprocessor.from_dict(
+            json.loads(Path(context.artifacts[PREPROCESSOR_ARTIFACT]).read_text())
+        )
+        self.info = TaskInfo.from_dict(json.loads(Path(context.artifacts[TASK_ARTIFACT]).read_text()))
+        self.session = onnx_session(context.artifacts[ONNX_ARTIFACT])
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        """Probability of the positive class and the 0/1 prediction for each raw input row.
+        """The task's predict contract for each raw input row (``mlsteps.evaluation.tasks.output_frame``).
 
         Args:
             context: the MLflow model context (artifacts are loaded in ``load_context``).
             model_input: raw feature columns; nulls and unseen categories are allowed.
             params: unused; accepted for the pyfunc interface.
-
-        Returns:
-            A DataFrame with ``probability`` (float64) and ``prediction`` (int64), indexed like the input.
         """
-        return predict_frame(self.preprocessor, self.network, model_input)
+        return predict_frame(self.preprocessor, self.session, self.info, model_input)
 
 
 def model_signature(example: pd.DataFrame, prediction: pd.DataFrame) -> ModelSignature:
@@ -82,7 +78,7 @@ def model_signature(example: pd.DataFrame, prediction: pd.DataFrame) -> ModelSig
     every column, so all are required, while null values stay allowed in any column.
     """
     with warnings.catch_warnings():
-        # The hint about integer columns and nulls concerns the int64 ``prediction`` output, which is never null.
+        # The hint about integer columns and nulls concerns an integer ``prediction`` output, which is never null.
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
         inferred = infer_signature(example, prediction)
     inputs = Schema([ColSpec(spec.type, spec.name, required=True) for spec in inferred.inputs.inputs])
@@ -90,44 +86,110 @@ def model_signature(example: pd.DataFrame, prediction: pd.DataFrame) -> ModelSig
 
 
 def pinned_requirements() -> list[str]:
-    """The installed versions of the runtime packages, without local labels such as ``+cpu``."""
-    return [f"{package}=={version(package).split('+')[0]}" for package in RUNTIME_PACKAGES]
+    """The installed versions of the runtime packages, without local labels such as ``+cpu``.
+
+    MLflow is pinned as the distribution that provides the module here: full ``mlflow`` where it is installed (the
+    local environment), else ``mlflow-skinny`` (the images), which has all that loading the package needs.
+    """
+    from importlib.metadata import PackageNotFoundError
+
+    pins = []
+    for package in RUNTIME_PACKAGES:
+        try:
+            pins.append(f"{package}=={version(package).split('+')[0]}")
+        except PackageNotFoundError:
+            if package != "mlflow":
+                raise
+            pins.append(f"mlflow-skinny=={version('mlflow-skinny')}")
+    return pins
 
 
 def log_model_package(
-    preprocessor: TabularPreprocessor, network: TabularNet, example: pd.DataFrame, reference_profile: Path
+    preprocessor: TabularPreprocessor,
+    onnx_model: onnx.ModelProto,
+    info: TaskInfo,
+    example: pd.DataFrame,
+    reference_profile: Path,
 ) -> Any:
-    """Log the pyfunc model (preprocessor, network, drift reference, signature, input example) to the active run.
+    """Log the pyfunc model (preprocessor, ONNX model, task, drift reference, signature, input example) to the
+    active run.
 
     The ``mlsteps`` package is bundled as code, so the model also loads where ``mlsteps`` is not installed
     (for example ``mlflow models serve``).
 
     Args:
         preprocessor: the fitted preprocessor.
-        network: the trained network (best weights).
+        onnx_model: the exported model in the ONNX contract, already checked against the native model.
+        info: the task, its classes, the target column and the family.
         example: a few raw feature rows, typed as serving will send them.
-        reference_profile: the saved ``mlsteps.drift`` profile of the training data and the model's scores.
+        reference_profile: the saved ``mlsteps.drift`` profile of the training data and the model's outputs.
 
     Returns:
         MLflow's ``ModelInfo``; its ``model_uri`` loads with ``mlflow.pyfunc.load_model``.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        preprocessor_path = Path(tmp) / "preprocessor.json"
-        preprocessor_path.write_text(json.dumps(preprocessor.to_dict(), indent=2))
+        folder = Path(tmp)
+        (folder / "preprocessor.json").write_text(json.dumps(preprocessor.to_dict(), indent=2))
+        (folder / TASK_FILE).write_text(json.dumps(asdict(info), indent=2))
+        (folder / ONNX_FILE).write_bytes(onnx_model.SerializeToString())
         artifacts = {
-            PREPROCESSOR_ARTIFACT: str(preprocessor_path),
-            NETWORK_ARTIFACT: str(save_network(network, Path(tmp) / "network.pt")),
+            PREPROCESSOR_ARTIFACT: str(folder / "preprocessor.json"),
+            TASK_ARTIFACT: str(folder / TASK_FILE),
+            ONNX_ARTIFACT: str(folder / ONNX_FILE),
             REFERENCE_PROFILE_ARTIFACT: str(reference_profile),
         }
+        session = onnx_session(folder / ONNX_FILE)
         return mlflow.pyfunc.log_model(
             name="model",
-            python_model=TabularClassifier(),
+            python_model=TabularModel(),
             artifacts=artifacts,
             code_paths=[str(Path(__file__).resolve().parent)],
-            signature=model_signature(example, predict_frame(preprocessor, network, example)),
+            signature=model_signature(example, predict_frame(preprocessor, session, info, example)),
             input_example=example,
             pip_requirements=pinned_requirements(),
         )
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A downloaded model package, read into what the serving bundle needs."""
+
+    preprocessor: TabularPreprocessor
+    onnx_path: Path
+    info: TaskInfo
+    example: pd.DataFrame
+    columns: list[tuple[str, str]]  # (name, MLflow type) of each request column, in signature order
+
+
+def read_package(package_dir: Path) -> ModelPackage:
+    """Read a downloaded package folder (``mlflow.artifacts.download_artifacts`` of a model URI).
+
+    Raises:
+        FileNotFoundError: the folder is not a package of this format (it lacks the ONNX model or the task), or it
+            has no signature or input example; retrain to make one.
+    """
+    from mlflow.models import Model
+
+    package = Model.load(str(package_dir))
+    artifacts = package.flavors["python_function"].get("artifacts", {})
+    missing = [name for name in (PREPROCESSOR_ARTIFACT, ONNX_ARTIFACT, TASK_ARTIFACT) if name not in artifacts]
+    example = package.load_input_example(str(package_dir))
+    if missing or package.signature is None or example is None:
+        raise FileNotFoundError(
+            f"model package {package_dir} lacks {missing or 'its signature or input example'}: it was logged by an "
+            "older version of mlsteps; retrain to make a servable package"
+        )
+
+    def path(name: str) -> Path:
+        return package_dir / artifacts[name]["path"]
+
+    return ModelPackage(
+        preprocessor=TabularPreprocessor.from_dict(json.loads(path(PREPROCESSOR_ARTIFACT).read_text())),
+        onnx_path=path(ONNX_ARTIFACT),
+        info=TaskInfo.from_dict(json.loads(path(TASK_ARTIFACT).read_text())),
+        example=example,
+        columns=[(spec.name, spec.type.name) for spec in package.signature.inputs.inputs],
+    )
 
 
 def download_reference_profile(model_uri: str, folder: Path) -> Path:

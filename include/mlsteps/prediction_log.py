@@ -17,8 +17,15 @@ One record per scored row:
 - every feature column as the model received it, under the dataset's column names (raw values: not imputed,
   not scaled). Log the frame the model scored, typed as its signature says (numbers as float64, categories as
   strings), so a column keeps one type across files.
-- ``probability`` (float64), ``prediction`` (int64), ``model_name`` (string), ``model_version`` (int64) and
-  ``scored_at`` (UTC timestamp, microseconds; it decides the partition).
+- the model's outputs, the columns of its task's predict contract (``mlsteps.evaluation.tasks.output_columns``):
+  binary ``probability``, multiclass ``probability_<class>`` per class (float64), and ``prediction``: the class
+  label (int64 when every class label is an integer, else a string) or, for regression, the value (float64).
+  ``output_schema`` gives them; the writer of a model's records needs its ``TaskInfo`` to know them.
+- ``model_name`` (string), ``model_version`` (int64) and ``scored_at`` (UTC timestamp, microseconds; it decides
+  the partition).
+
+Reading is task-agnostic: a window returns every column its files hold. Read one ``model_version`` at a time when
+the versions of a model name predict differently typed labels.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import numpy as np
@@ -45,7 +52,10 @@ import pyarrow.parquet as pq
 
 from mlsteps.data import storage
 from mlsteps.errors import DataError
-from mlsteps.predictions import PREDICTION, PROBABILITY
+from mlsteps.evaluation.tasks import PREDICTION, is_classification, output_columns, probability_columns
+
+if TYPE_CHECKING:
+    from mlsteps.inference import TaskInfo
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +67,10 @@ MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 SCORED_AT = "scored_at"
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
-# The columns every record has besides the features, with their stored types.
+# The columns every record has besides the features and the model's outputs, with their stored types.
 RECORD_SCHEMA = pa.schema(
     [
         (REQUEST_ID, pa.large_string()),
-        (PROBABILITY, pa.float64()),
-        (PREDICTION, pa.int64()),
         (MODEL_NAME, pa.large_string()),
         (MODEL_VERSION, pa.int64()),
         (SCORED_AT, TIMESTAMP_TYPE),
@@ -99,38 +107,82 @@ def _hour_folder(store_uri: str, model_name: str, hour: pd.Timestamp) -> str:
     return storage.join(model_prefix(store_uri, model_name), f"date={hour:%Y-%m-%d}", f"hour={hour:%H}")
 
 
-def check_batch(features: pd.DataFrame, predictions: pd.DataFrame, ids: Sequence[Any] | None = None) -> None:
+def _is_integer_label(label: Any) -> bool:
+    return isinstance(label, int | np.integer) and not isinstance(label, bool | np.bool_)
+
+
+def output_schema(info: TaskInfo) -> pa.Schema:
+    """The model's output columns (its task's predict contract) with the types the log stores them as.
+
+    Probabilities are float64; ``prediction`` is float64 for regression, int64 when every class label is an
+    integer (so 0/1 labels stay numbers) and a string otherwise.
+    """
+    if not is_classification(info.task):
+        label = pa.float64()
+    else:
+        label = pa.int64() if all(map(_is_integer_label, info.classes)) else pa.large_string()
+    probabilities = [pa.field(name, pa.float64()) for name in probability_columns(info.task, info.classes)]
+    return pa.schema([*probabilities, pa.field(PREDICTION, label)])
+
+
+def check_batch(
+    features: pd.DataFrame, predictions: pd.DataFrame, info: TaskInfo, ids: Sequence[Any] | None = None
+) -> None:
     """Check that features, predictions and ids describe the same rows and that the names do not clash.
 
     Raises:
         TypeError: features or predictions is not a DataFrame.
-        ValueError: the row counts differ, a prediction column is missing, or a feature has a record column's name.
+        ValueError: the row counts differ, an output column of the task is missing, or a feature has a record
+            column's name.
     """
     if not isinstance(features, pd.DataFrame) or not isinstance(predictions, pd.DataFrame):
         raise TypeError(
             f"features and predictions must be DataFrames, got {type(features).__name__} and "
             f"{type(predictions).__name__}"
         )
-    missing = [column for column in (PROBABILITY, PREDICTION) if column not in predictions.columns]
-    if missing:
-        raise ValueError(f"predictions lack column(s) {missing}; they have {list(predictions.columns)}")
     counts = {"features": len(features), "predictions": len(predictions)}
     if ids is not None:
         counts["ids"] = len(ids)
-    _check_rows_and_names(counts, features.columns)
+    _check_batch_parts(info, counts, features.columns, predictions.columns)
 
 
-def _check_rows_and_names(counts: dict[str, int], feature_names: Iterable[Any]) -> None:
-    """Every part of a batch has the same number of rows, and no feature takes a record column's name.
+def _check_batch_parts(
+    info: TaskInfo, counts: dict[str, int], feature_names: Iterable[Any], output_names: Iterable[Any]
+) -> None:
+    """The task's outputs are all there, every part of a batch has the same number of rows, and no feature takes
+    a record column's name.
 
     Raises:
-        ValueError: naming the counts or the clashing columns.
+        ValueError: naming the missing outputs, the counts or the clashing columns.
     """
+    expected = output_columns(info.task, info.classes)
+    present = list(output_names)
+    missing = [column for column in expected if column not in present]
+    if missing:
+        raise ValueError(
+            f"predictions lack column(s) {missing} of the {info.task} predict contract; they have {present}"
+        )
     if len(set(counts.values())) > 1:
         raise ValueError(f"row counts differ: {counts}")
-    clashes = sorted(set(map(str, feature_names)) & set(RECORD_SCHEMA.names))
+    reserved = [*RECORD_SCHEMA.names, *expected]
+    clashes = sorted(set(map(str, feature_names)) & set(reserved))
     if clashes:
-        raise ValueError(f"feature column(s) {clashes} clash with prediction log columns {RECORD_SCHEMA.names}")
+        raise ValueError(f"feature column(s) {clashes} clash with prediction log columns {reserved}")
+
+
+def _stored_output(values: Any, field: pa.Field) -> Any:
+    """One output column in its stored type (``output_schema``).
+
+    Raises:
+        ValueError: the values do not have that type (e.g. text labels where the classes are integers).
+    """
+    if pa.types.is_large_string(field.type):
+        return pd.Series(values, copy=False).astype("str").array
+    dtype = np.float64 if pa.types.is_floating(field.type) else np.int64
+    try:
+        return np.asarray(values, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"predictions column {field.name!r} is not {dtype.__name__} ({exc})") from None
 
 
 def _random_ids(rows: int) -> np.ndarray:
@@ -153,6 +205,7 @@ def _storable(values: pd.Series) -> pd.Series:
 def build_records(
     features: pd.DataFrame,
     predictions: pd.DataFrame,
+    info: TaskInfo,
     model_name: str,
     model_version: int,
     scored_at: TimeLike | Sequence[TimeLike] | None = None,
@@ -162,7 +215,8 @@ def build_records(
 
     Args:
         features: the feature rows the model scored (raw values, dataset column names).
-        predictions: the model's output for them: ``probability`` and ``prediction``, one row per feature row.
+        predictions: the model's output for them, its task's predict contract, one row per feature row.
+        info: the model's task and classes (``mlsteps.model.TaskInfo``): which output columns are logged, typed how.
         model_name: registered model name.
         model_version: registered model version.
         scored_at: when the rows were scored: one time for all rows, one per row, or None for now.
@@ -173,9 +227,10 @@ def build_records(
 
     Raises:
         TypeError: features or predictions is not a DataFrame.
-        ValueError: as ``check_batch`` says, or ``scored_at`` is not a date-time or not one time per row.
+        ValueError: as ``check_batch`` says, an output column does not hold its stored type, or ``scored_at`` is
+            not a date-time or not one time per row.
     """
-    check_batch(features, predictions, ids)
+    check_batch(features, predictions, info, ids)
     rows = len(features)
     if scored_at is None or pd.api.types.is_scalar(scored_at):
         at = as_utc(pd.Timestamp.now(tz="UTC") if scored_at is None else scored_at)
@@ -187,8 +242,7 @@ def build_records(
     request_ids = _random_ids(rows) if ids is None else pd.Series(ids).astype("str").array
     columns: dict[str, Any] = {REQUEST_ID: request_ids}
     columns.update({str(name): _storable(values).array for name, values in features.items()})
-    columns[PROBABILITY] = predictions[PROBABILITY].to_numpy(dtype=np.float64)
-    columns[PREDICTION] = predictions[PREDICTION].to_numpy(dtype=np.int64)
+    columns.update({field.name: _stored_output(predictions[field.name], field) for field in output_schema(info)})
     columns[MODEL_NAME] = pd.array(np.full(rows, model_name), dtype="str")
     columns[MODEL_VERSION] = np.full(rows, int(model_version), dtype=np.int64)
     columns[SCORED_AT] = times.as_unit("us").array
@@ -222,6 +276,7 @@ def append(
     store_uri: str,
     features: pd.DataFrame,
     predictions: pd.DataFrame,
+    info: TaskInfo,
     model_name: str,
     model_version: int,
     scored_at: TimeLike | Sequence[TimeLike] | None = None,
@@ -232,7 +287,8 @@ def append(
     Args:
         store_uri: the prediction log's root folder (path or URI).
         features: the feature rows the model scored.
-        predictions: ``probability`` and ``prediction`` per row.
+        predictions: the model's output per row (its task's predict contract).
+        info: the model's task and classes.
         model_name: registered model name.
         model_version: registered model version.
         scored_at: one time for all rows, one per row, or None for now.
@@ -241,7 +297,8 @@ def append(
     Returns:
         The URIs of the new files, one per hour partition touched.
     """
-    return write_records(store_uri, build_records(features, predictions, model_name, model_version, scored_at, ids))
+    records = build_records(features, predictions, info, model_name, model_version, scored_at, ids)
+    return write_records(store_uri, records)
 
 
 def _window_bounds(start: TimeLike, end: TimeLike) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -339,7 +396,8 @@ def read_window(
     except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
         raise DataError(
             f"prediction log files of {model_name!r} in {files[0]} .. {files[-1]} store a column with types that "
-            f"do not merge ({exc}): log each feature with one type (numbers as float64, categories as strings)"
+            f"do not merge ({exc}): log each feature with one type (numbers as float64, categories as strings), and "
+            "read one model_version at a time when versions predict labels of different types"
         ) from None
     logger.info(
         "read %d prediction record(s) of %s scored in [%s, %s) from %d file(s)",
@@ -432,6 +490,7 @@ class PredictionLogWriter:
         store_uri: str,
         model_name: str,
         model_version: int,
+        info: TaskInfo,
         *,
         flush_seconds: float = 10.0,
         flush_rows: int = 5_000,
@@ -443,6 +502,7 @@ class PredictionLogWriter:
             store_uri: the prediction log's root folder (path or URI).
             model_name: registered model name of the served model.
             model_version: its version.
+            info: its task and classes (``mlsteps.model.TaskInfo``), which decide the logged output columns.
             flush_seconds: longest time a row waits in the buffer.
             flush_rows: write as soon as this many rows are queued.
             max_pending_rows: most rows held in memory; more are dropped.
@@ -457,6 +517,7 @@ class PredictionLogWriter:
         self.store_uri = store_uri
         self.model_name = model_name
         self.model_version = int(model_version)
+        self.info = info
         self.flush_seconds = flush_seconds
         self.flush_rows = flush_rows
         self.max_pending_rows = max_pending_rows
@@ -489,7 +550,7 @@ class PredictionLogWriter:
 
         Args:
             features: the feature rows the model scored.
-            predictions: its ``probability`` and ``prediction`` per row.
+            predictions: its output per row (the task's predict contract).
             ids: request ids, one per row; None generates random ids.
 
         Returns:
@@ -497,37 +558,35 @@ class PredictionLogWriter:
         """
         rows = len(features) if isinstance(features, pd.DataFrame) else 0
         try:
-            check_batch(features, predictions, ids)
+            check_batch(features, predictions, self.info, ids)
         except (TypeError, ValueError) as exc:
             return self._refuse(rows, exc)
         return self._queue(_PendingBatch(features, predictions, ids, _utc_now(), rows))
 
     def log_columns(
-        self,
-        features: Mapping[str, np.ndarray],
-        probability: np.ndarray,
-        prediction: np.ndarray,
-        ids: Sequence[Any] | None = None,
+        self, features: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], ids: Sequence[Any] | None = None
     ) -> bool:
         """``log`` for a server's hot path: queue column arrays; the DataFrames are built in the writer thread.
 
         Args:
             features: feature name -> the values the model scored (one array per column, one value per row).
-            probability: the positive-class probability per row.
-            prediction: the 0/1 prediction per row.
+            outputs: predict-contract column name -> the model's output per row (e.g. ``probability`` and
+                ``prediction`` of a binary model); columns beyond the task's are not logged.
             ids: request ids, one per row; None generates random ids.
 
         Returns:
             Whether the batch was queued (False: dropped or invalid, and counted).
         """
-        rows = len(probability)
+        rows = len(outputs[PREDICTION]) if PREDICTION in outputs else 0
         counts = {f"feature {name}": len(values) for name, values in features.items()}
-        counts |= {PROBABILITY: rows, PREDICTION: len(prediction)} | ({} if ids is None else {"ids": len(ids)})
+        counts |= {name: len(values) for name, values in outputs.items()}
+        counts |= {} if ids is None else {"ids": len(ids)}
         try:
-            _check_rows_and_names(counts, features)
+            _check_batch_parts(self.info, counts, features, outputs)
         except ValueError as exc:
             return self._refuse(rows, exc)
-        predictions = {PROBABILITY: probability, PREDICTION: prediction}
+        # Only the task's columns, so that every queued mapping has the same keys when the batches are joined.
+        predictions = {name: outputs[name] for name in output_columns(self.info.task, self.info.classes)}
         return self._queue(_PendingBatch(features, predictions, ids, _utc_now(), rows))
 
     def _refuse(self, rows: int, reason: Exception) -> bool:
@@ -594,6 +653,7 @@ class PredictionLogWriter:
                 self.store_uri,
                 _concat([batch.features for batch in batches]),
                 _concat([batch.predictions for batch in batches]),
+                self.info,
                 self.model_name,
                 self.model_version,
                 scored_at=np.repeat(

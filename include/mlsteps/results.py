@@ -38,6 +38,12 @@ def monitor_state(artifact_root: str, model_name: str) -> str:
     return storage.join(artifact_root, "monitor", safe_name(model_name), "state.json")
 
 
+def candidate_step(family: str) -> str:
+    """Where the train step writes for one candidate family (``train/mlp``, ``train/gbdt``, ``train/my.module-Cls``):
+    candidates trained in parallel for one run never share a folder, and evaluate finds each by its family."""
+    return f"train/{safe_name(family)}"
+
+
 def step_dir(root: str, step: str) -> str:
     """The folder a step writes into for one run."""
     return storage.join(root, step)

@@ -1,14 +1,16 @@
-"""The serving bundle: what the model server needs of a model version, without torch or the MLflow package.
+"""The serving bundle: what the model server needs of a model version, without MLflow's model package.
 
 At registration each version gets a folder beside its training run's artifacts (``serving_bundle/v<version>``):
 
-- ``model.onnx``: the network exported with torch.onnx; inputs ``numeric`` (float32, rows x numeric columns) and
-  ``categories`` (int64, rows x categorical columns), output ``logit`` (float32, rows);
+- ``model.onnx``: the package's ONNX model, copied as training exported and checked it (the contract of
+  ``mlsteps.evaluation.tasks``: inputs ``numeric`` and ``categories``, output ``probabilities`` or ``prediction``);
 - ``preprocessor.json``: the fitted ``TabularPreprocessor`` that turns raw rows into those inputs;
+- ``task.json``: the ``TaskInfo`` (task, classes, target, family), which decides the server's outputs;
 - ``signature.json``: the request columns in order, with their MLflow types;
-- ``smoke.json``: a few raw rows and the probabilities the trained model gave them, the expected outputs of every
-  smoke test (the server's own load check and the deploy step's check through the Service);
-- ``manifest.json``: format, model name and version, decision threshold and the sha256 of every other file.
+- ``smoke.json``: a few raw rows and the ONNX model's raw outputs on them (per row the class probabilities, or the
+  predicted value), the expected outputs of every smoke test (the server's own load check and the deploy step's
+  check through the Service);
+- ``manifest.json``: format, model name and version, task and classes, and the sha256 of every other file.
 
 The version's tags name the folder (``serving_bundle_uri``) and the sha256 of ``manifest.json``
 (``serving_bundle_sha256``), so a server verifies every byte it loads against what registration recorded.
@@ -19,8 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -31,26 +35,25 @@ import pandas as pd
 from mlsteps import registry
 from mlsteps.data.features import TabularPreprocessor
 from mlsteps.errors import StepError
+from mlsteps.evaluation.tasks import is_classification
+from mlsteps.inference import TaskInfo, onnx_session, predict_raw
 
 BUNDLE_URI_TAG = "serving_bundle_uri"
 BUNDLE_SHA256_TAG = "serving_bundle_sha256"
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 ONNX_FILE = "model.onnx"
 PREPROCESSOR_FILE = "preprocessor.json"
+TASK_FILE = "task.json"
 SIGNATURE_FILE = "signature.json"
 SMOKE_FILE = "smoke.json"
 MANIFEST_FILE = "manifest.json"
-ONNX_INPUTS = ("numeric", "categories")
-ONNX_OUTPUT = "logit"
-# ONNX Runtime and torch differ by float rounding only; more means the export changed the model.
-PARITY_TOLERANCE = 1e-5
 # Rows of the input example kept as smoke inputs, plus one row of nulls and one of unseen categories.
 SMOKE_EXAMPLE_ROWS = 8
 UNSEEN_CATEGORY = "__unseen__"
 
 
 class BundleError(StepError):
-    """A serving bundle is missing, incomplete or does not match its recorded checksums."""
+    """A serving bundle is missing, incomplete, of an older format or does not match its recorded checksums."""
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,9 @@ class ServingBundle:
     columns: list[ColumnSpec]
     preprocessor: TabularPreprocessor
     onnx_path: Path
-    decision_threshold: float
+    info: TaskInfo
     smoke_inputs: list[dict[str, Any]]
-    smoke_probability: list[float]
+    smoke_outputs: np.ndarray  # the ONNX model's raw output on smoke_inputs (float64; see predict_raw)
     sha256: str
 
 
@@ -107,43 +110,6 @@ def _package_versions(*packages: str) -> dict[str, str]:
     return found
 
 
-def _export_onnx(network: Any, numeric: np.ndarray, categories: np.ndarray, path: Path) -> None:
-    """Export the network with the torch.export-based exporter, rows as a dynamic dimension."""
-    import logging
-    import warnings
-
-    import torch
-
-    rows = torch.export.Dim("rows")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter notes (deprecations inside torch, optional torchvision ops)
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        program = torch.onnx.export(
-            network.cpu().eval(),
-            (torch.from_numpy(numeric), torch.from_numpy(categories)),
-            input_names=list(ONNX_INPUTS),
-            output_names=[ONNX_OUTPUT],
-            dynamic_shapes=({0: rows}, {0: rows}),
-            dynamo=True,
-            verbose=False,
-        )
-    program.save(str(path))
-
-
-def probability_of(logits: np.ndarray) -> np.ndarray:
-    """Positive-class probabilities (float64, one per row) from the exported model's ``logit`` output."""
-    return 1.0 / (1.0 + np.exp(-logits.reshape(-1).astype(np.float64)))
-
-
-def onnx_probability(onnx_path: Path, numeric: np.ndarray, categories: np.ndarray) -> np.ndarray:
-    """Positive-class probabilities (float64) from the exported model, as the server computes them."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (logits,) = session.run([ONNX_OUTPUT], dict(zip(ONNX_INPUTS, (numeric, categories), strict=True)))
-    return probability_of(logits)
-
-
 def smoke_frame(example: pd.DataFrame, preprocessor: TabularPreprocessor) -> pd.DataFrame:
     """Smoke rows: the first input-example rows, one row of nulls and one of unseen categories."""
     rows = example.head(SMOKE_EXAMPLE_ROWS).reset_index(drop=True)
@@ -154,119 +120,108 @@ def smoke_frame(example: pd.DataFrame, preprocessor: TabularPreprocessor) -> pd.
     return pd.concat([rows.astype(object), nulls, unseen], ignore_index=True)
 
 
-def write_bundle(
+def smoke_differences(task: str, actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Per row, how far outputs are from the smoke outputs (both raw, as ``predict_raw`` returns them).
+
+    Classification: the largest absolute difference over the row's class probabilities. Regression: the absolute
+    difference relative to the expected value, or absolute where that value is below 1 in size (so that a value
+    near zero does not make any rounding look large). A missing or non-finite output is infinitely far.
+    """
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    gaps = np.abs(actual - expected)
+    if is_classification(task):
+        gaps = gaps.reshape(len(gaps), -1).max(axis=1, initial=0.0)
+    else:
+        gaps = gaps / np.maximum(np.abs(expected), 1.0)
+    return np.nan_to_num(gaps, nan=np.inf)
+
+
+def describe_difference(task: str) -> str:
+    """What ``smoke_differences`` measures, for messages and reports."""
+    return "absolute probability difference" if is_classification(task) else "relative prediction difference"
+
+
+def values_text(values: Any) -> str:
+    """One row's output for a message: a number, or a list of probabilities."""
+    array = np.asarray(values, dtype=np.float64)
+    return f"{float(array):.6g}" if array.ndim == 0 else "[" + ", ".join(f"{v:.6f}" for v in array.tolist()) + "]"
+
+
+def write_bundle_from_parts(
     out_dir: Path,
     *,
-    network: Any,
+    onnx_model_path: Path,
     preprocessor: TabularPreprocessor,
-    columns: list[ColumnSpec],
-    smoke_rows: pd.DataFrame,
-    expected_probability: np.ndarray,
+    info: TaskInfo,
+    columns: Sequence[ColumnSpec],
+    example: pd.DataFrame,
     model_name: str,
     model_version: int,
     source_model_uri: str,
-    decision_threshold: float,
 ) -> str:
-    """Write a bundle folder and return the sha256 of its manifest.
+    """Write a bundle folder from an ONNX model file and what the package says about it; return the manifest's sha256.
 
-    ``expected_probability`` is what the trained model gave ``smoke_rows``; export checks that the ONNX model
-    reproduces it (callers pass the torch model's output, so the bundle is known to be faithful).
+    The smoke outputs are the ONNX model's own raw outputs on the smoke rows (``smoke_frame`` of ``example``),
+    computed with ONNX Runtime as the server computes them. Training already checked the ONNX model against the
+    native one, so the bundle needs no check of its own here.
 
     Raises:
-        BundleError: the exported model's probabilities differ from the expected ones or are not finite.
+        BundleError: the model's outputs on the smoke rows are not finite (it could never pass a smoke test).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    numeric, categories = preprocessor.transform(smoke_rows)
-    onnx_path = out_dir / ONNX_FILE
-    _export_onnx(network, numeric, categories, onnx_path)
-    exported = onnx_probability(onnx_path, numeric, categories)
-    gap = float(np.max(np.abs(exported - expected_probability), initial=0.0))
-    if not np.all(np.isfinite(exported)) or gap > PARITY_TOLERANCE:
+    shutil.copyfile(onnx_model_path, out_dir / ONNX_FILE)
+    rows = smoke_frame(example, preprocessor)
+    numeric, categories = preprocessor.transform(rows)
+    outputs = predict_raw(onnx_session(out_dir / ONNX_FILE), numeric, categories, info.task)
+    if not np.all(np.isfinite(outputs)):
         raise BundleError(
-            f"the ONNX export of {model_name} v{model_version} does not reproduce the trained model on the smoke rows "
-            f"(largest probability difference {gap:.3g}, tolerance {PARITY_TOLERANCE}, finite: "
-            f"{bool(np.all(np.isfinite(exported)))}); the model was not made servable"
+            f"the ONNX model of {model_name} v{model_version} ({source_model_uri}) gives non-finite outputs on the "
+            "smoke rows (the input example, a row of nulls, a row of unseen categories): retrain the model"
         )
     (out_dir / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor.to_dict(), indent=1))
-    (out_dir / SIGNATURE_FILE).write_text(json.dumps([{"name": c.name, "type": c.type} for c in columns], indent=1))
-    smoke = {"inputs": json_rows(smoke_rows), "probability": [float(p) for p in expected_probability]}
-    (out_dir / SMOKE_FILE).write_text(json.dumps(smoke, indent=1))
-    files = (ONNX_FILE, PREPROCESSOR_FILE, SIGNATURE_FILE, SMOKE_FILE)
+    (out_dir / TASK_FILE).write_text(json.dumps(asdict(info), indent=1))
+    (out_dir / SIGNATURE_FILE).write_text(json.dumps([asdict(column) for column in columns], indent=1))
+    (out_dir / SMOKE_FILE).write_text(json.dumps({"inputs": json_rows(rows), "outputs": outputs.tolist()}, indent=1))
+    files = (ONNX_FILE, PREPROCESSOR_FILE, TASK_FILE, SIGNATURE_FILE, SMOKE_FILE)
     manifest = {
         "format": BUNDLE_FORMAT,
         "model_name": model_name,
         "model_version": int(model_version),
         "source_model_uri": source_model_uri,
-        "decision_threshold": decision_threshold,
+        "task": info.task,
+        "classes": info.classes,
         "files": {name: sha256_of(out_dir / name) for name in files},
-        "exported_with": _package_versions("torch", "onnx", "onnxscript", "onnxruntime", "mlflow"),
+        "written_with": _package_versions("onnxruntime", "mlflow", "mlflow-skinny"),
     }
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return sha256_of(out_dir / MANIFEST_FILE)
 
 
 def export_bundle(package_dir: Path, out_dir: Path, model_name: str, model_version: int, source_model_uri: str) -> str:
-    """Make the bundle of a downloaded MLflow model package (``mlsteps.model``'s pyfunc layout).
+    """Make the bundle of a downloaded MLflow model package (``mlsteps.model``'s layout): its ONNX model is copied.
 
     Returns:
         The sha256 of the bundle's manifest.
+
+    Raises:
+        BundleError: the package is of an older layout (no ONNX model, task, signature or input example).
     """
-    from mlflow.models import Model
+    from mlsteps.model import read_package
 
-    from mlsteps.model import NETWORK_ARTIFACT, PREPROCESSOR_ARTIFACT
-    from mlsteps.training.mlp import load_network
-
-    package = Model.load(str(package_dir))
-    artifacts = package.flavors["python_function"]["artifacts"]
-    preprocessor = TabularPreprocessor.from_dict(
-        json.loads((package_dir / artifacts[PREPROCESSOR_ARTIFACT]["path"]).read_text())
-    )
-    network = load_network(package_dir / artifacts[NETWORK_ARTIFACT]["path"], "cpu")
-    example = package.load_input_example(str(package_dir))
-    if package.signature is None or example is None:
-        raise BundleError(f"model package {source_model_uri} has no signature or input example; retrain to add them")
-    return bundle_from_model(
+    try:
+        package = read_package(package_dir)
+    except FileNotFoundError as exc:
+        raise BundleError(f"cannot make a serving bundle of {source_model_uri}: {exc}") from None
+    return write_bundle_from_parts(
         out_dir,
-        network=network,
-        preprocessor=preprocessor,
-        columns=[ColumnSpec(spec.name, spec.type.name) for spec in package.signature.inputs.inputs],
-        example=example,
+        onnx_model_path=package.onnx_path,
+        preprocessor=package.preprocessor,
+        info=package.info,
+        columns=[ColumnSpec(name, mlflow_type) for name, mlflow_type in package.columns],
+        example=package.example,
         model_name=model_name,
         model_version=model_version,
         source_model_uri=source_model_uri,
-    )
-
-
-def bundle_from_model(
-    out_dir: Path,
-    *,
-    network: Any,
-    preprocessor: TabularPreprocessor,
-    columns: list[ColumnSpec],
-    example: pd.DataFrame,
-    model_name: str,
-    model_version: int,
-    source_model_uri: str,
-) -> str:
-    """Write the bundle of a trained network: smoke rows from ``example``, expected outputs from the network itself.
-
-    Returns:
-        The sha256 of the bundle's manifest.
-    """
-    from mlsteps.model import DECISION_THRESHOLD, predict_frame
-
-    rows = smoke_frame(example, preprocessor)
-    return write_bundle(
-        out_dir,
-        network=network,
-        preprocessor=preprocessor,
-        columns=columns,
-        smoke_rows=rows,
-        expected_probability=predict_frame(preprocessor, network, rows)["probability"].to_numpy(dtype=np.float64),
-        model_name=model_name,
-        model_version=model_version,
-        source_model_uri=source_model_uri,
-        decision_threshold=DECISION_THRESHOLD,
     )
 
 
@@ -288,7 +243,8 @@ def read_bundle(folder: Path, expected_sha256: str | None = None) -> ServingBund
             manifest only.
 
     Raises:
-        BundleError: a file is missing or unreadable, or a checksum differs (naming the file).
+        BundleError: a file is missing or unreadable, a checksum differs (naming the file), or the bundle is of
+            another format (format 1: a binary torch export, made before models were exported to ONNX at training).
     """
     folder = Path(folder)
     if not (folder / MANIFEST_FILE).is_file():
@@ -300,9 +256,13 @@ def read_bundle(folder: Path, expected_sha256: str | None = None) -> ServingBund
             "the bundle was changed after registration; do not serve it"
         )
     manifest = _read_json(folder, MANIFEST_FILE)
-    if manifest.get("format") != BUNDLE_FORMAT:
+    found = manifest.get("format")
+    if found != BUNDLE_FORMAT:
+        who = f"{manifest.get('model_name', 'the model')} v{manifest.get('model_version', '?')}"
         raise BundleError(
-            f"serving bundle {folder} has format {manifest.get('format')}, this server reads format {BUNDLE_FORMAT}"
+            f"serving bundle {folder} of {who} has format {found}, this server reads format {BUNDLE_FORMAT} only "
+            "(the ONNX model exported at training, any task): a bundle cannot be converted, so retrain the model "
+            "and register the new version (the train and register steps make a format-2 bundle)"
         )
     for name, recorded in manifest["files"].items():
         if not (folder / name).is_file():
@@ -317,9 +277,9 @@ def read_bundle(folder: Path, expected_sha256: str | None = None) -> ServingBund
         columns=[ColumnSpec(**column) for column in _read_json(folder, SIGNATURE_FILE)],
         preprocessor=TabularPreprocessor.from_dict(_read_json(folder, PREPROCESSOR_FILE)),
         onnx_path=folder / ONNX_FILE,
-        decision_threshold=float(manifest["decision_threshold"]),
+        info=TaskInfo.from_dict(_read_json(folder, TASK_FILE)),
         smoke_inputs=smoke["inputs"],
-        smoke_probability=[float(p) for p in smoke["probability"]],
+        smoke_outputs=np.asarray(smoke["outputs"], dtype=np.float64),
         sha256=actual,
     )
 
@@ -358,7 +318,7 @@ def upload_bundle(client: Any, model_name: str, model_version: int, run_id: str,
 
 
 def publish_bundle(client: Any, model_name: str, model_version: int, source_model_uri: str, run_id: str) -> str:
-    """Export and upload the bundle of a registered version, once: a version that has one keeps it.
+    """Make and upload the bundle of a registered version, once: a version that has one keeps it.
 
     Returns:
         The sha256 of the bundle's manifest.

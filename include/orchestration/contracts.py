@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+# ml_retrain: the task listing the candidate families, one mapped train task each
+CANDIDATES_TASK = "candidates"
 # ml_retrain: the gate's branches
 PROMOTE_TASK = "promote"
 REJECT_TASK = "reject"

@@ -111,7 +111,8 @@ def ensure_dataset(settings: Settings, rows: int, seed: int) -> None:
 
     if storage.is_s3(settings.dataset_uri) or storage.exists(settings.dataset_uri):
         return
-    print(f"generating the built-in churn dataset ({rows} rows) at {settings.dataset_uri}", flush=True)
+    task = settings.pipeline.dataset.target.task
+    print(f"generating the built-in {task} dataset ({rows} rows) at {settings.dataset_uri}", flush=True)
     subprocess.run(
         [
             sys.executable,
@@ -124,6 +125,8 @@ def ensure_dataset(settings: Settings, rows: int, seed: int) -> None:
             str(rows),
             "--seed",
             str(seed),
+            "--task",
+            task,
         ],
         check=True,
         stdout=subprocess.DEVNULL,

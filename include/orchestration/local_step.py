@@ -31,25 +31,34 @@ class LocalStepOperator(BaseOperator):
         cmds: the container entrypoint, e.g. ``["python", "-m", "mlsteps", "train"]``.
         arguments: the container arguments (templated).
         env_vars: environment of the step (templated), identical to the pod's.
+        extra_arguments: appended to the rendered arguments as they are; what a mapped task expands over.
     """
 
     template_fields: Sequence[str] = ("arguments", "env_vars")
     ui_color = "#e8f4fd"
 
     def __init__(
-        self, *, step: str, cmds: list[str], arguments: list[str], env_vars: dict[str, str], **kwargs: Any
+        self,
+        *,
+        step: str,
+        cmds: list[str],
+        arguments: list[str],
+        env_vars: dict[str, str],
+        extra_arguments: list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.step = step
         self.cmds = cmds
         self.arguments = arguments
+        self.extra_arguments = list(extra_arguments or [])
         self.env_vars = env_vars
         self._process: subprocess.Popen[str] | None = None
 
     def command(self) -> list[str]:
         """The argv that runs: the container command with ``python`` mapped to this interpreter."""
         head = [sys.executable if self.cmds[0] == "python" else self.cmds[0], *self.cmds[1:]]
-        return [*head, *(str(a) for a in self.arguments)]
+        return [*head, *(str(a) for a in [*self.arguments, *self.extra_arguments])]
 
     def execute(self, context: Any) -> None:
         """Run the step, stream its output, and translate its exit code.

@@ -29,14 +29,24 @@ class StepPodOperator(KubernetesPodOperator):
 
     Args:
         step: the step the container runs (``python -m mlsteps <step>``), named in failure messages.
+        extra_arguments: appended to the (templated) ``arguments`` as they are; what a mapped task expands over,
+            e.g. ``["--model", "gbdt"]`` for one candidate of the train step.
         kwargs: the provider's ``KubernetesPodOperator`` arguments.
     """
 
     _start_diagnosis: PodDiagnosis | None = None
 
-    def __init__(self, *, step: str, **kwargs: Any) -> None:
+    def __init__(self, *, step: str, extra_arguments: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.step = step
+        self.extra_arguments = list(extra_arguments or [])
+
+    def build_pod_request_obj(self, context: Context | None = None, **kwargs: Any) -> k8s.V1Pod:
+        """The provider's pod, with ``extra_arguments`` after the container's rendered arguments."""
+        pod = super().build_pod_request_obj(context, **kwargs)
+        container = pod.spec.containers[0]
+        container.args = [*(container.args or []), *self.extra_arguments]
+        return pod
 
     def await_pod_start(self, pod: k8s.V1Pod) -> None:
         """Wait as the provider does; when the pod fails to start or times out, raise its diagnosis instead.

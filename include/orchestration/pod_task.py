@@ -45,19 +45,24 @@ def pod_task(
     args: list[str] | None = None,
     task_id: str | None = None,
     settings: Settings | None = None,
+    expand_over: Any = None,
     **operator_kwargs: Any,
-) -> BaseOperator:
-    """Build the task that runs one step.
+) -> Any:
+    """Build the task that runs one step, or one mapped task instance per element of ``expand_over``.
 
     Args:
         step: the step name (``python -m mlsteps <step>``); also the default task_id.
         args: extra CLI arguments; Jinja templates such as ``{{ params.epochs }}`` are rendered per run.
         task_id: task id when one step appears twice in a DAG.
         settings: settings to use instead of this process's (tests render both runtimes with it).
+        expand_over: a list (or an upstream task's output listing) of argument lists; each becomes one mapped
+            task instance (Airflow dynamic task mapping) whose command ends with that list, e.g. one train pod per
+            candidate family. The lists are used as they are, not rendered.
         operator_kwargs: passed on to the operator (``outlets``, ``trigger_rule``, ...).
 
     Returns:
-        A ``StepPodOperator`` (runtime ``kubernetes``) or a ``LocalStepOperator`` (runtime ``local``).
+        A ``StepPodOperator`` (runtime ``kubernetes``) or a ``LocalStepOperator`` (runtime ``local``); mapped over
+        ``expand_over`` when given.
     """
     settings = settings or get_settings()
     limits = settings.step(step)
@@ -78,9 +83,13 @@ def pod_task(
     if settings.runtime.mode == "local":
         from orchestration.local_step import LocalStepOperator
 
-        return LocalStepOperator(**common)
+        operator: type[BaseOperator] = LocalStepOperator
+        kwargs = common
+    else:
+        from orchestration.pod_operator import StepPodOperator
+        from orchestration.pod_spec import pod_operator_kwargs
 
-    from orchestration.pod_operator import StepPodOperator
-    from orchestration.pod_spec import pod_operator_kwargs
-
-    return StepPodOperator(**{**common, **pod_operator_kwargs(step, settings, common)})
+        operator, kwargs = StepPodOperator, {**common, **pod_operator_kwargs(step, settings, common)}
+    if expand_over is None:
+        return operator(**kwargs)
+    return operator.partial(**kwargs).expand(extra_arguments=expand_over)

@@ -67,11 +67,15 @@ def _example_context(dag: Any, task: Any) -> dict[str, Any]:
 def render_pods(dags_folder: Path = DAGS_FOLDER) -> dict[str, dict[str, dict]]:
     """The pod of every KubernetesPodOperator task, as Kubernetes JSON objects by DAG id and task id.
 
+    A mapped task (the train step, one pod per candidate family) is rendered once, without the arguments each
+    mapped instance adds (``--model <family>``): every instance's pod is that pod with them.
+
     Raises:
         ConfigError: a DAG file does not import (the message names the file).
     """
     from airflow.dag_processing.dagbag import DagBag
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
     from kubernetes.client import ApiClient
 
     dagbag = DagBag(str(dags_folder))
@@ -80,7 +84,9 @@ def render_pods(dags_folder: Path = DAGS_FOLDER) -> dict[str, dict[str, dict]]:
     serializer = ApiClient()
     pods: dict[str, dict[str, dict]] = {}
     for dag_id, dag in sorted(dagbag.dags.items()):
-        for task in dag.tasks:
+        for node in dag.tasks:
+            mapped_pods = isinstance(node, MappedOperator) and issubclass(node.operator_class, KubernetesPodOperator)
+            task = node.unmap({"extra_arguments": []}) if mapped_pods else node
             if isinstance(task, KubernetesPodOperator):
                 context = _example_context(dag, task)
                 task.render_template_fields(context)

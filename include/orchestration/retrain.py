@@ -9,6 +9,8 @@ import logging
 from typing import Any
 
 from mlsteps import results
+from mlsteps.config import FAMILIES, TrainingConfig
+from mlsteps.evaluation.tasks import METRICS
 from orchestration.contracts import PROMOTE_TASK, REJECT_TASK, DriftAlertExtra
 from orchestration.failures import failure_summary, outcome_lines, unexplained_failure
 
@@ -99,11 +101,19 @@ def summarize(run_root: str, run_id: str) -> dict[str, Any]:
     }
 
 
+def model_families(training: TrainingConfig) -> list[str]:
+    """The families a run may choose: the built-in ones, and the configured own trainers."""
+    return list(dict.fromkeys([*FAMILIES, training.model, *training.candidates]))
+
+
+# Every task's metrics in one order, for the summary's metric lines.
+_METRIC_NAMES = list(dict.fromkeys(name for metrics in METRICS.values() for name in metrics))
+
+
 def _metric_line(name: str, metrics: dict[str, Any] | None) -> str:
     if not metrics:
         return f"  {name:<11} none"
-    keys = ("roc_auc", "log_loss", "accuracy", "brier", "ece")
-    parts = [f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), int | float)]
+    parts = [f"{k}={metrics[k]:.4f}" for k in _METRIC_NAMES if isinstance(metrics.get(k), int | float)]
     return f"  {name:<11} " + "  ".join(parts)
 
 

@@ -328,7 +328,8 @@ def load_settings(config_uri: str | None = None) -> Settings:
     runtime = runtime.model_copy(update={"mode": mode})
     state_dir = Path(os.environ.get("ML_STATE_DIR", PROJECT_ROOT / ".local")).resolve()
     artifact_root = os.environ.get("ML_ARTIFACT_ROOT") or runtime.artifact_root or str(state_dir / "artifacts")
-    dataset_uri = os.environ.get("ML_DATASET_URI") or runtime.dataset_uri or str(state_dir / "datasets" / "churn.csv")
+    default_dataset = state_dir / "datasets" / f"{pipeline.dataset.name}.csv"
+    dataset_uri = os.environ.get("ML_DATASET_URI") or runtime.dataset_uri or str(default_dataset)
     tracking_uri = (
         os.environ.get("MLFLOW_TRACKING_URI")
         or runtime.mlflow_tracking_uri

@@ -57,7 +57,17 @@ def test_params_have_descriptions_and_defaults_that_validate(dagbag: DagBag) -> 
 
 
 BAD_PARAMS = {
-    "ml_retrain": [("epochs", 0), ("learning_rate", 0), ("min_roc_auc", 1.5), ("dataset_uri", "data.txt")],
+    "ml_retrain": [
+        ("epochs", 0),
+        ("learning_rate", 0),
+        ("primary_metric", "rmse"),
+        ("degradation", "percent"),
+        ("candidates", ["forest"]),
+        ("candidates", []),
+        ("candidates", ["gbdt", "gbdt"]),
+        ("threshold", "high"),
+        ("dataset_uri", "data.txt"),
+    ],
     "ml_deploy": [
         ("model", "latest"),
         ("model", "0"),
@@ -95,7 +105,8 @@ def test_ml_retrain_structure(dagbag: DagBag) -> None:
     assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == {
         "snapshot": {"validate"},
         "validate": {"preprocess"},
-        "preprocess": {"train"},
+        "preprocess": {"candidates"},
+        "candidates": {"train"},
         "train": {"evaluate"},
         "evaluate": {"register"},
         "register": {"gate"},
@@ -105,6 +116,8 @@ def test_ml_retrain_structure(dagbag: DagBag) -> None:
         "summary": set(),
     }
     assert [a.name for a in dag.task_dict["promote"].outlets] == ["model_promoted"]
+    # One train task instance per candidate family (dynamic task mapping), each adding --model <family>.
+    assert dag.task_dict["train"].expand_input.value["extra_arguments"].operator.task_id == "candidates"
 
 
 def test_every_dag_ends_in_a_summary_that_runs_whatever_happened_and_every_task_records_its_failure(

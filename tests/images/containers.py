@@ -6,7 +6,9 @@ and the pods run with ``readOnlyRootFilesystem``. So ``ReadOnlyContainer`` mount
 runs each command in its own mount, PID and network namespaces (``unshare``): the image's root remounted read-only, a
 host folder on /tmp (the pods' emptyDir), /proc and /dev, then ``chroot`` as UID/GID 10001 with the image's
 environment and working directory. No network but the namespace's own loopback (where the model server and its
-clients meet): a step that reaches out at run time fails here.
+clients meet): a step that reaches out at run time fails here. A sidecar, a host command started in the same
+namespaces before the image's command, shares that loopback as a pod's containers share theirs (the MLflow server
+that the model server loads from).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,11 +40,13 @@ TOOL_PACKAGES = {
 }
 
 # Namespaced, so nothing leaks to the host: the root read-only, the emptyDir stand-in on /tmp, then the image's user.
-# A new network namespace starts with its loopback down; up, it reaches nothing outside the namespace.
+# A new network namespace starts with its loopback down; up, it reaches nothing outside the namespace. The sidecar, if
+# any, runs on the host's files; it ends with the PID namespace, when the image's command exits.
 _READ_ONLY_ROOT = """set -eu
-root=$1 tmp=$2 user=$3
-shift 3
+root=$1 tmp=$2 user=$3 sidecar=$4 sidecar_log=$5
+shift 5
 ip link set lo up
+if [ -n "$sidecar" ]; then sh -c "$sidecar" >"$sidecar_log" 2>&1 & fi
 mount --bind "$root" "$root"
 mount -o remount,bind,ro "$root"
 mount --bind "$tmp" "$root/tmp"
@@ -109,18 +114,30 @@ class ReadOnlyContainer:
         self.config = config
         self.tmp = tmp
 
-    def run(self, command: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a command with the image's environment plus ``env``, in its working directory."""
+    def run(
+        self, command: Sequence[str], env: dict[str, str] | None = None, sidecar: Sequence[str] = ()
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command with the image's environment plus ``env``, in its working directory.
+
+        ``sidecar``: a host command to start first in the same namespaces, as root; its output goes to
+        ``sidecar_log``.
+        """
         environment = [*self.config.get("Env", []), *(f"{name}={value}" for name, value in (env or {}).items())]
         workdir = self.config.get("WorkingDir") or "/"
         inside = ["/usr/bin/env", "-i", f"--chdir={workdir}", *environment, *command]
         namespaces = ["unshare", "--mount", "--pid", "--fork", "--net"]
         script = ["sh", "-c", _READ_ONLY_ROOT, "read-only-root", str(self.root), str(self.tmp), RUN_AS]
+        script += [shlex.join(sidecar), str(self.sidecar_log)]
         return subprocess.run([*namespaces, *script, *inside], capture_output=True, text=True, timeout=600)
 
-    def check(self, command: Sequence[str], env: dict[str, str] | None = None) -> str:
+    @property
+    def sidecar_log(self) -> Path:
+        """Where the output of the last sidecar went (beside the container's /tmp, not in it)."""
+        return self.tmp.with_name(f"{self.tmp.name}-sidecar.log")
+
+    def check(self, command: Sequence[str], env: dict[str, str] | None = None, sidecar: Sequence[str] = ()) -> str:
         """Run a command that must succeed; its stdout. A failure shows the command's output."""
-        result = self.run(command, env)
+        result = self.run(command, env, sidecar)
         assert result.returncode == 0, (
             f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
         )

@@ -1,16 +1,19 @@
 """The serving image's smoke run, executed inside the image by tests/images/test_images.py (standard library only).
 
-    python serve_smoke.py <bundle folder> <the image's HEALTHCHECK command as a JSON list>
+    python serve_smoke.py <bundle folder> <the image's HEALTHCHECK command as a JSON list> [server option ...]
 
-It starts ``python -m mlsteps.serve --bundle <folder>`` on the image's defaults (0.0.0.0:8080), waits until it is
-ready, runs the HEALTHCHECK command, sends the bundle's smoke rows once as an Open Inference Protocol request and once
-in MLflow's scoring format, stops the server and prints one JSON object with everything that came back. Server,
-health check and clients share the container's network namespace, as the kubelet's probes share the pod's.
+It starts ``python -m mlsteps.serve`` with the server options (default: ``--bundle <folder>``) on the image's defaults
+(0.0.0.0:8080), waits until it is ready, runs the HEALTHCHECK command, sends the bundle's smoke rows once as an Open
+Inference Protocol request and once in MLflow's scoring format, stops the server and prints one JSON object with
+everything that came back. Server, health check and clients share the container's network namespace, as the
+kubelet's probes share the pod's. Where ``MLFLOW_TRACKING_URI`` names an MLflow server (the registry the server loads
+from), the server starts once that answers.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -51,6 +54,18 @@ def wait_until_ready(server: subprocess.Popen[bytes]) -> float:
     raise RuntimeError(f"the server was not ready after {READY_TIMEOUT_SECONDS} s")
 
 
+def wait_for_mlflow(tracking_uri: str) -> None:
+    """Return once the MLflow server at ``tracking_uri`` answers /health; raises when the time is up."""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{tracking_uri}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the MLflow server at {tracking_uri} did not answer within {READY_TIMEOUT_SECONDS} s")
+
+
 def smoke_requests(bundle: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """The model name, and the smoke rows as a v2 request and as a dataframe_split request."""
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -75,11 +90,15 @@ def smoke_requests(bundle: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
 def main() -> None:
     """Run the server, the health check and both requests; print the outcome as JSON."""
     bundle, health_check = Path(sys.argv[1]), json.loads(sys.argv[2])
+    server_options = sys.argv[3:] or ["--bundle", str(bundle)]
     model_name, v2, split = smoke_requests(bundle)
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if tracking_uri.startswith("http"):
+        wait_for_mlflow(tracking_uri)
     log = Path("/tmp/serve.log")
     with log.open("wb") as output:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlsteps.serve", "--bundle", str(bundle)], stdout=output, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "mlsteps.serve", *server_options], stdout=output, stderr=subprocess.STDOUT
         )
     outcome: dict[str, Any] = {}
     try:

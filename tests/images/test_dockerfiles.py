@@ -23,7 +23,9 @@ CHECKOV = REPO_ROOT / ".venv-checkov" / "bin" / "checkov"
 DOCKERFILES = sorted((REPO_ROOT / "docker").glob("*.Dockerfile"))
 # Breaks rules both linters check: untagged base, ADD of a URL, no USER (so root), no HEALTHCHECK.
 CANARY_DOCKERFILE = "FROM debian\nADD https://example.com/tool.tar.gz /opt/\nRUN apt-get update\n"
-TRAINING_ONLY = {"torch", "great-expectations", "scikit-learn", "scipy", "tqdm"}
+# What the train image alone has (requirements/train*.txt), and what the serving image leaves out besides.
+TRAIN_IMAGE_ONLY = {"torch", "xgboost", "xgboost-cpu", "onnx", "onnxscript", "onnxmltools", "skl2onnx"}
+TRAINING_ONLY = TRAIN_IMAGE_ONLY | {"great-expectations", "scikit-learn", "scipy", "tqdm"}
 
 
 def _build(*args: str, cwd: Path = REPO_ROOT, script: Path = BUILD_SCRIPT) -> subprocess.CompletedProcess[str]:
@@ -80,16 +82,54 @@ def test_every_image_builds_on_the_pinned_python_base_and_runs_as_the_pod_user(b
         assert copies == ["--from=builder /opt/venv /opt/venv"], path.name
 
 
-def test_steps_and_train_share_their_builder_stage_line_for_line(build_script: Any) -> None:
-    def builder(image: str) -> str:
-        text = (REPO_ROOT / "docker" / f"{image}.Dockerfile").read_text()
-        return text[text.index("FROM ${BASE_IMAGE} AS builder") : text.index("FROM ${BASE_IMAGE}\n")]
+def _builder(build_script: Any, image: str) -> tuple[list[str], str]:
+    """The requirement files the builder stage of an image copies, and its one RUN instruction."""
+    path = REPO_ROOT / "docker" / f"{image}.Dockerfile"
+    stages = " ".join(f"{i.keyword} {i.arguments}" for i in build_script.instructions(path)).split("FROM ")
+    builder = next(stage for stage in stages if stage.startswith("${BASE_IMAGE} AS builder"))
+    copied = [source for _, source in build_script.context_sources(path) if source.endswith(".txt")]
+    return copied, builder[builder.index(" RUN ") :]
 
-    assert builder("steps") == builder("train")
-    assert "ARG TORCH_VARIANT\n" in builder("train")
-    # Only the default before the first FROM tells them apart.
-    assert build_script.build_arg_defaults(REPO_ROOT / "docker" / "steps.Dockerfile")["TORCH_VARIANT"] == "cpu"
+
+def test_only_the_train_image_installs_torch_and_xgboost_on_top_of_the_steps_requirements(build_script: Any) -> None:
+    steps_copies, steps_run = _builder(build_script, "steps")
+    train_copies, train_run = _builder(build_script, "train")
+    folder = "/tmp/requirements"
+    # Both install requirements/steps.txt with the same constraints; the steps image nothing else.
+    steps_install = f"--constraint {folder}/constraints.txt --requirement {folder}/steps.txt"
+    assert steps_install in steps_run and steps_install in train_run
+    assert steps_copies == ["requirements/steps.txt", "constraints.txt"]
+    steps_dockerfile = REPO_ROOT / "docker" / "steps.Dockerfile"
+    assert "torch" not in steps_run.lower() and "TORCH_VARIANT" not in build_script.build_arg_defaults(steps_dockerfile)
+    # The train image: torch alone first (the variant's build, from its index), then the steps' and training's
+    # requirements with XGBoost's build of the same variant.
+    train_files = ["steps.txt", "train.txt", "train-cuda.txt", "train-cpu.txt"]
+    assert train_copies == [*(f"requirements/{name}" for name in train_files), "constraints.txt"]
+    assert train_run.index(f"{folder}/constraints.txt torch ") < train_run.index(steps_install)
+    assert f'--requirement {folder}/train.txt --requirement "{folder}/train-$TORCH_VARIANT.txt"' in train_run
     assert build_script.build_arg_defaults(REPO_ROOT / "docker" / "train.Dockerfile")["TORCH_VARIANT"] == "cuda"
+
+
+def test_torch_and_xgboost_are_pinned_for_the_train_image_alone() -> None:
+    requirements = REPO_ROOT / "requirements"
+    steps = requirement_pins(requirements / "steps.txt")
+    train = requirement_pins(requirements / "train.txt")
+    cuda, cpu = requirement_pins(requirements / "train-cuda.txt"), requirement_pins(requirements / "train-cpu.txt")
+    assert not TRAIN_IMAGE_ONLY & set(steps)
+    assert {"torch", "onnx", "onnxscript", "onnxmltools", "skl2onnx", "tqdm"} <= set(train)
+    assert not {"xgboost", "xgboost-cpu"} & set(train)
+    # No image has full MLflow: they are clients of the MLflow server (mlflow-skinny); the local tools have it.
+    images = [steps, train, cuda, cpu, requirement_pins(requirements / "serve.txt")]
+    assert [pins["mlflow"] for pins in images if "mlflow" in pins] == []
+    assert "mlflow" in requirement_pins(requirements / "dev.txt")
+    # One XGBoost release, the CUDA build for TORCH_VARIANT=cuda and the CPU build for cpu.
+    assert (set(cuda), set(cpu)) == ({"xgboost"}, {"xgboost-cpu"}) and cuda["xgboost"] == cpu["xgboost-cpu"]
+    # The local runtime (requirements.txt): the steps, training with the CPU builds, and the model server.
+    included = re.findall(r"^-r (\S+)", (REPO_ROOT / "requirements.txt").read_text(), re.M)
+    assert included == [f"requirements/{name}.txt" for name in ("steps", "train", "train-cpu", "serve")]
+    constraints = requirement_pins(REPO_ROOT / "constraints.txt")
+    local = {**steps, **train, **cpu}
+    assert {name: version for name, version in local.items() if constraints.get(name) != version} == {}
 
 
 def test_images_are_named_as_the_pods_and_the_model_server_run_them(build_script: Any) -> None:

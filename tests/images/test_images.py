@@ -1,24 +1,32 @@
 """The images built for real (buildah on a local Debian base) and run as their pods run them: read-only root, /tmp
 writable, UID/GID 10001, no network but loopback. The steps image runs the data steps, the train image trains one
-batch, the steps image then evaluates and registers the model that the train image logged, and the serving image
-serves a real bundle: its own health check passes and both protocols answer with the bundle's expected
-probabilities."""
+batch, gradient-boosted trees and the worked example's trainer, the steps image then evaluates and registers the model
+that the train image logged, and the serving image serves a real bundle, from a folder and from an MLflow server
+behind the registry alias: its own health check passes, both protocols answer with the bundle's expected
+probabilities, and it writes its prediction log."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
+from ports import free_port
 
-from mlsteps.results import read_result
+from mlsteps.evaluation.tasks import output_frame
+from mlsteps.results import candidate_step, read_result
 
 from .containers import (
     REPO_ROOT,
@@ -40,10 +48,51 @@ RUN_ROOT = "/tmp/runs/smoke"
 PIP_FREEZE_LEAVES_OUT = {"pip", "setuptools", "wheel"}
 SERVE_SMOKE = Path(__file__).with_name("serve_smoke.py")  # runs inside the serving image
 SERVING_STACK = "onnxruntime, fastapi, uvicorn, uvloop, httptools, pandas, pyarrow, boto3, mlflow, yaml, pydantic"
+# The train image's requirements as CI builds it (TORCH_VARIANT=cpu), and what only it has.
+TRAIN_REQUIREMENTS = ("steps.txt", "train.txt", "train-cpu.txt")
+TRAIN_IMAGE_ONLY = {"torch", "xgboost", "xgboost-cpu", "onnx", "onnxscript", "onnxmltools", "skl2onnx"}
+EXAMPLE_TRAINER = "examples.trainers.sklearn_gbt:GradientBoostingTrainer"  # examples/, copied into the train image
+# The MLflow server beside the model server in its pod: on the pod's loopback, so any port.
+POD_MLFLOW_PORT = 5000
+# Registers the fake risk-score model with its serving bundle through the MLflow server at MLFLOW_TRACKING_URI, points
+# the alias champion at it, downloads the bundle (its smoke rows and expected outputs) into argv[1] and prints where.
+_REGISTER = """
+import sys
+from pathlib import Path
+
+from fake_models import MODEL_NAME, register_with_bundle
+from mlsteps import tracking
+from mlsteps.serving_bundle import fetch_bundle
+
+version = register_with_bundle()
+client = tracking.client()
+client.set_registered_model_alias(MODEL_NAME, "champion", str(version))
+print(fetch_bundle(client, MODEL_NAME, version, Path(sys.argv[1])).folder)
+"""
 
 
 def _mlsteps(step: str, *args: str) -> list[str]:
     return ["python", "-m", "mlsteps", step, *args]
+
+
+def _mlflow_server(registry: Path, port: int) -> list[str]:
+    """The host's full MLflow (requirements/dev.txt) serving the registry in a folder: SQLite, and the artifacts it
+    serves itself (mlflow-artifacts:/), so that clients download them over HTTP as from the production server."""
+    database, artifacts = f"sqlite:///{registry}/mlflow.db", f"{registry}/artifacts"
+    store = ["--backend-store-uri", database, "--artifacts-destination", artifacts]
+    return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "-w", "1", *store]
+
+
+def _wait_until_answers(url: str, server: subprocess.Popen[bytes], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"{url} did not answer within {seconds:.0f} s") from None
+            time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +128,39 @@ def prepared_run(containers: dict[str, ReadOnlyContainer], shared_tmp: Path) -> 
 
 @pytest.fixture(scope="module")
 def trained_run(containers: dict[str, ReadOnlyContainer], prepared_run: Path) -> Path:
-    """One epoch of one batch (2,000 rows, batch size 4,096) in the train image, logged to MLflow in /tmp."""
+    """The network, one epoch of one batch (2,000 rows, batch size 4,096), in the train image, logged to MLflow in
+    /tmp."""
     containers["train"].check(
-        _mlsteps("train", "--run-root", RUN_ROOT, "--epochs", "1", "--batch-size", "4096"), MLFLOW
+        _mlsteps("train", "--run-root", RUN_ROOT, "--model", "mlp", "--epochs", "1", "--batch-size", "4096"), MLFLOW
     )
     return prepared_run
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry folder (MLflow's SQLite store and artifacts) whose model has a version with its serving bundle
+    behind the alias champion, registered through the host's MLflow server; the bundle also downloaded to
+    ``bundle/``."""
+    folder = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    with (folder / "host-server.log").open("wb") as log:
+        server = subprocess.Popen(_mlflow_server(folder, port), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_until_answers(f"http://127.0.0.1:{port}/health", server)
+        environment = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+            "PYTHONPATH": os.pathsep.join(str(REPO_ROOT / part) for part in ("include", "tests")),
+        }
+        registered = subprocess.run(
+            [sys.executable, "-c", _REGISTER, str(folder / "download")], env=environment, capture_output=True, text=True
+        )
+        assert registered.returncode == 0, registered.stderr[-4000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    shutil.move(registered.stdout.strip().splitlines()[-1], folder / "bundle")
+    return folder
 
 
 def test_build_prints_each_images_size_largest_layers_and_packages(built: BuiltImages) -> None:
@@ -94,9 +171,15 @@ def test_build_prints_each_images_size_largest_layers_and_packages(built: BuiltI
         assert re.search(rf"^{image}: {re.escape(reference)}  [\d.]+ [kMG]?B  built in \d+ s$", built.log, re.M)
         largest = report["packages"][0]
         assert re.search(rf"^  package +[\d.]+ [kMG]?B  {re.escape(largest['name'])} ", built.log, re.M)
-    # torch is most of the steps image, and the serving image is far smaller without it.
-    assert built.report("steps")["packages"][0]["name"] == "torch"
-    assert built.report("serve")["size_bytes"] < built.report("steps")["size_bytes"] / 2
+    # torch is the train image's largest package; the steps and serving images have neither torch nor XGBoost.
+    assert built.report("train")["packages"][0]["name"] == "torch"
+    installed = {image: {normalise(p["name"]) for p in built.report(image)["packages"]} for image in built.references}
+    assert {"torch", "xgboost-cpu", "onnx", "onnxscript", "onnxmltools", "skl2onnx"} <= installed["train"]
+    assert not TRAIN_IMAGE_ONLY & (installed["steps"] | installed["serve"])
+    # MLflow is mlflow-skinny everywhere: the images are clients of the MLflow server, never the server.
+    assert all("mlflow-skinny" in packages and "mlflow" not in packages for packages in installed.values())
+    sizes = {image: built.report(image)["size_bytes"] for image in built.references}
+    assert sizes["serve"] < sizes["steps"] < sizes["train"]
 
 
 def test_images_carry_the_pod_user_the_oci_labels_and_a_read_only_friendly_environment(
@@ -142,13 +225,17 @@ def test_the_runtime_images_hold_the_venv_and_the_code_and_no_pip_compiler_cache
         assert [path for path in left_over if (root / path).exists()] == []
         assert list((root / "tmp").iterdir()) == []
         assert not list((root / "opt").rglob("*.whl"))
+    # The steps and serving images leave out the packages' own test suites.
+    for image in ("steps", "serve"):
+        venv = containers[image].root / "opt/venv"
+        assert [path for path in venv.rglob("tests") if path.is_dir()] == [], image
 
 
 def test_every_package_in_an_image_is_pinned_by_its_requirements(built: BuiltImages) -> None:
     requirements = REPO_ROOT / "requirements"
     pins = {
         "steps": requirement_pins(REPO_ROOT / "constraints.txt", requirements / "steps.txt"),
-        "train": requirement_pins(REPO_ROOT / "constraints.txt", requirements / "steps.txt"),
+        "train": requirement_pins(REPO_ROOT / "constraints.txt", *(requirements / name for name in TRAIN_REQUIREMENTS)),
         "serve": requirement_pins(REPO_ROOT / "constraints.txt", requirements / "serve.txt"),
     }
     for image, pinned in pins.items():
@@ -169,7 +256,8 @@ def test_each_sbom_lists_exactly_its_images_python_environment(built: BuiltImage
         packages = {(package["name"], package["version"]) for package in built.report(image)["packages"]}
         assert components == packages, image
         assert all(component["purl"].startswith("pkg:pypi/") for component in sbom["components"])
-    assert "torch" not in {component["name"] for component in built.sbom("serve")["components"]}
+    for image in ("steps", "serve"):
+        assert not TRAIN_IMAGE_ONLY & {normalise(component["name"]) for component in built.sbom(image)["components"]}
 
 
 def test_steps_image_runs_the_data_steps_read_only_as_the_pod_user(
@@ -184,18 +272,23 @@ def test_steps_image_runs_the_data_steps_read_only_as_the_pod_user(
     assert set(read_result(str(prepared_run), "preprocess")["rows"]) == {"train", "validation", "holdout"}
 
 
-def test_train_image_imports_torch_and_trains_one_batch(
-    containers: dict[str, ReadOnlyContainer], trained_run: Path
+def test_train_image_imports_the_cpu_builds_of_torch_and_xgboost_and_trains_one_batch(
+    containers: dict[str, ReadOnlyContainer], trained_run: Path, shared_tmp: Path
 ) -> None:
-    version, cuda = (
-        containers["train"]
-        .check(["python", "-c", "import torch; print(torch.__version__, torch.version.cuda)"])
-        .split()
-    )
-    assert version.startswith("2.13.0") and cuda == "None"  # CI builds TORCH_VARIANT=cpu
-    result = read_result(str(trained_run), "train")
-    assert result["epochs_run"] == 1
+    probe = "import torch, xgboost; print(torch.__version__, torch.version.cuda, xgboost.__version__)"
+    torch_version, cuda, xgboost_version = containers["train"].check(["python", "-c", probe]).split()
+    assert torch_version.startswith("2.13.0") and cuda == "None"  # CI builds TORCH_VARIANT=cpu
+    builds = "import xgboost; print(xgboost.build_info()['USE_CUDA'])"
+    assert xgboost_version == "3.2.0" and containers["train"].check(["python", "-c", builds]).strip() == "False"
+    result = read_result(str(trained_run), candidate_step("mlp"))
+    assert result["metrics"]["epochs_run"] == 1
     assert result["model_uri"].startswith("models:/")
+    # The logged model asks for the MLflow the image has: mlflow-skinny, at the pinned version.
+    model_id = result["model_uri"].removeprefix("models:/")
+    requirements = next(shared_tmp.rglob(f"models/{model_id}/artifacts/requirements.txt")).read_text().split()
+    skinny = requirement_pins(REPO_ROOT / "constraints.txt")["mlflow-skinny"]
+    assert f"mlflow-skinny=={skinny}" in requirements
+    assert not [line for line in requirements if line.startswith("mlflow==")]
 
 
 def test_steps_image_evaluates_and_registers_the_model_the_train_image_logged(
@@ -204,10 +297,31 @@ def test_steps_image_evaluates_and_registers_the_model_the_train_image_logged(
     steps = containers["steps"]
     steps.check(_mlsteps("evaluate", "--run-root", RUN_ROOT), MLFLOW)
     steps.check(_mlsteps("register", "--run-root", RUN_ROOT), MLFLOW)
-    trained = read_result(str(trained_run), "train")
+    trained = read_result(str(trained_run), candidate_step("mlp"))
     assert read_result(str(trained_run), "evaluate")["challenger"]["model_uri"] == trained["model_uri"]
     registered = read_result(str(trained_run), "register")
     assert (registered["version"], registered["aliases"]) == (1, ["challenger"])
+
+
+def test_train_image_trains_and_exports_gradient_boosted_trees(
+    containers: dict[str, ReadOnlyContainer], trained_run: Path, shared_tmp: Path
+) -> None:
+    # After evaluate and register: a second family in the same run folder is another candidate, not the challenger.
+    containers["train"].check(_mlsteps("train", "--run-root", RUN_ROOT, "--model", "gbdt"), MLFLOW)
+    result = read_result(str(trained_run), candidate_step("gbdt"))
+    assert result["family"] == "gbdt" and result["model_uri"].startswith("models:/")
+    # The booster itself, beside its ONNX export, in the run's native_model/ artifacts.
+    assert list(shared_tmp.rglob(f"{result['mlflow_run_id']}/artifacts/native_model/xgboost_model.json"))
+
+
+def test_train_image_trains_the_worked_example_trainer(
+    containers: dict[str, ReadOnlyContainer], trained_run: Path
+) -> None:
+    containers["train"].check(_mlsteps("train", "--run-root", RUN_ROOT, "--model", EXAMPLE_TRAINER), MLFLOW)
+    result = read_result(str(trained_run), candidate_step(EXAMPLE_TRAINER))
+    assert result["family"] == EXAMPLE_TRAINER and result["model_uri"].startswith("models:/")
+    check = result["export_check"]
+    assert check["rows"] > 0 and check["max_abs_difference"] <= check["tolerance"]
 
 
 def test_serving_image_imports_its_stack_without_the_training_one(containers: dict[str, ReadOnlyContainer]) -> None:
@@ -228,32 +342,64 @@ def test_serving_health_check_fails_while_no_server_listens(containers: dict[str
     assert failed.returncode == 1 and "URLError" in failed.stderr
 
 
-def test_serving_image_serves_a_bundle_read_only_and_passes_its_own_health_check(
-    containers: dict[str, ReadOnlyContainer], serving_bundle_dir: Path
-) -> None:
-    serve = containers["serve"]
-    shutil.copytree(serving_bundle_dir, serve.tmp / "bundle")
+def _serve_smoke(serve: ReadOnlyContainer, bundle: Path, *server_options: str, **run: Any) -> dict[str, Any]:
+    """Run serve_smoke.py in the serving image on a copy of ``bundle`` in its /tmp; what came back, checked to hold
+    the answers of a healthy server: its own health check passed and both protocols answered with the predict
+    contract of the bundle's task on the model outputs that registration recorded."""
+    shutil.copytree(bundle, serve.tmp / "bundle")
     shutil.copy(SERVE_SMOKE, serve.tmp / SERVE_SMOKE.name)
     health_check = json.dumps(serve.config["Healthcheck"]["Test"][1:])
-    outcome = json.loads(serve.check(["python", f"/tmp/{SERVE_SMOKE.name}", "/tmp/bundle", health_check]))
+    command = ["python", f"/tmp/{SERVE_SMOKE.name}", "/tmp/bundle", health_check, *server_options]
+    outcome = json.loads(serve.check(command, **run))
     log = outcome["server_log"]
     assert "failure" not in outcome, f"{outcome['failure']}\n{log}"
     assert outcome["health_check"] == {"returncode": 0, "stderr": ""}, log
 
-    smoke = json.loads((serving_bundle_dir / "smoke.json").read_text())
-    threshold = json.loads((serving_bundle_dir / "manifest.json").read_text())["decision_threshold"]
-    expected_probability = pytest.approx(smoke["probability"], abs=1e-4)
-    expected_prediction = [int(probability >= threshold) for probability in smoke["probability"]]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    smoke = json.loads((bundle / "smoke.json").read_text())
+    expected = output_frame(manifest["task"], manifest["classes"], np.asarray(smoke["outputs"]))
+    expected_probability = pytest.approx(expected["probability"].tolist(), abs=1e-4)
+    expected_prediction = expected["prediction"].tolist()
+    version = str(manifest["model_version"])
     v2, invocations = outcome["v2"], outcome["invocations"]
-    assert (v2["status"], v2["model_version"]) == (200, "1"), f"{v2}\n{log}"
+    assert (v2["status"], v2["model_version"]) == (200, version), f"{v2}\n{log}"
     outputs = {output["name"]: output for output in v2["body"]["outputs"]}
     assert outputs["probability"]["datatype"] == "FP64" and outputs["prediction"]["datatype"] == "INT64"
     assert outputs["probability"]["data"] == expected_probability
     assert outputs["prediction"]["data"] == expected_prediction
-    assert (invocations["status"], invocations["model_version"]) == (200, "1"), f"{invocations}\n{log}"
+    assert (invocations["status"], invocations["model_version"]) == (200, version), f"{invocations}\n{log}"
     predictions = invocations["body"]["predictions"]
     assert [row["probability"] for row in predictions] == expected_probability
     assert [row["prediction"] for row in predictions] == expected_prediction
+    return outcome
+
+
+def test_serving_image_serves_a_bundle_read_only_and_passes_its_own_health_check(
+    containers: dict[str, ReadOnlyContainer], serving_bundle_dir: Path
+) -> None:
+    _serve_smoke(containers["serve"], serving_bundle_dir)
+
+
+def test_serving_image_serves_the_version_behind_the_registry_alias_and_logs_its_predictions(
+    built: BuiltImages, buildah: Any, registry: Path, tmp_path: Path
+) -> None:
+    # The model server as in its Deployment: it asks the MLflow server for the version behind champion and downloads
+    # its bundle over HTTP (mlflow-skinny, nothing more), and appends every scored row to the prediction log.
+    manifest = json.loads((registry / "bundle" / "manifest.json").read_text())
+    options = ["--model-name", manifest["model_name"], "--prediction-log", "/tmp/predictions"]
+    mlflow = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{POD_MLFLOW_PORT}"}
+    with read_only_container(buildah, built.references["serve"], tmp_path) as serve:
+        sidecar = _mlflow_server(registry, POD_MLFLOW_PORT)
+        outcome = _serve_smoke(serve, registry / "bundle", *options, env=mlflow, sidecar=sidecar)
+    fetched = f"{manifest['model_name']} v{manifest['model_version']} (champion) from the registry"
+    assert fetched in outcome["server_log"]
+
+    files = sorted((tmp_path / "predictions").rglob("*.parquet"))
+    assert files, outcome["server_log"]
+    logged = pd.concat([pd.read_parquet(path) for path in files])
+    smoke_rows = len(json.loads((registry / "bundle" / "smoke.json").read_text())["inputs"])
+    assert len(logged) == 2 * smoke_rows  # one v2 request and one /invocations call
+    assert set(logged["model_version"]) == {manifest["model_version"]}
 
 
 def test_a_second_build_reuses_every_layer(built: BuiltImages, build_script: Any, base_image: str) -> None:

@@ -112,9 +112,16 @@ def _write_gate_results(run_root: str, version: int, *, champion: int | None, pa
         "evaluate",
         {
             "model_name": MODEL,
+            "task": "binary",
             "challenger": {"metrics": {"roc_auc": roc_auc}},
             "champion": None if champion is None else {"version": champion, "metrics": {"roc_auc": 0.75}},
-            "gate": {"min_roc_auc": 0.7, "max_roc_auc_regression": 0.01},
+            "gate": {
+                "primary_metric": "roc_auc",
+                "higher_is_better": True,
+                "threshold": 0.7,
+                "max_degradation": 0.01,
+                "degradation": "absolute",
+            },
         },
     )
     results.write_result(run_root, "register", {"model_name": MODEL, "version": version})
@@ -136,7 +143,7 @@ def test_promote_records_the_move_with_actor_and_gate_summary(
     history = registry.alias_history(client, MODEL, registry.CHAMPION)
     assert [(event.from_version, event.to_version) for event in history] == [(None, 1), (1, 2)]
     assert history[0].actor == "scheduled__2025-06-02T03:00:00+00:00"
-    assert history[0].reason.startswith("promote (gate passed): challenger roc_auc=0.800 >= minimum 0.700")
+    assert history[0].reason.startswith("promote (gate passed): challenger roc_auc=0.8 >= threshold 0.7")
     assert history[1].actor == "cli"
-    assert history[1].reason.startswith("promote (forced): challenger roc_auc=0.600 < minimum 0.700")
+    assert history[1].reason.startswith("promote (forced): challenger roc_auc=0.6 < threshold 0.7")
     assert "forced: promoted although 2 check(s) failed" in history[1].reason

@@ -170,12 +170,24 @@ def test_a_folder_given_as_the_input_file(tmp_path: Path, churn_csv: str) -> Non
             "Invalid value for '--batch-size': Input should be greater than or equal to 1",
         ),
         (
-            ["evaluate", "--min-roc-auc", "1.5"],
-            "Invalid value for '--min-roc-auc': Input should be less than or equal to 1",
+            ["evaluate", "--max-degradation", "-0.01"],
+            "Invalid value for '--max-degradation': Input should be greater than or equal to 0",
         ),
         (
-            ["evaluate", "--max-roc-auc-regression", "-0.01"],
-            "Invalid value for '--max-roc-auc-regression': Input should be greater than or equal to 0",
+            ["evaluate", "--threshold", "1.5"],
+            "evaluation.threshold 1.5 is outside the range of roc_auc [0.0, 1.0]",
+        ),
+        (
+            ["evaluate", "--primary-metric", "rmse"],
+            "evaluation.primary_metric: 'rmse' is not a binary metric",
+        ),
+        (
+            ["train", "--model", "forest"],
+            "'forest' is not a model family: use one of ['mlp', 'gbdt'] or your own trainer as module:Class",
+        ),
+        (
+            ["train", "--model", "no_such_module:Trainer"],
+            "training.model 'no_such_module:Trainer': cannot import module 'no_such_module'",
         ),
         (
             ["drift", "--prediction-store", "p", "--window-hours", "0"],

@@ -144,7 +144,8 @@ def test_first_deploy_serves_the_version_and_reports_the_smoke_test(target: InPr
     smoke = result["smoke"]
     assert smoke["passed"] and smoke["failures"] == []
     assert smoke["requests"] == 5 and smoke["served_versions"] == {str(version): 5}
-    assert smoke["max_abs_difference"] <= 1e-4 and smoke["p99_ms"] <= smoke["latency_budget_ms"]
+    assert smoke["max_difference"] <= 1e-4 and smoke["p99_ms"] <= smoke["latency_budget_ms"]
+    assert (smoke["compared"], smoke["difference"]) == ("probability", "absolute probability difference")
     assert result["reason"].startswith(f"{MODEL_NAME} v{version} serves on in-process: smoke test passed")
 
     again = _deploy(target, version)
@@ -268,7 +269,35 @@ def test_smoke_test_catches_wrong_probabilities(
     with pytest.raises(DeployFailed, match=r"probability of smoke row \d+ is [\d.]+, expected [\d.]+") as raised:
         smoke_test(url, MODEL_NAME, expected_wrong, _settings().smoke)
 
-    assert raised.value.details["requests"] == 5 and raised.value.details["max_abs_difference"] > 1e-4
+    assert raised.value.details["requests"] == 5 and raised.value.details["max_difference"] > 1e-4
+
+
+@pytest.mark.parametrize(
+    ("task", "compared", "wrong"),
+    [
+        ("multiclass", "probabilities", r"probabilities of smoke row \d+ is \[[\d., ]+\], expected \[[\d., ]+\]"),
+        ("regression", "prediction", r"prediction of smoke row \d+ is [\d.]+, expected [\d.]+ \(relative prediction"),
+    ],
+)
+def test_smoke_test_compares_the_outputs_of_each_task(
+    server: tuple[str, ModelHandle],
+    task_bundle_dirs: dict[str, Path],
+    tmp_path: Path,
+    task: str,
+    compared: str,
+    wrong: str,
+) -> None:
+    url, handle = server
+    bundle = read_bundle(task_bundle_dirs[task])
+    handle.current = load_model(bundle)
+    expected_wrong = read_bundle(break_bundle(shutil.copytree(bundle.folder, tmp_path / "broken")))
+
+    report = smoke_test(url, MODEL_NAME, bundle, _settings().smoke)
+    with pytest.raises(DeployFailed, match=wrong):
+        smoke_test(url, MODEL_NAME, expected_wrong, _settings().smoke)
+
+    assert report["passed"] and (report["compared"], report["rows"]) == (compared, len(bundle.smoke_inputs))
+    assert report["max_difference"] <= 1e-6
 
 
 def _kubernetes_on_the_local_server(url: str, handle: ModelHandle) -> tuple[KubernetesTarget, FakeCluster]:

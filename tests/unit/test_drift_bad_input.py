@@ -32,7 +32,9 @@ def _frame(rows: int, seed: int) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def profile() -> object:
-    return build_profile(_frame(5_000, seed=1), SPECS, scores=np.random.default_rng(2).uniform(size=5_000))
+    return build_profile(
+        _frame(5_000, seed=1), SPECS, predictions={"probability": np.random.default_rng(2).uniform(size=5_000)}
+    )
 
 
 def _statuses(report: object) -> dict[str, str]:
@@ -48,10 +50,10 @@ def _still_renders(report: object) -> None:
 
 @pytest.mark.parametrize("window", [_frame(0, seed=3), pd.DataFrame()], ids=["no-rows", "no-rows-no-columns"])
 def test_an_empty_window_is_insufficient_data_everywhere(profile: object, window: pd.DataFrame) -> None:
-    report = detect_drift(profile, window, scores=np.empty(0))
+    report = detect_drift(profile, window, predictions={"probability": np.empty(0)})
     assert set(_statuses(report).values()) == {"insufficient_data"}
     assert report.features[0].message == "the window has no rows: nothing to judge"
-    assert report.prediction.status == "insufficient_data"
+    assert report.prediction[0].status == "insufficient_data"
     assert (report.dataset.status, report.dataset.drift_detected, report.dataset.drifted_share) == (
         "insufficient_data",
         False,
@@ -63,7 +65,7 @@ def test_an_empty_window_is_insufficient_data_everywhere(profile: object, window
 
 def test_a_missing_column_is_a_data_quality_problem_not_drift(profile: object) -> None:
     window = _frame(2_000, seed=4).drop(columns=["devices"])
-    report = detect_drift(profile, window, scores=np.random.default_rng(5).uniform(size=2_000))
+    report = detect_drift(profile, window, predictions={"probability": np.random.default_rng(5).uniform(size=2_000)})
     assert _statuses(report) == {"amount": "ok", "devices": "missing", "plan": "ok"}
     assert report.data_quality_failed
     assert report.data_quality_problems == [
@@ -140,9 +142,11 @@ def test_some_new_categories_are_counted_and_named(profile: object) -> None:
 
 def test_scores_missing_while_the_profile_has_them_is_a_data_quality_problem(profile: object) -> None:
     report = detect_drift(profile, _frame(2_000, seed=13))
-    assert report.prediction.status == "missing"
+    assert report.prediction[0].status == "missing"
     assert report.data_quality_failed
-    assert report.data_quality_problems[0].startswith("score: missing: the profile has a score reference")
+    assert report.data_quality_problems[0].startswith(
+        "probability: missing: the profile has a reference of prediction signal 'probability'"
+    )
 
 
 def test_a_reference_column_without_values_leaves_the_feature_unjudged() -> None:

@@ -164,15 +164,15 @@ def test_dataset_decision_follows_drift_share(million_row_profile: object) -> No
 def test_prediction_drift_is_its_own_signal() -> None:
     rng = np.random.default_rng(10)
     reference = _frame(10_000, seed=11)
-    profile = build_profile(reference, NUMERIC + CATEGORICAL, scores=rng.beta(2, 5, 10_000))
-    report = detect_drift(profile, _frame(5_000, seed=12), scores=rng.beta(5, 2, 5_000))
-    assert report.prediction.drifted
-    assert report.prediction.name == "score"
+    profile = build_profile(reference, NUMERIC + CATEGORICAL, predictions={"probability": rng.beta(2, 5, 10_000)})
+    report = detect_drift(profile, _frame(5_000, seed=12), predictions={"probability": rng.beta(5, 2, 5_000)})
+    assert report.prediction[0].drifted
+    assert report.prediction[0].name == "probability"
     assert not report.dataset.drift_detected
     assert report.counts["drifted"] == 0
-    calm = detect_drift(profile, _frame(5_000, seed=12), scores=rng.beta(2, 5, 5_000))
-    assert not calm.prediction.drifted
-    assert detect_drift(build_profile(reference, NUMERIC), reference).prediction is None
+    calm = detect_drift(profile, _frame(5_000, seed=12), predictions={"probability": rng.beta(2, 5, 5_000)})
+    assert not calm.prediction[0].drifted
+    assert detect_drift(build_profile(reference, NUMERIC), reference).prediction == []
 
 
 def test_decisions_are_logged_with_both_numbers(million_row_profile: object, caplog: pytest.LogCaptureFixture) -> None:
@@ -183,7 +183,9 @@ def test_decisions_are_logged_with_both_numbers(million_row_profile: object, cap
     assert "dataset drift: 0 of 3 judged features drifted: share 0.000 < drift_share 0.5" in caplog.text
 
 
-def test_overrides_that_do_not_fit_the_profile_are_refused_all_at_once(million_row_profile: object) -> None:
+def test_overrides_that_do_not_fit_the_profile_are_refused_all_at_once() -> None:
+    probability = np.random.default_rng(3).uniform(size=5_000)
+    profile = build_profile(_frame(5_000, seed=1), NUMERIC + CATEGORICAL, predictions={"probability": probability})
     config = DriftConfig(
         features={
             "amount": FeatureDriftConfig(method="chisquare"),
@@ -193,7 +195,7 @@ def test_overrides_that_do_not_fit_the_profile_are_refused_all_at_once(million_r
         score=FeatureDriftConfig(method="jensenshannon"),
     )
     with pytest.raises(ConfigError, match="drift config does not fit") as raised:
-        detect_drift(million_row_profile, _frame(100, seed=14), config=config)
+        detect_drift(profile, _frame(100, seed=14), config=config)
     message = str(raised.value)
     assert "drift.features names ['amuont'], which the reference profile lacks" in message
     assert "drift.features.amount.method 'chisquare' does not apply to a numeric column" in message

@@ -1,4 +1,5 @@
-"""The reference profile: what it keeps, its deterministic sample cap, and its round trip through local files and S3."""
+"""The reference profile: what it keeps, its deterministic sample cap, the prediction signals of each task, and its
+round trip through local files and S3."""
 
 from __future__ import annotations
 
@@ -11,23 +12,25 @@ import pytest
 from mlsteps.config import ColumnSpec, DriftConfig, PipelineConfig
 from mlsteps.data import storage
 from mlsteps.data.datasets import generate_churn
-from mlsteps.drift import build_profile, detect_drift, load_profile, save_profile
-from mlsteps.drift.profile import CategoricalProfile, NumericProfile, ReferenceProfile
+from mlsteps.drift import build_profile, detect_drift, load_profile, prediction_signals, save_profile
+from mlsteps.drift.profile import CategoricalProfile, ColumnProfile, NumericProfile, ReferenceProfile
 from mlsteps.errors import DataError
+from mlsteps.evaluation.tasks import output_frame
+
+TIERS = ["bronze", "silver", "gold"]
 
 
 @pytest.fixture(scope="module")
 def churn_profile(pipeline_config: PipelineConfig) -> ReferenceProfile:
     frame = generate_churn(4_000, seed=1)
     scores = np.random.default_rng(1).beta(2, 5, 4_000)
-    return build_profile(frame, pipeline_config.dataset.features, scores=scores)
+    return build_profile(frame, pipeline_config.dataset.features, predictions={"probability": scores})
 
 
-def _assert_same(left: ReferenceProfile, right: ReferenceProfile) -> None:
-    assert (left.rows, left.psi_bins, left.sample_size) == (right.rows, right.psi_bins, right.sample_size)
-    assert list(left.features) == list(right.features)
-    for name, column in left.features.items():
-        other = right.features[name]
+def _assert_same_columns(left: dict[str, ColumnProfile], right: dict[str, ColumnProfile]) -> None:
+    assert list(left) == list(right)
+    for name, column in left.items():
+        other = right[name]
         assert type(other) is type(column)
         if isinstance(column, NumericProfile):
             assert (column.count, column.null_count, column.mean, column.std) == (
@@ -45,7 +48,12 @@ def _assert_same(left: ReferenceProfile, right: ReferenceProfile) -> None:
                 other.categories,
             )
             np.testing.assert_array_equal(column.counts, other.counts)
-    np.testing.assert_array_equal(left.score.sample, right.score.sample)
+
+
+def _assert_same(left: ReferenceProfile, right: ReferenceProfile) -> None:
+    assert (left.rows, left.psi_bins, left.sample_size) == (right.rows, right.psi_bins, right.sample_size)
+    _assert_same_columns(left.features, right.features)
+    _assert_same_columns(left.predictions, right.predictions)
 
 
 def test_profile_keeps_what_the_statistics_need(churn_profile: ReferenceProfile) -> None:
@@ -62,7 +70,8 @@ def test_profile_keeps_what_the_statistics_need(churn_profile: ReferenceProfile)
     assert isinstance(channel, CategoricalProfile)
     assert channel.categories == ["organic", "paid_search", "partner", "referral", "social"]
     assert channel.counts.sum() == channel.count and channel.null_count > 0
-    assert churn_profile.score.count == 4_000
+    assert list(churn_profile.predictions) == ["probability"]
+    assert churn_profile.predictions["probability"].count == 4_000
 
 
 def test_large_columns_are_thinned_deterministically_to_the_cap() -> None:
@@ -88,8 +97,8 @@ def test_round_trip_through_a_local_file(churn_profile: ReferenceProfile, tmp_pa
     loaded = load_profile(uri)
     _assert_same(churn_profile, loaded)
     window = generate_churn(2_000, seed=9, covariate_drift=0.8)
-    scores = np.random.default_rng(4).beta(2, 4, 2_000)
-    assert detect_drift(loaded, window, scores).to_dict() == detect_drift(churn_profile, window, scores).to_dict()
+    signals = {"probability": np.random.default_rng(4).beta(2, 4, 2_000)}
+    assert detect_drift(loaded, window, signals).to_dict() == detect_drift(churn_profile, window, signals).to_dict()
     assert Path(uri).stat().st_size < 200_000
 
 
@@ -123,5 +132,55 @@ def test_loading_a_missing_or_foreign_file_says_what_to_do(tmp_path: Path) -> No
         load_profile(str(foreign))
     other_version = tmp_path / "future.npz"
     np.savez(other_version, meta=np.array('{"format_version": 99}'))
-    with pytest.raises(DataError, match="profile format_version 99, this code reads 1: rebuild the profile"):
+    with pytest.raises(DataError, match="profile format_version 99, this code reads 2 .*: retrain the model"):
         load_profile(str(other_version))
+    one_score = tmp_path / "one_score.npz"  # version 1 kept one binary score; such a model predates the task
+    np.savez(one_score, meta=np.array('{"format_version": 1, "score": null}'))
+    with pytest.raises(
+        DataError, match="format_version 1, this code reads 2 .*retrain the model to rebuild its profile"
+    ):
+        load_profile(str(one_score))
+
+
+def _contract(task: str, classes: list, rows: int, seed: int) -> pd.DataFrame:
+    """A model's predict-contract output for ``rows`` rows (``tasks.output_frame`` of random raw outputs)."""
+    rng = np.random.default_rng(seed)
+    raw = rng.normal(50.0, 10.0, rows) if task == "regression" else rng.dirichlet(np.ones(len(classes)), rows)
+    return output_frame(task, classes, raw)
+
+
+def test_prediction_signals_of_each_task() -> None:
+    binary = _contract("binary", [0, 1], 100, seed=1)
+    signals = prediction_signals("binary", [0, 1], binary)
+    assert list(signals) == ["probability"] and signals["probability"].dtype == np.float64
+    np.testing.assert_array_equal(signals["probability"], binary["probability"])
+
+    multiclass = _contract("multiclass", TIERS, 100, seed=2)
+    signals = prediction_signals("multiclass", TIERS, multiclass)
+    assert list(signals) == ["probability_bronze", "probability_silver", "probability_gold", "prediction"]
+    assert all(signals[f"probability_{tier}"].dtype == np.float64 for tier in TIERS)
+    assert set(signals["prediction"]) <= set(TIERS)
+    # integer labels become the same text whether they come from a model (Int64) or from the log (int64)
+    from_model = prediction_signals("multiclass", [3, 7], _contract("multiclass", [3, 7], 20, seed=3))
+    logged = pd.DataFrame({"probability_3": 0.5, "probability_7": 0.5, "prediction": np.array([3, 7] * 10)})
+    from_log = prediction_signals("multiclass", [3, 7], logged)
+    assert set(from_model["prediction"]) <= {"3", "7"} and from_log["prediction"][:2].tolist() == ["3", "7"]
+
+    regression = _contract("regression", [], 100, seed=4)
+    assert list(prediction_signals("regression", [], regression)) == ["prediction"]
+    with pytest.raises(DataError, match=r"the multiclass model's outputs lack column\(s\) \['probability_gold'\]"):
+        prediction_signals("multiclass", TIERS, multiclass.drop(columns=["probability_gold"]))
+
+
+def test_a_multiclass_profile_keeps_numeric_and_categorical_signals(tmp_path: Path) -> None:
+    frame = generate_churn(1_000, seed=5)
+    signals = prediction_signals("multiclass", TIERS, _contract("multiclass", TIERS, 1_000, seed=6))
+    profile = build_profile(frame, [ColumnSpec(name="age", type="numeric")], predictions=signals)
+
+    assert isinstance(profile.predictions["probability_gold"], NumericProfile)
+    predicted = profile.predictions["prediction"]
+    assert isinstance(predicted, CategoricalProfile) and predicted.categories == sorted(TIERS)
+    assert predicted.counts.sum() == 1_000
+    uri = str(tmp_path / "multiclass.npz")
+    save_profile(profile, uri)
+    _assert_same(profile, load_profile(uri))

@@ -1,4 +1,5 @@
-"""The drift report: its JSON fields and a self-contained HTML page with a chart per drifted feature."""
+"""The drift report: its JSON fields and a self-contained HTML page with a chart per drifted feature or prediction
+signal."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import re
 import numpy as np
 import pytest
 
-from mlsteps.config import PipelineConfig
+from mlsteps.config import ColumnSpec, PipelineConfig
 from mlsteps.data import storage
 from mlsteps.data.datasets import generate_churn
-from mlsteps.drift import DriftReport, build_profile, detect_drift, render_html
+from mlsteps.drift import DriftReport, build_profile, detect_drift, prediction_signals, render_html
 from mlsteps.drift.report import share_chart_svg
+from mlsteps.evaluation.tasks import output_frame
 
 FEATURE_FIELDS = {
     "name",
@@ -38,9 +40,10 @@ FEATURE_FIELDS = {
 @pytest.fixture(scope="module")
 def report(pipeline_config: PipelineConfig) -> DriftReport:
     rng = np.random.default_rng(0)
-    profile = build_profile(generate_churn(5_000, seed=1), pipeline_config.dataset.features, rng.beta(2, 5, 5_000))
+    reference = {"probability": rng.beta(2, 5, 5_000)}
+    profile = build_profile(generate_churn(5_000, seed=1), pipeline_config.dataset.features, reference)
     window = generate_churn(600, seed=2, covariate_drift=1.0).drop(columns=["num_devices"])
-    return detect_drift(profile, window, scores=rng.beta(3, 4, 600))
+    return detect_drift(profile, window, predictions={"probability": rng.beta(3, 4, 600)})
 
 
 def test_json_report_has_every_field(report: DriftReport, tmp_path: object) -> None:
@@ -58,7 +61,8 @@ def test_json_report_has_every_field(report: DriftReport, tmp_path: object) -> N
         "counts",
     }
     assert all(set(feature) == FEATURE_FIELDS for feature in data["features"])
-    assert set(data["prediction"]) == FEATURE_FIELDS
+    assert [signal["name"] for signal in data["prediction"]] == ["probability"]
+    assert set(data["prediction"][0]) == FEATURE_FIELDS
     assert set(data["dataset"]) == {
         "drift_detected",
         "drifted_features",
@@ -108,3 +112,30 @@ def test_chart_scales_bars_to_the_largest_share_and_escapes_labels() -> None:
     bars = [float(h) for h in re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="([\d.]+)"', svg)]
     bars = bars[:4]  # reference and current bar of each label; the legend's squares follow
     assert [height / max(bars) for height in bars] == pytest.approx([2 / 3, 1 / 3, 2 / 3, 1.0], abs=0.01)
+
+
+def test_the_prediction_section_lists_every_signal_of_a_multiclass_model() -> None:
+    tiers = ["bronze", "silver", "gold"]
+    rng = np.random.default_rng(3)
+    frame = generate_churn(3_000, seed=4)
+    specs = [ColumnSpec(name="age", type="numeric")]
+    reference = output_frame("multiclass", tiers, rng.dirichlet([4.0, 2.0, 1.0], 3_000))
+    profile = build_profile(frame, specs, predictions=prediction_signals("multiclass", tiers, reference))
+    # the class mix turns over: gold becomes the most likely class, silver keeps its share
+    shifted = output_frame("multiclass", tiers, rng.dirichlet([1.0, 2.0, 4.0], 800))
+
+    report = detect_drift(profile, frame.head(800), predictions=prediction_signals("multiclass", tiers, shifted))
+    page = render_html(report, "tiers")
+
+    data = report.to_dict()
+    assert [signal["name"] for signal in data["prediction"]] == [
+        *(f"probability_{tier}" for tier in tiers),
+        "prediction",
+    ]
+    drifted = [signal["name"] for signal in data["prediction"] if signal["drifted"]]
+    assert drifted == ["probability_bronze", "probability_gold", "prediction"]  # silver keeps its share
+    assert not data["dataset"]["drift_detected"]  # the features did not move: prediction drift is reported apart
+    assert "3 of 4 prediction signal(s) drifted: probability_bronze, probability_gold, prediction" in page
+    assert "<h2>Prediction</h2>" in page and "<th>prediction signal</th>" in page
+    charted = re.findall(r"<h3><code>([^<]+)</code>", page)
+    assert charted == drifted

@@ -1,5 +1,6 @@
 """The drift step on real prediction logs of a real champion: a same-distribution window shows no drift, a shifted
-one does, small windows and a missing champion are skipped, a data-quality problem is reported as such."""
+one does, small windows and a missing champion are skipped, a data-quality problem is reported as such; the
+prediction signals of multiclass and regression champions drift when their outputs move."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from fake_models import TASK, task_model
+from test_score import register_package
 from test_train import prepare_run
 
 from mlsteps import prediction_log, registry, results, tracking
@@ -22,10 +25,10 @@ HOUR = pd.Timestamp("2026-11-20T10:00:00Z")
 def _champion(root: str) -> str:
     """Train a small model, register it and make it the champion; returns its model name."""
     config = prepare_run(root, rows=3000, epochs=2)
-    train.run(root, config)
+    trained = train.run(root, config)
     client = tracking.client()
     name = config.registry.model_name
-    version, _ = registry.register_once(client, name, results.read_result(root, "train")["model_uri"], root)
+    version, _ = registry.register_once(client, name, trained["model_uri"], root)
     client.set_registered_model_alias(name, registry.CHAMPION, version.version)
     return name
 
@@ -54,11 +57,14 @@ def test_windows_of_the_champions_predictions(mlflow_tracking: str, tmp_path: Pa
     _score(tmp_path, store, "shifted", generate_churn(2000, seed=22, covariate_drift=1.0), HOUR + pd.Timedelta(hours=1))
 
     steady = _check(tmp_path, store, "steady", HOUR)
-    assert steady["status"] == "ok" and steady["rows"] == 2000
+    assert steady["status"] == "ok" and steady["rows"] == 2000 and steady["task"] == "binary"
     assert steady["drift_detected"] is False and steady["drifted_features"] == []
+    assert steady["prediction_drift"] is False and steady["drifted_predictions"] == []
     assert steady["window"] == {"start": HOUR.isoformat(), "end": (HOUR + pd.Timedelta(hours=1)).isoformat()}
     report = storage.read_json(steady["report_uri"])
     assert {feature["name"] for feature in report["features"]} >= {"age", "plan", "monthly_charges"}
+    assert [signal["name"] for signal in report["prediction"]] == ["probability"]
+    assert report["prediction"][0]["status"] == "ok" and report["prediction"][0]["current_count"] == 2000
     assert "<table" in storage.read_text(steady["report_html_uri"])
 
     shifted = _check(tmp_path, store, "shifted", HOUR + pd.Timedelta(hours=1))
@@ -67,6 +73,8 @@ def test_windows_of_the_champions_predictions(mlflow_tracking: str, tmp_path: Pa
     run = mlflow.get_run(shifted["mlflow_run_id"])
     assert run.data.tags["model_name"] == model_name and run.data.tags["status"] == "ok"
     assert run.data.metrics["drifted_features"] == len(shifted["drifted_features"])
+    assert run.data.metrics["drifted_predictions"] == len(shifted["drifted_predictions"])
+    assert "prediction_statistic.probability" in run.data.metrics
     assert {artifact.path for artifact in mlflow.MlflowClient().list_artifacts(run.info.run_id)} == {
         "report.html",
         "report.json",
@@ -83,10 +91,54 @@ def test_windows_of_the_champions_predictions(mlflow_tracking: str, tmp_path: Pa
     # Logs without a feature column: a data-quality failure, never drift.
     broken = generate_churn(800, seed=23).drop(columns=["age"])
     predictions = pd.DataFrame({"probability": 0.2, "prediction": 0}, index=broken.index)
-    prediction_log.append(store, broken, predictions, model_name, 1, scored_at=HOUR + pd.Timedelta(hours=3, minutes=5))
+    quality_at = HOUR + pd.Timedelta(hours=3, minutes=5)
+    prediction_log.append(store, broken, predictions, TASK, model_name, 1, scored_at=quality_at)
     quality = _check(tmp_path, store, "quality", HOUR + pd.Timedelta(hours=3))
     assert quality["status"] == "data_quality_failed" and quality["drift_detected"] is False
     assert any("age" in problem for problem in quality["data_quality_problems"])
+
+
+def test_a_multiclass_champion_whose_class_mix_shifts(mlflow_tracking: str, tmp_path: Path) -> None:
+    info, preprocessor, model = task_model("multiclass")  # plan change: stay, downgrade or leave
+    register_package(info, preprocessor, model, registry.CHAMPION)
+    store = str(tmp_path / "predictions")
+    _score(tmp_path, store, "steady", generate_churn(2000, seed=21), HOUR)
+    # Only monthly contracts of customers who call support: "leave" and "downgrade" take over from "stay".
+    customers = generate_churn(12_000, seed=22)
+    unsettled = customers[(customers["contract_type"] == "monthly") & (customers["support_calls_90d"] >= 2)]
+    _score(tmp_path, store, "unsettled", unsettled.head(2000), HOUR + pd.Timedelta(hours=1))
+
+    steady = _check(tmp_path, store, "steady", HOUR)
+    assert steady["status"] == "ok" and steady["task"] == "multiclass"
+    assert steady["prediction_drift"] is False and steady["drifted_predictions"] == []
+    signals = [signal["name"] for signal in storage.read_json(steady["report_uri"])["prediction"]]
+    assert signals == [*(f"probability_{label}" for label in info.classes), "prediction"]
+
+    shifted = _check(tmp_path, store, "unsettled", HOUR + pd.Timedelta(hours=1))
+    assert shifted["status"] == "ok" and shifted["prediction_drift"] is True
+    assert "prediction" in shifted["drifted_predictions"]  # the predicted-class mix
+    assert {"probability_stay", "probability_leave"} <= set(shifted["drifted_predictions"])
+    mix = next(s for s in storage.read_json(shifted["report_uri"])["prediction"] if s["name"] == "prediction")
+    assert mix["kind"] == "categorical" and set(mix["histogram"]["labels"]) <= set(info.classes)
+    assert 'Prediction: <strong class="failed">DRIFT</strong>' in storage.read_text(shifted["report_html_uri"])
+
+
+def test_a_regression_champion_whose_predictions_shift(mlflow_tracking: str, tmp_path: Path) -> None:
+    info, preprocessor, model = task_model("regression")  # next month's spend
+    register_package(info, preprocessor, model, registry.CHAMPION)
+    store = str(tmp_path / "predictions")
+    _score(tmp_path, store, "steady", generate_churn(2000, seed=21), HOUR)
+    customers = generate_churn(12_000, seed=22)
+    big_spenders = customers[customers["monthly_charges"] > customers["monthly_charges"].quantile(0.6)]
+    _score(tmp_path, store, "big", big_spenders.head(2000), HOUR + pd.Timedelta(hours=1))
+
+    steady = _check(tmp_path, store, "steady", HOUR)
+    assert steady["status"] == "ok" and steady["task"] == "regression" and steady["prediction_drift"] is False
+    (signal,) = storage.read_json(steady["report_uri"])["prediction"]
+    assert (signal["name"], signal["kind"], signal["status"]) == ("prediction", "numeric", "ok")
+
+    shifted = _check(tmp_path, store, "big", HOUR + pd.Timedelta(hours=1))
+    assert shifted["prediction_drift"] is True and shifted["drifted_predictions"] == ["prediction"]
 
 
 def test_without_a_champion_the_window_is_skipped(mlflow_tracking: str, tmp_path: Path) -> None:

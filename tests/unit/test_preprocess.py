@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,9 @@ from typer.testing import CliRunner
 
 from mlsteps import results
 from mlsteps.cli import app
-from mlsteps.config import PipelineConfig, load_pipeline_config
+from mlsteps.config import PipelineConfig, load_dataset_config, load_pipeline_config
 from mlsteps.data import storage
-from mlsteps.data.datasets import generate_churn
+from mlsteps.data.datasets import BUILT_IN, generate_churn
 from mlsteps.data.features import UNKNOWN_INDEX, TabularPreprocessor
 from mlsteps.errors import ConfigError, DataError
 from mlsteps.steps import preprocess
@@ -38,6 +39,14 @@ def config_with(pipeline_config: PipelineConfig, split: dict[str, Any] | None = 
     if dataset:
         overrides["dataset"] = {**pipeline_config.dataset.model_dump(), **dataset}
     return load_pipeline_config(overrides=overrides)
+
+
+def config_for(task: str) -> PipelineConfig:
+    """The bundled pipeline config on a built-in dataset of the task, gated by the task's default metric."""
+    dataset = load_dataset_config(BUILT_IN[task].config_path).model_dump()
+    return load_pipeline_config(
+        overrides={"dataset": dataset, "evaluation": {"primary_metric": None, "threshold": None}}
+    )
 
 
 def read_splits(root: str) -> dict[str, pd.DataFrame]:
@@ -71,6 +80,82 @@ def test_time_split_puts_the_latest_rows_in_holdout(tmp_path: Path, churn: pd.Da
     assert payload["split"]["method"] == "time"
     assert payload["snapshot_id"] == "abc"
     assert results.read_result(root, "preprocess")["preprocessor_uri"] == payload["preprocessor_uri"]
+    assert payload["class_counts"] == {
+        name: {"0": int((part["churned"] == 0).sum()), "1": int((part["churned"] == 1).sum())}
+        for name, part in splits.items()
+    }
+    assert "target_stats" not in payload
+
+
+def test_multiclass_splits_count_every_class_in_config_order(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    write_snapshot(root, BUILT_IN["multiclass"].generate(ROWS, seed=3))
+
+    payload = preprocess.run(root, config_for("multiclass"))
+
+    splits = read_splits(root)
+    for name, part in splits.items():
+        counts = payload["class_counts"][name]
+        assert list(counts) == ["bronze", "silver", "gold", "platinum"]
+        assert counts == part["next_tier"].value_counts().reindex(list(counts)).to_dict()
+        assert all(count > 0 for count in counts.values())
+    assert {key for key in payload if key.endswith("_uri")} >= {"train_uri", "validation_uri", "holdout_uri"}
+    assert storage.exists(payload["preprocessor_uri"])
+
+
+def test_regression_splits_report_the_target_mean_and_std(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    write_snapshot(root, BUILT_IN["regression"].generate(ROWS, seed=3))
+
+    payload = preprocess.run(root, config_for("regression"))
+
+    assert "class_counts" not in payload
+    for name, part in read_splits(root).items():
+        stats = payload["target_stats"][name]
+        assert stats["mean"] == pytest.approx(part["claim_cost"].mean())
+        assert stats["std"] == pytest.approx(part["claim_cost"].std(ddof=0))
+    assert payload["rows"] == {"train": 2100, "validation": 450, "holdout": 450}
+
+
+def test_a_split_without_a_class_fails_naming_it_and_its_counts(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    tiers = BUILT_IN["multiclass"].generate(ROWS, seed=3)
+    latest = tiers["reviewed_at"] >= tiers["reviewed_at"].quantile(0.85)
+    write_snapshot(
+        root, tiers.assign(next_tier=tiers["next_tier"].where(~latest | (tiers["next_tier"] != "platinum"), "gold"))
+    )
+
+    with pytest.raises(DataError) as failure:
+        preprocess.run(root, config_for("multiclass"))
+
+    message = str(failure.value)
+    assert "every split needs every class of 'next_tier' ['bronze', 'silver', 'gold', 'platinum']" in message
+    assert re.search(
+        r"\n- holdout: 450 rows, \d+ of 'bronze', \d+ of 'silver', \d+ of 'gold', 0 of 'platinum'", message
+    )
+    assert "train:" not in message
+    assert storage.list_files(results.step_dir(root, "preprocess")) == []
+
+
+def test_a_regression_split_with_a_constant_target_fails(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    claims = BUILT_IN["regression"].generate(ROWS, seed=3)
+    latest = claims["reported_at"] >= claims["reported_at"].quantile(0.85)
+    write_snapshot(root, claims.assign(claim_cost=claims["claim_cost"].where(~latest, 1000.0)))
+
+    with pytest.raises(
+        DataError, match=r"at least two distinct values of 'claim_cost':\n- holdout: 450 rows, 1 distinct"
+    ):
+        preprocess.run(root, config_for("regression"))
+
+
+def test_a_regression_target_that_is_not_numbers_is_a_data_error(tmp_path: Path) -> None:
+    claims = BUILT_IN["regression"].generate(ROWS, seed=3).astype({"claim_cost": "str"})  # a CSV read as text
+    claims.loc[[4, 9], "claim_cost"] = ["n/a", None]
+    write_snapshot(str(tmp_path), claims)
+
+    with pytest.raises(DataError, match=r"regression target column 'claim_cost' has 2 value\(s\) that are not finite"):
+        preprocess.run(str(tmp_path), config_for("regression"))
 
 
 def test_hash_split_is_stable_and_ignores_row_order(tmp_path: Path, churn: pd.DataFrame, pipeline_config) -> None:
@@ -205,7 +290,12 @@ def test_split_method_without_its_column_is_a_config_error(
 @pytest.mark.parametrize(
     ("method", "column", "bad_value", "message"),
     [
-        ("time", "churned", 2, r"target column 'churned' has 1 value\(s\) outside the classes \[0, 1\], e.g. \[2\]"),
+        (
+            "time",
+            "churned",
+            2,
+            r"binary target column 'churned' has 1 value\(s\) outside the declared classes \[0, 1\], e.g. \[2\]",
+        ),
         ("time", "event_time", None, "timestamp column 'event_time' has 1 missing or unparseable value"),
         ("hash", "customer_id", None, "id column 'customer_id' has 1 missing value"),
     ],

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fake_models import GOOD, MODEL_NAME, WEAK, WORSE, log_model
+from fake_models import GOOD, MODEL_NAME, PIPELINE, WEAK, WORSE, log_model
 from typer.testing import CliRunner
 
 from mlsteps import registry, results, tracking
@@ -22,6 +22,7 @@ from mlsteps.errors import ConfigError, DataError, RegistryConflict, StepError
 from mlsteps.steps import evaluate, promote, register
 
 NewRun = Callable[..., str]
+FAMILY = PIPELINE.training.model
 
 
 @pytest.fixture
@@ -31,20 +32,30 @@ def holdout_uri(tmp_path: Path) -> str:
     return uri
 
 
-def _write_upstream(run_root: str, holdout_uri: str, weights: dict[str, float]) -> None:
-    run_id, model_uri = log_model(weights)
+def _write_upstream(run_root: str, holdout_uri: str, weights: dict[str, float], family: str = FAMILY) -> None:
     results.write_result(run_root, "snapshot", {"snapshot_id": "snap-42", "dataset": "churn"})
     results.write_result(run_root, "preprocess", {"holdout_uri": holdout_uri, "snapshot_id": "snap-42"})
-    results.write_result(run_root, "train", {"mlflow_run_id": run_id, "model_uri": model_uri})
+    _write_candidate(run_root, weights, family)
+
+
+def _write_candidate(run_root: str, weights: dict[str, float], family: str) -> None:
+    """The train result of one candidate family, with a model of the weights."""
+    run_id, model_uri = log_model(weights)
+    train = {"mlflow_run_id": run_id, "model_uri": model_uri, "family": family, "task": "binary"}
+    results.write_result(run_root, results.candidate_step(family), train)
+
+
+def _train(run_root: str, family: str = FAMILY) -> dict:
+    return results.read_result(run_root, results.candidate_step(family))
 
 
 @pytest.fixture
 def new_run(tmp_path: Path, mlflow_tracking: str, holdout_uri: str) -> NewRun:
     """Make a run root whose snapshot, preprocess and train results are written, with a model of the weights."""
 
-    def make(name: str, weights: dict[str, float]) -> str:
+    def make(name: str, weights: dict[str, float], family: str = FAMILY) -> str:
         run_root = str(tmp_path / "runs" / name)
-        _write_upstream(run_root, holdout_uri, weights)
+        _write_upstream(run_root, holdout_uri, weights, family)
         return run_root
 
     return make
@@ -78,27 +89,68 @@ def test_evaluate_without_champion_judges_the_minimum_only(
     assert set(result["challenger"]["slices"]) == {"plan", "region"}
     assert result["challenger"]["slices"]["region"]["north"]["rows"] >= 30
     assert result["gate"]["passed"] is True
-    assert result["gate"]["min_roc_auc"] == 0.70 and result["gate"]["max_roc_auc_regression"] == 0.01
-    assert result["gate"]["reasons"] == [
-        f"challenger roc_auc={metrics['roc_auc']:.3f} >= minimum 0.700",
-        "no champion yet: judged on the minimum only",
+    gate = result["gate"]
+    assert gate["primary_metric"] == "roc_auc" and gate["higher_is_better"] is True
+    assert gate["threshold"] == 0.70 and gate["max_degradation"] == 0.01 and gate["degradation"] == "absolute"
+    assert gate["reasons"] == [
+        f"challenger roc_auc={metrics['roc_auc']:.6g} >= threshold 0.7",
+        "no champion yet: judged on the threshold only",
     ]
     assert result["report_uri"] == f"{run_root}/evaluate/report.json"
     report = storage.read_json(result["report_uri"])
-    assert report["challenger"] == result["challenger"] and report["gate"] == result["gate"]
+    assert {key: value for key, value in report["challenger"].items() if key != "curves"} == result["challenger"]
+    assert set(report["challenger"]["curves"]) == {"roc", "calibration"} and report["gate"] == result["gate"]
     page = storage.read_text(result["report_html_uri"])
     assert "no champion yet" in page and "region" in page
+    assert "<title>ROC curve</title>" in page and "<title>Calibration (reliability)</title>" in page
 
 
-def test_cli_threshold_overrides_decide_the_gate(new_run: NewRun) -> None:
+def test_cli_gate_overrides_decide_the_gate(new_run: NewRun) -> None:
     run_root = new_run("strict", GOOD)
-    outcome = CliRunner().invoke(app, ["evaluate", "--run-root", run_root, "--min-roc-auc", "0.99"])
+    outcome = CliRunner().invoke(app, ["evaluate", "--run-root", run_root, "--threshold", "0.99"])
     assert outcome.exit_code == 0, outcome.output  # a failed gate is a decision, not a step failure
     gate = results.read_result(run_root, "evaluate")["gate"]
-    assert gate["passed"] is False and gate["min_roc_auc"] == 0.99
-    assert "< minimum 0.990" in gate["reasons"][0]
-    with pytest.raises(ConfigError, match="min_roc_auc"):
-        evaluate.main(run_root=run_root, min_roc_auc=1.5)
+    assert gate["passed"] is False and gate["threshold"] == 0.99
+    assert "< threshold 0.99" in gate["reasons"][0]
+    override = ["--primary-metric", "log_loss", "--threshold", "5", "--max-degradation", "0.2"]
+    outcome = CliRunner().invoke(app, ["evaluate", "--run-root", run_root, *override])
+    assert outcome.exit_code == 0, outcome.output
+    gate = results.read_result(run_root, "evaluate")["gate"]
+    assert gate["passed"] is True and gate["primary_metric"] == "log_loss" and gate["higher_is_better"] is False
+    assert gate["max_degradation"] == 0.2 and " <= threshold 5" in gate["reasons"][0]
+    outcome = CliRunner().invoke(
+        app, ["evaluate", "--run-root", run_root, "--threshold", "none", "--degradation", "relative"]
+    )
+    assert outcome.exit_code == 0, outcome.output
+    gate = results.read_result(run_root, "evaluate")["gate"]
+    assert gate["threshold"] is None and gate["degradation"] == "relative"
+    assert gate["reasons"][0].endswith("no threshold set (evaluation.threshold is null)")
+    with pytest.raises(ConfigError, match=r"threshold 1.5 is outside the range of roc_auc"):
+        evaluate.main(run_root=run_root, threshold=1.5)
+    outcome = CliRunner().invoke(app, ["evaluate", "--run-root", run_root, "--primary-metric", "rmse"])
+    assert outcome.exit_code == 2
+    assert "evaluation.primary_metric: 'rmse' is not a binary metric" in outcome.output
+
+
+def test_the_best_candidate_becomes_the_challenger(new_run: NewRun) -> None:
+    run_root = new_run("candidates", WEAK, family="mlp")
+    _write_candidate(run_root, GOOD, "gbdt")
+    outcome = CliRunner().invoke(app, ["evaluate", "--run-root", run_root, "--candidates", "mlp,gbdt"])
+    assert outcome.exit_code == 0, outcome.output
+    result = results.read_result(run_root, "evaluate")
+    assert [candidate["family"] for candidate in result["candidates"]] == ["mlp", "gbdt"]
+    weak, good = (candidate["metrics"]["roc_auc"] for candidate in result["candidates"])
+    assert good > weak
+    assert (
+        result["challenger"]["family"] == "gbdt"
+        and result["challenger"]["model_uri"] == _train(run_root, "gbdt")["model_uri"]
+    )
+    assert result["challenger"]["metrics"]["roc_auc"] == good
+    assert "gbdt is the challenger" in outcome.output
+    page = storage.read_text(result["report_html_uri"])
+    assert "<h2>Candidates</h2>" in page and _train(run_root, "mlp")["model_uri"] in page
+    with pytest.raises(StepError, match=r"train/xgb"):
+        evaluate.main(run_root=run_root, candidates="mlp,xgb:Trainer")
 
 
 def test_register_twice_for_one_run_root_creates_one_version(new_run: NewRun, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,7 +169,7 @@ def test_register_twice_for_one_run_root_creates_one_version(new_run: NewRun, mo
     assert first["aliases"] == ["challenger"]
     client = tracking.client()
     assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == 1
-    train = results.read_result(run_root, "train")
+    train = _train(run_root)
     assert first["source_run_id"] == train["mlflow_run_id"]
     tags = client.get_model_version(MODEL_NAME, "1").tags
     roc_auc = results.read_result(run_root, "evaluate")["challenger"]["metrics"]["roc_auc"]
@@ -128,6 +180,9 @@ def test_register_twice_for_one_run_root_creates_one_version(new_run: NewRun, mo
         "dataset": "churn",
         "mlflow_run_id": train["mlflow_run_id"],
         "gate_passed": "true",
+        "family": FAMILY,
+        "task": "binary",
+        "primary_metric": "roc_auc",
         "roc_auc": str(roc_auc),
         "code_version": "0.1.0+abc123",
         "image": "ghcr.io/example/mlsteps:0.1.0",
@@ -169,11 +224,12 @@ def test_promote_sets_champion_and_the_next_run_compares_against_it(
     evaluation = _evaluate_register(second)
     champion = evaluation["champion"]
     assert champion["version"] == 1 and champion["model_uri"] == f"models:/{MODEL_NAME}/1"
-    assert champion["run_id"] == results.read_result(first, "train")["mlflow_run_id"]
+    assert champion["run_id"] == _train(first)["mlflow_run_id"]
     assert champion["metrics"] == evaluation["challenger"]["metrics"]  # same weights, same holdout
     assert evaluation["gate"]["passed"] is True
     assert any(
-        "vs champion" in reason and "drop 0.000 <= allowed 0.010" in reason for reason in evaluation["gate"]["reasons"]
+        "vs champion" in reason and "equal, within the allowed worsening 0.01" in reason
+        for reason in evaluation["gate"]["reasons"]
     )
     promote.main(run_root=second)
     assert _champion() == 2
@@ -190,10 +246,14 @@ def test_better_champion_fails_the_gate_and_promote_refuses(new_run: NewRun) -> 
     assert evaluation["gate"]["passed"] is False
     challenger, champion = evaluation["challenger"]["metrics"]["roc_auc"], evaluation["champion"]["metrics"]["roc_auc"]
     assert champion - challenger > 0.01
-    assert f"challenger roc_auc={challenger:.3f} vs champion {champion:.3f}: drop" in evaluation["gate"]["reasons"][1]
+    assert (
+        f"challenger roc_auc={challenger:.6g} vs champion {champion:.6g}: worse by" in evaluation["gate"]["reasons"][1]
+    )
     assert tracking.client().get_model_version(MODEL_NAME, "2").tags["gate_passed"] == "false"
 
-    with pytest.raises(StepError, match=r"gate failed for churn-classifier v2, champion stays v1: .*> allowed 0.010"):
+    with pytest.raises(
+        StepError, match=r"gate failed for churn-classifier v2, champion stays v1: .*beyond the allowed worsening 0.01"
+    ):
         promote.main(run_root=second)
     outcome = CliRunner().invoke(app, ["promote", "--run-root", second])
     assert outcome.exit_code == 2
@@ -267,7 +327,8 @@ def test_evaluate_rejects_unknown_target_values(new_run: NewRun, tmp_path: Path)
     results.write_result(run_root, "preprocess", {"holdout_uri": odd_uri, "snapshot_id": "snap-42"})
     with pytest.raises(
         DataError,
-        match=r"odd.parquet: target column 'churned' has 3 value\(s\) outside the classes \[0, 1\], e.g. \[7\]",
+        match=r"odd.parquet: binary target column 'churned' has 3 value\(s\) outside the declared classes \[0, 1\], "
+        r"e.g. \[7\]",
     ):
         evaluate.main(run_root=run_root)
 

@@ -1,4 +1,5 @@
-"""The score step end to end against a real MLflow registry on SQLite, with the prediction log it appends to."""
+"""The score step end to end against a real MLflow registry on SQLite, with the prediction log it appends to, for
+models of every task."""
 
 from __future__ import annotations
 
@@ -8,30 +9,42 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
-from fake_models import GOOD, MODEL_NAME, WEAK, log_model
+from fake_models import GOOD, MODEL_NAME, TASK, WEAK, log_package, risk_score_model, task_model
 from typer.testing import CliRunner
 
 from mlsteps import prediction_log, registry, results, tracking
 from mlsteps.cli import app
 from mlsteps.data import storage
 from mlsteps.data.datasets import generate_churn
+from mlsteps.data.features import TabularPreprocessor
 from mlsteps.data.snapshots import write_table
 from mlsteps.errors import ConfigError, DataError, StepError
+from mlsteps.evaluation.tasks import output_columns
+from mlsteps.inference import TaskInfo, onnx_session, predict_frame
 from mlsteps.steps import score
 
 HOUR = "2025-03-01T14:00:00Z"
 NEXT_HOUR = "2025-03-01T15:00:00Z"
 
 
-def _register(weights: dict[str, float], alias: str | None = None) -> int:
-    """Register a RiskScoreModel as a new version of the configured model, optionally behind an alias."""
-    _, model_uri = log_model(weights)
+def register_package(
+    info: TaskInfo, preprocessor: TabularPreprocessor, model: onnx.ModelProto, alias: str | None = None
+) -> int:
+    """Log a model package of any task (``fake_models.log_package``) and register it as a new version of the
+    configured model, optionally behind an alias."""
+    _, model_uri = log_package(info, preprocessor, model)
     version = int(mlflow.register_model(model_uri, MODEL_NAME).version)
     if alias:
         tracking.client().set_registered_model_alias(MODEL_NAME, alias, str(version))
     return version
+
+
+def _register(weights: dict[str, float], alias: str | None = None) -> int:
+    """Register a risk-score model (binary) as a new version of the configured model, optionally behind an alias."""
+    return register_package(TASK, *risk_score_model(weights), alias)
 
 
 @pytest.fixture
@@ -69,7 +82,9 @@ def test_score_logs_every_row_with_the_champion_version(champion: int, input_csv
     assert logged["request_id"].tolist() == incoming["customer_id"].tolist()
     assert set(logged["model_version"]) == {1} and logged["plan"].tolist() == incoming["plan"].tolist()
     assert "event_time" not in logged.columns  # features only, besides the record columns
-    assert result["positive_rate"] == pytest.approx(logged["prediction"].mean())
+    assert list(logged.columns[-5:-3]) == ["probability", "prediction"] and logged["prediction"].dtype == "int64"
+    assert result["task"] == "binary" and result["positive_rate"] == pytest.approx(logged["prediction"].mean())
+    assert result["class_shares"] == {"0": pytest.approx(1 - result["positive_rate"]), "1": result["positive_rate"]}
     assert 0.02 < result["positive_rate"] < 0.5  # the GOOD risk score flags a minority, as churn is
     scored_rows = storage.read_parquet(result["predictions_uri"])
     assert result["predictions_uri"] == f"{run_root}/score/predictions.parquet"
@@ -116,6 +131,35 @@ def test_score_reads_parquet_from_s3_and_logs_to_s3(champion: int, s3_bucket: st
     assert result["log_files"][0].startswith(f"{store}/model={MODEL_NAME}/date=2025-03-01/hour=14/")
     logged = prediction_log.read_window(store, MODEL_NAME, HOUR, NEXT_HOUR)
     assert len(logged) == 300 and logged["request_id"].is_unique  # no id column: generated ids
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_score_writes_and_logs_the_outputs_of_each_task(
+    mlflow_tracking: str, input_csv: str, tmp_path: Path, task: str
+) -> None:
+    info, preprocessor, model = task_model(task)
+    register_package(info, preprocessor, model, registry.CHAMPION)
+    store, run_root = str(tmp_path / "predictions"), str(tmp_path / "runs" / task)
+
+    result = _score(run_root, input_csv, store, scored_at=HOUR, batch_rows=500)
+
+    outputs = output_columns(info.task, info.classes)
+    logged = prediction_log.read_window(store, MODEL_NAME, HOUR, NEXT_HOUR)
+    assert len(logged) == 1200 and list(logged.columns[-3 - len(outputs) : -3]) == outputs
+    pd.testing.assert_frame_equal(storage.read_parquet(result["predictions_uri"]), logged)
+    session = onnx_session(model.SerializeToString())
+    expected = predict_frame(preprocessor, session, info, pd.read_csv(input_csv, dtype={"plan": "str"}))
+    numbers = [column for column in outputs if column != "prediction" or task == "regression"]
+    np.testing.assert_allclose(logged[numbers], expected[numbers], rtol=1e-6)
+    assert result["task"] == task
+    if task == "multiclass":
+        assert logged["prediction"].dtype == "str" and logged["prediction"].tolist() == expected["prediction"].tolist()
+        shares = logged["prediction"].value_counts(normalize=True)
+        assert result["class_shares"] == {label: pytest.approx(shares.get(label, 0.0)) for label in info.classes}
+        assert len(shares) > 1  # the plan-change model predicts more than one class on this data
+    else:
+        assert logged["prediction"].dtype == "float64"
+        assert result["mean_prediction"] == pytest.approx(logged["prediction"].mean())
 
 
 def _input_without(tmp_path: Path, *columns: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 import threading
 import time
 from collections import Counter
@@ -13,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from fake_models import break_bundle
 from starlette.testclient import TestClient
 
 from mlsteps import prediction_log
 from mlsteps.errors import StepError
+from mlsteps.evaluation.tasks import output_columns, output_frame
 from mlsteps.serve.app import create_app
 from mlsteps.serve.model import ModelHandle, ServedModel, load_model
 from mlsteps.serving_bundle import MANIFEST_FILE, BundleError, ServingBundle, read_bundle
@@ -68,7 +71,7 @@ def test_both_formats_answer_the_probabilities_the_trained_model_gave(
     client: TestClient, bundle: ServingBundle
 ) -> None:
     rows = bundle.smoke_inputs  # includes a row of nulls and one of unseen categories
-    expected = np.array(bundle.smoke_probability)
+    expected = bundle.smoke_outputs[:, 1]
     names = [c.name for c in bundle.columns]
 
     v2 = client.post(infer_path(bundle), json=v2_body(bundle, rows, id="req-1"))
@@ -83,11 +86,119 @@ def test_both_formats_answer_the_probabilities_the_trained_model_gave(
     assert (answer["model_name"], answer["model_version"], answer["id"]) == (bundle.model_name, "1", "req-1")
     probability, prediction = (output["data"] for output in answer["outputs"])
     np.testing.assert_allclose(probability, expected, atol=1e-4)
-    assert prediction == (expected >= bundle.decision_threshold).astype(int).tolist()
+    assert prediction == (expected >= 0.5).astype(int).tolist()
     assert [o["shape"] for o in answer["outputs"]] == [[len(rows)], [len(rows)]]
     mlflow_rows = [{"probability": p, "prediction": c} for p, c in zip(probability, prediction, strict=True)]
     assert split.json() == records.json() == {"predictions": mlflow_rows}
     assert {r.headers["x-model-version"] for r in (v2, split, records, pinned)} == {"1"}
+
+
+def v2_binary_body(bundle: ServingBundle, rows: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:
+    """An inference request with every column as binary tensor data, asking for binary outputs; (body, headers).
+
+    A missing category is sent as an empty string (BYTES has no null), which the model reads as unseen, as null.
+    """
+    tensors, chunks = [], []
+    for column in bundle.columns:
+        values = [row[column.name] for row in rows]
+        if column.type == "string":
+            encoded = [("" if value is None else value).encode() for value in values]
+            chunk = b"".join(struct.pack("<I", len(value)) + value for value in encoded)
+        else:
+            chunk = np.array([np.nan if value is None else value for value in values], "<f8").tobytes()
+        tensors.append(
+            {
+                "name": column.name,
+                "datatype": JSON_TYPES[column.type],
+                "shape": [len(rows)],
+                "parameters": {"binary_data_size": len(chunk)},
+            }
+        )
+        chunks.append(chunk)
+    header = json.dumps({"inputs": tensors, "parameters": {"binary_data_output": True}}).encode()
+    headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+    return header + b"".join(chunks), headers
+
+
+def answer_outputs(response: Any) -> dict[str, np.ndarray]:
+    """The outputs of a v2 answer by name, shaped as the answer says: JSON data, or binary data after the header."""
+    length = response.headers.get("inference-header-content-length")
+    header = json.loads(response.content[: int(length)] if length else response.content)
+    data, offset, outputs = response.content[int(length or 0) :], 0, {}
+    for tensor in header["outputs"]:
+        if "data" in tensor:
+            outputs[tensor["name"]] = np.array(tensor["data"]).reshape(tensor["shape"])
+            continue
+        chunk = data[offset : offset + tensor["parameters"]["binary_data_size"]]
+        offset += len(chunk)
+        if tensor["datatype"] == "BYTES":
+            values, at = [], 0
+            while at < len(chunk):
+                (size,) = struct.unpack_from("<I", chunk, at)
+                values.append(chunk[at + 4 : at + 4 + size].decode())
+                at += 4 + size
+            array = np.array(values)
+        else:
+            array = np.frombuffer(chunk, {"FP64": "<f8", "INT64": "<i8"}[tensor["datatype"]])
+        outputs[tensor["name"]] = array.reshape(tensor["shape"])
+    return outputs
+
+
+TASK_OUTPUTS = {
+    "multiclass": [
+        {"name": "probabilities", "datatype": "FP64", "shape": [-1, 3]},
+        {"name": "prediction", "datatype": "BYTES", "shape": [-1]},
+    ],
+    "regression": [{"name": "prediction", "datatype": "FP64", "shape": [-1]}],
+}
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_each_task_answers_its_outputs_in_both_formats_as_json_and_as_binary_data(
+    task: str, task_bundle_dirs: dict[str, Path]
+) -> None:
+    bundle = read_bundle(task_bundle_dirs[task])
+    rows = bundle.smoke_inputs  # includes a row of nulls and one of unseen categories
+    contract = output_frame(task, bundle.info.classes, bundle.smoke_outputs)  # the model package's predict output
+    body, binary_headers = v2_binary_body(bundle, rows)
+    with TestClient(create_app(ModelHandle(load_model(bundle)))) as client:
+        as_json = client.post(infer_path(bundle), json=v2_body(bundle, rows))
+        as_binary = client.post(infer_path(bundle), content=body, headers=binary_headers)
+        records = client.post("/invocations", json={"dataframe_records": rows})
+        metadata = client.get(f"/v2/models/{bundle.model_name}").json()
+
+    assert [r.status_code for r in (as_json, as_binary, records)] == [200] * 3
+    assert metadata["outputs"] == TASK_OUTPUTS[task]
+    assert metadata["parameters"] == {"task": task, "classes": bundle.info.classes}
+    assert [o["name"] for o in as_json.json()["outputs"]] == [o["name"] for o in TASK_OUTPUTS[task]]
+    assert as_binary.headers["content-type"] == "application/octet-stream"
+    for outputs in (answer_outputs(as_json), answer_outputs(as_binary)):
+        assert outputs["prediction"].shape == (len(rows),)
+        if task == "multiclass":
+            np.testing.assert_allclose(outputs["probabilities"], bundle.smoke_outputs, rtol=1e-6)
+            assert outputs["prediction"].tolist() == contract["prediction"].tolist()
+        else:
+            np.testing.assert_allclose(outputs["prediction"], bundle.smoke_outputs, rtol=1e-6)
+    predictions = records.json()["predictions"]
+    assert [list(record) for record in predictions] == [output_columns(task, bundle.info.classes)] * len(rows)
+    pd.testing.assert_frame_equal(pd.DataFrame(predictions), contract, check_dtype=False, rtol=1e-6)
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_each_task_logs_its_predict_contract_columns(task: str, task_bundle_dirs: dict[str, Path], tmp_path: Path):
+    bundle = read_bundle(task_bundle_dirs[task])
+    store = str(tmp_path / "predictions")
+    rows = bundle.smoke_inputs[:3]
+    with TestClient(create_app(ModelHandle(load_model(bundle, prediction_log=store)))) as client:
+        answer = client.post(infer_path(bundle), json=v2_body(bundle, rows, id="batch"))
+    logged = prediction_log.read_window(store, bundle.model_name, "2000-01-01", "2100-01-01")
+
+    assert answer.status_code == 200
+    columns = output_columns(task, bundle.info.classes)
+    expected = output_frame(task, bundle.info.classes, bundle.smoke_outputs[:3])
+    logged = logged.sort_values("request_id").reset_index(drop=True)
+    assert logged["request_id"].tolist() == ["batch-0", "batch-1", "batch-2"]
+    pd.testing.assert_frame_equal(logged[columns], expected, check_dtype=False, rtol=1e-6)
 
 
 def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_stays_up(
@@ -147,7 +258,11 @@ def test_metadata_and_metrics_describe_the_served_model(client: TestClient, bund
     assert metadata["versions"] == ["1"] and metadata["platform"] == "onnxruntime_onnx"
     assert metadata["inputs"][0] == {"name": "tenure_months", "datatype": "FP64", "shape": [-1]}
     assert {i["name"] for i in metadata["inputs"]} == {c.name for c in bundle.columns}
-    assert [o["name"] for o in metadata["outputs"]] == ["probability", "prediction"]
+    assert metadata["outputs"] == [
+        {"name": "probability", "datatype": "FP64", "shape": [-1]},
+        {"name": "prediction", "datatype": "INT64", "shape": [-1]},
+    ]
+    assert metadata["parameters"] == {"task": "binary", "classes": [0, 1]}
     assert client.get("/v2/models/fraud").status_code == 404
     assert f'model_name="{bundle.model_name}",model_version="1"' in metrics
     assert 'mlsteps_serve_requests_total{code="200",endpoint="infer"} 1.0' in metrics
@@ -177,7 +292,7 @@ def test_predictions_are_logged_with_their_request_ids_and_flushed_at_shutdown(
     assert len(logged) == 5 and set(logged["model_version"]) == {1}
     first = logged.set_index("request_id").loc["batch-9-0"]
     assert first["plan"] == rows[0]["plan"]
-    assert first["probability"] == pytest.approx(bundle.smoke_probability[0], abs=1e-4)
+    assert first["probability"] == pytest.approx(bundle.smoke_outputs[0, 1], abs=1e-4)
     assert (model.log_writer.written, model.log_writer.failed) == (5, 0)
 
 
@@ -281,8 +396,26 @@ def test_reloads_are_off_unless_allowed(client: TestClient, bundle: ServingBundl
     assert answer.status_code == 403 and "--allow-reload" in answer.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        ("multiclass", r"gives probabilities \[[\d., ]+\], smoke.json expects .*absolute probability difference"),
+        ("regression", r"gives prediction [\d.]+, smoke.json expects [\d.]+ \(relative prediction difference"),
+    ],
+)
+def test_a_bundle_of_any_task_whose_smoke_outputs_do_not_match_is_refused(
+    task: str, message: str, task_bundle_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    broken = break_bundle(Path(shutil.copytree(task_bundle_dirs[task], tmp_path / "broken")))
+
+    with pytest.raises(BundleError, match=rf"churn-classifier v1 .* fails its smoke check: row \d+ {message}"):
+        load_model(read_bundle(broken))
+
+
 def test_a_model_that_fails_its_smoke_check_is_never_loaded(bundles: dict[str, Path]) -> None:
-    with pytest.raises(BundleError, match=r"churn-classifier v3 .* fails its smoke check: row \d+ gives probability"):
+    with pytest.raises(
+        BundleError, match=r"churn-classifier v3 .* fails its smoke check: row \d+ gives probabilities \[[\d., ]+\]"
+    ):
         load_model(read_bundle(bundles["broken"]))
 
 

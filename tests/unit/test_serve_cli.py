@@ -78,7 +78,7 @@ def test_serves_a_bundle_and_exits_cleanly_on_sigterm(serving_bundle_dir: Path, 
             process.communicate()
 
     assert (status, headers["x-model-version"]) == (200, "1")
-    assert [p["probability"] for p in answer["predictions"]] == pytest.approx(bundle.smoke_probability[:2], abs=1e-4)
+    assert [p["probability"] for p in answer["predictions"]] == pytest.approx(bundle.smoke_outputs[:2, 1], abs=1e-4)
     assert process.returncode == 0, stderr
     logged = prediction_log.read_window(store, bundle.model_name, "2000-01-01", "2100-01-01")
     assert len(logged) == 2  # the writer flushed at shutdown

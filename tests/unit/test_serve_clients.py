@@ -27,6 +27,7 @@ from ports import free_port
 from prediction_logs import logged_rows
 from tritonclient.utils import InferenceServerException
 
+from mlsteps.evaluation.tasks import output_frame
 from mlsteps.serving_bundle import ServingBundle, read_bundle
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -114,13 +115,52 @@ def test_tritonclient_with_its_defaults_gets_the_bundles_probabilities(server: S
     )
 
     assert binary.get_response()["outputs"][0]["parameters"]["binary_data_size"] == 8 * len(rows)
-    np.testing.assert_allclose(binary.as_numpy("probability"), bundle.smoke_probability, atol=1e-4)
+    np.testing.assert_allclose(binary.as_numpy("probability"), bundle.smoke_outputs[:, 1], atol=1e-4)
     np.testing.assert_array_equal(binary.as_numpy("probability"), as_json.as_numpy("probability"))
     assert binary.as_numpy("prediction").dtype == np.int64
     assert (binary.get_response()["id"], binary.get_response()["model_version"]) == ("r-1", "1")
     assert client.get_model_repository_index() == [
         {"name": bundle.model_name, "version": "1", "state": "READY", "reason": ""}
     ]
+
+
+@pytest.fixture(scope="module")
+def multiclass_server(task_bundle_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = Server(task_bundle_dirs["multiclass"], str(tmp_path_factory.mktemp("log") / "predictions"))
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def test_tritonclient_reads_a_multiclass_models_metadata_probabilities_and_labels(
+    multiclass_server: Server, task_bundle_dirs: dict[str, Path]
+) -> None:
+    bundle = read_bundle(task_bundle_dirs["multiclass"])
+    client = v2.InferenceServerClient(f"127.0.0.1:{multiclass_server.port}")
+    rows = bundle.smoke_inputs
+    expected = output_frame("multiclass", bundle.info.classes, bundle.smoke_outputs)
+
+    metadata = client.get_model_metadata(bundle.model_name)
+    binary = client.infer(bundle.model_name, _v2_inputs(rows, bundle))
+    as_json = client.infer(
+        bundle.model_name,
+        _v2_inputs(rows, bundle, binary=False),
+        outputs=[v2.InferRequestedOutput(name, binary_data=False) for name in ("probabilities", "prediction")],
+    )
+
+    assert metadata["parameters"] == {"task": "multiclass", "classes": ["stay", "downgrade", "leave"]}
+    assert [(o["name"], o["datatype"], o["shape"]) for o in metadata["outputs"]] == [
+        ("probabilities", "FP64", [-1, 3]),
+        ("prediction", "BYTES", [-1]),
+    ]
+    for result in (binary, as_json):
+        assert result.as_numpy("probabilities").shape == (len(rows), 3)
+        np.testing.assert_allclose(result.as_numpy("probabilities"), bundle.smoke_outputs, rtol=1e-6)
+    # tritonclient gives BYTES as bytes when they came as binary data, as text when they came as JSON
+    assert [label.decode() for label in binary.as_numpy("prediction")] == expected["prediction"].tolist()
+    assert as_json.as_numpy("prediction").tolist() == expected["prediction"].tolist()
 
 
 def test_tritonclient_sees_why_an_input_is_refused(server: Server, bundle: ServingBundle) -> None:

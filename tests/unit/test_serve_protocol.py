@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mlsteps.evaluation.tasks import output_frame
+from mlsteps.serve.outputs import TaskOutputs
 from mlsteps.serve.protocol import (
     RequestError,
     RequestPolicy,
@@ -18,7 +20,9 @@ from mlsteps.serve.protocol import (
     parse_v2,
 )
 
-SCHEMA = RequestSchema([("age", "double"), ("devices", "long"), ("plan", "string")])
+SCHEMA = RequestSchema(
+    [("age", "double"), ("devices", "long"), ("plan", "string")], outputs=("probability", "prediction")
+)
 ROWS = [
     {"age": 41.5, "devices": 2, "plan": "basic"},
     {"age": None, "devices": 3, "plan": None},
@@ -203,6 +207,17 @@ def test_bad_binary_tensors_name_the_input(tensors: list[tuple[str, str, bytes, 
         parse_v2(head + body[header_length:], SCHEMA, len(head))
 
 
+def test_requested_outputs_are_the_models_own() -> None:
+    multiclass = RequestSchema([("age", "double")], outputs=("probabilities", "prediction"))
+    age = _tensor("age", [41.5])
+    asked = [{"name": "prediction", "parameters": {"binary_data": True}}, {"name": "probabilities"}]
+
+    assert parse_v2(_v2(age, outputs=asked), multiclass).outputs == (("prediction", True), ("probabilities", False))
+    assert parse_v2(_v2(age), multiclass).outputs is None  # every output, as JSON
+    with pytest.raises(RequestError, match=r"unknown output 'probability': .* are \['probabilities', 'prediction'\]"):
+        parse_v2(_v2(age, outputs=[{"name": "probability"}]), multiclass)
+
+
 def test_binary_data_that_does_not_add_up_is_refused() -> None:
     body, header_length = _binary_body([("age", "FP64", np.zeros(1, "<f8").tobytes(), 1)])
 
@@ -284,3 +299,38 @@ def test_other_content_types_get_415(content_type: str, binary: bool) -> None:
     with pytest.raises(RequestError, match="is not supported: send JSON") as caught:
         body_format(content_type, "12" if not binary else None, binary)
     assert caught.value.status == 415
+
+
+@pytest.mark.parametrize(
+    ("task", "classes", "prediction_type"),
+    [
+        ("binary", [0, 1], "INT64"),
+        ("binary", ["stays", "churns"], "BYTES"),
+        ("multiclass", [3, 1, 2], "INT64"),
+        ("multiclass", ["a", "b", "c"], "BYTES"),
+        ("regression", [], "FP64"),
+    ],
+)
+def test_the_answers_outputs_follow_the_predict_contract_of_every_task(
+    task: str, classes: list[Any], prediction_type: str
+) -> None:
+    rng = np.random.default_rng(3)
+    raw = rng.dirichlet(np.ones(len(classes)), size=6) if classes else rng.normal(50, 20, size=6)
+    outputs = TaskOutputs(task, classes)
+
+    columns = outputs.column_values(raw)
+    prediction = outputs.tensors["prediction"]
+    values = outputs.tensor_values(raw)["prediction"]
+
+    contract = output_frame(task, classes, raw)  # what the model package and batch scoring give
+    assert list(columns) == list(contract.columns)
+    assert columns["prediction"].tolist() == contract["prediction"].tolist() == values.tolist()
+    for name in contract.columns.drop("prediction"):
+        np.testing.assert_allclose(columns[name], contract[name])
+    assert prediction.datatype == prediction_type
+    if prediction_type == "BYTES":
+        encoded = [str(label).encode() for label in values]
+        assert prediction.as_bytes(values) == b"".join(struct.pack("<I", len(v)) + v for v in encoded)
+    else:
+        layout = {"INT64": "<i8", "FP64": "<f8"}[prediction_type]
+        assert np.frombuffer(prediction.as_bytes(values), layout).tolist() == values.tolist()

@@ -60,7 +60,7 @@ def metric_steps(run_id: str, metric: str) -> list[tuple[int, float]]:
 
 
 def learning_curve(run_id: str) -> list[dict[str, float]]:
-    return mlflow.artifacts.load_dict(f"runs:/{run_id}/learning_curve.json")["epochs"]
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/native_model/learning_curve.json")["epochs"]
 
 
 def test_loss_decreases_and_the_run_is_tracked(mlflow_tracking: str, tmp_path: Path) -> None:
@@ -73,16 +73,18 @@ def test_loss_decreases_and_the_run_is_tracked(mlflow_tracking: str, tmp_path: P
     assert [step for step, _ in train_loss] == [1, 2, 3]
     losses = [value for _, value in train_loss]
     assert losses == sorted(losses, reverse=True) and losses[-1] < losses[0]
-    assert payload["epochs_run"] == 3 and payload["device"] == "cpu"
+    assert payload["metrics"]["epochs_run"] == 3 and payload["device"] == "cpu"
     assert payload["metrics"]["val_roc_auc"] > 0.6
-    assert payload["checkpoint_uri"].endswith("train/checkpoints/epoch-003.pt")
-    assert results.read_result(root, "train")["model_uri"] == payload["model_uri"]
+    assert payload["checkpoint_dir"].endswith("train/mlp/checkpoints")
+    assert storage.list_files(payload["checkpoint_dir"])[-1].endswith("epoch-003.pt")
+    assert payload["family"] == "mlp" and payload["export_check"]["max_abs_difference"] <= 1e-4
+    assert results.read_result(root, "train/mlp")["model_uri"] == payload["model_uri"]
     run = mlflow.get_run(payload["mlflow_run_id"])
     assert run.data.params["hidden_units"] == "[16]" and run.data.params["snapshot_id"] == "abc"
     assert run.data.params["device"] == "cpu" and run.data.params["dataset"] == "churn"
     assert run.data.tags["trigger"] == "test"
     artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(payload["mlflow_run_id"])}
-    assert {"learning_curve.json", "preprocessor.json"} <= artifacts
+    assert {"native_model", "preprocessor.json"} <= artifacts
 
 
 def test_same_seed_gives_the_same_metrics(mlflow_tracking: str, tmp_path: Path) -> None:
@@ -109,10 +111,10 @@ def test_retry_resumes_from_the_latest_checkpoint_in_the_same_mlflow_run(
     assert "resuming after epoch 1 from" in log
     assert "epoch 1/2:" not in log and "epoch 2/2:" in log
     run_id = resumed["mlflow_run_id"]
-    assert run_id == interrupted["mlflow_run_id"] == storage.read_json(f"{root}/train/mlflow_run.json")["run_id"]
+    assert run_id == interrupted["mlflow_run_id"] == storage.read_json(f"{root}/train/mlp/mlflow_run.json")["run_id"]
     assert [step for step, _ in metric_steps(run_id, "train_loss")] == [1, 2]
     assert mlflow.get_run(run_id).data.tags["resumed_with.epochs"] == "2"
-    assert [uri.rsplit("/", 1)[1] for uri in storage.list_files(f"{root}/train/checkpoints")] == [
+    assert [uri.rsplit("/", 1)[1] for uri in storage.list_files(f"{root}/train/mlp/checkpoints")] == [
         "epoch-001.pt",
         "epoch-002.pt",
     ]
@@ -130,8 +132,8 @@ def test_checkpoint_dir_holds_the_checkpoints_and_a_retry_resumes_from_it(mlflow
     root = str(tmp_path / "run")
     checkpoints = str(tmp_path / "volume" / "ml_retrain" / "run")
     interrupted = train.run(root, prepare_run(root, epochs=1), checkpoint_dir=checkpoints)
-    assert interrupted["checkpoint_uri"] == f"{checkpoints}/epoch-001.pt"
-    assert storage.list_files(f"{root}/train/checkpoints") == []
+    assert interrupted["checkpoint_dir"] == f"{checkpoints}/mlp"
+    assert storage.list_files(f"{root}/train/mlp/checkpoints") == []
 
     outcome = CliRunner().invoke(
         app,
@@ -140,27 +142,28 @@ def test_checkpoint_dir_holds_the_checkpoints_and_a_retry_resumes_from_it(mlflow
     )
 
     assert outcome.exit_code == 0, outcome.output
-    assert f"resuming after epoch 1 from {checkpoints}/epoch-001.pt" in outcome.output
-    resumed = results.read_result(root, "train")
-    assert resumed["mlflow_run_id"] == interrupted["mlflow_run_id"] and resumed["epochs_run"] == 2
-    assert [Path(uri).name for uri in storage.list_files(checkpoints)] == ["epoch-001.pt", "epoch-002.pt"]
+    assert f"resuming after epoch 1 from {checkpoints}/mlp/epoch-001.pt" in outcome.output
+    resumed = results.read_result(root, "train/mlp")
+    assert resumed["mlflow_run_id"] == interrupted["mlflow_run_id"] and resumed["metrics"]["epochs_run"] == 2
+    assert [Path(uri).name for uri in storage.list_files(f"{checkpoints}/mlp")] == ["epoch-001.pt", "epoch-002.pt"]
 
     other_root = str(tmp_path / "other-run")
-    with pytest.raises(ConfigError, match=rf"epoch-002.pt belongs to run root '{root}', not '{other_root}'.*own"):
+    with pytest.raises(ConfigError, match=rf"mlp/epoch-002.pt belongs to run root '{root}', not '{other_root}'.*own"):
         train.run(other_root, prepare_run(other_root, epochs=2), checkpoint_dir=checkpoints)
 
 
 def test_retry_with_other_network_settings_is_refused(pipeline_config: PipelineConfig) -> None:
     preprocessor = TabularPreprocessor(numeric={}, vocabularies={"plan": ["basic"]})
-    saved = fingerprint(pipeline_config.training, "abc", preprocessor)
+    inputs = {"run_root": "/runs/1", "snapshot_id": "abc", "preprocessor": preprocessor.to_dict()}
+    saved = fingerprint(pipeline_config.training, inputs)
     longer = pipeline_config.training.model_copy(update={"epochs": 50, "patience": 9})
     wider = pipeline_config.training.model_copy(update={"hidden_units": [256]})
 
-    check_resumable(saved, fingerprint(longer, "abc", preprocessor), "epoch-003.pt")
+    check_resumable(saved, fingerprint(longer, inputs), "epoch-003.pt")
     with pytest.raises(ConfigError, match=r"training.hidden_units: \[128, 64\] -> \[256\].*new --run-root"):
-        check_resumable(saved, fingerprint(wider, "abc", preprocessor), "epoch-003.pt")
+        check_resumable(saved, fingerprint(wider, inputs), "epoch-003.pt")
     with pytest.raises(ConfigError, match="snapshot_id: 'abc' -> 'def'"):
-        check_resumable(saved, fingerprint(pipeline_config.training, "def", preprocessor), "epoch-003.pt")
+        check_resumable(saved, fingerprint(pipeline_config.training, {**inputs, "snapshot_id": "def"}), "epoch-003.pt")
 
 
 def test_cli_model_loads_and_predicts_raw_rows(mlflow_tracking: str, tmp_path: Path) -> None:
@@ -175,7 +178,7 @@ def test_cli_model_loads_and_predicts_raw_rows(mlflow_tracking: str, tmp_path: P
     )
 
     assert outcome.exit_code == 0, outcome.output
-    payload = results.read_result(root, "train")
+    payload = results.read_result(root, "train/mlp")
     assert payload["params"]["epochs"] == 4 and payload["params"]["learning_rate"] == 0.01
     assert mlflow.get_run(payload["mlflow_run_id"]).data.tags["trigger"] == "drift_alert"
     model = mlflow.pyfunc.load_model(payload["model_uri"])
@@ -212,19 +215,19 @@ def test_model_package_carries_the_drift_reference_of_its_training_data(mlflow_t
     root = str(tmp_path / "run")
     config = prepare_run(root, rows=3000, epochs=2)
     train.run(root, config)
-    payload = results.read_result(root, "train")
+    payload = results.read_result(root, "train/mlp")
 
     profile = load_profile(str(download_reference_profile(payload["model_uri"], tmp_path / "profile")))
     train_split = storage.read_parquet(results.read_result(root, "preprocess")["train_uri"])
     assert list(profile.features) == [column.name for column in config.dataset.features]
     assert profile.rows == len(train_split)
-    assert profile.score is not None, "the model's scores are profiled for prediction drift"
+    assert set(profile.predictions) == {"probability"}, "the model's outputs are profiled for prediction drift"
     # The training data and the model's validation scores show no drift against their own profile.
     validation = storage.read_parquet(results.read_result(root, "preprocess")["validation_uri"])
     scores = mlflow.pyfunc.load_model(payload["model_uri"]).predict(validation)["probability"]
-    report = detect_drift(profile, train_split, scores=scores, config=config.drift)
+    report = detect_drift(profile, train_split, predictions={"probability": scores.to_numpy()}, config=config.drift)
     assert not report.dataset.drift_detected and not report.data_quality_failed
-    assert report.prediction.statistic == pytest.approx(0.0, abs=1e-6) and not report.prediction.drifted
+    assert report.prediction[0].statistic == pytest.approx(0.0, abs=1e-6) and not report.prediction[0].drifted
 
 
 def test_model_package_loads_where_mlsteps_is_not_installed(mlflow_tracking: str, tmp_path: Path) -> None:

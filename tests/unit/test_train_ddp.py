@@ -89,21 +89,21 @@ def test_torchrun_trains_data_parallel_and_resumes_from_the_checkpoint_dir(
     log = finished.stdout
     # Each rank trains on its own half of every epoch's rows (World.shard makes the halves disjoint).
     for rank in (0, 1):
-        assert f"train: rank {rank}/2 trains on {TRAIN_ROWS // 2} of {TRAIN_ROWS} train rows per epoch" in log
+        assert f"train: mlp rank {rank}/2 trains on {TRAIN_ROWS // 2} of {TRAIN_ROWS} train rows per epoch" in log
     # Only rank 0 reports epochs and results.
-    assert log.count("epoch 1/2:") == 1 and log.count("train: best epoch") == 1
+    assert log.count("epoch 1/2:") == 1 and log.count("train: mlp trained") == 1
     experiment = mlflow.get_experiment_by_name("churn-retraining")
     runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
     models = mlflow.search_logged_models([experiment.experiment_id], output_format="list")
     assert len(runs) == 1 and len(models) == 1
-    payload = results.read_result(root, "train")
+    payload = results.read_result(root, "train/mlp")
     assert payload["mlflow_run_id"] == runs[0].info.run_id and payload["model_uri"] == models[0].model_uri
-    assert payload["world_size"] == 2 and payload["train_rows_per_rank"] == TRAIN_ROWS // 2
-    assert payload["params"]["train_rows"] == TRAIN_ROWS and payload["epochs_run"] == 2
+    assert payload["world_size"] == 2
+    assert payload["params"]["train_rows"] == TRAIN_ROWS and payload["metrics"]["epochs_run"] == 2
     assert runs[0].data.params["world_size"] == "2"
-    assert payload["checkpoint_uri"] == f"{checkpoints}/epoch-002.pt"
-    assert [Path(uri).name for uri in storage.list_files(checkpoints)] == ["epoch-001.pt", "epoch-002.pt"]
-    assert storage.list_files(f"{root}/train/checkpoints") == []
+    assert storage.list_files(f"{checkpoints}/mlp")[-1] == f"{checkpoints}/mlp/epoch-002.pt"
+    assert [Path(uri).name for uri in storage.list_files(f"{checkpoints}/mlp")] == ["epoch-001.pt", "epoch-002.pt"]
+    assert storage.list_files(f"{root}/train/mlp/checkpoints") == []
 
     # Different batch order than one process, same data and step size: both learn, about equally well.
     single_root = str(tmp_path / "single")
@@ -114,10 +114,10 @@ def test_torchrun_trains_data_parallel_and_resumes_from_the_checkpoint_dir(
     resumed = start_training([TORCHRUN], root, "--epochs", "3", "--checkpoint-dir", checkpoints)
 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.count(f"train: resuming after epoch 2 from {checkpoints}/epoch-002.pt") == 2
+    assert resumed.stdout.count(f"train: resuming after epoch 2 from {checkpoints}/mlp/epoch-002.pt") == 2
     assert "epoch 2/3:" not in resumed.stdout and resumed.stdout.count("epoch 3/3:") == 1
-    again = results.read_result(root, "train")
-    assert again["mlflow_run_id"] == payload["mlflow_run_id"] and again["epochs_run"] == 3
+    again = results.read_result(root, "train/mlp")
+    assert again["mlflow_run_id"] == payload["mlflow_run_id"] and again["metrics"]["epochs_run"] == 3
     assert [step for step, _ in metric_steps(again["mlflow_run_id"], "train_loss")] == [1, 2, 3]
 
 

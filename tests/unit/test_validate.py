@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlsteps.config import DatasetConfig, PipelineConfig
+from mlsteps.config import DatasetConfig, PipelineConfig, load_dataset_config
 from mlsteps.data import storage, validation
-from mlsteps.data.datasets import generate_churn
+from mlsteps.data.datasets import BUILT_IN, generate_churn
 from mlsteps.errors import DataError, StepError, ValidationFailed
 from mlsteps.results import read_result, result_uri, step_dir, write_result
 from mlsteps.steps import validate
@@ -215,6 +215,121 @@ def test_bad_input_fails_naming_the_problem(
     assert not report.success
     assert {(f.column, f.expectation) for f in report.failures} == expected_failures
     assert report.statistics["unsuccessful"] == len(expected_failures)
+    lines = [f.line() for f in report.failures]
+    assert any(re.search(detail_pattern, line) for line in lines), lines
+
+
+def _built_in(task: str) -> DatasetConfig:
+    """The dataset config of a built-in dataset: tiers (multiclass) or claims (regression), churn (binary)."""
+    return load_dataset_config(BUILT_IN[task].config_path)
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+@pytest.mark.parametrize("drift", [0.0, 1.0], ids=["reference", "drifted"])
+def test_generated_data_of_the_other_tasks_passes(task: str, drift: float) -> None:
+    frame = BUILT_IN[task].generate(2000, seed=4, covariate_drift=drift, concept_drift=drift)
+    report = validation.validate_frame(frame, _built_in(task))
+    assert report.success, [f.line() for f in report.failures]
+
+
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        ("binary", {EXISTS, NOT_NULL, IN_SET, CONTAIN_SET}),
+        ("multiclass", {EXISTS, NOT_NULL, IN_SET, CONTAIN_SET}),
+        ("regression", {EXISTS, NOT_NULL, TYPE_LIST, BETWEEN}),
+    ],
+)
+def test_the_target_is_checked_by_its_task(task: str, expected: set[str]) -> None:
+    dataset = _built_in(task)
+    suite = validation.build_suite(dataset)
+    on_target = [e for e in suite.expectations if getattr(e, "column", None) == dataset.target.name]
+    assert {e.expectation_type for e in on_target} == expected
+    assert len(on_target) == len(expected)
+
+
+def test_a_regression_target_without_bounds_gets_no_range_check() -> None:
+    raw = _built_in("regression").model_dump()
+    raw["target"] |= {"min": None, "max": None}
+    suite = validation.build_suite(DatasetConfig.model_validate(raw))
+    assert {e.expectation_type for e in suite.expectations if getattr(e, "column", None) == "claim_cost"} == {
+        EXISTS,
+        NOT_NULL,
+        TYPE_LIST,
+    }
+
+
+def _target_rows(column: str, rows: list[int], values: list[Any]) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    def mutate(frame: pd.DataFrame) -> pd.DataFrame:
+        target = frame[column].astype(object)
+        target.iloc[rows] = values
+        return frame.assign(**{column: target.infer_objects()})
+
+    return mutate
+
+
+def _no_platinum(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(next_tier=frame["next_tier"].replace("platinum", "gold"))
+
+
+def _costs_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Costs exported with a currency symbol and thousands separators: text, not numbers."""
+    return frame.assign(claim_cost=[f"${cost:,.2f}" for cost in frame["claim_cost"]])
+
+
+@pytest.mark.parametrize(
+    ("task", "mutate", "expected_failures", "detail_pattern"),
+    [
+        pytest.param(
+            "multiclass",
+            _target_rows("next_tier", [0, 1, 2], ["diamond", "diamond", "Gold"]),
+            {("next_tier", IN_SET)},
+            r"^next_tier: expect_column_values_to_be_in_set: 3 of 1000 values \(0\.3%\) not in "
+            r"\['bronze', 'silver', 'gold', 'platinum'\], e\.g\. 'diamond', 'Gold'$",
+            id="undeclared-class",
+        ),
+        pytest.param(
+            "multiclass",
+            _no_platinum,
+            {("next_tier", CONTAIN_SET)},
+            r"^next_tier: expect_column_distinct_values_to_contain_set: observed \['bronze', 'gold', 'silver'\], "
+            r"missing \['platinum'\]; every one of \['bronze', 'silver', 'gold', 'platinum'\] must occur$",
+            id="missing-class",
+        ),
+        pytest.param(
+            "regression",
+            _target_rows("claim_cost", [5, 6], [None, np.nan]),
+            {("claim_cost", NOT_NULL)},
+            r"^claim_cost: expect_column_values_to_not_be_null: 2 of 1000 values \(0\.2%\) are null$",
+            id="regression-nulls",
+        ),
+        pytest.param(
+            "regression",
+            _target_rows("claim_cost", [0, 1], [-5.0, 900_000.0]),
+            {("claim_cost", BETWEEN)},
+            r"^claim_cost: expect_column_values_to_be_between: 2 of 1000 values \(0\.2%\) outside \[0, 500000\], "
+            r"e\.g\. -5, 900000$",
+            id="regression-out-of-range",
+        ),
+        pytest.param(
+            "regression",
+            _costs_as_text,
+            {("claim_cost", TYPE_LIST), ("claim_cost", BETWEEN)},
+            r"^claim_cost: expect_column_values_to_be_in_type_list: dtype str; expected a numeric dtype "
+            r"\(int or float\); 1000 of 1000 non-null values \(100%\) are not numbers, e\.g\. '\$[\d,]+\.\d\d'",
+            id="regression-text",
+        ),
+    ],
+)
+def test_bad_targets_fail_naming_the_column(
+    task: str,
+    mutate: Callable[[pd.DataFrame], pd.DataFrame],
+    expected_failures: set[tuple[str, str]],
+    detail_pattern: str,
+) -> None:
+    frame = BUILT_IN[task].generate(1000, seed=6)
+    report = validation.validate_frame(mutate(frame), _built_in(task))
+    assert {(f.column, f.expectation) for f in report.failures} == expected_failures
     lines = [f.line() for f in report.failures]
     assert any(re.search(detail_pattern, line) for line in lines), lines
 

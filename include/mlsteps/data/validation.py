@@ -16,6 +16,7 @@ import pandas as pd
 
 from mlsteps import html_report
 from mlsteps.config import DatasetConfig
+from mlsteps.evaluation.tasks import is_classification
 
 # Dtypes that hold numbers: numpy ints, uints and floats, pandas' nullable variants, and Python int/float for
 # object columns (there GX checks value by value). A numeric column read as strings ("str" in pandas 3) fails.
@@ -88,8 +89,8 @@ def build_suite(dataset: DatasetConfig) -> Any:
     """Build the GX expectation suite of a dataset from its config.
 
     Args:
-        dataset: the dataset config; its limits (rows, ranges, categories, null and unknown shares) become
-            expectations.
+        dataset: the dataset config; its limits (rows, ranges, categories, null and unknown shares) and its target
+            (classes, or the regression range) become expectations.
 
     Returns:
         A ``great_expectations.ExpectationSuite`` with at most one expectation of each type per column.
@@ -120,14 +121,7 @@ def build_suite(dataset: DatasetConfig) -> Any:
                     column=spec.name, value_set=spec.categories, mostly=1 - spec.max_unknown_fraction
                 )
             )
-    # Target: labelled on every row, only the configured classes, and both of them (one class cannot train
-    # a classifier or give a ROC AUC).
-    classes = list(dataset.target.classes)
-    expectations += [
-        gxe.ExpectColumnValuesToNotBeNull(column=dataset.target.name),
-        gxe.ExpectColumnValuesToBeInSet(column=dataset.target.name, value_set=classes),
-        gxe.ExpectColumnDistinctValuesToContainSet(column=dataset.target.name, value_set=classes),
-    ]
+    expectations += _target_expectations(dataset)
     # Id column: on every row and unique, since hash splits and label joins rely on it.
     if dataset.id_column:
         expectations += [
@@ -138,6 +132,31 @@ def build_suite(dataset: DatasetConfig) -> Any:
     if dataset.timestamp_column:
         expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=dataset.timestamp_column))
     return gx.ExpectationSuite(name=f"{dataset.name}_snapshot", expectations=expectations)
+
+
+def _target_expectations(dataset: DatasetConfig) -> list[Any]:
+    """The target's expectations, by task."""
+    import great_expectations.expectations as gxe
+
+    target = dataset.target
+    # Every task: labelled on every row (a row without a target can neither train nor be judged).
+    expectations: list[Any] = [gxe.ExpectColumnValuesToNotBeNull(column=target.name)]
+    if is_classification(target.task):
+        # Classification: only the declared classes, and every one of them (a class never seen cannot be learnt,
+        # and its one-vs-rest ROC AUC is undefined).
+        classes = list(target.classes or [])
+        return [
+            *expectations,
+            gxe.ExpectColumnValuesToBeInSet(column=target.name, value_set=classes),
+            gxe.ExpectColumnDistinctValuesToContainSet(column=target.name, value_set=classes),
+        ]
+    # Regression: stored as numbers, within the plausible range when one is declared.
+    expectations.append(gxe.ExpectColumnValuesToBeInTypeList(column=target.name, type_list=NUMERIC_TYPES))
+    if target.min is not None or target.max is not None:
+        expectations.append(
+            gxe.ExpectColumnValuesToBeBetween(column=target.name, min_value=target.min, max_value=target.max)
+        )
+    return expectations
 
 
 def validate_frame(frame: pd.DataFrame, dataset: DatasetConfig) -> ValidationReport:

@@ -234,8 +234,8 @@ def run_deploy(
     smoke = reports["smoke"]
     reason = (
         f"{model_name} v{version} serves on {target.name}: smoke test passed, p99 {smoke['p99_ms']:.1f} ms <= "
-        f"budget {smoke['latency_budget_ms']:.0f} ms, largest probability difference "
-        f"{smoke['max_abs_difference']:.2e} <= {smoke['tolerance']:.0e}"
+        f"budget {smoke['latency_budget_ms']:.0f} ms, largest {smoke['difference']} of {smoke['compared']} "
+        f"{smoke['max_difference']:.2e} <= {smoke['tolerance']:.0e}"
     )
     log.info(reason)
     return {**result, **reports, "outcome": "deployed", "reason": reason}

@@ -1,9 +1,11 @@
 """The smoke test of a deployed version: its bundle's smoke rows through the serving endpoint, over plain HTTP.
 
-The bundle carries a few raw rows and the probabilities the trained model gave them (``smoke.json``), so the test
-proves the whole path (Service, server, preprocessing, ONNX model) end to end: every answer must come from the
-expected version (``x-model-version``), match the expected probabilities within the tolerance, and the p99 latency
-over the requests must stay within the budget. urllib only: the steps image needs no HTTP client package for it.
+The bundle carries a few raw rows and the model's outputs on them (``smoke.json``), so the test proves the whole
+path (Service, server, preprocessing, ONNX model) end to end: every answer must come from the expected version
+(``x-model-version``), match the expected outputs within the tolerance (per task: the ``probability`` of a binary
+model, the ``probabilities`` of a multiclass one, both by absolute difference; the ``prediction`` of a regression
+model by relative difference), and the p99 latency over the requests must stay within the budget. urllib only: the
+steps image needs no HTTP client package for it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from collections import Counter
 from typing import Any, TypedDict
 from urllib.parse import quote
 
+import numpy as np
+
 from mlsteps.config import SmokeConfig
 from mlsteps.deploy import DeployFailed
 from mlsteps.prediction_log import SMOKE_REQUEST_PREFIX
+from mlsteps.serve.outputs import TaskOutputs
 from mlsteps.serve.protocol import MODEL_VERSION_HEADER, V2_DATATYPE
+from mlsteps.serving_bundle import describe_difference, smoke_differences, values_text
 
 _BODY_EXCERPT_CHARS = 300
 
@@ -38,7 +44,9 @@ class SmokeReport(TypedDict):
     passed: bool
     failures: list[str]
     served_versions: dict[str, int]
-    max_abs_difference: float | None
+    compared: str  # the output compared with the bundle's smoke outputs
+    difference: str  # how: absolute (probabilities) or relative (regression predictions)
+    max_difference: float | None
     tolerance: float
     p50_ms: float | None
     p99_ms: float | None
@@ -98,28 +106,28 @@ def _describe_request_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _probabilities(payload: Any) -> list[float]:
-    """The ``probability`` output of a v2 response.
+def _answered(payload: Any, output: str) -> np.ndarray:
+    """One output of a v2 answer (JSON data), flat.
 
     Raises:
-        ValueError: the response has no such output.
+        ValueError: the answer has no such output, or it holds something other than numbers.
     """
-    for output in payload.get("outputs", []) if isinstance(payload, dict) else []:
-        if output.get("name") == "probability":
-            return [float(value) for value in output["data"]]
-    raise ValueError(f"the response has no 'probability' output: {json.dumps(payload)[:_BODY_EXCERPT_CHARS]}")
+    for tensor in payload.get("outputs", []) if isinstance(payload, dict) else []:
+        if tensor.get("name") == output:
+            return np.asarray(tensor["data"], dtype=np.float64).reshape(-1)
+    raise ValueError(f"the response has no {output!r} output: {json.dumps(payload)[:_BODY_EXCERPT_CHARS]}")
 
 
 def smoke_test(base_url: str, model_name: str, bundle: Any, budget: SmokeConfig) -> SmokeReport:
-    """Send the bundle's smoke rows ``budget.requests`` times and check version, probabilities and latency.
+    """Send the bundle's smoke rows ``budget.requests`` times and check version, outputs and latency.
 
-    Stops at the first request that fails outright (no answer, non-2xx, no probabilities): a server that cannot
-    answer once has failed. Every answer is checked, so during a rolling update an old pod still answering is caught.
+    Stops at the first request that fails outright (no answer, non-2xx, no outputs): a server that cannot answer
+    once has failed. Every answer is checked, so during a rolling update an old pod still answering is caught.
 
     Args:
         base_url: the serving endpoint, e.g. ``http://model-server.ml.svc.cluster.local``.
         model_name: the model's name in the v2 path.
-        bundle: the version's ``ServingBundle`` (its columns, smoke rows and expected probabilities).
+        bundle: the version's ``ServingBundle`` (its task, columns, smoke rows and expected outputs).
         budget: requests, p99 latency budget, tolerance and per-request timeout.
 
     Returns:
@@ -130,7 +138,10 @@ def smoke_test(base_url: str, model_name: str, bundle: Any, budget: SmokeConfig)
     """
     url = f"{base_url.rstrip('/')}/v2/models/{quote(model_name, safe='')}/infer"
     body = json.dumps(v2_request(bundle)).encode("utf-8")
-    expected = bundle.smoke_probability
+    task = bundle.info.task
+    outputs = TaskOutputs(task, bundle.info.classes)
+    compared = outputs.scored  # probability, probabilities or prediction
+    expected = outputs.tensor_values(bundle.smoke_outputs)[compared]
     expected_version = str(bundle.model_version)
     latencies_ms: list[float] = []
     served_versions: Counter[str] = Counter()
@@ -140,19 +151,23 @@ def smoke_test(base_url: str, model_name: str, bundle: Any, budget: SmokeConfig)
         started = time.perf_counter()
         try:
             served_version, payload = _post(url, body, budget.request_timeout_seconds)
-            probabilities = _probabilities(payload)
+            answered = _answered(payload, compared)
         except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
             failures.append(f"request {attempt} of {budget.requests} failed: {_describe_request_failure(exc)}")
             break
         latencies_ms.append((time.perf_counter() - started) * 1000)
         served_versions[str(served_version)] += 1
-        if len(probabilities) != len(expected):
-            failures.append(f"the server answered {len(probabilities)} probabilities for {len(expected)} rows")
+        if answered.size != expected.size:
+            failures.append(
+                f"the server answered {answered.size} {compared} value(s) for {len(expected)} rows, expected "
+                f"{expected.size}"
+            )
             break
-        for row, (got, want) in enumerate(zip(probabilities, expected, strict=True)):
-            difference = abs(got - want) if math.isfinite(got) else math.inf
-            if difference > worst_difference:
-                worst_difference, worst_row = difference, (row, got, want)
+        answered = answered.reshape(expected.shape)
+        differences = smoke_differences(task, answered, expected)
+        row = int(differences.argmax())
+        if differences[row] > worst_difference:
+            worst_difference, worst_row = float(differences[row]), (row, answered[row], expected[row])
 
     wrong_versions = {served: count for served, count in served_versions.items() if served != expected_version}
     if wrong_versions:
@@ -160,11 +175,12 @@ def smoke_test(base_url: str, model_name: str, bundle: Any, budget: SmokeConfig)
             f"{sum(wrong_versions.values())} of {sum(served_versions.values())} answers came from another version "
             f"({MODEL_VERSION_HEADER} {wrong_versions}, expected {expected_version!r})"
         )
+    measure = describe_difference(task)
     if worst_row is not None and worst_difference > budget.tolerance:
         row, got, want = worst_row
         failures.append(
-            f"probability of smoke row {row} is {got:.6f}, expected {want:.6f} (difference {worst_difference:.2e} "
-            f"> tolerance {budget.tolerance:.0e})"
+            f"{compared} of smoke row {row} is {values_text(got)}, expected {values_text(want)} ({measure} "
+            f"{worst_difference:.2e} > tolerance {budget.tolerance:.0e})"
         )
     p99 = nearest_rank(latencies_ms, 0.99) if latencies_ms else None
     if p99 is not None and p99 > budget.latency_budget_ms:
@@ -180,7 +196,9 @@ def smoke_test(base_url: str, model_name: str, bundle: Any, budget: SmokeConfig)
         passed=not failures,
         failures=failures,
         served_versions=dict(served_versions),
-        max_abs_difference=worst_difference if latencies_ms else None,
+        compared=compared,
+        difference=measure,
+        max_difference=worst_difference if latencies_ms else None,
         tolerance=budget.tolerance,
         p50_ms=round(nearest_rank(latencies_ms, 0.5), 3) if latencies_ms else None,
         p99_ms=round(p99, 3) if p99 is not None else None,
@@ -191,14 +209,14 @@ def smoke_test(base_url: str, model_name: str, bundle: Any, budget: SmokeConfig)
             f"smoke test of {model_name} v{bundle.model_version} at {url}: {'; '.join(failures)}", report
         )
     log.info(
-        "smoke test of %s v%s at %s passed: %d requests, p99 %.1f ms <= budget %.0f ms, "
-        "largest difference %.2e <= %.0e",
+        "smoke test of %s v%s at %s passed: %d requests, p99 %.1f ms <= budget %.0f ms, largest %s %.2e <= %.0e",
         model_name,
         bundle.model_version,
         url,
         len(latencies_ms),
         p99,
         budget.latency_budget_ms,
+        measure,
         worst_difference,
         budget.tolerance,
     )

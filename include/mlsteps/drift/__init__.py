@@ -1,18 +1,20 @@
 """Data and prediction drift: a reference profile of the training snapshot, vectorised two-sample statistics,
-per-feature and dataset decisions, and a JSON + HTML report.
+per-feature and dataset decisions, prediction-signal decisions per task, and a JSON + HTML report.
 
 Typical use (training time, then every monitoring window)::
 
-    profile = build_profile(snapshot, pipeline.dataset.features, scores=train_scores, config=pipeline.drift)
+    signals = prediction_signals(info.task, info.classes, model_output_on_snapshot)
+    profile = build_profile(snapshot, pipeline.dataset.features, predictions=signals, config=pipeline.drift)
     save_profile(profile, "s3://bucket/models/churn/7/drift_profile.npz")
     ...
-    report = detect_drift(load_profile(uri), window, scores=window_scores, config=pipeline.drift)
+    window_signals = prediction_signals(info.task, info.classes, window)  # a prediction-log window
+    report = detect_drift(load_profile(uri), window, predictions=window_signals, config=pipeline.drift)
     storage.write_json(json_uri, report.to_dict())
     storage.write_text(html_uri, render_html(report, "churn window 2025-06-01"))
 """
 
 from mlsteps.drift.decide import DatasetDrift, DriftReport, FeatureDrift, detect_drift
-from mlsteps.drift.profile import ReferenceProfile, build_profile, load_profile, save_profile
+from mlsteps.drift.profile import ReferenceProfile, build_profile, load_profile, prediction_signals, save_profile
 from mlsteps.drift.report import render_html
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "build_profile",
     "detect_drift",
     "load_profile",
+    "prediction_signals",
     "render_html",
     "save_profile",
 ]

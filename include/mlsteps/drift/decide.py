@@ -1,11 +1,15 @@
-"""Drift decisions: each feature against its reference, the dataset as a whole, and the model score on its own.
+"""Drift decisions: each feature against its reference, the dataset as a whole, and the model's prediction signals.
 
 Per feature the method follows the feature's type and the sample size (``auto``: a p-value test while the smaller
 sample is below ``large_sample_size``, a distance from then on), unless the config names one globally or for the
 feature. A p-value test (KS, chi-square) counts as drift only when its Benjamini-Hochberg-adjusted p-value is
 below alpha *and* its effect size (the KS statistic, Cohen's w) reaches ``min_effect_size``: on a large window
 every tiny difference is significant, so the p-value alone would raise alarms from sample size alone. The
-adjustment runs across the features tested with p-values; the score is judged as its own signal.
+adjustment runs across the features tested with p-values.
+
+The prediction signals (``mlsteps.drift.profile.prediction_signals``: a class probability, the predicted class or
+the predicted value) are judged like features of their type, with the ``drift.score`` settings, as their own
+family: their p-values are adjusted among themselves, and they never count towards the dataset decision.
 
 Bad input never raises: a feature missing from the window, holding text where numbers belong, all null, or only
 categories the reference never saw is a data-quality problem (``data_quality_failed``) and never counts as drift;
@@ -16,6 +20,7 @@ feature's ``status`` and ``message`` say which and why.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,7 +30,6 @@ import pandas as pd
 from mlsteps.config import DriftConfig, FeatureDriftConfig
 from mlsteps.drift import stats
 from mlsteps.drift.profile import (
-    SCORE,
     CategoricalProfile,
     ColumnProfile,
     NumericProfile,
@@ -49,7 +53,7 @@ OTHER_CATEGORIES = "(other)"
 
 @dataclass
 class FeatureDrift:
-    """The verdict on one feature (or the score), with the numbers behind it."""
+    """The verdict on one feature (or prediction signal), with the numbers behind it."""
 
     name: str
     kind: str  # numeric | categorical
@@ -93,7 +97,7 @@ class DriftReport:
     """Everything ``detect_drift`` found; ``to_dict`` gives the JSON report."""
 
     features: list[FeatureDrift]
-    prediction: FeatureDrift | None
+    prediction: list[FeatureDrift]  # one verdict per prediction signal of the profile
     dataset: DatasetDrift
     data_quality_failed: bool
     data_quality_problems: list[str]
@@ -359,7 +363,8 @@ def _dataset_decision(features: list[FeatureDrift], drift_share: float) -> Datas
 
 
 def _check_overrides(profile: ReferenceProfile, config: DriftConfig) -> None:
-    """Refuse overrides that name no profiled feature or a method that does not fit its type (all at once)."""
+    """Refuse overrides that name no profiled feature, or a method that does not fit the type of the feature or of
+    a prediction signal it applies to (all at once)."""
     problems = []
     unknown = sorted(set(config.features) - set(profile.features))
     if unknown:
@@ -367,48 +372,60 @@ def _check_overrides(profile: ReferenceProfile, config: DriftConfig) -> None:
             f"drift.features names {unknown}, which the reference profile lacks (it has {sorted(profile.features)}): "
             "fix the names"
         )
+    # (where in the config, the column kind it meets, the override, which columns of that kind it applies to)
     overrides = [
-        (f"features.{name}", profile.features[name].kind, override)
+        (f"features.{name}", profile.features[name].kind, override, "")
         for name, override in config.features.items()
         if name in profile.features
     ]
-    for where, kind, override in [*overrides, ("score", "numeric", config.score)]:
+    for kind in METHODS:
+        signals = [name for name, signal in profile.predictions.items() if signal.kind == kind]
+        if signals:
+            overrides.append(("score", kind, config.score, f" (prediction signal(s) {signals})"))
+    for where, kind, override, columns in overrides:
         if override.method not in (None, *METHODS[kind]):
             problems.append(
-                f"drift.{where}.method {override.method!r} does not apply to a {kind} column: "
+                f"drift.{where}.method {override.method!r} does not apply to a {kind} column{columns}: "
                 f"use one of {METHODS[kind]}"
             )
     if problems:
         raise ConfigError("drift config does not fit the reference profile:\n- " + "\n- ".join(problems))
 
 
-def _score_drift(profile: ReferenceProfile, scores: Any, config: DriftConfig) -> FeatureDrift | None:
-    if profile.score is None:
-        return None
-    if scores is None:
-        return FeatureDrift(
-            name=SCORE,
-            kind="numeric",
-            status="missing",
-            message="the profile has a score reference but no scores were given: pass the window's model scores",
-        )
-    prediction = _measure(profile.score, pd.Series(scores, name=SCORE), config.score, config)
-    _decide([prediction])
-    return prediction
+def _prediction_drift(
+    profile: ReferenceProfile, predictions: Mapping[str, Any], config: DriftConfig
+) -> list[FeatureDrift]:
+    """Judge every prediction signal of the profile; one the window's predictions lack is reported missing."""
+    signals = []
+    for name, reference in profile.predictions.items():
+        if name in predictions:
+            signals.append(
+                _measure(reference, pd.Series(np.asarray(predictions[name]), name=name), config.score, config)
+            )
+        else:
+            message = (
+                f"the profile has a reference of prediction signal {name!r} but the window's predictions lack it "
+                f"(they have {sorted(predictions)}): pass prediction_signals of the window's model outputs"
+            )
+            signals.append(FeatureDrift(name=name, kind=reference.kind, status="missing", message=message))
+    _decide(signals)
+    return signals
 
 
 def detect_drift(
     profile: ReferenceProfile,
     current: pd.DataFrame,
-    scores: Any = None,
+    predictions: Mapping[str, Any] | None = None,
     config: DriftConfig | None = None,
 ) -> DriftReport:
-    """Compare a window of data (and the model's scores on it) with the reference profile.
+    """Compare a window of data (and the model's prediction signals on it) with the reference profile.
 
     Args:
         profile: the training snapshot's profile (``build_profile`` / ``load_profile``).
         current: the window, one column per feature; extra columns are ignored, missing ones reported.
-        scores: the model's scores on the window (array-like), for prediction drift; None to skip it.
+        predictions: the model's prediction signals on the window, name -> values (``prediction_signals`` of the
+            window's outputs); a signal of the profile that is absent here is reported missing. None: the window
+            has no predictions (every signal of the profile is missing).
         config: methods, thresholds and the dataset rule; default ``DriftConfig()``.
 
     Returns:
@@ -425,8 +442,8 @@ def detect_drift(
         for name, reference in profile.features.items()
     ]
     _decide(features)
-    prediction = _score_drift(profile, scores, config)
-    every = [*features, *([prediction] if prediction else [])]
+    prediction = _prediction_drift(profile, predictions or {}, config)
+    every = [*features, *prediction]
     problems = [f"{f.name}: {f.status}: {f.message}" for f in every if f.data_quality_problem]
     counts = {"features": len(features), "drifted": sum(f.drifted for f in features)}
     for feature in features:

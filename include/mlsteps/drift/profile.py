@@ -1,11 +1,15 @@
 """The reference profile: what drift detection needs of the training snapshot, computed once at training time.
 
-Numeric columns (and the model score) keep a sorted sample of their finite values, their mean and standard
+Two kinds of columns are profiled: the features, and the model's prediction signals on the same rows
+(``prediction_signals``: binary the positive-class probability; multiclass each class's probability and the
+predicted class; regression the predicted value). A signal is profiled like a feature of its type.
+
+Numeric columns (features and numeric signals) keep a sorted sample of their finite values, their mean and standard
 deviation, and the reference-quantile bin edges with the share of values in each bin. Above
 ``reference_sample_size`` values the sample is thinned deterministically to evenly spaced order statistics: the
 same data always gives the same profile, and the sample's empirical CDF stays within 1/size of the full column's
 (a random subsample would be off by about 1/sqrt(size)). Mean, std, bins and counts always use the full column.
-Categorical columns keep the count of every category.
+Categorical columns (and the predicted class) keep the count of every category.
 
 The profile is one ``.npz`` file (``numpy.savez_compressed``): arrays stay bit-exact and load without pickle in
 milliseconds, and 25 columns of 100k values take a few MB where JSON would take several times that and parse
@@ -17,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,14 +32,15 @@ from mlsteps.config import ColumnSpec, DriftConfig
 from mlsteps.data import storage
 from mlsteps.drift.stats import bin_counts
 from mlsteps.errors import DataError
+from mlsteps.evaluation.tasks import PREDICTION, is_classification, probability_columns
 
-FORMAT_VERSION = 1
-SCORE = "score"
+# 2: named prediction signals (``predictions``) in place of version 1's single ``score``.
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
 class NumericProfile:
-    """Reference of one numeric column (or of the score)."""
+    """Reference of one numeric column (a feature or a numeric prediction signal)."""
 
     name: str
     count: int  # finite values in the full column
@@ -50,7 +56,7 @@ class NumericProfile:
 
 @dataclass(frozen=True)
 class CategoricalProfile:
-    """Reference of one categorical column."""
+    """Reference of one categorical column (a feature or the predicted class)."""
 
     name: str
     count: int  # non-null values
@@ -66,11 +72,11 @@ ColumnProfile = NumericProfile | CategoricalProfile
 
 @dataclass(frozen=True)
 class ReferenceProfile:
-    """Everything drift detection compares a window with, for every feature and the score."""
+    """Everything drift detection compares a window with, for every feature and every prediction signal."""
 
     rows: int
     features: dict[str, ColumnProfile]
-    score: NumericProfile | None
+    predictions: dict[str, ColumnProfile]  # the model's prediction signals on the reference rows; may be empty
     psi_bins: int
     sample_size: int
 
@@ -151,18 +157,52 @@ def _categorical_profile(name: str, series: pd.Series) -> CategoricalProfile:
     )
 
 
+def prediction_signals(task: str, classes: Sequence[Any], output: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The model outputs whose drift is judged, from a frame with the task's predict contract (a model's
+    ``predict`` output, or a window of the prediction log).
+
+    - binary: ``probability``, the positive-class probability;
+    - multiclass: ``probability_<class>`` for every class, and ``prediction``, the predicted class, whose shares
+      are the class mix;
+    - regression: ``prediction``, the predicted value.
+
+    Probabilities and predicted values come as float64 (numeric signals), predicted classes as text (a categorical
+    signal, labels written as ``str`` writes them, so 0 and "0" are one class).
+
+    Raises:
+        DataError: the frame lacks an output column of the task, or a numeric one holds text.
+    """
+    numeric = probability_columns(task, classes) if is_classification(task) else [PREDICTION]
+    categorical = [PREDICTION] if task == "multiclass" else []
+    missing = [name for name in [*numeric, *categorical] if name not in output.columns]
+    if missing:
+        raise DataError(
+            f"the {task} model's outputs lack column(s) {missing} (they have {list(output.columns)}): score with the "
+            "model whose task and classes these are, or read the prediction log of one model version"
+        )
+    try:
+        signals = {name: output[name].to_numpy(dtype=np.float64, na_value=np.nan) for name in numeric}
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"the {task} model's output column(s) {numeric} hold values that are not numbers: {exc}"
+        ) from None
+    return signals | {name: output[name].astype("str").to_numpy(dtype=object) for name in categorical}
+
+
 def build_profile(
     frame: pd.DataFrame,
     features: list[ColumnSpec],
-    scores: Any = None,
+    predictions: Mapping[str, Any] | None = None,
     config: DriftConfig | None = None,
 ) -> ReferenceProfile:
-    """Profile the training snapshot (and the model's scores on it) for later drift checks.
+    """Profile the training snapshot (and the model's prediction signals on it) for later drift checks.
 
     Args:
         frame: the reference data, one column per feature (other columns are ignored).
         features: the dataset config's feature specs; their ``type`` says how each column is profiled.
-        scores: the model's scores (e.g. positive-class probabilities) on reference data, or None.
+        predictions: the model's prediction signals on the reference rows, name -> values (``prediction_signals``):
+            number arrays are profiled as numeric signals, anything else (class labels) as categorical; None for
+            none.
         config: ``psi_bins`` and ``reference_sample_size`` are fixed in the profile; default ``DriftConfig()``.
 
     Returns:
@@ -191,14 +231,21 @@ def build_profile(
             problems.append(str(exc))
     if problems:
         raise DataError("cannot build the reference profile:\n- " + "\n- ".join(problems))
-    score = None if scores is None else _numeric_profile(SCORE, pd.Series(np.asarray(scores), name=SCORE), config)
     return ReferenceProfile(
         rows=len(frame),
         features=profiles,
-        score=score,
+        predictions={name: _signal_profile(name, values, config) for name, values in (predictions or {}).items()},
         psi_bins=config.psi_bins,
         sample_size=config.reference_sample_size,
     )
+
+
+def _signal_profile(name: str, values: Any, config: DriftConfig) -> ColumnProfile:
+    """A prediction signal profiled by the type of its values: numbers as numeric, anything else as categorical."""
+    array = np.asarray(values)
+    series = pd.Series(array, name=name)
+    numeric = np.issubdtype(array.dtype, np.number) and not np.issubdtype(array.dtype, np.bool_)
+    return _numeric_profile(name, series, config) if numeric else _categorical_profile(name, series)
 
 
 def _numeric_meta(profile: NumericProfile, key: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -240,7 +287,9 @@ def save_profile(profile: ReferenceProfile, uri: str) -> None:
         "psi_bins": profile.psi_bins,
         "sample_size": profile.sample_size,
         "features": columns,
-        "score": None if profile.score is None else _numeric_meta(profile.score, "score", arrays),
+        "predictions": [
+            _column_meta(signal, f"prediction{i}", arrays) for i, signal in enumerate(profile.predictions.values())
+        ],
     }
     buffer = io.BytesIO()
     np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
@@ -285,13 +334,13 @@ def load_profile(uri: str) -> ReferenceProfile:
         meta = json.loads(str(arrays.pop("meta")))
         if meta.get("format_version") != FORMAT_VERSION:
             raise DataError(
-                f"{uri}: profile format_version {meta.get('format_version')!r}, this code reads {FORMAT_VERSION}: "
-                "rebuild the profile from the training snapshot"
+                f"{uri}: profile format_version {meta.get('format_version')!r}, this code reads {FORMAT_VERSION} "
+                "(named prediction signals per task): retrain the model to rebuild its profile"
             )
         return ReferenceProfile(
             rows=meta["rows"],
             features={column["name"]: _column_from(column, arrays) for column in meta["features"]},
-            score=None if meta["score"] is None else _column_from(meta["score"], arrays),
+            predictions={signal["name"]: _column_from(signal, arrays) for signal in meta["predictions"]},
             psi_bins=meta["psi_bins"],
             sample_size=meta["sample_size"],
         )

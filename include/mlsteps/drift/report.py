@@ -1,4 +1,5 @@
-"""The drift report as one self-contained HTML page: the decisions, a summary table and a chart per drifted feature.
+"""The drift report as one self-contained HTML page: the decisions, summary tables of the features and of the
+prediction signals, and a chart per drifted column.
 
 Charts are inline SVG drawn here (reference vs current share per reference-quantile bin or per category), so the
 page needs no plotting library and no external asset.
@@ -17,7 +18,6 @@ _CHART_HEIGHT = 260
 _MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP, _MARGIN_BOTTOM = 48, 12, 28, 90
 _COLOURS = {"reference": "#8c959f", "current": "#d1242f"}
 _SUMMARY_HEADER = [
-    "feature",
     "type",
     "status",
     "method",
@@ -80,9 +80,14 @@ def share_chart_svg(histogram: dict[str, list[Any]]) -> str:
     return "".join(parts)
 
 
+def _summary_table(what: str, columns: list[dict[str, Any]]) -> str:
+    """One row per feature or prediction signal (``what`` heads the name column)."""
+    rows = [[column["name"], *_summary_row(column)] for column in columns]
+    return html_report.table([what, *_SUMMARY_HEADER], rows, [_row_class(column) for column in columns])
+
+
 def _summary_row(feature: dict[str, Any]) -> list[Any]:
     return [
-        feature["name"],
         feature["kind"],
         feature["status"],
         feature["method"],
@@ -116,35 +121,30 @@ def render_html(report: DriftReport | dict[str, Any], title: str) -> str:
 
     Returns:
         The HTML document: the dataset decision, prediction drift, data-quality problems, a summary table of
-        every feature and a reference-vs-current chart for each drifted feature (and the score when it drifted).
+        every feature and one of every prediction signal, and a reference-vs-current chart for each drifted one.
     """
     data = report.to_dict() if isinstance(report, DriftReport) else report
     dataset, prediction, problems = data["dataset"], data["prediction"], data["data_quality_problems"]
-    columns = [*data["features"], *([prediction] if prediction else [])]
     body = [
         f"<p>Dataset: {_verdict(dataset['drift_detected'], 'DRIFT', 'no drift')}: {html.escape(dataset['message'])}"
         f" ({data['current_rows']} current rows, reference of {data['reference_rows']} rows).</p>",
     ]
     if prediction:
-        body.append(
-            f"<p>Prediction (score): {_verdict(prediction['drifted'], 'DRIFT', 'no drift')}: "
-            f"{html.escape(prediction['message'])}</p>"
-        )
+        drifted_signals = [signal["name"] for signal in prediction if signal["drifted"]]
+        summary = f"{len(drifted_signals)} of {len(prediction)} prediction signal(s) drifted"
+        summary += f": {', '.join(drifted_signals)}" if drifted_signals else ""
+        verdict = _verdict(bool(drifted_signals), "DRIFT", "no drift")
+        body.append(f"<p>Prediction: {verdict}: {html.escape(summary)}</p>")
     body.append(
         f"<p>Data quality: {_verdict(data['data_quality_failed'], 'FAILED', 'passed')}</p>"
         + ("<ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul>" if problems else "")
     )
-    body.append("<h2>Features</h2>")
-    body.append(
-        html_report.table(
-            _SUMMARY_HEADER,
-            [_summary_row(f) for f in columns],
-            [_row_class(f) for f in columns],
-        )
-    )
-    drifted = [f for f in columns if f["drifted"] and f["histogram"]]
+    body += ["<h2>Features</h2>", _summary_table("feature", data["features"])]
+    if prediction:
+        body += ["<h2>Prediction</h2>", _summary_table("prediction signal", prediction)]
+    drifted = [f for f in [*data["features"], *prediction] if f["drifted"] and f["histogram"]]
     if drifted:
-        body.append("<h2>Drifted features: reference vs current</h2>")
+        body.append("<h2>Drifted columns: reference vs current</h2>")
     for feature in drifted:
         body.append(f"<h3><code>{html.escape(feature['name'])}</code> ({html.escape(feature['method'])})</h3>")
         body.append(share_chart_svg(feature["histogram"]))

@@ -37,7 +37,6 @@ from mlsteps.serve.model import ModelHandle, ModelLoader, ServedModel
 from mlsteps.serve.protocol import (
     HEADER_LENGTH_HEADER,
     MODEL_VERSION_HEADER,
-    OUTPUT_NAMES,
     ParsedRequest,
     RequestError,
     RequestSchema,
@@ -56,10 +55,6 @@ THREADPOOL_ROWS = 2048
 JSON = "application/json"
 BINARY = "application/octet-stream"  # v2 answers with binary outputs (a JSON header, then the tensors' bytes)
 REQUEST_ID_HEADER = "x-request-id"
-# Each output's v2 datatype and its little-endian layout as binary data, in answer order (protocol.OUTPUT_NAMES).
-_OUTPUT_TYPES = {"probability": ("FP64", "<f8"), "prediction": ("INT64", "<i8")}
-_OUTPUTS_METADATA = [{"name": name, "datatype": _OUTPUT_TYPES[name][0], "shape": [-1]} for name in OUTPUT_NAMES]
-_ALL_AS_JSON = tuple((name, False) for name in OUTPUT_NAMES)
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -76,50 +71,44 @@ def _mlflow_version() -> str:
     return mlsteps.__version__
 
 
-def _v2_body(
-    model: ServedModel, parsed: ParsedRequest, probability: np.ndarray, prediction: np.ndarray
-) -> tuple[bytes, str | None]:
+def _v2_body(model: ServedModel, parsed: ParsedRequest, raw: np.ndarray) -> tuple[bytes, str | None]:
     """The v2 answer, and the length of its JSON header when outputs go as binary data (None: all JSON)."""
-    rows = len(probability)
+    rows = len(raw)
     answer: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
     if parsed.request_id is not None:
         answer["id"] = parsed.request_id
-    values_of = {"probability": probability, "prediction": prediction}
+    tensors = model.outputs.tensors
+    values_of = model.outputs.tensor_values(raw)
     outputs, chunks = [], []
-    for name, binary in _ALL_AS_JSON if parsed.outputs is None else parsed.outputs:
-        values = values_of[name]
-        datatype, layout = _OUTPUT_TYPES[name]
-        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [rows]}
+    for name, binary in ((name, False) for name in tensors) if parsed.outputs is None else parsed.outputs:
+        tensor = tensors[name]
+        answer_tensor: dict[str, Any] = {"name": name, "datatype": tensor.datatype, "shape": tensor.shape(rows)}
         if binary:
-            chunks.append(values.astype(layout, copy=False).tobytes())
-            tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
+            chunks.append(tensor.as_bytes(values_of[name]))
+            answer_tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
         else:
-            tensor["data"] = values.tolist()
-        outputs.append(tensor)
+            answer_tensor["data"] = tensor.as_json(values_of[name])
+        outputs.append(answer_tensor)
     answer["outputs"] = outputs
     header = json.dumps(answer).encode()
     return (header + b"".join(chunks), str(len(header))) if chunks else (header, None)
 
 
-def _mlflow_body(
-    model: ServedModel, parsed: ParsedRequest, probability: np.ndarray, prediction: np.ndarray
-) -> tuple[bytes, str | None]:
-    predictions = [
-        {"probability": p, "prediction": c} for p, c in zip(probability.tolist(), prediction.tolist(), strict=True)
-    ]
-    return json.dumps({"predictions": predictions}).encode(), None
+def _mlflow_body(model: ServedModel, parsed: ParsedRequest, raw: np.ndarray) -> tuple[bytes, str | None]:
+    """MLflow's scoring answer: one record per row with the predict contract's columns."""
+    columns = model.outputs.column_values(raw)
+    rows = zip(*(values.tolist() for values in columns.values()), strict=True)
+    return json.dumps({"predictions": [dict(zip(columns, row, strict=True)) for row in rows]}).encode(), None
 
 
-def _non_finite(
-    schema: RequestSchema, parsed: ParsedRequest, probability: np.ndarray, outside: np.ndarray | None
-) -> RequestError:
-    """The 422 for rows whose probability is not a finite number, naming the first row's unusual inputs."""
-    rows = np.flatnonzero(~np.isfinite(probability))
+def _non_finite(model: ServedModel, parsed: ParsedRequest, raw: np.ndarray, outside: np.ndarray | None) -> RequestError:
+    """The 422 for rows whose output is not a finite number, naming the first row's unusual inputs."""
+    rows = model.outputs.non_finite_rows(raw)
     first = int(rows[0])
     return RequestError(
-        f"the model gave no finite probability for {len(rows)} row(s) {rows[:10].tolist()}: row {first} has "
-        f"{schema.describe_outside(outside, parsed, first)}. Send values within the range seen in training; "
-        "nothing was scored or logged for this request",
+        f"the model gave no finite {model.outputs.scored} for {len(rows)} row(s) {rows[:10].tolist()}: row {first} "
+        f"has {model.schema.describe_outside(outside, parsed, first)}. Send values within the range seen in "
+        "training; nothing was scored or logged for this request",
         422,
         "non_finite_output",
     )
@@ -127,7 +116,7 @@ def _non_finite(
 
 # The two inference formats: how to parse a body, how to answer, and whether the path names the model.
 _Parser = Callable[[bytes, RequestSchema, "int | None"], ParsedRequest]
-_Renderer = Callable[[ServedModel, ParsedRequest, np.ndarray, np.ndarray], "tuple[bytes, str | None]"]
+_Renderer = Callable[[ServedModel, ParsedRequest, np.ndarray], "tuple[bytes, str | None]"]
 
 
 class _Endpoints:
@@ -203,11 +192,11 @@ class _Endpoints:
                 if parsed.ignored:
                     self.metrics.ignored_columns(endpoint, len(parsed.ignored))
                 if parsed.rows >= THREADPOOL_ROWS:
-                    probability, prediction = await run_in_threadpool(model.predict, parsed)
+                    raw = await run_in_threadpool(model.predict, parsed)
                 else:
-                    probability, prediction = model.predict(parsed)
-                if not np.isfinite(probability).all():
-                    raise _non_finite(model.schema, parsed, probability, outside)
+                    raw = model.predict(parsed)
+                if not np.isfinite(raw).all():
+                    raise _non_finite(model, parsed, raw, outside)
             except RequestError as exc:
                 return self.failure(endpoint, exc, started, model)
             except Exception:  # a bug or a runtime failure must cost one request, never the server
@@ -216,8 +205,8 @@ class _Endpoints:
                 return self.failure(endpoint, internal, started, model)
             request_id = parsed.request_id or request.headers.get(REQUEST_ID_HEADER) or os.urandom(16).hex()
             if not request_id.startswith(SMOKE_REQUEST_PREFIX):
-                model.log(parsed, probability, prediction, request_id)
-            content, json_length = render(model, parsed, probability, prediction)
+                model.log(parsed, raw, request_id)
+            content, json_length = render(model, parsed, raw)
             answer_headers = {MODEL_VERSION_HEADER: model.version, REQUEST_ID_HEADER: request_id}
             if json_length is not None:
                 answer_headers[HEADER_LENGTH_HEADER] = json_length
@@ -275,7 +264,8 @@ class _Endpoints:
             "versions": [model.version],
             "platform": "onnxruntime_onnx",
             "inputs": model.schema.metadata_inputs(),
-            "outputs": _OUTPUTS_METADATA,
+            "outputs": model.outputs.metadata(),
+            "parameters": model.outputs.parameters(),
         }
         return _json(metadata, headers={MODEL_VERSION_HEADER: model.version})
 

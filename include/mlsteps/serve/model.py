@@ -1,9 +1,10 @@
-"""The served model: a verified bundle in an ONNX Runtime session, its smoke check, and the swappable handle.
+"""The served model: a verified bundle in an ONNX Runtime session, its outputs per task, its smoke check, and the
+swappable handle.
 
 ``load_model`` turns a ``ServingBundle`` into a ``ServedModel`` only after the model reproduced the bundle's own
-``smoke.json``, so a broken export never answers traffic. ``ModelHandle.current`` is the one reference the
-request handlers read: a reload builds the new model completely and then assigns it, so a request keeps the
-model it started with and never sees a half-loaded one.
+``smoke.json`` (any task), so a model that does not answer as recorded never serves traffic. ``ModelHandle.current``
+is the one reference the request handlers read: a reload builds the new model completely and then assigns it, so a
+request keeps the model it started with and never sees a half-loaded one.
 """
 
 from __future__ import annotations
@@ -19,21 +20,25 @@ from typing import Any
 import numpy as np
 
 from mlsteps.errors import ConfigError
+from mlsteps.evaluation.tasks import onnx_output
+from mlsteps.inference import predict_raw
 from mlsteps.prediction_log import PredictionLogWriter
+from mlsteps.serve.outputs import TaskOutputs
 from mlsteps.serve.protocol import ParsedRequest, RequestError, RequestPolicy, RequestSchema, parse_records
 from mlsteps.serving_bundle import (
-    ONNX_INPUTS,
-    ONNX_OUTPUT,
     BundleError,
     ServingBundle,
+    describe_difference,
     fetch_bundle,
-    probability_of,
     resolve_version,
+    smoke_differences,
+    values_text,
 )
 
 logger = logging.getLogger(__name__)
 
-# The bundle's smoke.json holds the trained model's probabilities; ONNX Runtime must reproduce them this closely.
+# The bundle's smoke.json holds the model's outputs on its smoke rows; this server must reproduce them this closely
+# (probabilities: absolute difference; regression: relative, see serving_bundle.smoke_differences).
 SMOKE_TOLERANCE = 1e-4
 # A reloaded model's prediction-log writer stays open this long for requests that started on it, then flushes.
 RETIRED_WRITER_GRACE_SECONDS = 30.0
@@ -49,6 +54,7 @@ class ServedModel:
     bundle: ServingBundle
     session: Any  # onnxruntime.InferenceSession
     schema: RequestSchema
+    outputs: TaskOutputs
     log_writer: PredictionLogWriter | None = None
 
     @property
@@ -61,15 +67,15 @@ class ServedModel:
         """The version as the protocol writes it (a string)."""
         return str(self.bundle.model_version)
 
-    def predict(self, request: ParsedRequest) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities (float64) and 0/1 predictions (int64) of the request's rows."""
+    def predict(self, request: ParsedRequest) -> np.ndarray:
+        """The ONNX model's raw output (float64) on the request's rows: probabilities (rows x classes) or predictions
+        (rows); ``outputs`` turns it into the answer."""
         numeric, indices = self.bundle.preprocessor.transform_columns(request.columns, request.rows)
-        (logit,) = self.session.run([ONNX_OUTPUT], {ONNX_INPUTS[0]: numeric, ONNX_INPUTS[1]: indices})
-        probability = probability_of(logit)
-        return probability, (probability >= self.bundle.decision_threshold).astype(np.int64)
+        return predict_raw(self.session, numeric, indices, self.outputs.task)
 
-    def log(self, request: ParsedRequest, probability: np.ndarray, prediction: np.ndarray, request_id: str) -> None:
-        """Queue the rows for the prediction log (when there is one); never blocks and never raises.
+    def log(self, request: ParsedRequest, raw: np.ndarray, request_id: str) -> None:
+        """Queue the rows and their predict-contract outputs for the prediction log (when there is one); never
+        blocks and never raises.
 
         Each row's id is its value in the dataset's id column when the request carries that column, so delayed
         labels join on it; otherwise the request id, with ``-<row>`` appended for requests of more than one row so
@@ -80,7 +86,7 @@ class ServedModel:
         ids: list[Any] = [request_id] if request.rows == 1 else [f"{request_id}-{row}" for row in range(request.rows)]
         if request.row_ids is not None:
             ids = [own if own is not None else ids[row] for row, own in enumerate(request.row_ids)]
-        self.log_writer.log_columns(request.columns, probability, prediction, ids)
+        self.log_writer.log_columns(request.columns, self.outputs.column_values(raw), ids)
 
     def close(self) -> None:
         """Flush and stop the prediction-log writer."""
@@ -102,35 +108,42 @@ def _session(onnx_path: Path, intra_op_threads: int) -> Any:
 
 
 def smoke_check(model: ServedModel) -> float:
-    """Score the bundle's smoke rows and compare them with the probabilities recorded at export.
+    """Score the bundle's smoke rows and compare the raw outputs with those recorded in smoke.json.
 
     Returns:
-        The largest absolute probability difference.
+        The largest difference (``serving_bundle.smoke_differences``: probabilities absolute, regression relative).
 
     Raises:
-        BundleError: the rows do not fit the signature, or a probability differs by more than ``SMOKE_TOLERANCE``.
+        BundleError: the rows do not fit the signature, or an output differs by more than ``SMOKE_TOLERANCE``.
     """
     bundle = model.bundle
+    task = bundle.info.task
     where = f"{bundle.model_name} v{bundle.model_version} ({bundle.folder})"
     try:
-        probability, _ = model.predict(parse_records(bundle.smoke_inputs, model.schema))
+        raw = model.predict(parse_records(bundle.smoke_inputs, model.schema))
     except RequestError as exc:
         raise BundleError(f"smoke.json of {where} does not fit its own signature: {exc}") from None
-    expected = np.asarray(bundle.smoke_probability, dtype=np.float64)
-    if probability.shape != expected.shape:
-        raise BundleError(f"{where}: smoke.json lists {expected.size} probabilities for {probability.size} rows")
-    gaps = np.abs(probability - expected)
-    gap = float(np.nan_to_num(gaps, nan=np.inf).max(initial=0.0))
-    if gap > SMOKE_TOLERANCE:
-        row = int(np.nan_to_num(gaps, nan=np.inf).argmax())
+    expected = bundle.smoke_outputs
+    if raw.shape != expected.shape:
         raise BundleError(
-            f"{where} fails its smoke check: row {row} gives probability {probability[row]:.6f}, smoke.json expects "
-            f"{expected[row]:.6f} (difference {gap:.3g} > tolerance {SMOKE_TOLERANCE}); this model is not served"
+            f"{where}: smoke.json holds outputs of shape {list(expected.shape)}, the model gives {list(raw.shape)} "
+            f"for its {len(bundle.smoke_inputs)} smoke rows ({task}, classes {bundle.info.classes})"
+        )
+    gaps = smoke_differences(task, raw, expected)
+    gap = float(gaps.max(initial=0.0))
+    measure = describe_difference(task)
+    if gap > SMOKE_TOLERANCE:
+        row = int(gaps.argmax())
+        raise BundleError(
+            f"{where} fails its smoke check: row {row} gives {onnx_output(task)} {values_text(raw[row])}, smoke.json "
+            f"expects {values_text(expected[row])} ({measure} {gap:.3g} > tolerance {SMOKE_TOLERANCE}); this model "
+            "is not served"
         )
     logger.info(
-        "smoke check of %s v%s: largest probability difference %.3g <= tolerance %g -> serve",
+        "smoke check of %s v%s: largest %s %.3g <= tolerance %g -> serve",
         bundle.model_name,
         bundle.model_version,
+        measure,
         gap,
         SMOKE_TOLERANCE,
     )
@@ -161,19 +174,21 @@ def load_model(
         session = _session(bundle.onnx_path, intra_op_threads)
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable or invalid models
         raise BundleError(f"ONNX Runtime cannot load {bundle.onnx_path}: {exc}") from None
+    outputs = TaskOutputs(bundle.info.task, bundle.info.classes)
     schema = RequestSchema(
         [(column.name, column.type) for column in bundle.columns],
         _with_bundle_bounds(policy or RequestPolicy(), bundle),
         bundle.preprocessor.vocabularies,
+        outputs.names,
     )
-    model = ServedModel(bundle, session, schema)
+    model = ServedModel(bundle, session, schema, outputs)
     smoke_check(model)
     if prediction_log is None:
         return model
     writer = PredictionLogWriter(
-        prediction_log, bundle.model_name, bundle.model_version, flush_seconds=log_flush_seconds
+        prediction_log, bundle.model_name, bundle.model_version, bundle.info, flush_seconds=log_flush_seconds
     )
-    return ServedModel(bundle, session, schema, writer)
+    return replace(model, log_writer=writer)
 
 
 def _with_bundle_bounds(policy: RequestPolicy, bundle: ServingBundle) -> RequestPolicy:

@@ -44,8 +44,6 @@ _V2_VALUE_TYPES: dict[str, frozenset[type]] = {
     "BYTES": frozenset({str}),
 }
 _NULL = type(None)
-# The outputs of every inference answer, in this order.
-OUTPUT_NAMES = ("probability", "prediction")
 # Binary tensor data extension: the JSON header's length, and the layout of fixed-size datatypes (little-endian).
 HEADER_LENGTH_HEADER = "inference-header-content-length"
 _BINARY_DTYPES = {"FP64": "<f8", "FP32": "<f4", "INT64": "<i8", "INT32": "<i4", "BOOL": "|b1"}
@@ -105,6 +103,7 @@ class RequestSchema:
         columns: Sequence[tuple[str, str]],
         policy: RequestPolicy | None = None,
         vocabularies: Mapping[str, Sequence[str]] | None = None,
+        outputs: Sequence[str] = (),
     ) -> None:
         """Build the rules.
 
@@ -112,8 +111,10 @@ class RequestSchema:
             columns: ``(name, MLflow type)`` per request column, in signature order.
             policy: how strictly to read requests; None: the defaults of ``RequestPolicy``.
             vocabularies: the training categories per string column, which set its length limit.
+            outputs: the model's v2 outputs in answer order, which a request may name in ``"outputs"``.
         """
         self.policy = policy or RequestPolicy()
+        self.outputs = tuple(outputs)
         self.rules: dict[str, ColumnRule] = {}
         for name, mlflow_type in columns:
             numeric = mlflow_type in NUMERIC_TYPES
@@ -360,25 +361,26 @@ def _binary_values(name: str, datatype: str, chunk: memoryview, rows: int) -> li
     return values
 
 
-def _requested_outputs(payload: dict[str, Any]) -> tuple[tuple[str, bool], ...] | None:
+def _requested_outputs(payload: dict[str, Any], names: tuple[str, ...]) -> tuple[tuple[str, bool], ...] | None:
     """The outputs to answer with and whether each goes as binary data; None: every output as JSON.
 
     ``parameters.binary_data_output`` sets the default of outputs without their own ``binary_data``.
 
     Raises:
-        RequestError: an unknown output, or outputs that are not a list of objects with a name.
+        RequestError: an output the model does not have (``names``), or outputs that are not a list of objects with
+            a name.
     """
     parameters = payload.get("parameters")
     default = type(parameters) is dict and parameters.get("binary_data_output") is True
     outputs = payload.get("outputs")
     if outputs is None:
-        return tuple((name, True) for name in OUTPUT_NAMES) if default else None
+        return tuple((name, True) for name in names) if default else None
     if type(outputs) is not list or set(map(type, outputs)) - {dict}:
-        raise RequestError('"outputs" must be a list of objects: [{"name": "probability"}, ...]')
+        raise RequestError('"outputs" must be a list of objects: [{"name": "prediction"}, ...]')
     requested = []
     for output in outputs:
-        if output.get("name") not in OUTPUT_NAMES:
-            raise RequestError(f"unknown output {output.get('name')!r}: this model's outputs are {list(OUTPUT_NAMES)}")
+        if output.get("name") not in names:
+            raise RequestError(f"unknown output {output.get('name')!r}: this model's outputs are {list(names)}")
         settings = output.get("parameters")
         binary = settings.get("binary_data", default) if type(settings) is dict else default
         requested.append((output["name"], binary is True))
@@ -452,7 +454,7 @@ def parse_v2(body: bytes, schema: RequestSchema, header_length: int | None = Non
         columns,
         _single_row_count(counts),
         None if request_id is None else str(request_id),
-        outputs=_requested_outputs(payload),
+        outputs=_requested_outputs(payload, schema.outputs),
     )
 
 

@@ -6,9 +6,10 @@ configures ``runtime.steps.<step>`` for each of ``STEPS`` and refuses any other 
 
 # The steps DAG tasks run, in the order of the loop; each is a module, a CLI command and a task id.
 STEPS = ("snapshot", "validate", "preprocess", "train", "evaluate", "register", "promote", "drift", "deploy")
-# Every command of ``python -m mlsteps``: the steps, plus make-dataset (writes input data, takes no run root) and
-# score (batch scoring of a file with a registered model).
-COMMANDS = ("make-dataset", *STEPS, "score")
+# Every command of ``python -m mlsteps``: the steps, plus make-dataset (writes input data) and init-dataset (infers
+# a dataset config from a data file), which take no run root, and score (batch scoring of a file with a registered
+# model).
+COMMANDS = ("make-dataset", "init-dataset", *STEPS, "score")
 
 
 def module_name(command: str) -> str:

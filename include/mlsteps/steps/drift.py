@@ -1,15 +1,21 @@
 """Step ``drift``: compare the last window of the champion's logged predictions with its training data.
 
 Reads the prediction log for ``[window end - window hours, window end)`` and the model's version only, loads the
-reference profile from that version's model package, and writes a JSON and an HTML report under
+reference profile and the task from that version's model package, and writes a JSON and an HTML report under
 ``<run-root>/drift/`` (also logged to MLflow, experiment ``<experiment>-drift``). A window with too few rows, or no
 model behind the alias yet, is skipped and says so; a data-quality problem (a missing or all-null feature) is
 reported as such and never counts as drift. Deciding whether to retrain (hysteresis, cooldown) is the
 orchestrator's job; this step only measures.
+
+Besides the features, the model's prediction signals of its task are compared with those on the training data
+(``mlsteps.drift.profile.prediction_signals``): binary the positive-class probability; multiclass each class's
+probability and the predicted-class mix; regression the predicted value. They are reported as prediction drift
+(``prediction_drift``, ``drifted_predictions``) and do not count towards the features' dataset decision.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,11 +28,12 @@ from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import PipelineConfig, load_pipeline_config
 from mlsteps.data import storage
 from mlsteps.errors import ConfigError, DataError
-from mlsteps.predictions import PROBABILITY
 from mlsteps.results import read_result, result_uri, step_dir, write_result
 
 STEP = "drift"
 OK, SKIPPED, DATA_QUALITY_FAILED = "ok", "skipped", "data_quality_failed"
+# MLflow metric names allow letters, digits, _ - . and spaces (and slashes, read as folders); a label may hold anything.
+_NOT_IN_METRIC_NAMES = re.compile(r"[^\w\-. ]")
 
 
 def _window(window_end: str | None, hours: int) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -63,8 +70,10 @@ def _log_to_mlflow(config: PipelineConfig, payload: dict[str, Any], report: dict
         )
         metrics = {"rows": payload["rows"], "drifted_features": dataset["drifted_features"]}
         metrics["drifted_share"] = dataset["drifted_share"]
-        if report["prediction"] and report["prediction"]["statistic"] is not None:
-            metrics["score_statistic"] = report["prediction"]["statistic"]
+        metrics["drifted_predictions"] = len(payload["drifted_predictions"])
+        for signal in report["prediction"]:
+            if signal["statistic"] is not None:
+                metrics[f"prediction_statistic.{_NOT_IN_METRIC_NAMES.sub('_', signal['name'])}"] = signal["statistic"]
         mlflow.log_metrics(metrics)
         for path in files:
             mlflow.log_artifact(str(path))
@@ -84,10 +93,11 @@ def run(run_root: str, config: PipelineConfig, prediction_store: str, window_end
         The payload written to ``result.json``.
 
     Raises:
-        DataError: the champion's package has no reference profile, or the log's files disagree on a column type.
+        DataError: the champion's package has no reference profile or task (logged by an older version: retrain), the
+            log's files disagree on a column type, or the logged rows lack the model's output columns.
     """
-    from mlsteps.drift import detect_drift, load_profile, render_html
-    from mlsteps.model import download_reference_profile
+    from mlsteps.drift import detect_drift, load_profile, prediction_signals, render_html
+    from mlsteps.model import download_reference_profile, read_package
 
     monitoring, model_name = config.monitoring, config.registry.model_name
     start, end = _window(window_end, monitoring.window_hours)
@@ -117,10 +127,12 @@ def run(run_root: str, config: PipelineConfig, prediction_store: str, window_end
     with tempfile.TemporaryDirectory() as tmp:
         try:
             profile_path = download_reference_profile(model_uri, Path(tmp))
+            info = read_package(profile_path.parent.parent).info  # the package folder the profile came in
         except FileNotFoundError as exc:
             raise DataError(str(exc)) from None
         profile = load_profile(str(profile_path))
-        report = detect_drift(profile, logged, scores=logged[PROBABILITY], config=config.drift).to_dict()
+        signals = prediction_signals(info.task, info.classes, logged)
+        report = detect_drift(profile, logged, predictions=signals, config=config.drift).to_dict()
         title = f"Drift of {model_name} v{model_version}, {window['start']} .. {window['end']}"
         files = [Path(tmp) / "report.json", Path(tmp) / "report.html"]
         storage.write_json(str(files[0]), report)
@@ -133,7 +145,9 @@ def run(run_root: str, config: PipelineConfig, prediction_store: str, window_end
             "message": "; ".join(report["data_quality_problems"]) or dataset["message"],
             "drift_detected": bool(dataset["drift_detected"]) and not report["data_quality_failed"],
             "drifted_features": [f["name"] for f in report["features"] if f["drifted"]],
-            "prediction_drift": bool(report["prediction"] and report["prediction"]["drifted"]),
+            "task": info.task,
+            "prediction_drift": any(signal["drifted"] for signal in report["prediction"]),
+            "drifted_predictions": [signal["name"] for signal in report["prediction"] if signal["drifted"]],
             "drifted_share": dataset["drifted_share"],
             "data_quality_problems": report["data_quality_problems"],
             "report_uri": storage.join(out, "report.json"),
@@ -180,8 +194,9 @@ def main(
 ) -> None:
     """Measure drift of the champion's last window of logged predictions against its training data.
 
-    Writes <run-root>/drift/report.json and report.html (per feature: method, statistic, p-value, threshold,
-    drifted) and result.json with status ok, skipped (too few rows, no champion) or data_quality_failed.
+    Writes <run-root>/drift/report.json and report.html (per feature and per prediction signal: method,
+    statistic, p-value, threshold, drifted) and result.json with status ok, skipped (too few rows, no champion)
+    or data_quality_failed.
 
     Args:
         run_root: folder of this run's artifacts.

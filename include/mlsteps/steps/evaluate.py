@@ -1,4 +1,5 @@
-"""evaluate: score the challenger and the current champion on the same holdout and judge the promotion gate.
+"""evaluate: score every candidate and the current champion on the same holdout, pick the best candidate as the
+challenger (on the primary metric of the dataset's task) and judge the promotion gate.
 
 A failed gate is a decision, not an error: the step exits 0 and the orchestrator branches on ``gate.passed``.
 """
@@ -15,10 +16,12 @@ from mlsteps import registry, results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import DatasetConfig, PipelineConfig, load_pipeline_config
 from mlsteps.data import storage
-from mlsteps.data.features import binary_labels, require_columns
+from mlsteps.data.features import require_columns
 from mlsteps.errors import DataError
-from mlsteps.evaluation import classification_metrics, gate_decision, render_report_html, slice_metrics
-from mlsteps.predictions import PROBABILITY, check_predictions
+from mlsteps.evaluation.metrics import best_candidate, gate_decision, slice_metrics, task_metrics
+from mlsteps.evaluation.predictions import check_predictions
+from mlsteps.evaluation.report import curves, render_report_html
+from mlsteps.evaluation.tasks import PREDICTION, encode_target, is_classification, probabilities_of
 
 STEP = "evaluate"
 REPORT_FILE = "report.json"
@@ -26,124 +29,144 @@ REPORT_HTML_FILE = "report.html"
 
 
 def _read_holdout(holdout_uri: str, dataset: DatasetConfig) -> tuple[pd.DataFrame, np.ndarray]:
-    """The holdout's feature columns (config order, typed) and its 0/1 labels."""
+    """The holdout's feature columns (config order, typed) and its encoded target (``tasks.encode_target``)."""
     holdout = storage.read_parquet(holdout_uri)
     feature_names = [column.name for column in dataset.features]
+    target = dataset.target
     what = f"holdout {holdout_uri}"
-    require_columns(holdout, [*feature_names, dataset.target.name], what)
+    require_columns(holdout, [*feature_names, target.name], what)
     if holdout.empty:
         raise DataError(f"{holdout_uri}: holdout has no rows: raise split.holdout_fraction or use a larger snapshot")
     # Typed as serving sends rows (the model signature's types): numbers as float64, categories as strings.
     types = {**dict.fromkeys(dataset.numeric_features, "float64"), **dict.fromkeys(dataset.categorical_features, "str")}
-    return holdout[feature_names].astype(types), binary_labels(
-        holdout[dataset.target.name], dataset.target.classes, what
-    )
+    return holdout[feature_names].astype(types), encode_target(holdout[target.name], target.task, target.classes, what)
 
 
-def _predict_probability(model_uri: str, features: pd.DataFrame) -> np.ndarray:
-    """The model's positive-class probability for every row, checked to be a probability."""
+def _model_output(model_uri: str, features: pd.DataFrame, dataset: DatasetConfig) -> np.ndarray:
+    """The model's raw output on the holdout: class probabilities (rows x classes) or predicted values.
+
+    The package is loaded as any consumer loads it (MLflow pyfunc, the predict contract), so evaluation judges
+    exactly what serving and scoring will run.
+    """
     import mlflow
 
+    task, classes = dataset.target.task, dataset.target.classes
     output = mlflow.pyfunc.load_model(model_uri).predict(features)
-    return check_predictions(output, len(features), model_uri)[PROBABILITY].to_numpy(dtype=float)
+    checked = check_predictions(output, len(features), model_uri, task, classes)
+    if is_classification(task):
+        return probabilities_of(task, classes or [], checked)
+    return checked[PREDICTION].to_numpy(dtype=np.float64)
 
 
-def _score_model(model_uri: str, features: pd.DataFrame, labels: np.ndarray, config: PipelineConfig) -> dict[str, Any]:
-    """Holdout metrics and slices of one model."""
-    probability = _predict_probability(model_uri, features)
-    evaluation = config.evaluation
-    metrics = classification_metrics(labels, probability, evaluation.calibration_bins)
+def _score_model(
+    model_uri: str, features: pd.DataFrame, y_true: np.ndarray, config: PipelineConfig
+) -> tuple[dict[str, Any], np.ndarray]:
+    """One model's holdout metrics (with its URI) and its raw output, for the details of the models reported."""
+    target = config.dataset.target
+    output = _model_output(model_uri, features, config.dataset)
+    metrics = task_metrics(target.task, target.classes, y_true, output, config.evaluation.calibration_bins)
+    print(f"{STEP}: {model_uri} on {metrics['rows']} holdout rows: {_summary(metrics)}", flush=True)
+    return {"model_uri": model_uri, "metrics": metrics}, output
+
+
+def _with_details(
+    model: dict[str, Any], output: np.ndarray, features: pd.DataFrame, y_true: np.ndarray, config: PipelineConfig
+) -> dict[str, Any]:
+    """A reported model (challenger or champion) with its slices and the data of its plots."""
+    target, evaluation = config.dataset.target, config.evaluation
     slices = slice_metrics(
         features,
         config.dataset.slice_columns,
-        labels,
-        probability,
+        target.task,
+        target.classes,
+        y_true,
+        output,
         min_rows=evaluation.slice_min_rows,
         calibration_bins=evaluation.calibration_bins,
     )
-    print(f"{STEP}: {model_uri} on {metrics['rows']} holdout rows: {_summary(metrics)}", flush=True)
-    return {"model_uri": model_uri, "metrics": metrics, "slices": slices}
+    plots = curves(target.task, target.classes, y_true, output, evaluation.calibration_bins)
+    return {**model, "slices": slices, "curves": plots}
 
 
 def _summary(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value:.4f}" for key, value in metrics.items() if isinstance(value, float))
 
 
-def _threshold_overrides(min_roc_auc: float | None, max_roc_auc_regression: float | None) -> dict[str, Any]:
-    given = {"min_roc_auc": min_roc_auc, "max_roc_auc_regression": max_roc_auc_regression}
-    evaluation = {key: value for key, value in given.items() if value is not None}
-    return {"evaluation": evaluation} if evaluation else {}
+def _without_curves(model: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A model's entry for result.json: the plot data stays in report.json, so the result stays small."""
+    return None if model is None else {key: value for key, value in model.items() if key != "curves"}
 
 
-def main(
-    run_root: RunRoot,
-    config: ConfigUri = None,
-    min_roc_auc: Annotated[
-        float | None,
-        typer.Option(
-            "--min-roc-auc", min=0.0, max=1.0, help="minimum holdout ROC AUC of the challenger; overrides the config"
-        ),
-    ] = None,
-    max_roc_auc_regression: Annotated[
-        float | None,
-        typer.Option(
-            "--max-roc-auc-regression",
-            min=0.0,
-            max=1.0,
-            help="largest ROC AUC drop versus the champion that still passes; overrides the config",
-        ),
-    ] = None,
-) -> None:
-    r"""Score challenger and champion on the same holdout and judge the promotion gate.
+def _challenger(
+    run_root: str, features: pd.DataFrame, y_true: np.ndarray, config: PipelineConfig
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score every candidate family's model and pick the best on the primary metric as the challenger.
 
-    Reads the preprocess result (holdout) and the train result (challenger).
-    The champion is the version behind the registry alias ``champion`` of
-    registry.model_name, if there is one. Writes report.json, report.html and
-    result.json under <run-root>/evaluate/. A failed gate still exits 0:
-    gate.passed in result.json tells the orchestrator which way to go.
-
-    Args:
-        run_root: folder of this run's artifacts.
-        config: pipeline config YAML.
-        min_roc_auc: overrides evaluation.min_roc_auc.
-        max_roc_auc_regression: overrides evaluation.max_roc_auc_regression.
-
-    Examples:
-        python -m mlsteps evaluate --run-root /tmp/runs/r1
-
-        python -m mlsteps evaluate --run-root s3://ml/runs/r1 \
-            --min-roc-auc 0.75 --max-roc-auc-regression 0.005
+    Returns:
+        The challenger (``family``, ``model_uri``, ``metrics``, ``slices``, ``curves``) and every candidate
+        (``family``, ``model_uri``, ``metrics``), in the order of ``training.candidate_families``.
     """
-    pipeline = load_pipeline_config(config, _threshold_overrides(min_roc_auc, max_roc_auc_regression))
-    model_name = pipeline.registry.model_name
-    preprocess = results.read_result(run_root, "preprocess")
-    challenger_uri = results.read_result(run_root, "train")["model_uri"]
-    client = tracking.client()
-    features, labels = _read_holdout(preprocess["holdout_uri"], pipeline.dataset)
+    scored = {}
+    for family in config.training.candidate_families:
+        model_uri = results.read_result(run_root, results.candidate_step(family))["model_uri"]
+        model, output = _score_model(model_uri, features, y_true, config)
+        scored[family] = ({"family": family, **model}, output)
+    candidates = [model for model, _ in scored.values()]
+    primary = config.primary_metric
+    chosen = best_candidate(
+        {family: model["metrics"] for family, (model, _) in scored.items()}, primary, config.dataset.target.task
+    )
+    if len(scored) > 1:
+        ranking = ", ".join(f"{model['family']} {primary}={model['metrics'][primary]}" for model in candidates)
+        print(f"{STEP}: candidates {ranking}: {chosen} is the challenger", flush=True)
+    return _with_details(*scored[chosen], features, y_true, config), candidates
 
-    challenger = _score_model(challenger_uri, features, labels, pipeline)
-    champion_version = registry.alias_version(client, model_name, registry.CHAMPION)
+
+def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
+    """Score the candidates and the champion on the holdout, judge the gate for the best candidate, and write
+    report.json, report.html and the result.
+
+    Returns:
+        The payload written to ``result.json``: the report without the plot data, plus ``report_uri`` and
+        ``report_html_uri``.
+
+    Raises:
+        DataError: the holdout lacks columns or rows, or its target does not fit ``dataset.target``.
+        StepError: a candidate's train result is missing, or a model's predictions break the task's contract.
+    """
+    model_name, target = config.registry.model_name, config.dataset.target
+    preprocess = results.read_result(run_root, "preprocess")
+    features, y_true = _read_holdout(preprocess["holdout_uri"], config.dataset)
+
+    challenger, candidates = _challenger(run_root, features, y_true, config)
+    champion_version = registry.alias_version(tracking.client(), model_name, registry.CHAMPION)
     champion = None
     if champion_version is None:
-        print(f"{STEP}: {model_name} has no {registry.CHAMPION} yet: the gate judges the minimum only", flush=True)
+        print(f"{STEP}: {model_name} has no {registry.CHAMPION} yet: the gate judges the threshold only", flush=True)
     else:
         version = int(champion_version.version)
-        champion_uri = registry.model_uri(model_name, version)
-        champion = {
-            "version": version,
-            "run_id": champion_version.run_id,
-            **_score_model(champion_uri, features, labels, pipeline),
-        }
+        model, output = _score_model(registry.model_uri(model_name, version), features, y_true, config)
+        details = _with_details(model, output, features, y_true, config)
+        champion = {"version": version, "run_id": champion_version.run_id, **details}
 
-    gate = gate_decision(challenger["metrics"], champion["metrics"] if champion else None, pipeline.evaluation)
+    gate = gate_decision(
+        challenger["metrics"],
+        champion["metrics"] if champion else None,
+        config.evaluation,
+        config.primary_metric,
+        target.task,
+    )
     for reason in gate.reasons:
         print(f"{STEP}: gate: {reason}", flush=True)
-    print(f"{STEP}: gate {'PASSED' if gate.passed else 'FAILED'} for {challenger_uri}", flush=True)
+    print(f"{STEP}: gate {'PASSED' if gate.passed else 'FAILED'} for {challenger['model_uri']}", flush=True)
 
     report = {
         "model_name": model_name,
+        "task": target.task,
+        "classes": target.classes,
         "holdout_uri": preprocess["holdout_uri"],
         "snapshot_id": preprocess["snapshot_id"],
+        "candidates": candidates,
         "challenger": challenger,
         "champion": champion,
         "gate": gate.to_dict(),
@@ -153,4 +176,114 @@ def main(
     report_html_uri = storage.join(folder, REPORT_HTML_FILE)
     storage.write_json(report_uri, report)
     storage.write_text(report_html_uri, render_report_html(report))
-    results.write_result(run_root, STEP, {**report, "report_uri": report_uri, "report_html_uri": report_html_uri})
+    payload = {
+        **report,
+        "challenger": _without_curves(challenger),
+        "champion": _without_curves(champion),
+        "report_uri": report_uri,
+        "report_html_uri": report_html_uri,
+    }
+    results.write_result(run_root, STEP, payload)
+    return payload
+
+
+NO_THRESHOLD = "none"
+
+
+def _overrides(
+    candidates: str | None,
+    primary_metric: str | None,
+    threshold: str | None,
+    max_degradation: float | None,
+    degradation: str | None,
+) -> dict[str, Any]:
+    """The CLI's options as config overrides; the config validates them (a ConfigError names what is wrong)."""
+    given: dict[str, Any] = {
+        "primary_metric": primary_metric,
+        "max_degradation": max_degradation,
+        "degradation": degradation,
+    }
+    evaluation = {key: value for key, value in given.items() if value is not None}
+    if threshold is not None:
+        evaluation["threshold"] = None if str(threshold).strip().lower() == NO_THRESHOLD else threshold
+    overrides: dict[str, Any] = {"evaluation": evaluation} if evaluation else {}
+    if candidates is not None:
+        overrides["training"] = {"candidates": [name.strip() for name in candidates.split(",") if name.strip()]}
+    return overrides
+
+
+def main(
+    run_root: RunRoot,
+    config: ConfigUri = None,
+    candidates: Annotated[
+        str | None,
+        typer.Option(
+            "--candidates",
+            help="comma-separated families whose train results compete (the best on the primary metric becomes "
+            "the challenger); overrides training.candidates",
+        ),
+    ] = None,
+    primary_metric: Annotated[
+        str | None,
+        typer.Option(
+            "--primary-metric",
+            help="the gate's metric, one of the task's (mlsteps.evaluation.tasks.METRICS); overrides the config. "
+            "The config's threshold still applies: pass --threshold with it",
+        ),
+    ] = None,
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            "--threshold",
+            help="the challenger's primary metric must reach this (at most this, when lower is better), or "
+            f"{NO_THRESHOLD!r} for no absolute bar; overrides the config",
+        ),
+    ] = None,
+    max_degradation: Annotated[
+        float | None,
+        typer.Option(
+            "--max-degradation",
+            min=0.0,
+            help="largest worsening of the primary metric versus the champion that still passes; overrides the config",
+        ),
+    ] = None,
+    degradation: Annotated[
+        str | None,
+        typer.Option(
+            "--degradation",
+            help="absolute: max-degradation in the metric's units; relative: a share of the champion's value "
+            "(0.05 is 5%); overrides the config",
+        ),
+    ] = None,
+) -> None:
+    r"""Score the candidates and the champion on the same holdout and judge the promotion gate.
+
+    Reads the preprocess result (holdout) and the train result of every
+    candidate family (training.candidates, else training.model); the best on
+    the primary metric is the challenger. The champion is the version behind
+    the registry alias ``champion`` of registry.model_name, if there is one. Writes report.json (with the plot
+    data), report.html and result.json under <run-root>/evaluate/. A failed
+    gate still exits 0: gate.passed in result.json tells the orchestrator
+    which way to go. A metric that does not fit the dataset's task, or a
+    threshold outside the metric's range, is a config error (exit 2).
+
+    Args:
+        run_root: folder of this run's artifacts.
+        config: pipeline config YAML.
+        candidates: overrides training.candidates.
+        primary_metric: overrides evaluation.primary_metric.
+        threshold: overrides evaluation.threshold.
+        max_degradation: overrides evaluation.max_degradation.
+        degradation: overrides evaluation.degradation.
+
+    Examples:
+        python -m mlsteps evaluate --run-root /tmp/runs/r1
+
+        python -m mlsteps evaluate --run-root s3://ml/runs/r1 --candidates mlp,gbdt \
+            --primary-metric pr_auc --threshold 0.4 --max-degradation 0.005
+
+        python -m mlsteps evaluate --run-root /tmp/runs/r1 \
+            --threshold none --max-degradation 0.02 --degradation relative
+    """
+    overrides = _overrides(candidates, primary_metric, threshold, max_degradation, degradation)
+    run(run_root, load_pipeline_config(config, overrides))

@@ -1,7 +1,9 @@
-"""The ``make-dataset`` command: write the built-in synthetic churn data as input for the pipeline.
+"""The ``make-dataset`` command: write one of the built-in synthetic datasets as input for the pipeline.
 
-It makes input data rather than running a pipeline step, so it takes no run root and writes no result.json.
-The drift knobs produce the shifted batches that exercise drift monitoring and retraining.
+``--task`` picks the dataset (``mlsteps.data.datasets.BUILT_IN``): churn (binary), tiers (multiclass) or claims
+(regression); each is described by its dataset config under ``include/config/datasets/``. It makes input data rather
+than running a pipeline step, so it takes no run root and writes no result.json. The drift knobs produce the shifted
+batches that exercise drift monitoring and retraining.
 """
 
 from __future__ import annotations
@@ -11,9 +13,19 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from mlsteps.data.datasets import generate_churn
+from mlsteps.data.datasets import BUILT_IN, BuiltInDataset
 from mlsteps.data.snapshots import table_format, unknown_extension_message, write_table
 from mlsteps.errors import ConfigError
+from mlsteps.evaluation.tasks import Task, is_classification
+
+
+def describe_target(frame: pd.DataFrame, dataset: BuiltInDataset) -> str:
+    """The target in a few words: the share of each class (classification), or its mean and range (regression)."""
+    target = frame[dataset.target]
+    if is_classification(dataset.task):
+        shares = target.value_counts(normalize=True)
+        return f"{dataset.target}: " + ", ".join(f"{label} {share:.1%}" for label, share in shares.items())
+    return f"{dataset.target}: mean {target.mean():,.2f}, min {target.min():,.2f}, max {target.max():,.2f}"
 
 
 def main(
@@ -21,6 +33,10 @@ def main(
         str,
         typer.Option("--output-uri", help="file to write: .csv, .parquet or .pq; path, file:// or s3:// URI"),
     ],
+    task: Annotated[
+        Task,
+        typer.Option("--task", help="binary: churn; multiclass: loyalty tiers; regression: insurance claim costs"),
+    ] = "binary",
     rows: Annotated[int, typer.Option("--rows", min=1, help="number of rows")] = 20000,
     seed: Annotated[int, typer.Option("--seed", min=0, help="random seed; the same options give the same rows")] = 0,
     start: Annotated[str, typer.Option("--start", help="first day of event_time (UTC)")] = "2025-01-01",
@@ -32,28 +48,32 @@ def main(
     concept_drift: Annotated[
         float,
         typer.Option(
-            "--concept-drift", min=0.0, max=1.0, help="label drift: 0 = reference relationship, 1 = a different one"
+            "--concept-drift", min=0.0, max=1.0, help="target drift: 0 = reference relationship, 1 = a different one"
         ),
     ] = 0.0,
 ) -> None:
-    r"""Generate the synthetic churn data and write it as CSV or Parquet.
+    r"""Generate one of the built-in synthetic datasets and write it as CSV or Parquet.
 
-    The output format follows the extension of --output-uri.
+    The output format follows the extension of --output-uri. The dataset configs that describe the data are
+    include/config/datasets/churn.yaml (binary), tiers.yaml (multiclass) and claims.yaml (regression).
 
     Args:
         output_uri: where to write the file.
+        task: which dataset: binary (churn), multiclass (tiers) or regression (claims).
         rows: number of rows.
         seed: random seed.
         start: first day of event_time (UTC).
         days: number of days event_time spreads over.
         covariate_drift: how far the feature distributions move.
-        concept_drift: how far the feature-churn relationship moves.
+        concept_drift: how far the relationship between features and target moves.
 
     Raises:
         ConfigError: the output extension is unknown or --start is not a date.
 
     Examples:
         python -m mlsteps make-dataset --output-uri data/churn.csv --seed 1
+
+        python -m mlsteps make-dataset --task regression --output-uri data/claims.parquet
 
         python -m mlsteps make-dataset --output-uri s3://ml/in/drift.parquet \
             --covariate-drift 0.8 --concept-drift 0.5
@@ -64,9 +84,13 @@ def main(
         pd.Timestamp(start, tz="UTC")
     except ValueError:
         raise ConfigError(f"--start {start!r} is not a date; give one like 2025-01-01") from None
-    frame = generate_churn(
+    dataset = BUILT_IN[task]
+    frame = dataset.generate(
         rows, seed=seed, start=start, days=days, covariate_drift=covariate_drift, concept_drift=concept_drift
     )
     write_table(frame, output_uri)
-    churn_rate = frame["churned"].mean()
-    print(f"make-dataset: wrote {len(frame)} rows (churn rate {churn_rate:.1%}) to {output_uri}", flush=True)
+    print(
+        f"make-dataset: wrote {len(frame)} rows of {dataset.name} ({task}; {describe_target(frame, dataset)}) "
+        f"to {output_uri}",
+        flush=True,
+    )

@@ -3,6 +3,11 @@
 The splits keep their raw columns: the model package applies the preprocessing itself, so evaluation and
 serving feed it the same raw rows that arrive in production. Only the train split is used to fit, so nothing
 about the validation or holdout rows leaks into the model.
+
+The split is by time or by id hash, never by the target: a time split has to mirror production, and a hash split
+must keep an id in one split whatever else the snapshot holds. Instead each split is checked to hold every class
+(classification) or a varying target (regression), and the result records each split's class counts or target
+mean and standard deviation.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import pandas as pd
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import DatasetConfig, PipelineConfig, SplitConfig, load_pipeline_config
 from mlsteps.data import storage
-from mlsteps.data.features import TabularPreprocessor, binary_labels, require_columns
+from mlsteps.data.features import TabularPreprocessor, require_columns
 from mlsteps.errors import ConfigError, DataError
+from mlsteps.evaluation.tasks import encode_target, is_classification
 from mlsteps.results import read_result, step_dir, write_result
 
 STEP = "preprocess"
@@ -89,26 +95,49 @@ def hash_split(frame: pd.DataFrame, column: str, split: SplitConfig) -> dict[str
     return {"train": frame[~holdout & ~validation], "validation": frame[validation], "holdout": frame[holdout]}
 
 
-def check_both_classes(splits: dict[str, pd.DataFrame], dataset: DatasetConfig) -> None:
-    """Every split needs both classes: training, early stopping and ROC AUC are meaningless otherwise.
+def target_summary(splits: dict[str, pd.DataFrame], dataset: DatasetConfig) -> dict[str, Any]:
+    """What each split holds of the target: ``class_counts`` (classification) or ``target_stats`` (regression).
+
+    Returns:
+        ``{"class_counts": {split: {class as text: rows}}}`` in class order, or
+        ``{"target_stats": {split: {"mean": ..., "std": ...}}}``.
 
     Raises:
-        DataError: listing each split that lacks a class, with its class counts.
+        DataError: a target value is not a declared class (classification) or not a finite number (regression);
+            or a split lacks a class (classification) or has fewer than two distinct target values (regression):
+            training, early stopping and the holdout metrics need them. The message lists every such split.
     """
-    negative, positive = dataset.target.classes
-    problems = []
-    for name, part in splits.items():
-        positives = int(binary_labels(part[dataset.target.name], dataset.target.classes, f"{name} split").sum())
-        if positives in (0, len(part)):
-            problems.append(
-                f"{name}: {len(part)} rows, {len(part) - positives} of {negative!r}, {positives} of {positive!r}"
-            )
+    target = dataset.target
+    encoded = {
+        name: encode_target(part[target.name], target.task, target.classes, f"{name} split")
+        for name, part in splits.items()
+    }
+    if is_classification(target.task):
+        classes = list(target.classes or [])
+        counts = {name: np.bincount(codes, minlength=len(classes)).tolist() for name, codes in encoded.items()}
+        problems = [
+            f"{name}: {len(encoded[name])} rows, "
+            + ", ".join(f"{n} of {label!r}" for label, n in zip(classes, by_class, strict=True))
+            for name, by_class in counts.items()
+            if 0 in by_class
+        ]
+        needed = f"every class of {target.name!r} {classes}"
+    else:
+        problems = [
+            f"{name}: {len(values)} rows, {len(np.unique(values))} distinct value(s)"
+            for name, values in encoded.items()
+            if len(np.unique(values)) < 2
+        ]
+        needed = f"at least two distinct values of {target.name!r}"
     if problems:
         raise DataError(
-            f"every split needs both classes of {dataset.target.name!r}:\n- "
+            f"every split needs {needed}:\n- "
             + "\n- ".join(problems)
             + "\nUse a snapshot with more rows, larger split fractions or the other split.method."
         )
+    if is_classification(target.task):
+        return {"class_counts": {name: dict(zip(map(str, classes), n, strict=True)) for name, n in counts.items()}}
+    return {"target_stats": {name: {"mean": float(v.mean()), "std": float(v.std())} for name, v in encoded.items()}}
 
 
 def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
@@ -119,14 +148,16 @@ def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
 
     Raises:
         ConfigError: the split method needs a column the dataset config does not name.
-        DataError: the snapshot lacks columns, has bad target/time/id values, or a split lacks a class.
+        DataError: the snapshot lacks columns, has bad target/time/id values, or a split lacks a class
+            (classification) or a varying target (regression).
     """
     dataset, split = config.dataset, config.split
     column = split_column(dataset, split)
     snapshot = read_result(run_root, "snapshot")
     frame = storage.read_parquet(snapshot["snapshot_uri"])
     require_columns(frame, dataset.required_columns, f"snapshot {snapshot['snapshot_uri']}")
-    binary_labels(frame[dataset.target.name], dataset.target.classes, f"snapshot {snapshot['snapshot_uri']}")
+    target = dataset.target
+    encode_target(frame[target.name], target.task, target.classes, f"snapshot {snapshot['snapshot_uri']}")
 
     holdout_start = None
     if split.method == "time":
@@ -135,7 +166,7 @@ def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
         splits = hash_split(frame, column, split)
     rows = {name: len(part) for name, part in splits.items()}
     print(f"{STEP}: {split.method} split of {len(frame)} rows by {column!r}: {rows}", flush=True)
-    check_both_classes(splits, dataset)
+    summary = target_summary(splits, dataset)
 
     preprocessor = TabularPreprocessor.fit(splits["train"], dataset.numeric_features, dataset.categorical_features)
     out = step_dir(run_root, STEP)
@@ -148,6 +179,7 @@ def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
         **uris,
         "preprocessor_uri": preprocessor_uri,
         "rows": rows,
+        **summary,
         "split": {
             "method": split.method,
             "validation_fraction": split.validation_fraction,
@@ -165,7 +197,8 @@ def main(run_root: RunRoot, config: ConfigUri = None) -> None:
     """Split the snapshot into train, validation and holdout and fit the feature preprocessing on train.
 
     Reads the snapshot step's result. split.method "time" puts the latest rows in the holdout (validation just
-    before it); "hash" assigns rows by a hash of the id column, the same id always to the same split. Writes
+    before it); "hash" assigns rows by a hash of the id column, the same id always to the same split. Every split
+    must hold every class (classification) or two distinct target values (regression). Writes
     train/validation/holdout.parquet (raw columns) and preprocessor.json under <run-root>/preprocess/.
 
     Args:

@@ -16,7 +16,7 @@ from mlsteps import registry, results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import PipelineConfig, load_pipeline_config
 from mlsteps.errors import ConfigError, RegistryConflict, StepError
-from mlsteps.evaluation import GateDecision, gate_decision
+from mlsteps.evaluation.metrics import GateDecision, gate_decision
 
 STEP = "promote"
 DAG_RUN_ENV_VAR = "AIRFLOW_CTX_DAG_RUN_ID"
@@ -43,14 +43,19 @@ def _check_model_names(pipeline: PipelineConfig, evaluation: dict[str, Any], reg
 
 
 def _recorded_gate(pipeline: PipelineConfig, evaluation: dict[str, Any], force: bool) -> GateDecision:
-    """The gate again, from the metrics and thresholds recorded at evaluation, with ``force`` applied."""
+    """The gate again, from the metrics and the rule recorded at evaluation, with ``force`` applied."""
     gate = evaluation["gate"]
-    thresholds = pipeline.evaluation.model_copy(
-        update={"min_roc_auc": gate["min_roc_auc"], "max_roc_auc_regression": gate["max_roc_auc_regression"]}
+    rule = pipeline.evaluation.model_copy(
+        update={key: gate[key] for key in ("threshold", "max_degradation", "degradation")}
     )
     champion = evaluation["champion"]
     return gate_decision(
-        evaluation["challenger"]["metrics"], champion["metrics"] if champion else None, thresholds, force
+        evaluation["challenger"]["metrics"],
+        champion["metrics"] if champion else None,
+        rule,
+        gate["primary_metric"],
+        evaluation["task"],
+        force,
     )
 
 

@@ -16,13 +16,15 @@ STEP = "register"
 
 
 def main(run_root: RunRoot, config: ConfigUri = None) -> None:
-    r"""Register the trained model as a version of registry.model_name, alias ``challenger``.
+    r"""Register the challenger evaluate chose as a version of registry.model_name, alias ``challenger``.
 
-    Reads the snapshot, train and evaluate results. Tags the version with
-    run_root, snapshot_id, dataset, mlflow_run_id, gate_passed, roc_auc,
+    Reads the snapshot and evaluate results and the chosen candidate's train
+    result. Tags the version with run_root, snapshot_id, dataset,
+    mlflow_run_id, gate_passed, family, task, primary_metric and its value,
     code_version ($CODE_VERSION appended) and image ($STEP_IMAGE), when set.
-    Exports the serving bundle (ONNX model, preprocessor, smoke rows) next to
-    the training run's artifacts and records its sha256 on the version.
+    Publishes the serving bundle (the package's ONNX model, preprocessor,
+    smoke rows) next to the training run's artifacts and records its sha256
+    on the version.
     Re-running for the same run root reuses the version it registered.
 
     Args:
@@ -37,13 +39,14 @@ def main(run_root: RunRoot, config: ConfigUri = None) -> None:
     """
     model_name = load_pipeline_config(config).registry.model_name
     snapshot = results.read_result(run_root, "snapshot")
-    train = results.read_result(run_root, "train")
     evaluation = results.read_result(run_root, "evaluate")
+    challenger = evaluation["challenger"]
+    # The challenger is the candidate evaluate chose; its train result must still name the model evaluate judged.
+    train = results.read_result(run_root, results.candidate_step(challenger["family"]))
     model_uri = train["model_uri"]
-    evaluated_uri = evaluation["challenger"]["model_uri"]
-    if model_uri != evaluated_uri:
+    if model_uri != challenger["model_uri"]:
         raise StepError(
-            f"train result model_uri {model_uri} is not the model evaluate judged ({evaluated_uri}): "
+            f"train result model_uri {model_uri} is not the model evaluate judged ({challenger['model_uri']}): "
             "re-run evaluate for this --run-root, then register"
         )
 
@@ -55,7 +58,10 @@ def main(run_root: RunRoot, config: ConfigUri = None) -> None:
         "dataset": snapshot["dataset"],
         "mlflow_run_id": train["mlflow_run_id"],
         "gate_passed": evaluation["gate"]["passed"],
-        "roc_auc": evaluation["challenger"]["metrics"]["roc_auc"],
+        "family": challenger["family"],
+        "task": train["task"],
+        "primary_metric": evaluation["gate"]["primary_metric"],
+        evaluation["gate"]["primary_metric"]: challenger["metrics"][evaluation["gate"]["primary_metric"]],
         "code_version": registry.code_version(),
     }
     if os.environ.get(registry.IMAGE_ENV_VAR):

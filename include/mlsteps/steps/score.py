@@ -1,5 +1,10 @@
 """score: batch-score a CSV or Parquet file with a registered model and append the rows to the prediction log.
 
+The scored rows carry the model's predict contract for its task (``mlsteps.evaluation.tasks``): binary
+``probability`` and ``prediction``; multiclass ``probability_<class>`` per class and ``prediction``; regression
+``prediction``. The result summarises them per task: the predicted-class shares (and, binary, the positive rate)
+or the mean predicted value.
+
 The drift monitor reads the prediction log, so scored files count as traffic of the model version that scored
 them. A retry for the same run root never logs the same rows twice: a completed run is skipped, and an
 interrupted one rewrites its own log file (fixed name, same ``scored_at``) instead of adding another.
@@ -9,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import pandas as pd
@@ -22,7 +27,11 @@ from mlsteps.data import storage
 from mlsteps.data.features import numeric_frame, require_columns
 from mlsteps.data.snapshots import read_table, table_format, unknown_extension_message, write_table
 from mlsteps.errors import ConfigError, DataError, StepError
-from mlsteps.predictions import PREDICTION, check_predictions
+from mlsteps.evaluation.predictions import check_predictions
+from mlsteps.evaluation.tasks import PREDICTION, is_classification
+
+if TYPE_CHECKING:
+    from mlsteps.inference import TaskInfo
 
 STEP = "score"
 PREDICTIONS_FILE = "predictions.parquet"
@@ -88,14 +97,53 @@ def _model_input(frame: pd.DataFrame, dataset: DatasetConfig, what: str) -> pd.D
     return pd.concat([numeric, categorical], axis=1)[names]
 
 
-def _predict(model_uri: str, features: pd.DataFrame, batch_rows: int) -> pd.DataFrame:
-    """``probability`` and ``prediction`` for every row, predicted ``batch_rows`` rows at a time."""
+def _predict(model_uri: str, features: pd.DataFrame, batch_rows: int) -> tuple[pd.DataFrame, TaskInfo]:
+    """The model's predict contract for every row, predicted ``batch_rows`` rows at a time, and its task.
+
+    Raises:
+        StepError: the model is not an mlsteps package with a task (logged by an older version), or its output
+            breaks the contract.
+    """
     import mlflow
 
     model = mlflow.pyfunc.load_model(model_uri)
+    info = getattr(model.unwrap_python_model(), "info", None)
+    if info is None:
+        raise StepError(
+            f"model {model_uri} has no task (task.json): it was logged by an older version of mlsteps; retrain it"
+        )
     batches = (features.iloc[start : start + batch_rows] for start in range(0, len(features), batch_rows))
-    checked = [check_predictions(model.predict(batch), len(batch), model_uri) for batch in batches]
-    return pd.concat(checked, ignore_index=True)
+    checked = [
+        check_predictions(model.predict(batch), len(batch), model_uri, info.task, info.classes) for batch in batches
+    ]
+    return pd.concat(checked, ignore_index=True), info
+
+
+def _prediction_summary(info: TaskInfo, predictions: pd.Series) -> dict[str, Any]:
+    """What the scored rows were predicted, in a few numbers of the result.
+
+    Classification: ``class_shares`` (label -> share of rows, every class listed), and for binary the
+    ``positive_rate`` (share of the positive class, the second of the classes); regression: ``mean_prediction``.
+    """
+    if not is_classification(info.task):
+        return {"mean_prediction": float(predictions.mean())}
+    labels = predictions.astype("str")
+    shares = {str(label): float((labels == str(label)).mean()) for label in info.classes}
+    summary: dict[str, Any] = {"class_shares": shares}
+    if info.task == "binary":
+        summary["positive_rate"] = shares[str(info.classes[1])]
+    return summary
+
+
+def _described(summary: dict[str, Any]) -> str:
+    """The summary as a log line, e.g. ``class shares 0 0.8312, 1 0.1688; positive rate 0.1688``."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, dict):
+            return ", ".join(f"{key} {share:.4f}" for key, share in value.items())
+        return f"{value:.4f}"
+
+    return "; ".join(f"{name.replace('_', ' ')} {text(value)}" for name, value in summary.items())
 
 
 def _scored_at(value: str | None, attempt: dict[str, Any] | None, identity: dict[str, Any]) -> pd.Timestamp:
@@ -164,8 +212,8 @@ def main(
     Loads registry.model_name at --model-version, else at --model-alias,
     checks that the input has every feature column, predicts in batches of
     --batch-rows and appends one record per row (the dataset's id column as
-    request_id, the features, probability, prediction, model name and
-    version, scored_at) to <prediction-store>/model=<name>/date=.../hour=.../.
+    request_id, the features, the model's outputs for its task, model name
+    and version, scored_at) to <prediction-store>/model=<name>/date=.../hour=.../.
     Writes the records to <run-root>/score/predictions.parquet (and to
     --output-uri when given) and result.json. Re-running for the same run
     root, input and model version skips, so no row is logged twice.
@@ -220,23 +268,23 @@ def main(
     if ids is None:
         print(f"{STEP}: {input_uri} has no id column ({id_column}): random request ids are generated", flush=True)
     model_uri = registry.model_uri(model_name, version)
-    predictions = _predict(model_uri, features, batch_rows)
+    predictions, info = _predict(model_uri, features, batch_rows)
 
     folder = results.step_dir(run_root, STEP)
     attempt_uri = storage.join(folder, ATTEMPT_FILE)
     attempt = storage.read_json(attempt_uri) if storage.exists(attempt_uri) else None
     logged_at = _scored_at(scored_at, attempt, identity)
     storage.write_json(attempt_uri, {**identity, "scored_at": logged_at.isoformat()})
-    records = prediction_log.build_records(features, predictions, model_name, version, logged_at, ids)
+    records = prediction_log.build_records(features, predictions, info, model_name, version, logged_at, ids)
     predictions_uri = storage.join(folder, PREDICTIONS_FILE)
     storage.write_parquet(records, predictions_uri)
     if output_uri is not None:
         write_table(records, output_uri)
     log_files = prediction_log.write_records(prediction_store, records, _log_file_stem(run_root, identity))
 
-    positive_rate = float(records[PREDICTION].mean())
+    summary = _prediction_summary(info, records[PREDICTION])
     print(
-        f"{STEP}: scored {len(records)} rows of {input_uri} with {model_uri}: positive rate {positive_rate:.4f}; "
+        f"{STEP}: scored {len(records)} rows of {input_uri} with {model_uri} ({info.task}): {_described(summary)}; "
         f"logged at {logged_at.isoformat()} to {', '.join(log_files)}",
         flush=True,
     )
@@ -249,7 +297,8 @@ def main(
             "model_uri": model_uri,
             "rows": len(records),
             "log_files": log_files,
-            "positive_rate": positive_rate,
+            "task": info.task,
+            **summary,
             "scored_at": logged_at.isoformat(),
             "predictions_uri": predictions_uri,
             "output_uri": output_uri,

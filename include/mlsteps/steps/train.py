@@ -1,20 +1,28 @@
-"""train: fit the tabular network on the train split, early-stopped on validation loss, and log it to MLflow.
+"""train: fit the configured model family on the train split, export it to ONNX, check the export against the native
+model, and log the model package to MLflow.
 
-Retries resume instead of starting over: every epoch writes a checkpoint (weights, optimizer, random states,
-best weights so far) under <run-root>/train/checkpoints/ (or --checkpoint-dir), and the MLflow run id is stored
-in <run-root>/train/mlflow_run.json before the first epoch, so a retried pod continues at the next epoch in
-the same MLflow run. Seeds and deterministic kernels make a run repeatable on the same hardware.
+The family (``training.model``: mlp, gbdt or your own ``module:Class``, see ``mlsteps.training.api``) only fits and
+predicts; this step prepares its data for the task, tracks the run, and refuses an ONNX export that does not
+reproduce the native model on the validation rows (exit code 2, nothing logged), so what evaluation scores and the
+server serves is exactly what was trained.
 
-Started by torchrun with several processes (one per GPU of the pod), the same code trains data-parallel: the
-network is wrapped in DistributedDataParallel, each rank trains on its shard of every epoch's shuffled rows and
-evaluates its share of the validation rows, and only rank 0 talks to MLflow and writes checkpoints and the result.
+Every candidate family writes under <run-root>/train/<family>/. Retries resume instead of starting over: the MLflow
+run id is stored in mlflow_run.json there before training, so a retried pod continues in the same MLflow run; the
+mlp family also writes a checkpoint every epoch under checkpoints/ there (or --checkpoint-dir/<family>) and continues
+at the next epoch. Seeds and deterministic kernels make a run repeatable on the same hardware.
+
+Started by torchrun with several processes (one per GPU of the pod), the mlp family trains data-parallel: each rank
+trains on its shard of every epoch's shuffled rows, and only rank 0 talks to MLflow and writes checkpoints and the
+result. Other families run as one process.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import pandas as pd
 import typer
@@ -22,28 +30,23 @@ import typer
 import mlsteps
 from mlsteps import tracking
 from mlsteps.cli_options import ConfigUri, RunRoot, above_zero
-from mlsteps.config import DatasetConfig, PipelineConfig, TrainingConfig, load_pipeline_config
+from mlsteps.config import DatasetConfig, PipelineConfig, load_pipeline_config
 from mlsteps.data import storage
-from mlsteps.data.features import TabularPreprocessor, binary_labels
+from mlsteps.data.features import TabularPreprocessor
 from mlsteps.distributed import World
 from mlsteps.errors import ConfigError
-from mlsteps.results import read_result, result_uri, step_dir, write_result
-from mlsteps.training.checkpoints import (
-    CHECKPOINT_DIR,
-    check_resumable,
-    checkpoint_uri,
-    fingerprint,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from mlsteps.training.trainer import Progress, Split, Trainer, select_device
-
-if TYPE_CHECKING:
-    import torch
+from mlsteps.evaluation.tasks import encode_target
+from mlsteps.results import candidate_step, read_result, result_uri, safe_name, step_dir, write_result
+from mlsteps.training.api import TrainerContext, TrainingData
+from mlsteps.training.checkpoints import CHECKPOINT_DIR
+from mlsteps.training.families import family_params, load_trainer
+from mlsteps.training.trainer import select_device
 
 STEP = "train"
 MLFLOW_RUN_FILE = "mlflow_run.json"
+# Validation rows the ONNX export is checked on (all of them when fewer): enough to meet every tree leaf that
+# matters, few enough to keep the check to a second.
+EXPORT_CHECK_ROWS = 10_000
 
 
 def parse_tags(values: list[str]) -> dict[str, str]:
@@ -58,24 +61,18 @@ def parse_tags(values: list[str]) -> dict[str, str]:
     return {key.strip(): value for key, _, value in (item.partition("=") for item in values) if value}
 
 
-def default_checkpoint_dir(run_root: str) -> str:
-    """Where a run's checkpoints go unless --checkpoint-dir names another folder."""
-    return storage.join(step_dir(run_root, STEP), CHECKPOINT_DIR)
+def default_checkpoint_dir(run_root: str, family: str) -> str:
+    """Where a run's checkpoints of one family go unless --checkpoint-dir names another folder."""
+    return storage.join(step_dir(run_root, candidate_step(family)), CHECKPOINT_DIR)
 
 
-def _split_tensors(
-    frame: pd.DataFrame, preprocessor: TabularPreprocessor, dataset: DatasetConfig, device: torch.device, what: str
-) -> Split:
-    """Numeric inputs, category indices and float labels of one split, on the training device."""
-    import torch
-
+def training_data(
+    frame: pd.DataFrame, preprocessor: TabularPreprocessor, dataset: DatasetConfig, what: str
+) -> TrainingData:
+    """One split as the families see it: the preprocessor's matrices and the target encoded for the task."""
     numeric, categories = preprocessor.transform(frame)
-    labels = binary_labels(frame[dataset.target.name], dataset.target.classes, what)
-    return (
-        torch.from_numpy(numeric).to(device),
-        torch.from_numpy(categories).to(device),
-        torch.from_numpy(labels).float().to(device),
-    )
+    target = dataset.target
+    return TrainingData(numeric, categories, encode_target(frame[target.name], target.task, target.classes, what))
 
 
 def _stored_run_id(out: str) -> str | None:
@@ -102,51 +99,32 @@ def _example_rows(frame: pd.DataFrame, dataset: DatasetConfig, rows: int = 5) ->
     return frame[[column.name for column in dataset.features]].head(rows).reset_index(drop=True).astype(types)
 
 
-def _finished_result(run_root: str, run_id: str | None, progress: Progress, training: TrainingConfig) -> Any:
-    """The earlier result when this run root already finished the same training, else None."""
-    uri = result_uri(run_root, STEP)
-    if run_id is None or not progress.finished(training) or not storage.exists(uri):
+def _finished_result(run_root: str, run_id: str | None, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The earlier result when this run root already finished training with the same params in the same MLflow run.
+
+    Other params (a retry with more epochs, say) train again: the mlp family then resumes from its checkpoint.
+    """
+    uri = result_uri(run_root, candidate_step(params["model"]))
+    if run_id is None or not storage.exists(uri):
         return None
     previous = storage.read_json(uri)
-    same = previous.get("mlflow_run_id") == run_id and previous.get("epochs_run") == progress.epoch
-    return previous if same else None
+    same_params = previous.get("params") == json.loads(json.dumps(params))
+    return previous if previous.get("mlflow_run_id") == run_id and same_params else None
 
 
-def _resume(trainer: Trainer, checkpoints: str, expected: dict[str, Any], run_root: str) -> None:
-    """Restore the latest checkpoint, if any; every rank reads the same file, so all continue from one state.
+def _reference_profile(config: PipelineConfig, train: pd.DataFrame, outputs: pd.DataFrame, folder: Path) -> Path:
+    """Profile the train split's features and the model's validation outputs once, for every later drift check.
 
-    Raises:
-        ConfigError: the checkpoint belongs to another run root, or a retry changed settings it depends on.
-    """
-    uri = latest_checkpoint(checkpoints)
-    if uri is None:
-        return
-    state = load_checkpoint(uri)
-    # Checkpoints without the field predate --checkpoint-dir and so lie under their own run root.
-    owner = state.get("run_root", run_root)
-    if owner != run_root:
-        raise ConfigError(
-            f"checkpoint {uri} belongs to run root {owner!r}, not {run_root!r}: give every run its own "
-            "--checkpoint-dir (for example <volume>/<dag id>/<run id>)"
-        )
-    check_resumable(state["fingerprint"], expected, uri)
-    trainer.restore(state)
-    print(f"{STEP}: resuming after epoch {trainer.progress.epoch} from {uri}", flush=True)
-
-
-def _reference_profile(
-    config: PipelineConfig, frames: dict[str, pd.DataFrame], preprocessor: TabularPreprocessor, network: Any, tmp: Path
-) -> Path:
-    """Profile the train split's features and the model's validation scores once, for every later drift check.
-
-    Validation scores, not train scores: they are what the model gives on rows it did not fit, as in production.
+    Validation outputs, not train outputs: they are what the model gives on rows it did not fit, as in production.
     """
     from mlsteps.drift import build_profile, save_profile
-    from mlsteps.model import REFERENCE_PROFILE_FILE, predict_frame
+    from mlsteps.drift.profile import prediction_signals
+    from mlsteps.model import REFERENCE_PROFILE_FILE
 
-    scores = predict_frame(preprocessor, network, frames["validation"])["probability"].to_numpy()
-    profile = build_profile(frames["train"], config.dataset.features, scores=scores, config=config.drift)
-    path = tmp / REFERENCE_PROFILE_FILE
+    target = config.dataset.target
+    signals = prediction_signals(target.task, target.classes or [], outputs)
+    profile = build_profile(train, config.dataset.features, predictions=signals, config=config.drift)
+    path = folder / REFERENCE_PROFILE_FILE
     save_profile(profile, str(path))
     return path
 
@@ -156,26 +134,45 @@ def run(
 ) -> dict[str, Any] | None:
     """Train (or resume training) for one run root and log the model package to MLflow.
 
-    Under torchrun with several processes, every rank trains its shard and rank 0 alone tracks and writes.
+    Under torchrun with several processes (mlp only), every rank trains its shard and rank 0 alone tracks and writes.
 
     Args:
         run_root: folder of this run's artifacts; the preprocess step must have run for it.
         config: the pipeline config.
         tags: MLflow tags of the run, e.g. what triggered it.
-        checkpoint_dir: folder of this run's epoch checkpoints; default: <run-root>/train/checkpoints.
+        checkpoint_dir: folder of this run's checkpoints, one subfolder per family; default:
+            <run-root>/train/<family>/checkpoints.
 
     Returns:
         The payload written to ``result.json``; None on the other ranks of a distributed run.
 
     Raises:
-        ConfigError: ``cuda`` requested without a GPU, more torchrun processes than GPUs, or a retry changed
-            settings its checkpoint depends on.
-        DataError: a split lacks feature columns or has target values outside the configured classes.
+        ConfigError: ``cuda`` requested without a GPU, more torchrun processes than GPUs or than one for a family
+            other than mlp, a trainer that does not load, or a retry changed settings its checkpoint depends on.
+        DataError: a split lacks feature columns or has target values the task does not allow.
+        ExportError: the ONNX export does not reproduce the native model.
     """
+    family = config.training.model
+    trainer_class = load_trainer(family)
     world = World.from_env()
+    if world.size > 1 and family != "mlp":
+        raise ConfigError(
+            f"training.model {family!r} trains in one process, but torchrun started {world.size}: set "
+            "runtime.steps.train.gpus to 0 or 1, or train the mlp family"
+        )
     device = world.place(select_device(config.training.device))
     with world.process_group(device):
-        return _train(run_root, config, tags or {}, checkpoint_dir or default_checkpoint_dir(run_root), world, device)
+        return _train(
+            run_root,
+            config,
+            tags or {},
+            storage.join(checkpoint_dir, safe_name(family))
+            if checkpoint_dir
+            else default_checkpoint_dir(run_root, family),
+            world,
+            str(device),
+            trainer_class,
+        )
 
 
 def _train(
@@ -184,113 +181,126 @@ def _train(
     tags: dict[str, str],
     checkpoints: str,
     world: World,
-    device: torch.device,
+    device: str,
+    trainer_class: type,
 ) -> dict[str, Any] | None:
     """The body of ``run`` on one rank, inside its process group."""
     import mlflow
-    import torch
 
+    from mlsteps.inference import TaskInfo, onnx_session, predict_frame
     from mlsteps.model import log_model_package
+    from mlsteps.training.onnx_export import check_export, to_contract
 
-    dataset, training = config.dataset, config.training
+    dataset, training, target = config.dataset, config.training, config.dataset.target
+    family = training.model
     upstream = read_result(run_root, "preprocess")
     snapshot_id = upstream["snapshot_id"]
     preprocessor = TabularPreprocessor.from_dict(storage.read_json(upstream["preprocessor_uri"]))
     frames = {name: storage.read_parquet(upstream[f"{name}_uri"]) for name in ("train", "validation")}
     train, validation = (
-        _split_tensors(frames[name], preprocessor, dataset, device, f"{name} split {upstream[f'{name}_uri']}")
+        training_data(frames[name], preprocessor, dataset, f"{name} split {upstream[f'{name}_uri']}")
         for name in ("train", "validation")
     )
-
-    out = step_dir(run_root, STEP)
-    expected = fingerprint(training, snapshot_id, preprocessor)
-    trainer = Trainer(preprocessor, training, device, world)
-    _resume(trainer, checkpoints, expected, run_root)
-    # Unweighted BCE keeps the probabilities calibrated (log loss, ECE and the 0.5 threshold stay meaningful).
-    criterion = torch.nn.BCEWithLogitsLoss()
-    train_rows = len(train[2])
-    print(
-        f"{STEP}: rank {world.rank}/{world.size} trains on {world.share(train_rows)} of {train_rows} train rows "
-        f"per epoch, {world.share(training.batch_size)} rows per step on {device}",
-        flush=True,
-    )
-    if not world.is_main:
-        trainer.fit(criterion, train, validation)
-        return None
-
-    progress = trainer.progress
+    out = step_dir(run_root, candidate_step(family))
     run_id = _stored_run_id(out)
-    if (previous := _finished_result(run_root, run_id, progress, training)) is not None:
-        print(f"{STEP}: already finished for this run root (MLflow run {run_id}); nothing to do", flush=True)
-        return previous
-
     params = {
-        **training.model_dump(exclude={"device"}),
-        "device": device.type,
+        **training.model_dump(exclude={"device", "params", "gbdt"}),
+        **({f"gbdt.{key}": value for key, value in training.gbdt.model_dump().items()} if family == "gbdt" else {}),
+        **({f"params.{key}": value for key, value in training.params.items()} if ":" in family else {}),
+        "task": target.task,
+        "device": device,
         "world_size": world.size,
         "dataset": dataset.name,
         "snapshot_id": snapshot_id,
-        "train_rows": train_rows,
-        "validation_rows": len(validation[2]),
+        "train_rows": len(train),
+        "validation_rows": len(validation),
     }
+    if world.is_main and (previous := _finished_result(run_root, run_id, params)) is not None:
+        print(f"{STEP}: already finished for this run root (MLflow run {run_id}); nothing to do", flush=True)
+        return previous
 
-    def record_epoch(metrics: dict[str, float]) -> None:
-        mlflow.log_metrics(metrics, step=progress.epoch)
-        state = {**trainer.state(), "fingerprint": expected, "run_root": run_root}
-        save_checkpoint(state, checkpoint_uri(checkpoints, progress.epoch))
-        print(
-            f"epoch {progress.epoch}/{training.epochs}: "
-            + " ".join(f"{name}={value:.4f}" for name, value in metrics.items())
-            + f" (best val_loss={progress.best_val_loss:.4f} at epoch {progress.best_epoch})",
-            flush=True,
+    with tempfile.TemporaryDirectory(prefix="train-") as work_dir:
+        context = TrainerContext(
+            task=target.task,
+            classes=list(target.classes or []),
+            numeric_columns=preprocessor.numeric_columns,
+            categorical_columns=preprocessor.categorical_columns,
+            cardinalities=preprocessor.cardinalities,
+            seed=training.seed,
+            device=device,
+            params=family_params(training, family),
+            work_dir=work_dir,
+            log_metrics=mlflow.log_metrics if world.is_main else lambda metrics, step=None: None,
+            checkpoint_dir=checkpoints,
+            resume_key={"run_root": run_root, "snapshot_id": snapshot_id, "preprocessor": preprocessor.to_dict()},
         )
+        if not world.is_main:
+            trainer_class(context).fit(train, validation)
+            return None
 
-    tracking.start_experiment(config.registry.experiment_name)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{dataset.name}-{snapshot_id[:12]}") as active:
-        run_id = active.info.run_id
-        _log_params_once(run_id, params)
-        lineage = {"dataset": dataset.name, "snapshot_id": snapshot_id, "mlsteps_version": mlsteps.__version__}
-        mlflow.set_tags({**lineage, "run_root": run_root, **tags})
-        storage.write_json(storage.join(out, MLFLOW_RUN_FILE), {"run_id": run_id})
+        tracking.start_experiment(config.registry.experiment_name)
+        run_name = None if run_id else f"{dataset.name}-{family.rpartition(':')[2]}-{snapshot_id[:12]}"
+        with mlflow.start_run(run_id=run_id, run_name=run_name) as active:
+            run_id = active.info.run_id
+            _log_params_once(run_id, params)
+            lineage = {"dataset": dataset.name, "snapshot_id": snapshot_id, "mlsteps_version": mlsteps.__version__}
+            mlflow.set_tags({**lineage, "run_root": run_root, "family": family, "task": target.task, **tags})
+            storage.write_json(storage.join(out, MLFLOW_RUN_FILE), {"run_id": run_id})
 
-        trainer.fit(criterion, train, validation, record_epoch)
-        if progress.stopped_early(training):
+            trainer = trainer_class(context)
+            fit_metrics = trainer.fit(train, validation)
+            mlflow.log_metrics(
+                {f"best_{key}" if key.startswith("val_") else key: value for key, value in fit_metrics.items()}
+            )
+            rows = slice(0, EXPORT_CHECK_ROWS)
+            numeric, categories = validation.numeric[rows], validation.categories[rows]
+            exported = to_contract(
+                trainer.to_onnx(numeric, categories), target.task, numeric.shape[1], categories.shape[1]
+            )
+            check = check_export(
+                exported, trainer.predict(numeric, categories), numeric, categories, target.task, family=family
+            )
             print(
-                f"{STEP}: early stop after epoch {progress.epoch}: val_loss did not improve on "
-                f"{progress.best_val_loss:.4f} (epoch {progress.best_epoch}) for {progress.epochs_without_improvement} "
-                f"epochs >= patience {training.patience}",
+                f"{STEP}: the ONNX export reproduces the {family} model on {check.rows} validation rows: largest "
+                f"difference {check.max_abs_difference:.3g} <= tolerance {check.tolerance}",
                 flush=True,
             )
-
-        trainer.network.load_state_dict(trainer.best_weights)
-        mlflow.log_metrics({"best_val_loss": progress.best_val_loss, "best_val_roc_auc": progress.best_val_roc_auc})
-        mlflow.log_dict({"best_epoch": progress.best_epoch, "epochs": progress.history}, "learning_curve.json")
-        mlflow.log_dict(preprocessor.to_dict(), "preprocessor.json")
-        with tempfile.TemporaryDirectory() as tmp:
-            profile = _reference_profile(config, frames, preprocessor, trainer.network, Path(tmp))
+            info = TaskInfo(
+                task=target.task,
+                classes=list(target.classes or []),
+                target=target.name,
+                family=family,
+                export_check=asdict(check),
+            )
+            mlflow.log_dict(preprocessor.to_dict(), "preprocessor.json")
+            if hasattr(trainer, "save"):
+                native = Path(work_dir) / "native_model"
+                native.mkdir()
+                trainer.save(native)
+                mlflow.log_artifacts(str(native), "native_model")
+            session = onnx_session(exported.SerializeToString())
+            outputs = predict_frame(preprocessor, session, info, frames["validation"])
+            profile = _reference_profile(config, frames["train"], outputs, Path(work_dir))
             model_info = log_model_package(
-                preprocessor, trainer.network, _example_rows(frames["train"], dataset), profile
+                preprocessor, exported, info, _example_rows(frames["train"], dataset), profile
             )
 
     payload = {
         "mlflow_run_id": run_id,
         "model_uri": model_info.model_uri,
-        "best_epoch": progress.best_epoch,
-        "epochs_run": progress.epoch,
-        "metrics": {"val_loss": progress.best_val_loss, "val_roc_auc": progress.best_val_roc_auc},
-        "device": device.type,
+        "family": family,
+        "task": target.task,
+        "metrics": fit_metrics,
+        "export_check": asdict(check),
+        "device": device,
         "world_size": world.size,
-        "train_rows_per_rank": world.share(train_rows),
-        "checkpoint_uri": checkpoint_uri(checkpoints, progress.epoch),
+        "checkpoint_dir": checkpoints,
         "params": params,
         "snapshot_id": snapshot_id,
     }
-    write_result(run_root, STEP, payload)
-    print(
-        f"{STEP}: best epoch {progress.best_epoch} of {progress.epoch}: val_loss={progress.best_val_loss:.4f} "
-        f"val_roc_auc={progress.best_val_roc_auc:.4f}; model {model_info.model_uri}",
-        flush=True,
-    )
+    write_result(run_root, candidate_step(family), payload)
+    summary = ", ".join(f"{key}={value:.4g}" for key, value in fit_metrics.items())
+    print(f"{STEP}: {family} trained ({summary}); model {model_info.model_uri}", flush=True)
     return payload
 
 
@@ -299,7 +309,7 @@ def main(
     config: ConfigUri = None,
     epochs: Annotated[
         int | None,
-        typer.Option("--epochs", min=1, max=1000, help="maximum number of epochs; default: training.epochs"),
+        typer.Option("--epochs", min=1, max=1000, help="mlp: maximum number of epochs; default: training.epochs"),
     ] = None,
     learning_rate: Annotated[
         float | None,
@@ -307,12 +317,16 @@ def main(
             "--learning-rate",
             max=1.0,
             callback=above_zero,
-            help="AdamW learning rate, above 0; default: training.learning_rate",
+            help="mlp: AdamW learning rate, above 0; default: training.learning_rate",
         ),
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option("--batch-size", min=1, help="rows per optimisation step; default: training.batch_size"),
+        typer.Option("--batch-size", min=1, help="mlp: rows per optimisation step; default: training.batch_size"),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="the family: mlp, gbdt or module:Class; default: training.model"),
     ] = None,
     tag: Annotated[
         list[str] | None,
@@ -323,18 +337,20 @@ def main(
         typer.Option(
             "--checkpoint-dir",
             help="folder (path or URI) of this run's epoch checkpoints, read again when a retry resumes; give "
-            "every run its own; default: <run-root>/train/checkpoints",
+            "every run its own (each family uses a subfolder); default: <run-root>/train/<family>/checkpoints",
         ),
     ] = None,
 ) -> None:
-    """Train the tabular network on the train split and log the model package to MLflow.
+    """Train the configured model family on the train split and log its checked ONNX package to MLflow.
 
-    Reads the preprocess step's result. Early-stops on validation loss (training.patience) and keeps the best
-    epoch's weights. Writes a checkpoint per epoch under <run-root>/train/checkpoints/ or --checkpoint-dir; a
-    retry for the same run root resumes from the latest one in the same MLflow run. Uses CUDA with bf16 autocast
-    when present. Started by torchrun (through python -m mlsteps.distributed, which keeps exit code 2 for bad
-    input) with one process per GPU, it trains data-parallel; training.batch_size rows per step are split over
-    the processes.
+    Reads the preprocess step's result. The family is training.model (mlp, gbdt or module:Class). The export to
+    ONNX is checked against the native model on the validation rows and refused (exit 2) when they differ. The mlp
+    family early-stops on validation loss (training.patience), keeps the best epoch's weights and writes a
+    checkpoint per epoch under <run-root>/train/<family>/checkpoints/ or --checkpoint-dir/<family>; a retry for
+    the same run root resumes from the latest one in the same MLflow run. Uses CUDA (bf16 autocast for mlp,
+    device=cuda for gbdt) when present. Started by torchrun (through python -m mlsteps.distributed, which keeps
+    exit code 2 for bad input) with one process per GPU, mlp trains data-parallel; training.batch_size rows per
+    step are split over the processes.
 
     Args:
         run_root: folder of this run's artifacts; the preprocess step must have run for it.
@@ -342,9 +358,10 @@ def main(
         epochs: maximum number of epochs; default: training.epochs.
         learning_rate: AdamW learning rate; default: training.learning_rate.
         batch_size: rows per optimisation step; default: training.batch_size.
+        model: the model family; default: training.model.
         tag: KEY=VALUE tags of the MLflow run, e.g. what triggered it.
         checkpoint_dir: folder of this run's epoch checkpoints, read again when a retry resumes (e.g. on a
-            volume mounted in the pod); give every run its own; default: <run-root>/train/checkpoints.
+            volume mounted in the pod); give every run its own; default: <run-root>/train/<family>/checkpoints.
 
     Examples:
         MLFLOW_TRACKING_URI=sqlite:///state/mlflow.db python -m mlsteps train --run-root ./state/runs/ml_retrain/m-1
@@ -354,7 +371,7 @@ def main(
         python -m mlsteps.distributed --standalone --nnodes=1 --nproc-per-node=4 -m mlsteps train
             --run-root s3://ml-artifacts/runs/ml_retrain/m-1 --checkpoint-dir /checkpoints/ml_retrain/m-1
     """
-    overrides = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size}
+    overrides = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "model": model}
     tags = parse_tags(tag or [])
     training = {key: value for key, value in overrides.items() if value is not None}
     run(run_root, load_pipeline_config(config, {"training": training}), tags, checkpoint_dir)

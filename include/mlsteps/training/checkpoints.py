@@ -13,7 +13,6 @@ from typing import Any
 
 from mlsteps.config import TrainingConfig
 from mlsteps.data import storage
-from mlsteps.data.features import TabularPreprocessor
 from mlsteps.errors import ConfigError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -56,12 +55,13 @@ def load_checkpoint(uri: str) -> dict[str, Any]:
         )
 
 
-def fingerprint(training: TrainingConfig, snapshot_id: str, preprocessor: TabularPreprocessor) -> dict[str, Any]:
-    """What must not change between an attempt and its retry for a checkpoint to be resumed."""
+def fingerprint(training: TrainingConfig, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What must not change between an attempt and its retry for a checkpoint to be resumed: the settings and the
+    run's inputs (``snapshot_id``, ``preprocessor``; the run root is checked on its own, with its own message)."""
     settings = {
         f"training.{key}": value for key, value in training.model_dump().items() if key not in RESUMABLE_CHANGES
     }
-    return {**settings, "snapshot_id": snapshot_id, "preprocessor": preprocessor.to_dict()}
+    return {**settings, **{key: value for key, value in inputs.items() if key != "run_root"}}
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], uri: str) -> None:

@@ -1,16 +1,22 @@
-"""The tabular network: categorical embeddings and numeric inputs into an MLP with one logit.
+"""The mlp family: categorical embeddings and numeric inputs into an MLP, trained with ``mlsteps.training.trainer``.
 
-Torch only (no MLflow): the train step, the model package (``mlsteps.model``, which re-exports these names),
-the serving bundle and ``benchmarks/gpu_check.py`` all build the network from here.
+The network has one logit (binary: the positive class; regression: the standardised target) or one per class
+(multiclass). ``MlpTrainer`` is the family's ``mlsteps.training.api.TabularTrainer``: it resumes from its epoch
+checkpoints, trains data-parallel under torchrun, and exports the network with its output head (sigmoid, softmax or
+the target's scale) to ONNX. Torch only (no MLflow): ``benchmarks/gpu_check.py`` builds the network from here too.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from mlsteps.training.api import TrainerContext, TrainingData
 
 PREDICT_BATCH_ROWS = 65536
 
@@ -29,6 +35,7 @@ class NetworkSpec:
     hidden_units: list[int]
     dropout: float
     max_embedding_dim: int
+    outputs: int = 1
 
 
 class TabularNet(nn.Module):
@@ -47,13 +54,14 @@ class TabularNet(nn.Module):
         for units in spec.hidden_units:
             layers += [nn.Linear(width, units), nn.ReLU(), nn.Dropout(spec.dropout)]
             width = units
-        layers.append(nn.Linear(width, 1))
+        layers.append(nn.Linear(width, spec.outputs))
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, numeric: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
-        """Logits of the positive class, shape (rows,)."""
+        """Logits: shape (rows,) with one output, (rows, outputs) with several."""
         embedded = [embedding(categories[:, position]) for position, embedding in enumerate(self.embeddings)]
-        return self.mlp(torch.cat([numeric, *embedded], dim=1)).squeeze(1)
+        logits = self.mlp(torch.cat([numeric, *embedded], dim=1))
+        return logits.squeeze(1) if self.spec.outputs == 1 else logits
 
 
 def save_network(network: TabularNet, path: Path) -> Path:
@@ -80,3 +88,205 @@ def predict_logits(network: TabularNet, numeric: torch.Tensor, categories: torch
         for start in range(0, len(numeric), PREDICT_BATCH_ROWS)
     ]
     return torch.cat(chunks).float() if chunks else torch.zeros(0, device=numeric.device)
+
+
+class OutputHead(nn.Module):
+    """The network and the task's output: class probabilities (rows x classes) or the target in its units (rows).
+
+    Exported with the network, so the ONNX model gives what the package contract asks without post-processing.
+    """
+
+    def __init__(self, network: TabularNet, task: str, target_mean: float = 0.0, target_std: float = 1.0) -> None:
+        super().__init__()
+        self.network, self.task = network, task
+        self.target_mean, self.target_std = target_mean, target_std
+
+    def forward(self, numeric: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
+        """Probabilities or predictions of the rows, in float32."""
+        logits = self.network(numeric, categories).float()
+        if self.task == "binary":
+            positive = torch.sigmoid(logits)
+            return torch.stack([1.0 - positive, positive], dim=1)
+        if self.task == "multiclass":
+            return torch.softmax(logits, dim=1)
+        return logits * self.target_std + self.target_mean
+
+
+def export_onnx(module: nn.Module, numeric: torch.Tensor, categories: torch.Tensor, output: str) -> Any:
+    """The module as an ``onnx.ModelProto`` (torch.export-based exporter), with rows as a dynamic dimension."""
+    import logging
+    import warnings
+
+    from mlsteps.evaluation.tasks import ONNX_INPUTS
+
+    rows = torch.export.Dim("rows")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter notes (deprecations inside torch, optional torchvision ops)
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        program = torch.onnx.export(
+            module.cpu().eval(),
+            (numeric.cpu(), categories.cpu()),
+            input_names=list(ONNX_INPUTS),
+            output_names=[output],
+            dynamic_shapes=({0: rows}, {0: rows}),
+            dynamo=True,
+            verbose=False,
+        )
+    return program.model_proto
+
+
+class MlpTrainer:
+    """The mlp family (``training.model: mlp``): the network trained epoch by epoch with early stopping on
+    validation loss, resumable from the checkpoint of every epoch, data-parallel under torchrun.
+
+    Binary trains on binary cross-entropy, multiclass on cross-entropy, regression on the mean squared error of the
+    standardised target. Unweighted losses keep the probabilities calibrated.
+    """
+
+    def __init__(self, context: TrainerContext) -> None:
+        from mlsteps.config import TrainingConfig
+        from mlsteps.distributed import World
+
+        self.context = context
+        self.training = TrainingConfig.model_validate(context.params)
+        self.world = World.from_env()
+        self.device = torch.device(context.device)
+        self.target_mean, self.target_std = 0.0, 1.0
+        self.network: TabularNet | None = None
+        self.history: dict[str, Any] = {}
+
+    def _tensors(self, data: TrainingData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        task = self.context.task
+        if task == "multiclass":
+            labels = torch.from_numpy(data.target).long()
+        elif task == "regression":
+            labels = torch.from_numpy((data.target - self.target_mean) / self.target_std).float()
+        else:
+            labels = torch.from_numpy(data.target).float()
+        return (
+            torch.from_numpy(data.numeric).to(self.device),
+            torch.from_numpy(data.categories).to(self.device),
+            labels.to(self.device),
+        )
+
+    def fit(self, train: TrainingData, validation: TrainingData) -> dict[str, float]:
+        """Train (or resume) until the epoch budget is spent or validation loss stops improving; keep the best."""
+        from mlsteps.training.checkpoints import checkpoint_uri, fingerprint, save_checkpoint
+        from mlsteps.training.trainer import Trainer
+
+        context, training = self.context, self.training
+        if context.task == "regression":
+            self.target_mean = float(np.mean(train.target))
+            self.target_std = float(np.std(train.target)) or 1.0
+        outputs = context.num_classes if context.task == "multiclass" else 1
+        shape = _Shape(list(context.numeric_columns), list(context.cardinalities))
+        trainer = Trainer(shape, training, self.device, self.world, outputs=outputs, task=context.task)
+        expected = fingerprint(training, context.resume_key)
+        self._resume(trainer, expected)
+        criterion = {"binary": nn.BCEWithLogitsLoss, "multiclass": nn.CrossEntropyLoss}.get(context.task, nn.MSELoss)()
+        train_split, validation_split = self._tensors(train), self._tensors(validation)
+        print(
+            f"train: mlp rank {self.world.rank}/{self.world.size} trains on {self.world.share(len(train))} of "
+            f"{len(train)} train rows per epoch, {self.world.share(training.batch_size)} rows per step on "
+            f"{self.device}",
+            flush=True,
+        )
+        progress = trainer.progress
+
+        def record_epoch(metrics: dict[str, float]) -> None:
+            if not self.world.is_main:
+                return
+            context.log_metrics(metrics, step=progress.epoch)
+            state = {**trainer.state(), "fingerprint": expected, "run_root": context.resume_key.get("run_root")}
+            save_checkpoint(state, checkpoint_uri(context.checkpoint_dir, progress.epoch))
+            print(
+                f"epoch {progress.epoch}/{training.epochs}: "
+                + " ".join(f"{name}={value:.4f}" for name, value in metrics.items())
+                + f" (best val_loss={progress.best_val_loss:.4f} at epoch {progress.best_epoch})",
+                flush=True,
+            )
+
+        trainer.fit(criterion, train_split, validation_split, record_epoch)
+        if progress.stopped_early(training):
+            print(
+                f"train: early stop after epoch {progress.epoch}: val_loss did not improve on "
+                f"{progress.best_val_loss:.4f} (epoch {progress.best_epoch}) for "
+                f"{progress.epochs_without_improvement} epochs >= patience {training.patience}",
+                flush=True,
+            )
+        trainer.network.load_state_dict(trainer.best_weights)
+        self.network = trainer.network.eval()
+        self.history = {"best_epoch": progress.best_epoch, "epochs": progress.history}
+        metrics = {"best_epoch": progress.best_epoch, "epochs_run": progress.epoch, "val_loss": progress.best_val_loss}
+        if context.task == "binary":
+            metrics["val_roc_auc"] = progress.best_val_roc_auc
+        return metrics
+
+    def _resume(self, trainer: Any, expected: dict[str, Any]) -> None:
+        """Restore the latest checkpoint, if any; every rank reads the same file, so all continue from one state.
+
+        Raises:
+            ConfigError: the checkpoint belongs to another run root, or a retry changed settings it depends on.
+        """
+        from mlsteps.errors import ConfigError
+        from mlsteps.training.checkpoints import check_resumable, latest_checkpoint, load_checkpoint
+
+        uri = latest_checkpoint(self.context.checkpoint_dir)
+        if uri is None:
+            return
+        state = load_checkpoint(uri)
+        run_root = self.context.resume_key.get("run_root")
+        owner = state.get("run_root", run_root)
+        if owner != run_root:
+            raise ConfigError(
+                f"checkpoint {uri} belongs to run root {owner!r}, not {run_root!r}: give every run its own "
+                "--checkpoint-dir (for example <volume>/<dag id>/<run id>)"
+            )
+        check_resumable(state["fingerprint"], expected, uri)
+        trainer.restore(state)
+        print(f"train: resuming after epoch {trainer.progress.epoch} from {uri}", flush=True)
+
+    def _head(self) -> OutputHead:
+        if self.network is None:
+            raise RuntimeError("MlpTrainer.fit must run before predict or to_onnx")
+        return OutputHead(self.network, self.context.task, self.target_mean, self.target_std)
+
+    def predict(self, numeric: np.ndarray, categories: np.ndarray) -> np.ndarray:
+        """Probabilities (rows x classes) or predictions (rows) of the best weights, in batches."""
+        head = self._head().eval()
+        device = next(self.network.parameters()).device
+        with torch.no_grad():
+            chunks = [
+                head(
+                    torch.from_numpy(numeric[start : start + PREDICT_BATCH_ROWS]).to(device),
+                    torch.from_numpy(categories[start : start + PREDICT_BATCH_ROWS]).to(device),
+                )
+                for start in range(0, len(numeric), PREDICT_BATCH_ROWS)
+            ]
+        return torch.cat(chunks).cpu().double().numpy()
+
+    def to_onnx(self, numeric: np.ndarray, categories: np.ndarray) -> Any:
+        """The network and its output head as ONNX, in the contract's inputs and output."""
+        from mlsteps.evaluation.tasks import onnx_output
+
+        head = self._head()
+        model = export_onnx(
+            head, torch.from_numpy(numeric), torch.from_numpy(categories), onnx_output(self.context.task)
+        )
+        self.network.to(self.device)
+        return model
+
+    def save(self, folder: Path) -> None:
+        """The native model: the network file and its learning curve."""
+        import json
+
+        save_network(self._head().network, folder / "network.pt")
+        (folder / "learning_curve.json").write_text(json.dumps(self.history, indent=1))
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """The preprocessor's shape as the network needs it (``Trainer`` reads these two attributes)."""
+
+    numeric_columns: list[str]
+    cardinalities: list[int]

@@ -65,7 +65,13 @@ class Trainer:
     """The network, optimizer, random streams and progress of one run: everything a checkpoint must hold."""
 
     def __init__(
-        self, preprocessor: TabularPreprocessor, training: TrainingSettings, device: torch.device, world: World
+        self,
+        preprocessor: TabularPreprocessor,
+        training: TrainingSettings,
+        device: torch.device,
+        world: World,
+        outputs: int = 1,
+        task: str = "binary",
     ) -> None:
         import torch
 
@@ -78,8 +84,10 @@ class Trainer:
             hidden_units=list(training.hidden_units),
             dropout=training.dropout,
             max_embedding_dim=training.max_embedding_dim,
+            outputs=outputs,
         )
         self.training = training
+        self.task = task
         self.device = device
         self.world = world
         self.network = TabularNet(spec).to(device)
@@ -145,10 +153,14 @@ class Trainer:
         """
         epoch = self.progress.epoch + 1
         train_loss = self._train_pass(criterion, train, f"epoch {epoch}/{self.training.epochs}")
-        val_loss, val_roc_auc = loss_and_roc_auc(self.network, criterion, validation, self.world)
+        val_loss, val_roc_auc = loss_and_roc_auc(
+            self.network, criterion, validation, self.world, with_roc_auc=self.task == "binary"
+        )
         progress = self.progress
         progress.epoch = epoch
-        metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_roc_auc": val_roc_auc}
+        metrics = {"train_loss": train_loss, "val_loss": val_loss}
+        if not math.isnan(val_roc_auc):
+            metrics["val_roc_auc"] = val_roc_auc
         progress.history.append({"epoch": epoch, **metrics})
         if val_loss < progress.best_val_loss:
             progress.best_epoch, progress.best_val_loss, progress.best_val_roc_auc = epoch, val_loss, val_roc_auc
@@ -229,9 +241,10 @@ def seed_everything(seed: int) -> None:
 
 
 def loss_and_roc_auc(
-    network: torch.nn.Module, criterion: torch.nn.Module, data: Split, world: World
+    network: torch.nn.Module, criterion: torch.nn.Module, data: Split, world: World, with_roc_auc: bool = True
 ) -> tuple[float, float]:
-    """Loss (weighted as in training) and ROC AUC of one split, without dropout.
+    """Loss (as in training) and, for a binary network, ROC AUC of one split, without dropout; ROC AUC is NaN
+    when ``with_roc_auc`` is false (multiclass and regression).
 
     Each rank predicts every ``size``-th row from position ``rank`` and the logits are summed over the ranks into
     one full tensor, so every rank computes the same numbers from all rows.
@@ -243,7 +256,10 @@ def loss_and_roc_auc(
 
     numeric, categories, labels = data
     rows = slice(world.rank, None, world.size)
-    logits = torch.zeros_like(labels)
+    outputs = network.spec.outputs
+    logits = torch.zeros((len(labels), outputs) if outputs > 1 else len(labels), device=labels.device)
     logits[rows] = predict_logits(network, numeric[rows], categories[rows])
     world.all_reduce_sum(logits)
-    return float(criterion(logits, labels)), float(roc_auc_score(labels.cpu().numpy(), logits.cpu().numpy()))
+    loss = float(criterion(logits, labels))
+    roc_auc = float(roc_auc_score(labels.cpu().numpy(), logits.cpu().numpy())) if with_roc_auc else math.nan
+    return loss, roc_auc

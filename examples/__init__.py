@@ -1,0 +1,1 @@
+"""Examples that build on the steps package (not installed with it): put the repository root on the Python path."""

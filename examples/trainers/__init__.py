@@ -1,0 +1,1 @@
+"""Worked examples of your own model family (``training.model: module:Class``, ``mlsteps.training.api``)."""

@@ -1,0 +1,201 @@
+"""The three tasks a model can have, and what a task decides: how the target is encoded, what the model outputs,
+which metrics judge it (with their direction) and the gate's default metric.
+
+A model's task (binary, multiclass, regression) comes from the dataset config's ``target.task``; its family (mlp,
+gbdt, your own trainer) decides only how it is trained. Light on purpose: the config (which DAG files load, so they
+must parse without pandas) imports the definitions; numpy and pandas are imported by the functions that use them.
+The model package, the model server and the steps all read the task from here.
+
+The model's raw output, the same for every family because every family ends in the same ONNX contract
+(``ONNX_INPUTS`` in, ``onnx_output(task)`` out):
+
+- classification: ``probabilities``, float (rows x classes), class order as in ``target.classes``;
+- regression: ``prediction``, float (rows), in the target's units.
+
+``output_frame`` turns that into the predict contract of the model package and of batch scoring:
+
+- binary: ``probability`` (the positive class, the second of ``target.classes``) and ``prediction`` (the label,
+  positive when the probability reaches ``DECISION_THRESHOLD``);
+- multiclass: ``probability_<class>`` per class and ``prediction`` (the label of the most probable class);
+- regression: ``prediction``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from mlsteps.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+Task = Literal["binary", "multiclass", "regression"]
+TASKS: tuple[str, ...] = get_args(Task)
+DECISION_THRESHOLD = 0.5
+# The ONNX model's inputs: standardised numeric columns (float32) and category indices (int64), from
+# ``mlsteps.data.features.TabularPreprocessor.transform``.
+ONNX_INPUTS = ("numeric", "categories")
+PROBABILITIES = "probabilities"
+PROBABILITY = "probability"
+PREDICTION = "prediction"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One holdout metric: whether more is better, and its range when it has one (so a gate threshold is checked)."""
+
+    name: str
+    higher_is_better: bool
+    description: str
+    bounds: tuple[float, float] | None = None
+
+
+def _metrics(*metrics: Metric) -> dict[str, Metric]:
+    return {metric.name: metric for metric in metrics}
+
+
+_UNIT = (0.0, 1.0)
+METRICS: dict[str, dict[str, Metric]] = {
+    "binary": _metrics(
+        Metric("roc_auc", True, "area under the ROC curve", _UNIT),
+        Metric("pr_auc", True, "area under the precision-recall curve (average precision)", _UNIT),
+        Metric("log_loss", False, "mean negative log-likelihood of the true class"),
+        Metric("brier", False, "mean squared error of the positive-class probability", _UNIT),
+        Metric("ece", False, "expected calibration error over equal-width bins", _UNIT),
+        Metric("accuracy", True, f"share of rows labelled right at threshold {DECISION_THRESHOLD}", _UNIT),
+    ),
+    "multiclass": _metrics(
+        Metric("roc_auc", True, "macro average of the one-vs-rest ROC AUCs", _UNIT),
+        Metric("log_loss", False, "mean negative log-likelihood of the true class"),
+        Metric("accuracy", True, "share of rows whose most probable class is right", _UNIT),
+        Metric("macro_f1", True, "unweighted mean of the per-class F1 scores", _UNIT),
+        Metric("ece", False, "top-label expected calibration error over equal-width bins", _UNIT),
+    ),
+    "regression": _metrics(
+        Metric("rmse", False, "root mean squared error, in the target's units"),
+        Metric("mae", False, "mean absolute error, in the target's units"),
+        Metric("r2", True, "coefficient of determination (1 is perfect, 0 predicts the mean)", (-math.inf, 1.0)),
+    ),
+}
+DEFAULT_PRIMARY_METRIC: dict[str, str] = {"binary": "roc_auc", "multiclass": "roc_auc", "regression": "rmse"}
+
+
+def is_classification(task: str) -> bool:
+    """Whether the task predicts classes (binary or multiclass)."""
+    return task != "regression"
+
+
+def metric(task: str, name: str) -> Metric:
+    """The metric ``name`` of ``task``.
+
+    Raises:
+        ValueError: the task has no such metric (the message lists those it has).
+    """
+    known = METRICS[task]
+    if name not in known:
+        raise ValueError(f"{name!r} is not a {task} metric; choose one of {sorted(known)}")
+    return known[name]
+
+
+def onnx_output(task: str) -> str:
+    """The name of the ONNX model's output for the task."""
+    return PROBABILITIES if is_classification(task) else PREDICTION
+
+
+def probability_columns(task: str, classes: Sequence[Any]) -> list[str]:
+    """The probability columns of the predict contract: ``probability`` (binary), ``probability_<class>``
+    (multiclass), none (regression)."""
+    if task == "binary":
+        return [PROBABILITY]
+    if task == "multiclass":
+        return [f"{PROBABILITY}_{label}" for label in classes]
+    return []
+
+
+def output_columns(task: str, classes: Sequence[Any]) -> list[str]:
+    """Every column of the predict contract, in order."""
+    return [*probability_columns(task, classes), PREDICTION]
+
+
+def output_frame(task: str, classes: Sequence[Any], raw: np.ndarray, index: Any = None) -> pd.DataFrame:
+    """The model's raw output (``onnx_output(task)``) as the predict contract's DataFrame.
+
+    Args:
+        task: the model's task.
+        classes: ``target.classes`` (classification), in the order of the probability columns.
+        raw: classification: probabilities (rows x classes); regression: predictions (rows, or rows x 1).
+        index: the index of the input rows, kept on the output.
+    """
+    import numpy as np
+    import pandas as pd
+
+    values = np.asarray(raw, dtype=np.float64)
+    if not is_classification(task):
+        return pd.DataFrame({PREDICTION: values.reshape(-1)}, index=index)
+    labels = np.asarray(list(classes))
+    if labels.dtype.kind not in "iub":  # numbers stay int64 (or bool); anything else is a string label
+        labels = labels.astype(object)
+    if task == "binary":
+        positive = values[:, 1]
+        chosen = (positive >= DECISION_THRESHOLD).astype(np.int64)
+        columns: dict[str, Any] = {PROBABILITY: positive}
+    else:
+        chosen = values.argmax(axis=1)
+        columns = {name: values[:, position] for position, name in enumerate(probability_columns(task, classes))}
+    columns[PREDICTION] = labels[chosen]
+    return pd.DataFrame(columns, index=index)
+
+
+def probabilities_of(task: str, classes: Sequence[Any], frame: pd.DataFrame) -> np.ndarray:
+    """The class probabilities (rows x classes) back from a predict-contract DataFrame (classification only)."""
+    import numpy as np
+
+    if task == "binary":
+        positive = frame[PROBABILITY].to_numpy(dtype=np.float64)
+        return np.column_stack([1.0 - positive, positive])
+    return frame[probability_columns(task, classes)].to_numpy(dtype=np.float64)
+
+
+def encode_target(values: pd.Series, task: str, classes: Sequence[Any] | None, what: str) -> np.ndarray:
+    """The target as the model learns it: class positions (int64) for classification, float64 for regression.
+
+    Args:
+        values: the raw target column.
+        task: the model's task.
+        classes: ``target.classes`` as they appear in the data (classification); position i is class i.
+        what: what the data is (named in the message), e.g. ``"train split s3://.../train.parquet"``.
+
+    Raises:
+        DataError: a missing target, a class the config does not declare, or a regression target that is not a
+            finite number; the message names the column, counts the rows, gives examples and the fix.
+    """
+    import numpy as np
+    import pandas as pd
+
+    if not is_classification(task):
+        numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+        bad = ~np.isfinite(numbers.to_numpy())
+        if bad.any():
+            examples = values[bad].drop_duplicates().head(5).tolist()
+            raise DataError(
+                f"{what}: regression target column {values.name!r} has {int(bad.sum())} value(s) that are not finite "
+                f"numbers (missing, text or inf), e.g. {examples}. Drop or fix those rows, or declare the right "
+                "target.task in the dataset config."
+            )
+        return numbers.to_numpy()
+    declared = list(classes or [])
+    codes = np.full(len(values), -1, dtype=np.int64)
+    for position, label in enumerate(declared):
+        codes[(values == label).to_numpy(dtype=bool, na_value=False)] = position
+    unexpected = codes < 0
+    if unexpected.any():
+        examples = values[unexpected].drop_duplicates().head(5).tolist()
+        raise DataError(
+            f"{what}: {task} target column {values.name!r} has {int(unexpected.sum())} value(s) outside the declared "
+            f"classes {declared}, e.g. {examples}. Fix the data, or add the class to dataset.target.classes."
+        )
+    return codes
