@@ -19,7 +19,7 @@ COPY requirements/serve.txt constraints.txt /tmp/requirements/
 # (C++ headers, Cython sources, the linker-name copies of its libraries: the loader asks for libarrow_python.so.2500);
 # Arrow Flight (32 MB: pyarrow.flight, an RPC framework nothing here imports); ONNX Runtime's shared C library (35 MB,
 # for what links its C API, such as onnxruntime-genai: the Python module has the runtime built in). Bytecode only for
-# what the server imports, written by importing it (28 MB instead of 72 MB); a module missing from the list is
+# what the server imports, written by importing it (30 MB instead of 72 MB); a module missing from the list is
 # compiled in memory when it is first imported.
 RUN --mount=type=bind,from=wheels,target=/tmp/wheels \
     --mount=type=secret,id=ca,required=false \

@@ -90,6 +90,7 @@ def summarize(run_root: str, run_id: str) -> dict[str, Any]:
         "rows": snapshot.get("rows"),
         "validation": validate and {"success": validate["success"], "statistics": validate["statistics"]},
         "challenger_metrics": evaluate and evaluate["challenger"]["metrics"],
+        "candidates": evaluate and _candidate_lines(evaluate),
         "champion_version_at_evaluation": champion.get("version"),
         "champion_metrics": champion.get("metrics"),
         "gate": evaluate and evaluate["gate"],
@@ -108,6 +109,16 @@ def model_families(training: TrainingConfig) -> list[str]:
 
 # Every task's metrics in one order, for the summary's metric lines.
 _METRIC_NAMES = list(dict.fromkeys(name for metrics in METRICS.values() for name in metrics))
+
+
+def _candidate_lines(evaluate: dict[str, Any]) -> list[str]:
+    """Each candidate family's primary metric on the holdout, the challenger marked (one line each)."""
+    metric, chosen = evaluate["gate"]["primary_metric"], evaluate["challenger"]["family"]
+    return [
+        f"{candidate['family']} {metric}={candidate['metrics'][metric]}"
+        + (" (challenger)" if candidate["family"] == chosen else "")
+        for candidate in evaluate["candidates"]
+    ]
 
 
 def _metric_line(name: str, metrics: dict[str, Any] | None) -> str:
@@ -129,6 +140,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"validation    {verdict} ({stats['successful']}/{stats['evaluated']} expectations)")
     if summary["gate"]:
         champion = summary["champion_version_at_evaluation"]
+        if len(summary["candidates"]) > 1:
+            lines += ["candidates:", *(f"  {line}" for line in summary["candidates"])]
         lines += [
             "metrics (holdout):",
             _metric_line("challenger", summary["challenger_metrics"]),

@@ -84,14 +84,15 @@ def _mlflow_server(registry: Path, port: int) -> list[str]:
 
 
 def _wait_until_answers(url: str, server: subprocess.Popen[bytes], seconds: float = 120) -> None:
+    """Return once ``url`` answers; raises when ``server`` exits first or the time is up."""
     deadline = time.monotonic() + seconds
     while True:
         try:
             urllib.request.urlopen(url, timeout=2)
             return
         except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"{url} did not answer within {seconds:.0f} s") from None
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer in {seconds:.0f} s (exit code {server.poll()})") from None
             time.sleep(0.5)
 
 

@@ -185,9 +185,17 @@ def _write_evaluation(root: str, passed: bool) -> None:
         root,
         "evaluate",
         {
-            "challenger": {"metrics": {"roc_auc": 0.81, "log_loss": 0.4}},
+            "candidates": [
+                {"family": "mlp", "metrics": {"roc_auc": 0.79}},
+                {"family": "gbdt", "metrics": {"roc_auc": 0.81}},
+            ],
+            "challenger": {"family": "gbdt", "metrics": {"roc_auc": 0.81, "log_loss": 0.4}},
             "champion": {"version": "3", "metrics": {"roc_auc": 0.84, "log_loss": 0.38}},
-            "gate": {"passed": passed, "reasons": ["challenger roc_auc=0.810 vs champion 0.840: drop 0.030 > 0.010"]},
+            "gate": {
+                "passed": passed,
+                "primary_metric": "roc_auc",
+                "reasons": ["challenger roc_auc=0.810 vs champion 0.840: drop 0.030 > 0.010"],
+            },
             "report_uri": f"{root}/evaluate/report.json",
             "report_html_uri": f"{root}/evaluate/report.html",
         },
@@ -229,6 +237,8 @@ def test_summary_collects_results_and_is_stored(tmp_path: Path) -> None:
         "0123abcd",
         "40/40",
         "roc_auc=0.8100",
+        "mlp roc_auc=0.79\n",
+        "gbdt roc_auc=0.81 (challenger)",
         "champion v3",
         "roc_auc=0.8400",
         "REJECTED",

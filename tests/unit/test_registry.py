@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 import pytest
 from fake_models import GOOD, MODEL_NAME, PIPELINE, WEAK, WORSE, log_model
 from typer.testing import CliRunner
@@ -147,6 +148,11 @@ def test_the_best_candidate_becomes_the_challenger(new_run: NewRun) -> None:
     )
     assert result["challenger"]["metrics"]["roc_auc"] == good
     assert "gbdt is the challenger" in outcome.output
+    # Each candidate's holdout metrics also land on its own MLflow training run, beside its training metrics.
+    for candidate in result["candidates"]:
+        run = mlflow.get_run(_train(run_root, candidate["family"])["mlflow_run_id"])
+        assert run.data.metrics["holdout_roc_auc"] == candidate["metrics"]["roc_auc"]
+        assert run.data.tags["challenger"] == str(candidate["family"] == "gbdt").lower()
     page = storage.read_text(result["report_html_uri"])
     assert "<h2>Candidates</h2>" in page and _train(run_root, "mlp")["model_uri"] in page
     with pytest.raises(StepError, match=r"train/xgb"):

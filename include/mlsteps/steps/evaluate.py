@@ -6,6 +6,7 @@ A failed gate is a decision, not an error: the step exits 0 and the orchestrator
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 import numpy as np
@@ -108,9 +109,9 @@ def _challenger(
     """
     scored = {}
     for family in config.training.candidate_families:
-        model_uri = results.read_result(run_root, results.candidate_step(family))["model_uri"]
-        model, output = _score_model(model_uri, features, y_true, config)
-        scored[family] = ({"family": family, **model}, output)
+        trained = results.read_result(run_root, results.candidate_step(family))
+        model, output = _score_model(trained["model_uri"], features, y_true, config)
+        scored[family] = ({"family": family, "mlflow_run_id": trained["mlflow_run_id"], **model}, output)
     candidates = [model for model, _ in scored.values()]
     primary = config.primary_metric
     chosen = best_candidate(
@@ -120,6 +121,22 @@ def _challenger(
         ranking = ", ".join(f"{model['family']} {primary}={model['metrics'][primary]}" for model in candidates)
         print(f"{STEP}: candidates {ranking}: {chosen} is the challenger", flush=True)
     return _with_details(*scored[chosen], features, y_true, config), candidates
+
+
+def _record_on_training_runs(candidates: list[dict[str, Any]], challenger: str) -> None:
+    """Each candidate's holdout metrics (``holdout_<metric>``) and whether it became the challenger, on its own
+    MLflow training run, so the runs compare side by side in the MLflow UI. A retry records the same values."""
+    from mlflow.entities import Metric, RunTag
+
+    client = tracking.client()
+    for candidate in candidates:
+        numbers = {key: value for key, value in candidate["metrics"].items() if isinstance(value, int | float)}
+        now = int(time.time() * 1000)
+        client.log_batch(
+            candidate["mlflow_run_id"],
+            metrics=[Metric(f"holdout_{key}", float(value), now, 0) for key, value in numbers.items()],
+            tags=[RunTag("challenger", str(candidate["family"] == challenger).lower())],
+        )
 
 
 def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
@@ -139,6 +156,7 @@ def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
     features, y_true = _read_holdout(preprocess["holdout_uri"], config.dataset)
 
     challenger, candidates = _challenger(run_root, features, y_true, config)
+    _record_on_training_runs(candidates, challenger["family"])
     champion_version = registry.alias_version(tracking.client(), model_name, registry.CHAMPION)
     champion = None
     if champion_version is None:
