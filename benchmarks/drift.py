@@ -1,4 +1,5 @@
-"""Benchmark of drift detection: mlsteps.drift against Evidently 0.7's DataDriftPreset, same data, same methods.
+"""Benchmark of drift detection: mlsteps.monitoring.drift against Evidently 0.7's DataDriftPreset, same data, same
+methods.
 
 In one run, on seeded synthetic data of 20 numeric and 5 categorical columns (a few of them drifted, some with
 nulls and ties), written once as Parquet to a temporary folder:
@@ -146,7 +147,7 @@ def side_profile(reference: str, profile: str, sample_size: str) -> dict[str, An
     import pandas as pd
 
     from mlsteps.config import ColumnSpec, DriftConfig
-    from mlsteps.drift import build_profile, save_profile
+    from mlsteps.monitoring.drift import build_profile, save_profile
 
     started = time.perf_counter()
     frame = pd.read_parquet(reference)
@@ -168,7 +169,7 @@ def side_ours(profile: str, current: str, out_dir: str) -> dict[str, Any]:
 
     from mlsteps.config import DriftConfig, FeatureDriftConfig
     from mlsteps.data import storage
-    from mlsteps.drift import detect_drift, load_profile, render_html
+    from mlsteps.monitoring.drift import detect_drift, load_profile, render_html
 
     config = DriftConfig(
         drift_share=DRIFT_SHARE, features={name: FeatureDriftConfig(method=method) for name, method in METHODS.items()}

@@ -21,10 +21,10 @@ from mlsteps import tracking
 from mlsteps.config import load_pipeline_config
 from mlsteps.data.datasets import generate_churn
 from mlsteps.data.features import TabularPreprocessor
-from mlsteps.drift import build_profile, save_profile
-from mlsteps.drift.profile import prediction_signals
 from mlsteps.inference import TaskInfo, onnx_session, predict_frame
 from mlsteps.model import REFERENCE_PROFILE_FILE, log_model_package
+from mlsteps.monitoring.drift import build_profile, save_profile
+from mlsteps.monitoring.drift.profile import prediction_signals
 
 PIPELINE = load_pipeline_config()
 MODEL_NAME = PIPELINE.registry.model_name

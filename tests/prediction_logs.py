@@ -6,7 +6,7 @@ import time
 
 import pandas as pd
 
-from mlsteps import prediction_log
+from mlsteps.monitoring import prediction_log
 
 
 def logged_rows(store: str, model_name: str, rows: int, timeout: float = 30.0) -> pd.DataFrame:

@@ -39,7 +39,8 @@ ONNX_ARTIFACT = "onnx_model"
 ONNX_FILE = "model.onnx"
 TASK_ARTIFACT = "task"
 TASK_FILE = "task.json"
-# The training data's drift reference (mlsteps.drift), kept in the package so a drift check needs only the model.
+# The training data's drift reference (mlsteps.monitoring.drift), kept in the package so a drift check needs only
+# the model.
 REFERENCE_PROFILE_ARTIFACT = "reference_profile"
 REFERENCE_PROFILE_FILE = "reference_profile.npz"
 # What loading and predicting imports (mlsteps itself travels as code). Listed rather than inferred: inference
@@ -122,7 +123,7 @@ def log_model_package(
         onnx_model: the exported model in the ONNX contract, already checked against the native model.
         info: the task, its classes, the target column and the family.
         example: a few raw feature rows, typed as serving will send them.
-        reference_profile: the saved ``mlsteps.drift`` profile of the training data and the model's outputs.
+        reference_profile: the saved ``mlsteps.monitoring.drift`` profile of the training data and the model's outputs.
 
     Returns:
         MLflow's ``ModelInfo``; its ``model_uri`` loads with ``mlflow.pyfunc.load_model``.

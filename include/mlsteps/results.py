@@ -29,7 +29,7 @@ def run_root(artifact_root: str, dag_id: str, run_id: str) -> str:
 
 
 def prediction_store(artifact_root: str) -> str:
-    """Where scoring and serving log predictions (``mlsteps.prediction_log``), beside the runs."""
+    """Where scoring and serving log predictions (``mlsteps.monitoring.prediction_log``), beside the runs."""
     return storage.join(artifact_root, "predictions")
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mlsteps.config import ColumnSpec, DriftConfig, FeatureDriftConfig
-from mlsteps.drift import build_profile, detect_drift, render_html
+from mlsteps.monitoring.drift import build_profile, detect_drift, render_html
 
 SPECS = [
     ColumnSpec(name="amount", type="numeric"),

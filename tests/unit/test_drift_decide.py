@@ -11,8 +11,8 @@ from scipy import stats as scipy_stats
 
 from mlsteps.config import ColumnSpec, DriftConfig, FeatureDriftConfig, PipelineConfig
 from mlsteps.data.datasets import generate_churn
-from mlsteps.drift import build_profile, detect_drift
 from mlsteps.errors import ConfigError
+from mlsteps.monitoring.drift import build_profile, detect_drift
 
 NUMERIC = [ColumnSpec(name="amount", type="numeric"), ColumnSpec(name="minutes", type="numeric")]
 CATEGORICAL = [ColumnSpec(name="colour", type="categorical")]
@@ -176,7 +176,7 @@ def test_prediction_drift_is_its_own_signal() -> None:
 
 
 def test_decisions_are_logged_with_both_numbers(million_row_profile: object, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="mlsteps.drift.decide"):
+    with caplog.at_level(logging.INFO, logger="mlsteps.monitoring.drift.decide"):
         detect_drift(million_row_profile, _frame(5_000, seed=13))
     assert "drift of amount: ok: wasserstein 0.0" in caplog.text
     assert "< threshold 0.1: no drift" in caplog.text

@@ -12,10 +12,10 @@ import pytest
 from mlsteps.config import ColumnSpec, DriftConfig, PipelineConfig
 from mlsteps.data import storage
 from mlsteps.data.datasets import generate_churn
-from mlsteps.drift import build_profile, detect_drift, load_profile, prediction_signals, save_profile
-from mlsteps.drift.profile import CategoricalProfile, ColumnProfile, NumericProfile, ReferenceProfile
 from mlsteps.errors import DataError
 from mlsteps.evaluation.tasks import output_frame
+from mlsteps.monitoring.drift import build_profile, detect_drift, load_profile, prediction_signals, save_profile
+from mlsteps.monitoring.drift.profile import CategoricalProfile, ColumnProfile, NumericProfile, ReferenceProfile
 
 TIERS = ["bronze", "silver", "gold"]
 

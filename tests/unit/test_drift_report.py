@@ -12,9 +12,9 @@ import pytest
 from mlsteps.config import ColumnSpec, PipelineConfig
 from mlsteps.data import storage
 from mlsteps.data.datasets import generate_churn
-from mlsteps.drift import DriftReport, build_profile, detect_drift, prediction_signals, render_html
-from mlsteps.drift.report import share_chart_svg
 from mlsteps.evaluation.tasks import output_frame
+from mlsteps.monitoring.drift import DriftReport, build_profile, detect_drift, prediction_signals, render_html
+from mlsteps.monitoring.drift.report import share_chart_svg
 
 FEATURE_FIELDS = {
     "name",

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as scipy_stats
 from scipy.spatial import distance
 
-from mlsteps.drift import stats
+from mlsteps.monitoring.drift import stats
 
 # (reference size, current size, rounding that makes ties or None, shift of the current mean)
 SAMPLES = [

@@ -13,10 +13,11 @@ from fake_models import TASK, task_model
 from test_score import register_package
 from test_train import prepare_run
 
-from mlsteps import prediction_log, registry, results, tracking
+from mlsteps import registry, results, tracking
 from mlsteps.data import storage
 from mlsteps.data.datasets import generate_churn
 from mlsteps.errors import ConfigError
+from mlsteps.monitoring import prediction_log
 from mlsteps.steps import drift, score, train
 
 HOUR = pd.Timestamp("2026-11-20T10:00:00Z")

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlsteps import prediction_log
 from mlsteps.data import storage
 from mlsteps.data.datasets import generate_churn
 from mlsteps.errors import DataError
 from mlsteps.inference import TaskInfo
+from mlsteps.monitoring import prediction_log
 
 MODEL = "churn-classifier"
 ID_COLUMN = "customer_id"

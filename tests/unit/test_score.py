@@ -15,7 +15,7 @@ import pytest
 from fake_models import GOOD, MODEL_NAME, TASK, WEAK, log_package, risk_score_model, task_model
 from typer.testing import CliRunner
 
-from mlsteps import prediction_log, registry, results, tracking
+from mlsteps import registry, results, tracking
 from mlsteps.cli import app
 from mlsteps.data import storage
 from mlsteps.data.datasets import generate_churn
@@ -24,6 +24,7 @@ from mlsteps.data.snapshots import write_table
 from mlsteps.errors import ConfigError, DataError, StepError
 from mlsteps.evaluation.tasks import output_columns
 from mlsteps.inference import TaskInfo, onnx_session, predict_frame
+from mlsteps.monitoring import prediction_log
 from mlsteps.steps import score
 
 HOUR = "2025-03-01T14:00:00Z"

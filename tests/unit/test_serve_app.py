@@ -19,9 +19,9 @@ import pytest
 from fake_models import break_bundle
 from starlette.testclient import TestClient
 
-from mlsteps import prediction_log
 from mlsteps.errors import StepError
 from mlsteps.evaluation.tasks import output_columns, output_frame
+from mlsteps.monitoring import prediction_log
 from mlsteps.serve.app import create_app
 from mlsteps.serve.model import ModelHandle, ServedModel, load_model
 from mlsteps.serving_bundle import MANIFEST_FILE, BundleError, ServingBundle, read_bundle

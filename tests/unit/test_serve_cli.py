@@ -18,7 +18,7 @@ import pytest
 from fake_models import break_bundle
 from ports import free_port
 
-from mlsteps import prediction_log
+from mlsteps.monitoring import prediction_log
 from mlsteps.serving_bundle import read_bundle
 
 STARTUP_SECONDS = 60

@@ -209,8 +209,8 @@ def test_cli_model_loads_and_predicts_raw_rows(mlflow_tracking: str, tmp_path: P
 
 
 def test_model_package_carries_the_drift_reference_of_its_training_data(mlflow_tracking: str, tmp_path: Path) -> None:
-    from mlsteps.drift import detect_drift, load_profile
     from mlsteps.model import download_reference_profile
+    from mlsteps.monitoring.drift import detect_drift, load_profile
 
     root = str(tmp_path / "run")
     config = prepare_run(root, rows=3000, epochs=2)

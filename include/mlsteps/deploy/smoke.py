@@ -24,7 +24,7 @@ import numpy as np
 
 from mlsteps.config import SmokeConfig
 from mlsteps.deploy import DeployFailed
-from mlsteps.prediction_log import SMOKE_REQUEST_PREFIX
+from mlsteps.monitoring.prediction_log import SMOKE_REQUEST_PREFIX
 from mlsteps.serve.outputs import TaskOutputs
 from mlsteps.serve.protocol import MODEL_VERSION_HEADER, V2_DATATYPE
 from mlsteps.serving_bundle import describe_difference, smoke_differences, values_text

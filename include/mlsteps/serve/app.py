@@ -31,7 +31,7 @@ from starlette.responses import Response
 
 import mlsteps
 from mlsteps.errors import ConfigError, StepError
-from mlsteps.prediction_log import SMOKE_REQUEST_PREFIX
+from mlsteps.monitoring.prediction_log import SMOKE_REQUEST_PREFIX
 from mlsteps.serve.metrics import CONTENT_TYPE, ServerMetrics
 from mlsteps.serve.model import ModelHandle, ModelLoader, ServedModel
 from mlsteps.serve.protocol import (

@@ -22,7 +22,7 @@ import numpy as np
 from mlsteps.errors import ConfigError
 from mlsteps.evaluation.tasks import onnx_output
 from mlsteps.inference import predict_raw
-from mlsteps.prediction_log import PredictionLogWriter
+from mlsteps.monitoring.prediction_log import PredictionLogWriter
 from mlsteps.serve.outputs import TaskOutputs
 from mlsteps.serve.protocol import ParsedRequest, RequestError, RequestPolicy, RequestSchema, parse_records
 from mlsteps.serving_bundle import (

@@ -8,8 +8,8 @@ reported as such and never counts as drift. Deciding whether to retrain (hystere
 orchestrator's job; this step only measures.
 
 Besides the features, the model's prediction signals of its task are compared with those on the training data
-(``mlsteps.drift.profile.prediction_signals``): binary the positive-class probability; multiclass each class's
-probability and the predicted-class mix; regression the predicted value. They are reported as prediction drift
+(``mlsteps.monitoring.drift.profile.prediction_signals``): binary the positive-class probability; multiclass each
+class's probability and the predicted-class mix; regression the predicted value. They are reported as prediction drift
 (``prediction_drift``, ``drifted_predictions``) and do not count towards the features' dataset decision.
 """
 
@@ -23,11 +23,12 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from mlsteps import prediction_log, registry, tracking
+from mlsteps import registry, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import PipelineConfig, load_pipeline_config
 from mlsteps.data import storage
 from mlsteps.errors import ConfigError, DataError
+from mlsteps.monitoring import prediction_log
 from mlsteps.results import read_result, result_uri, step_dir, write_result
 
 STEP = "drift"
@@ -96,8 +97,8 @@ def run(run_root: str, config: PipelineConfig, prediction_store: str, window_end
         DataError: the champion's package has no reference profile or task (logged by an older version: retrain), the
             log's files disagree on a column type, or the logged rows lack the model's output columns.
     """
-    from mlsteps.drift import detect_drift, load_profile, prediction_signals, render_html
     from mlsteps.model import download_reference_profile, read_package
+    from mlsteps.monitoring.drift import detect_drift, load_profile, prediction_signals, render_html
 
     monitoring, model_name = config.monitoring, config.registry.model_name
     start, end = _window(window_end, monitoring.window_hours)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import typer
 
-from mlsteps import prediction_log, registry, results, tracking
+from mlsteps import registry, results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import DatasetConfig, load_pipeline_config
 from mlsteps.data import storage
@@ -29,6 +29,7 @@ from mlsteps.data.snapshots import read_table, table_format, unknown_extension_m
 from mlsteps.errors import ConfigError, DataError, StepError
 from mlsteps.evaluation.predictions import check_predictions
 from mlsteps.evaluation.tasks import PREDICTION, is_classification
+from mlsteps.monitoring import prediction_log
 
 if TYPE_CHECKING:
     from mlsteps.inference import TaskInfo

@@ -117,9 +117,9 @@ def _reference_profile(config: PipelineConfig, train: pd.DataFrame, outputs: pd.
 
     Validation outputs, not train outputs: they are what the model gives on rows it did not fit, as in production.
     """
-    from mlsteps.drift import build_profile, save_profile
-    from mlsteps.drift.profile import prediction_signals
     from mlsteps.model import REFERENCE_PROFILE_FILE
+    from mlsteps.monitoring.drift import build_profile, save_profile
+    from mlsteps.monitoring.drift.profile import prediction_signals
 
     target = config.dataset.target
     signals = prediction_signals(target.task, target.classes or [], outputs)

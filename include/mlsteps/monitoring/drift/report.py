@@ -11,7 +11,7 @@ import html
 from typing import Any
 
 from mlsteps import html_report
-from mlsteps.drift.decide import DriftReport
+from mlsteps.monitoring.drift.decide import DriftReport
 
 _CHART_WIDTH = 720
 _CHART_HEIGHT = 260

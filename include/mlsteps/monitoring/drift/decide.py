@@ -7,8 +7,8 @@ below alpha *and* its effect size (the KS statistic, Cohen's w) reaches ``min_ef
 every tiny difference is significant, so the p-value alone would raise alarms from sample size alone. The
 adjustment runs across the features tested with p-values.
 
-The prediction signals (``mlsteps.drift.profile.prediction_signals``: a class probability, the predicted class or
-the predicted value) are judged like features of their type, with the ``drift.score`` settings, as their own
+The prediction signals (``mlsteps.monitoring.drift.profile.prediction_signals``: a class probability, the predicted
+class or the predicted value) are judged like features of their type, with the ``drift.score`` settings, as their own
 family: their p-values are adjusted among themselves, and they never count towards the dataset decision.
 
 Bad input never raises: a feature missing from the window, holding text where numbers belong, all null, or only
@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from mlsteps.config import DriftConfig, FeatureDriftConfig
-from mlsteps.drift import stats
-from mlsteps.drift.profile import (
+from mlsteps.errors import ConfigError, DataError
+from mlsteps.monitoring.drift import stats
+from mlsteps.monitoring.drift.profile import (
     CategoricalProfile,
     ColumnProfile,
     NumericProfile,
@@ -37,7 +38,6 @@ from mlsteps.drift.profile import (
     category_counts,
     numeric_values,
 )
-from mlsteps.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 

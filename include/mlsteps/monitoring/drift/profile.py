@@ -30,9 +30,9 @@ import pandas as pd
 
 from mlsteps.config import ColumnSpec, DriftConfig
 from mlsteps.data import storage
-from mlsteps.drift.stats import bin_counts
 from mlsteps.errors import DataError
 from mlsteps.evaluation.tasks import PREDICTION, is_classification, probability_columns
+from mlsteps.monitoring.drift.stats import bin_counts
 
 # 2: named prediction signals (``predictions``) in place of version 1's single ``score``.
 FORMAT_VERSION = 2

@@ -13,9 +13,15 @@ Typical use (training time, then every monitoring window)::
     storage.write_text(html_uri, render_html(report, "churn window 2025-06-01"))
 """
 
-from mlsteps.drift.decide import DatasetDrift, DriftReport, FeatureDrift, detect_drift
-from mlsteps.drift.profile import ReferenceProfile, build_profile, load_profile, prediction_signals, save_profile
-from mlsteps.drift.report import render_html
+from mlsteps.monitoring.drift.decide import DatasetDrift, DriftReport, FeatureDrift, detect_drift
+from mlsteps.monitoring.drift.profile import (
+    ReferenceProfile,
+    build_profile,
+    load_profile,
+    prediction_signals,
+    save_profile,
+)
+from mlsteps.monitoring.drift.report import render_html
 
 __all__ = [
     "DatasetDrift",
