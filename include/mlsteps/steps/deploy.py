@@ -48,6 +48,66 @@ def build_target(
     return LocalTarget.from_config(model_name, serving, state_dir, prediction_store)
 
 
+def run(
+    run_root: str,
+    config: PipelineConfig,
+    target: TargetKind = "kubernetes",
+    model: str = "champion",
+    strategy: Strategy = "rolling",
+    canary_share: float | None = None,
+    state_dir: Path | None = None,
+    prediction_store: str | None = None,
+) -> dict[str, Any]:
+    """Serve a model version on a target, smoke-test it, roll back on failure, and write the result.
+
+    Args:
+        run_root: folder of this run's artifacts.
+        config: the pipeline config (its ``serving:`` section configures the targets and the smoke test).
+        target: kubernetes or local.
+        model: alias (champion) or version number to serve.
+        strategy: rolling or canary.
+        canary_share: share of pods that run the canary; default: ``serving.canary.share``.
+        state_dir: folder of the local server's state (target local).
+        prediction_store: prediction log of the local server (target local); None: not logged.
+
+    Returns:
+        The payload written to ``result.json`` (outcome ``deployed`` or ``unchanged``).
+
+    Raises:
+        ConfigError: target local without ``state_dir``, or strategy canary on a target that cannot run one.
+        StepError: the model or alias does not exist or the version has no serving bundle.
+        DeployFailed: the deploy failed and was rolled back (or the rollback failed too); ``result.json`` records
+            what happened before it is raised.
+    """
+    from mlsteps.deploy import DeployFailed, run_deploy
+    from mlsteps.serving_bundle import resolve_version
+
+    model_name = config.registry.model_name
+    serving_target = build_target(target, config, state_dir, prediction_store)
+    client = tracking.client()
+    version = resolve_version(client, model_name, model)
+    print(f"{STEP}: {model_name} {model} is v{version}; target {target}, strategy {strategy}", flush=True)
+    share = config.serving.canary.share if canary_share is None else canary_share
+    try:
+        outcome = run_deploy(
+            serving_target,
+            client,
+            model_name,
+            version,
+            strategy=strategy,
+            canary_share=share,
+            settings=config.serving,
+            actor=os.environ.get(DAG_RUN_ENV_VAR) or "cli",
+        )
+    except DeployFailed as failure:
+        if "outcome" in failure.details:  # rolled back (or the rollback failed too): record what happened
+            results.write_result(run_root, STEP, failure.details)
+        raise
+    results.write_result(run_root, STEP, outcome)
+    print(f"{STEP}: {model_name} v{version} {outcome['outcome']} on {target}", flush=True)
+    return outcome
+
+
 def main(
     run_root: RunRoot,
     config: ConfigUri = None,
@@ -112,30 +172,13 @@ def main(
 
         python -m mlsteps deploy --run-root s3://bucket/runs/d3 --target kubernetes --strategy canary --canary-share 0.2
     """
-    from mlsteps.deploy import DeployFailed, run_deploy
-    from mlsteps.serving_bundle import resolve_version
-
-    pipeline = load_pipeline_config(config)
-    model_name = pipeline.registry.model_name
-    serving_target = build_target(target, pipeline, state_dir, prediction_store)
-    client = tracking.client()
-    version = resolve_version(client, model_name, model)
-    print(f"{STEP}: {model_name} {model} is v{version}; target {target}, strategy {strategy}", flush=True)
-    share = pipeline.serving.canary.share if canary_share is None else canary_share
-    try:
-        outcome = run_deploy(
-            serving_target,
-            client,
-            model_name,
-            version,
-            strategy=strategy,
-            canary_share=share,
-            settings=pipeline.serving,
-            actor=os.environ.get(DAG_RUN_ENV_VAR) or "cli",
-        )
-    except DeployFailed as failure:
-        if "outcome" in failure.details:  # rolled back (or the rollback failed too): record what happened
-            results.write_result(run_root, STEP, failure.details)
-        raise
-    results.write_result(run_root, STEP, outcome)
-    print(f"{STEP}: {model_name} v{version} {outcome['outcome']} on {target}", flush=True)
+    run(
+        run_root,
+        load_pipeline_config(config),
+        target=target,
+        model=model,
+        strategy=strategy,
+        canary_share=canary_share,
+        state_dir=state_dir,
+        prediction_store=prediction_store,
+    )

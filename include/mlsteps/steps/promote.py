@@ -65,43 +65,27 @@ def _previous_promotion(tags: dict[str, str]) -> tuple[int | None, bool]:
     return (None if previous == "none" else int(previous)), tags.get("forced") == "true"
 
 
-def main(
-    run_root: RunRoot,
-    config: ConfigUri = None,
-    force: Annotated[
-        bool,
-        typer.Option("--force/--no-force", help="promote even if the gate failed; recorded as forced=true"),
-    ] = False,
-) -> None:
-    """Point the ``champion`` alias at this run's version if the gate passed (or --force).
-
-    Reads the evaluate and register results. Refuses when the gate failed
-    (unless --force) or when ``champion`` moved since evaluation. Tags the
-    version with promoted_at, promoted_by ($AIRFLOW_CTX_DAG_RUN_ID or "cli"),
-    previous_champion and forced, and records the move in the alias history
-    with the gate summary as its reason. A retry after a promotion changes
-    nothing.
+def run(run_root: str, config: PipelineConfig, force: bool = False) -> dict[str, Any]:
+    """Move ``champion`` to this run's registered version when the recorded gate passed (or ``force``).
 
     Args:
-        run_root: folder of this run's artifacts.
-        config: pipeline config YAML.
+        run_root: folder of this run's artifacts; evaluate and register must have run for it.
+        config: the pipeline config; ``registry.model_name`` must be the model evaluate and register used.
         force: promote even if the gate failed; the version is tagged forced=true.
 
+    Returns:
+        The payload written to ``result.json``.
+
     Raises:
-        StepError: the gate failed and --force was not given.
+        ConfigError: the config names another model than the evaluate or register result.
+        StepError: the gate failed and ``force`` is not set.
         RegistryConflict: ``champion`` is no longer the version evaluate compared against.
-
-    Examples:
-        python -m mlsteps promote --run-root /tmp/runs/r1
-
-        python -m mlsteps promote --run-root /tmp/runs/r1 --force
     """
-    pipeline = load_pipeline_config(config)
     evaluation = results.read_result(run_root, "evaluate")
     registered = results.read_result(run_root, "register")
-    model_name = _check_model_names(pipeline, evaluation, registered)
+    model_name = _check_model_names(config, evaluation, registered)
     version = registered["version"]
-    decision = _recorded_gate(pipeline, evaluation, force)
+    decision = _recorded_gate(config, evaluation, force)
 
     client = tracking.client()
     current = registry.alias_version_number(client, model_name, registry.CHAMPION)
@@ -143,16 +127,48 @@ def main(
         print(
             f"{STEP}: {registry.CHAMPION} of {model_name}: {_version_label(previous)} -> v{version}{suffix}", flush=True
         )
-    results.write_result(
-        run_root,
-        STEP,
-        {
-            "model_name": model_name,
-            "version": version,
-            "alias": registry.CHAMPION,
-            "model_uri": registry.model_uri(model_name, version),
-            "previous_champion": previous,
-            "forced": forced,
-            "reasons": decision.reasons,
-        },
-    )
+    payload = {
+        "model_name": model_name,
+        "version": version,
+        "alias": registry.CHAMPION,
+        "model_uri": registry.model_uri(model_name, version),
+        "previous_champion": previous,
+        "forced": forced,
+        "reasons": decision.reasons,
+    }
+    results.write_result(run_root, STEP, payload)
+    return payload
+
+
+def main(
+    run_root: RunRoot,
+    config: ConfigUri = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force/--no-force", help="promote even if the gate failed; recorded as forced=true"),
+    ] = False,
+) -> None:
+    """Point the ``champion`` alias at this run's version if the gate passed (or --force).
+
+    Reads the evaluate and register results. Refuses when the gate failed
+    (unless --force) or when ``champion`` moved since evaluation. Tags the
+    version with promoted_at, promoted_by ($AIRFLOW_CTX_DAG_RUN_ID or "cli"),
+    previous_champion and forced, and records the move in the alias history
+    with the gate summary as its reason. A retry after a promotion changes
+    nothing.
+
+    Args:
+        run_root: folder of this run's artifacts.
+        config: pipeline config YAML.
+        force: promote even if the gate failed; the version is tagged forced=true.
+
+    Raises:
+        StepError: the gate failed and --force was not given.
+        RegistryConflict: ``champion`` is no longer the version evaluate compared against.
+
+    Examples:
+        python -m mlsteps promote --run-root /tmp/runs/r1
+
+        python -m mlsteps promote --run-root /tmp/runs/r1 --force
+    """
+    run(run_root, load_pipeline_config(config), force)

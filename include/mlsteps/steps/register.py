@@ -6,38 +6,30 @@ Registration is idempotent per run root: a retry reuses the version its first at
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from mlsteps import registry, results, serving_bundle, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
-from mlsteps.config import load_pipeline_config
+from mlsteps.config import PipelineConfig, load_pipeline_config
 from mlsteps.errors import StepError
 
 STEP = "register"
 
 
-def main(run_root: RunRoot, config: ConfigUri = None) -> None:
-    r"""Register the challenger evaluate chose as a version of registry.model_name, alias ``challenger``.
-
-    Reads the snapshot and evaluate results and the chosen candidate's train
-    result. Tags the version with run_root, snapshot_id, dataset,
-    mlflow_run_id, gate_passed, family, task, primary_metric and its value,
-    code_version ($CODE_VERSION appended) and image ($STEP_IMAGE), when set.
-    Publishes the serving bundle (the package's ONNX model, preprocessor,
-    smoke rows) next to the training run's artifacts and records its sha256
-    on the version.
-    Re-running for the same run root reuses the version it registered.
+def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
+    """Register the challenger evaluate chose, publish its serving bundle and point ``challenger`` at it.
 
     Args:
-        run_root: folder of this run's artifacts.
-        config: pipeline config YAML; registry.model_name names the model.
+        run_root: folder of this run's artifacts; snapshot, evaluate and the challenger's train must have run.
+        config: the pipeline config (``registry.model_name`` names the model).
 
-    Examples:
-        python -m mlsteps register --run-root /tmp/runs/r1
+    Returns:
+        The payload written to ``result.json``.
 
-        MLFLOW_TRACKING_URI=http://mlflow:5000 \
-            python -m mlsteps register --run-root s3://ml/runs/r1
+    Raises:
+        StepError: the challenger's train result no longer names the model evaluate judged.
     """
-    model_name = load_pipeline_config(config).registry.model_name
+    model_name = config.registry.model_name
     snapshot = results.read_result(run_root, "snapshot")
     evaluation = results.read_result(run_root, "evaluate")
     challenger = evaluation["challenger"]
@@ -76,15 +68,38 @@ def main(run_root: RunRoot, config: ConfigUri = None) -> None:
     aliases = sorted(client.get_model_version(model_name, str(number)).aliases)
     action = "registered" if created else "reused (registered by an earlier attempt)"
     print(f"{STEP}: {action} {model_name} v{number} from {model_uri}; aliases {aliases}", flush=True)
-    results.write_result(
-        run_root,
-        STEP,
-        {
-            "model_name": model_name,
-            "version": number,
-            "aliases": aliases,
-            "model_uri": registry.model_uri(model_name, number),
-            "source_run_id": version.run_id,
-            "serving_bundle_sha256": bundle_sha256,
-        },
-    )
+    payload = {
+        "model_name": model_name,
+        "version": number,
+        "aliases": aliases,
+        "model_uri": registry.model_uri(model_name, number),
+        "source_run_id": version.run_id,
+        "serving_bundle_sha256": bundle_sha256,
+    }
+    results.write_result(run_root, STEP, payload)
+    return payload
+
+
+def main(run_root: RunRoot, config: ConfigUri = None) -> None:
+    r"""Register the challenger evaluate chose as a version of registry.model_name, alias ``challenger``.
+
+    Reads the snapshot and evaluate results and the chosen candidate's train
+    result. Tags the version with run_root, snapshot_id, dataset,
+    mlflow_run_id, gate_passed, family, task, primary_metric and its value,
+    code_version ($CODE_VERSION appended) and image ($STEP_IMAGE), when set.
+    Publishes the serving bundle (the package's ONNX model, preprocessor,
+    smoke rows) next to the training run's artifacts and records its sha256
+    on the version.
+    Re-running for the same run root reuses the version it registered.
+
+    Args:
+        run_root: folder of this run's artifacts.
+        config: pipeline config YAML; registry.model_name names the model.
+
+    Examples:
+        python -m mlsteps register --run-root /tmp/runs/r1
+
+        MLFLOW_TRACKING_URI=http://mlflow:5000 \
+            python -m mlsteps register --run-root s3://ml/runs/r1
+    """
+    run(run_root, load_pipeline_config(config))

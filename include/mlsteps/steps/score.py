@@ -22,7 +22,7 @@ import typer
 
 from mlsteps import registry, results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
-from mlsteps.config import DatasetConfig, load_pipeline_config
+from mlsteps.config import DatasetConfig, PipelineConfig, load_pipeline_config
 from mlsteps.data import storage
 from mlsteps.data.features import numeric_frame, require_columns
 from mlsteps.data.snapshots import read_table, table_format, unknown_extension_message, write_table
@@ -169,6 +169,105 @@ def _log_file_stem(run_root: str, identity: dict[str, Any]) -> str:
     return f"{STEP}-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:16]}"
 
 
+def run(
+    run_root: str,
+    config: PipelineConfig,
+    input_uri: str,
+    prediction_store: str,
+    model_alias: str = registry.CHAMPION,
+    model_version: int | None = None,
+    output_uri: str | None = None,
+    scored_at: str | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> dict[str, Any]:
+    """Score a file with a registered model, log the rows to the prediction log and write the result.
+
+    Args:
+        run_root: folder of this run's artifacts.
+        config: the pipeline config (``registry.model_name`` and the dataset's columns).
+        input_uri: the CSV or Parquet file to score.
+        prediction_store: root folder of the prediction log.
+        model_alias: registry alias of the version to use, unless ``model_version`` is given.
+        model_version: version to use instead of the alias.
+        output_uri: extra copy of the scored rows, CSV or Parquet by extension.
+        scored_at: ISO 8601 time the rows are logged at (no offset means UTC); default: that of an interrupted
+            attempt for the same run root, input and version, else now.
+        batch_rows: rows per predict call.
+
+    Returns:
+        The payload written to ``result.json``; when this run root already scored the same input with the same
+        version and store, that earlier result, and nothing is logged again.
+
+    Raises:
+        ConfigError: ``output_uri`` has no CSV or Parquet extension, or ``scored_at`` is not a date-time.
+        StepError: the version or alias does not exist, or the model has no task or breaks its output contract.
+        DataError: the input cannot be read, lacks feature columns, or holds numeric values that are not finite
+            numbers.
+    """
+    if output_uri is not None and table_format(output_uri) is None:
+        raise ConfigError(f"--output-uri {output_uri}: {unknown_extension_message(output_uri)}")
+    dataset = config.dataset
+    model_name = config.registry.model_name
+    version = _model_version(tracking.client(), model_name, model_alias, model_version)
+    identity = {
+        "input_uri": input_uri,
+        "model_name": model_name,
+        "model_version": version,
+        "prediction_store": prediction_store,
+    }
+    previous = results.optional_result(run_root, STEP)
+    if previous is not None and all(previous.get(key) == value for key, value in identity.items()):
+        print(
+            f"{STEP}: {input_uri} was already scored by {model_name} v{version} for this run root "
+            f"({previous['rows']} rows logged at {previous['scored_at']}); skipping so the log holds them once",
+            flush=True,
+        )
+        return previous
+
+    id_column = dataset.id_column
+    # ids are read as text, so codes such as 007 join with their labels as written
+    frame = read_table(input_uri, text_columns=[*dataset.categorical_features, *([id_column] if id_column else [])])
+    features = _model_input(frame, dataset, f"input {input_uri}")
+    ids = frame[id_column] if id_column in frame.columns else None
+    if ids is None:
+        print(f"{STEP}: {input_uri} has no id column ({id_column}): random request ids are generated", flush=True)
+    model_uri = registry.model_uri(model_name, version)
+    predictions, info = _predict(model_uri, features, batch_rows)
+
+    folder = results.step_dir(run_root, STEP)
+    attempt_uri = storage.join(folder, ATTEMPT_FILE)
+    attempt = storage.read_json(attempt_uri) if storage.exists(attempt_uri) else None
+    logged_at = _scored_at(scored_at, attempt, identity)
+    storage.write_json(attempt_uri, {**identity, "scored_at": logged_at.isoformat()})
+    records = prediction_log.build_records(features, predictions, info, model_name, version, logged_at, ids)
+    predictions_uri = storage.join(folder, PREDICTIONS_FILE)
+    storage.write_parquet(records, predictions_uri)
+    if output_uri is not None:
+        write_table(records, output_uri)
+    log_files = prediction_log.write_records(prediction_store, records, _log_file_stem(run_root, identity))
+
+    summary = _prediction_summary(info, records[PREDICTION])
+    print(
+        f"{STEP}: scored {len(records)} rows of {input_uri} with {model_uri} ({info.task}): {_described(summary)}; "
+        f"logged at {logged_at.isoformat()} to {', '.join(log_files)}",
+        flush=True,
+    )
+    payload = {
+        **identity,
+        "model_alias": None if model_version is not None else model_alias,
+        "model_uri": model_uri,
+        "rows": len(records),
+        "log_files": log_files,
+        "task": info.task,
+        **summary,
+        "scored_at": logged_at.isoformat(),
+        "predictions_uri": predictions_uri,
+        "output_uri": output_uri,
+    }
+    results.write_result(run_root, STEP, payload)
+    return payload
+
+
 def main(
     run_root: RunRoot,
     input_uri: Annotated[
@@ -240,68 +339,14 @@ def main(
             --prediction-store s3://ml/predictions \
             --model-version 3 --scored-at 2025-03-01T14:00:00Z
     """
-    if output_uri is not None and table_format(output_uri) is None:
-        raise ConfigError(f"--output-uri {output_uri}: {unknown_extension_message(output_uri)}")
-    pipeline = load_pipeline_config(config)
-    dataset = pipeline.dataset
-    model_name = pipeline.registry.model_name
-    version = _model_version(tracking.client(), model_name, model_alias, model_version)
-    identity = {
-        "input_uri": input_uri,
-        "model_name": model_name,
-        "model_version": version,
-        "prediction_store": prediction_store,
-    }
-    previous = results.optional_result(run_root, STEP)
-    if previous is not None and all(previous.get(key) == value for key, value in identity.items()):
-        print(
-            f"{STEP}: {input_uri} was already scored by {model_name} v{version} for this run root "
-            f"({previous['rows']} rows logged at {previous['scored_at']}); skipping so the log holds them once",
-            flush=True,
-        )
-        return
-
-    id_column = dataset.id_column
-    # ids are read as text, so codes such as 007 join with their labels as written
-    frame = read_table(input_uri, text_columns=[*dataset.categorical_features, *([id_column] if id_column else [])])
-    features = _model_input(frame, dataset, f"input {input_uri}")
-    ids = frame[id_column] if id_column in frame.columns else None
-    if ids is None:
-        print(f"{STEP}: {input_uri} has no id column ({id_column}): random request ids are generated", flush=True)
-    model_uri = registry.model_uri(model_name, version)
-    predictions, info = _predict(model_uri, features, batch_rows)
-
-    folder = results.step_dir(run_root, STEP)
-    attempt_uri = storage.join(folder, ATTEMPT_FILE)
-    attempt = storage.read_json(attempt_uri) if storage.exists(attempt_uri) else None
-    logged_at = _scored_at(scored_at, attempt, identity)
-    storage.write_json(attempt_uri, {**identity, "scored_at": logged_at.isoformat()})
-    records = prediction_log.build_records(features, predictions, info, model_name, version, logged_at, ids)
-    predictions_uri = storage.join(folder, PREDICTIONS_FILE)
-    storage.write_parquet(records, predictions_uri)
-    if output_uri is not None:
-        write_table(records, output_uri)
-    log_files = prediction_log.write_records(prediction_store, records, _log_file_stem(run_root, identity))
-
-    summary = _prediction_summary(info, records[PREDICTION])
-    print(
-        f"{STEP}: scored {len(records)} rows of {input_uri} with {model_uri} ({info.task}): {_described(summary)}; "
-        f"logged at {logged_at.isoformat()} to {', '.join(log_files)}",
-        flush=True,
-    )
-    results.write_result(
+    run(
         run_root,
-        STEP,
-        {
-            **identity,
-            "model_alias": None if model_version is not None else model_alias,
-            "model_uri": model_uri,
-            "rows": len(records),
-            "log_files": log_files,
-            "task": info.task,
-            **summary,
-            "scored_at": logged_at.isoformat(),
-            "predictions_uri": predictions_uri,
-            "output_uri": output_uri,
-        },
+        load_pipeline_config(config),
+        input_uri,
+        prediction_store,
+        model_alias=model_alias,
+        model_version=model_version,
+        output_uri=output_uri,
+        scored_at=scored_at,
+        batch_rows=batch_rows,
     )

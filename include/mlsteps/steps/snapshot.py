@@ -6,16 +6,53 @@ changes, and an unchanged input maps to the snapshot that is already stored.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from mlsteps import results
 from mlsteps.cli_options import ConfigUri, RunRoot
-from mlsteps.config import load_pipeline_config
+from mlsteps.config import PipelineConfig, load_pipeline_config
 from mlsteps.data.snapshots import prepare, read_table, store_snapshot
 
 STEP = "snapshot"
+
+
+def run(run_root: str, config: PipelineConfig, input_uri: str, snapshot_store: str) -> dict[str, Any]:
+    """Read the input, type its columns as the dataset config says, and store it once under its content id.
+
+    Args:
+        run_root: folder of this run's artifacts.
+        config: the pipeline config; its dataset names the column types.
+        input_uri: the CSV or Parquet file to snapshot.
+        snapshot_store: folder of the content-addressed snapshot store.
+
+    Returns:
+        The payload written to ``result.json``.
+
+    Raises:
+        DataError: the input is a folder, not CSV or Parquet, missing, empty or without rows, or its timestamp
+            column holds values that are not date-times. Missing columns are left to the validate step.
+    """
+    dataset = config.dataset
+    frame = read_table(input_uri, text_columns=dataset.categorical_features)
+    print(f"{STEP}: read {len(frame)} rows x {len(frame.columns)} columns from {input_uri}", flush=True)
+    frame = prepare(frame, dataset, input_uri)
+    snapshot = store_snapshot(frame, snapshot_store, dataset.name, input_uri)
+    action = "reused the stored" if snapshot.reused else "wrote"
+    print(f"{STEP}: {action} snapshot {snapshot.snapshot_id} at {snapshot.data_uri}", flush=True)
+    payload = {
+        "snapshot_id": snapshot.snapshot_id,
+        "snapshot_uri": snapshot.data_uri,
+        "schema_uri": snapshot.schema_uri,
+        "dataset": dataset.name,
+        "rows": len(frame),
+        "columns": [str(column) for column in frame.columns],
+        "source_uri": input_uri,
+        "reused": snapshot.reused,
+    }
+    results.write_result(run_root, STEP, payload)
+    return payload
 
 
 def main(
@@ -56,24 +93,4 @@ def main(
             --input-uri s3://ml/in/churn.parquet \
             --snapshot-store s3://ml/snapshots
     """
-    dataset = load_pipeline_config(config).dataset
-    frame = read_table(input_uri, text_columns=dataset.categorical_features)
-    print(f"{STEP}: read {len(frame)} rows x {len(frame.columns)} columns from {input_uri}", flush=True)
-    frame = prepare(frame, dataset, input_uri)
-    snapshot = store_snapshot(frame, snapshot_store, dataset.name, input_uri)
-    action = "reused the stored" if snapshot.reused else "wrote"
-    print(f"{STEP}: {action} snapshot {snapshot.snapshot_id} at {snapshot.data_uri}", flush=True)
-    results.write_result(
-        run_root,
-        STEP,
-        {
-            "snapshot_id": snapshot.snapshot_id,
-            "snapshot_uri": snapshot.data_uri,
-            "schema_uri": snapshot.schema_uri,
-            "dataset": dataset.name,
-            "rows": len(frame),
-            "columns": [str(column) for column in frame.columns],
-            "source_uri": input_uri,
-            "reused": snapshot.reused,
-        },
-    )
+    run(run_root, load_pipeline_config(config), input_uri, snapshot_store)

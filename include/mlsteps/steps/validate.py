@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from mlsteps.cli_options import ConfigUri, RunRoot
-from mlsteps.config import load_pipeline_config
+from mlsteps.config import PipelineConfig, load_pipeline_config
 from mlsteps.data import storage, validation
 from mlsteps.errors import DataError, ValidationFailed
 from mlsteps.results import read_result, result_uri, step_dir, write_result
@@ -20,6 +20,60 @@ STEP = "validate"
 UPSTREAM = "snapshot"
 GX_RESULT_FILE = "gx_result.json"
 REPORT_FILE = "report.html"
+
+
+def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
+    """Validate the run's snapshot against the dataset's suite and write the reports and the result.
+
+    The reports and ``result.json`` are written before a failure is raised, so a failed run can be inspected.
+
+    Args:
+        run_root: folder of this run's artifacts; the snapshot step must have run for it.
+        config: the pipeline config; its dataset config holds the limits the suite checks.
+
+    Returns:
+        The payload written to ``result.json`` (``success`` is true: a failure raises).
+
+    Raises:
+        ValidationFailed: at least one expectation failed; the message lists them and where the report is.
+        DataError: the snapshot result names no snapshot file, or that file does not exist.
+    """
+    dataset = config.dataset
+    snapshot = read_result(run_root, UPSTREAM)
+    snapshot_id = snapshot.get("snapshot_id", "unknown")
+    frame = _read_snapshot(snapshot, run_root)
+    print(f"validating snapshot {snapshot_id}: {len(frame)} rows, {len(frame.columns)} columns", flush=True)
+
+    report = validation.validate_frame(frame, dataset)
+    out_dir = step_dir(run_root, STEP)
+    json_uri = storage.join(out_dir, GX_RESULT_FILE)
+    html_uri = storage.join(out_dir, REPORT_FILE)
+    storage.write_json(json_uri, report.gx_result)
+    storage.write_text(html_uri, validation.render_html(report, f"{dataset.name} snapshot {snapshot_id}"))
+    stats = report.statistics
+    payload = {
+        "success": report.success,
+        "snapshot_id": snapshot_id,
+        "report_json_uri": json_uri,
+        "report_html_uri": html_uri,
+        "statistics": stats,
+        "failures": [failure.as_dict() for failure in report.failures],
+    }
+    write_result(run_root, STEP, payload)
+    print(
+        f"validation {'passed' if report.success else 'failed'}: "
+        f"{stats['successful']} of {stats['evaluated']} expectations met; report: {html_uri}",
+        flush=True,
+    )
+    if not report.success:
+        failures = "\n".join(f"- {failure.line()}" for failure in report.failures)
+        raise ValidationFailed(
+            f"snapshot {snapshot_id} failed {stats['unsuccessful']} of {stats['evaluated']} expectations:\n"
+            f"{failures}\n"
+            f"Report: {html_uri}. Fix the source data, or if the data is right, adjust the limits in the "
+            f"dataset config of {dataset.name!r} (min/max, categories, max_null_fraction, max_unknown_fraction)."
+        )
+    return payload
 
 
 def main(run_root: RunRoot, config: ConfigUri = None) -> None:
@@ -40,44 +94,7 @@ def main(run_root: RunRoot, config: ConfigUri = None) -> None:
         python -m mlsteps validate --run-root /tmp/runs/ml_retrain/manual-1
         python -m mlsteps validate --run-root s3://ml-artifacts/runs/ml_retrain/manual-1 --config pipeline.yaml
     """
-    dataset = load_pipeline_config(config).dataset
-    snapshot = read_result(run_root, UPSTREAM)
-    snapshot_id = snapshot.get("snapshot_id", "unknown")
-    frame = _read_snapshot(snapshot, run_root)
-    print(f"validating snapshot {snapshot_id}: {len(frame)} rows, {len(frame.columns)} columns", flush=True)
-
-    report = validation.validate_frame(frame, dataset)
-    out_dir = step_dir(run_root, STEP)
-    json_uri = storage.join(out_dir, GX_RESULT_FILE)
-    html_uri = storage.join(out_dir, REPORT_FILE)
-    storage.write_json(json_uri, report.gx_result)
-    storage.write_text(html_uri, validation.render_html(report, f"{dataset.name} snapshot {snapshot_id}"))
-    stats = report.statistics
-    write_result(
-        run_root,
-        STEP,
-        {
-            "success": report.success,
-            "snapshot_id": snapshot_id,
-            "report_json_uri": json_uri,
-            "report_html_uri": html_uri,
-            "statistics": stats,
-            "failures": [failure.as_dict() for failure in report.failures],
-        },
-    )
-    print(
-        f"validation {'passed' if report.success else 'failed'}: "
-        f"{stats['successful']} of {stats['evaluated']} expectations met; report: {html_uri}",
-        flush=True,
-    )
-    if not report.success:
-        failures = "\n".join(f"- {failure.line()}" for failure in report.failures)
-        raise ValidationFailed(
-            f"snapshot {snapshot_id} failed {stats['unsuccessful']} of {stats['evaluated']} expectations:\n"
-            f"{failures}\n"
-            f"Report: {html_uri}. Fix the source data, or if the data is right, adjust the limits in the "
-            f"dataset config of {dataset.name!r} (min/max, categories, max_null_fraction, max_unknown_fraction)."
-        )
+    run(run_root, load_pipeline_config(config))
 
 
 def _read_snapshot(snapshot: dict[str, Any], run_root: str) -> pd.DataFrame:
