@@ -134,6 +134,27 @@ def test_both_runtimes_run_the_identical_command_and_environment(step: str, monk
         assert task.pool == ("gpu" if limits.gpus else "default_pool")
 
 
+def test_a_mapped_step_appends_each_instances_arguments_on_both_runtimes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ML_ARTIFACT_ROOT", "s3://ml-artifacts/prod")
+    monkeypatch.setenv("ML_DATASET_URI", "s3://ml-datasets/churn.parquet")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.ml.svc:5000")
+    local_settings = load_settings()
+    monkeypatch.setenv("ML_RUNTIME", "kubernetes")
+    k8s_settings = load_settings()
+    candidates = [["--model", "mlp"], ["--model", "gbdt"]]
+
+    for settings in (local_settings, k8s_settings):
+        mapped = pod_task("train", args=["--epochs", "3"], settings=settings, expand_over=candidates)
+        assert mapped.expand_input.value == {"extra_arguments": candidates}
+        assert mapped.partial_kwargs["arguments"] == ["--run-root", RUN_ROOT_TEMPLATE, "--epochs", "3"]
+        gbdt = mapped.unmap({"extra_arguments": candidates[1]})
+        if isinstance(gbdt, LocalStepOperator):
+            assert gbdt.command()[-2:] == ["--model", "gbdt"]
+        else:
+            pod = gbdt.build_pod_request_obj(None, dry_run=True)
+            assert pod.spec.containers[0].args[-4:] == ["--epochs", "3", "--model", "gbdt"]
+
+
 def _operator(code: str) -> LocalStepOperator:
     return LocalStepOperator(
         task_id="probe", step="probe", cmds=["python", "-c", code], arguments=[], env_vars={"PROBE": "42"}
