@@ -3,6 +3,7 @@ trainer or an export that cannot be trusted stops the step with exit code 2 befo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,46 @@ def test_an_export_that_does_not_reproduce_the_model_is_refused_and_nothing_is_l
     assert not storage.exists(results.result_uri(root, results.candidate_step(config.training.model)))
     experiment = mlflow.get_experiment_by_name(config.registry.experiment_name)
     assert mlflow.search_logged_models([experiment.experiment_id], output_format="list") == []
+
+
+@pytest.mark.parametrize("model", ["mlp", "gbdt", EXAMPLE])
+def test_every_family_serves_its_package_through_both_protocols(
+    mlflow_tracking: str, tmp_path: Path, model: str
+) -> None:
+    from starlette.testclient import TestClient
+
+    from mlsteps.serve.app import create_app
+    from mlsteps.serve.model import ModelHandle, load_model
+    from mlsteps.serving_bundle import export_bundle, read_bundle
+
+    root = str(tmp_path / "run")
+    config = prepare(root, "multiclass", model)
+    payload = train.run(root, config)
+    package = Path(mlflow.artifacts.download_artifacts(payload["model_uri"], dst_path=str(tmp_path / "package")))
+    export_bundle(package, tmp_path / "bundle", "tiers-model", 1, payload["model_uri"])
+    bundle = read_bundle(tmp_path / "bundle")
+    holdout = storage.read_parquet(results.read_result(root, "preprocess")["holdout_uri"]).head(20)
+    expected = mlflow.pyfunc.load_model(payload["model_uri"]).predict(holdout)
+    rows = json.loads(holdout[[column.name for column in bundle.columns]].to_json(orient="records"))
+    tensors = [
+        {
+            "name": column.name,
+            "datatype": "FP64" if column.type == "double" else "BYTES",
+            "shape": [len(rows)],
+            "data": [row[column.name] for row in rows],
+        }
+        for column in bundle.columns
+    ]
+
+    with TestClient(create_app(ModelHandle(load_model(bundle)))) as client:
+        v2 = client.post("/v2/models/tiers-model/infer", json={"inputs": tensors})
+        mlflow_format = client.post("/invocations", json={"dataframe_records": rows})
+
+    assert v2.status_code == mlflow_format.status_code == 200
+    outputs = {output["name"]: output for output in v2.json()["outputs"]}
+    classes = config.dataset.target.classes
+    probabilities = np.asarray(outputs["probabilities"]["data"]).reshape(len(rows), len(classes))
+    np.testing.assert_allclose(probabilities, expected[[f"probability_{label}" for label in classes]], atol=1e-6)
+    assert outputs["prediction"]["data"] == expected["prediction"].tolist()
+    answered = [record["prediction"] for record in mlflow_format.json()["predictions"]]
+    assert answered == expected["prediction"].tolist()
