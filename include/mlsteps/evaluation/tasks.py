@@ -23,6 +23,7 @@ The model's raw output, the same for every family because every family ends in t
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -121,6 +122,29 @@ def output_columns(task: str, classes: Sequence[Any]) -> list[str]:
     return [*probability_columns(task, classes), PREDICTION]
 
 
+def integer_labels(classes: Sequence[Any]) -> bool:
+    """Whether every class label is an integer (a bool is not): predictions are then int64, else text, wherever a
+    prediction is written (the package's output, the server's answers, the prediction log)."""
+    return all(isinstance(label, numbers.Integral) and not isinstance(label, bool) for label in classes)
+
+
+def label_array(classes: Sequence[Any]) -> np.ndarray:
+    """The class labels as predictions carry them (``integer_labels``): int64, or text, in class order."""
+    import numpy as np
+
+    if integer_labels(classes):
+        return np.array(list(classes), dtype=np.int64)
+    return np.array([str(label) for label in classes], dtype=object)
+
+
+def predicted_positions(task: str, probabilities: np.ndarray) -> np.ndarray:
+    """Which class each row predicts (classification): the positive one when its probability reaches
+    ``DECISION_THRESHOLD`` (binary), the most probable one (multiclass)."""
+    if task == "binary":
+        return (probabilities[:, 1] >= DECISION_THRESHOLD).astype("int64")
+    return probabilities.argmax(axis=1)
+
+
 def output_frame(task: str, classes: Sequence[Any], raw: np.ndarray, index: Any = None) -> pd.DataFrame:
     """The model's raw output (``onnx_output(task)``) as the predict contract's DataFrame.
 
@@ -136,17 +160,11 @@ def output_frame(task: str, classes: Sequence[Any], raw: np.ndarray, index: Any 
     values = np.asarray(raw, dtype=np.float64)
     if not is_classification(task):
         return pd.DataFrame({PREDICTION: values.reshape(-1)}, index=index)
-    labels = np.asarray(list(classes))
-    if labels.dtype.kind not in "iub":  # numbers stay int64 (or bool); anything else is a string label
-        labels = labels.astype(object)
     if task == "binary":
-        positive = values[:, 1]
-        chosen = (positive >= DECISION_THRESHOLD).astype(np.int64)
-        columns: dict[str, Any] = {PROBABILITY: positive}
+        columns: dict[str, Any] = {PROBABILITY: values[:, 1]}
     else:
-        chosen = values.argmax(axis=1)
         columns = {name: values[:, position] for position, name in enumerate(probability_columns(task, classes))}
-    columns[PREDICTION] = labels[chosen]
+    columns[PREDICTION] = label_array(classes)[predicted_positions(task, values)]
     return pd.DataFrame(columns, index=index)
 
 

@@ -52,7 +52,13 @@ import pyarrow.parquet as pq
 
 from mlsteps.data import storage
 from mlsteps.errors import DataError
-from mlsteps.evaluation.tasks import PREDICTION, is_classification, output_columns, probability_columns
+from mlsteps.evaluation.tasks import (
+    PREDICTION,
+    integer_labels,
+    is_classification,
+    output_columns,
+    probability_columns,
+)
 
 if TYPE_CHECKING:
     from mlsteps.inference import TaskInfo
@@ -107,10 +113,6 @@ def _hour_folder(store_uri: str, model_name: str, hour: pd.Timestamp) -> str:
     return storage.join(model_prefix(store_uri, model_name), f"date={hour:%Y-%m-%d}", f"hour={hour:%H}")
 
 
-def _is_integer_label(label: Any) -> bool:
-    return isinstance(label, int | np.integer) and not isinstance(label, bool | np.bool_)
-
-
 def output_schema(info: TaskInfo) -> pa.Schema:
     """The model's output columns (its task's predict contract) with the types the log stores them as.
 
@@ -120,7 +122,7 @@ def output_schema(info: TaskInfo) -> pa.Schema:
     if not is_classification(info.task):
         label = pa.float64()
     else:
-        label = pa.int64() if all(map(_is_integer_label, info.classes)) else pa.large_string()
+        label = pa.int64() if integer_labels(info.classes) else pa.large_string()
     probabilities = [pa.field(name, pa.float64()) for name in probability_columns(info.task, info.classes)]
     return pa.schema([*probabilities, pa.field(PREDICTION, label)])
 

@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 
 from mlsteps.evaluation.tasks import (
-    DECISION_THRESHOLD,
     PREDICTION,
     PROBABILITIES,
     PROBABILITY,
+    integer_labels,
+    label_array,
+    predicted_positions,
     probability_columns,
 )
 
@@ -74,13 +76,8 @@ class TaskOutputs:
         """
         self.task = task
         self.classes = list(classes)
-        integer_labels = all(type(label) is int for label in self.classes)
-        label_type = "INT64" if integer_labels else "BYTES"
-        self.labels = (
-            np.array(self.classes, dtype=np.int64)
-            if integer_labels
-            else np.array([str(label) for label in self.classes], dtype=object)
-        )
+        label_type = "INT64" if integer_labels(self.classes) else "BYTES"
+        self.labels = label_array(self.classes)
         if task == "binary":
             tensors = (OutputTensor(PROBABILITY, "FP64"), OutputTensor(PREDICTION, label_type))
         elif task == "multiclass":
@@ -99,10 +96,9 @@ class TaskOutputs:
     def tensor_values(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         """The v2 outputs' values from the raw output (probabilities rows x classes, or predictions rows)."""
         if self.task == "binary":
-            positive = raw[:, 1]
-            return {PROBABILITY: positive, PREDICTION: self.labels[(positive >= DECISION_THRESHOLD).astype(np.int64)]}
+            return {PROBABILITY: raw[:, 1], PREDICTION: self.labels[predicted_positions(self.task, raw)]}
         if self.task == "multiclass":
-            return {PROBABILITIES: raw, PREDICTION: self.labels[raw.argmax(axis=1)]}
+            return {PROBABILITIES: raw, PREDICTION: self.labels[predicted_positions(self.task, raw)]}
         return {PREDICTION: raw}
 
     def column_values(self, raw: np.ndarray) -> dict[str, np.ndarray]:
