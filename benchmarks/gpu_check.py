@@ -171,7 +171,8 @@ def make_data(rows: int) -> Data:
     import torch
 
     from mlsteps.data.datasets import generate_churn
-    from mlsteps.data.features import TabularPreprocessor, binary_labels
+    from mlsteps.data.features import TabularPreprocessor
+    from mlsteps.evaluation.tasks import encode_target
 
     split = config_section("split")
     if split["method"] != "time":
@@ -182,7 +183,7 @@ def make_data(rows: int) -> Data:
     splits = {}
     for name, frame in frames.items():
         numeric, categories = preprocessor.transform(frame)
-        labels = binary_labels(frame[TARGET_COLUMN], [0, 1], f"{name} split")
+        labels = encode_target(frame[TARGET_COLUMN], "binary", [0, 1], f"{name} split")
         splits[name] = (torch.from_numpy(numeric), torch.from_numpy(categories), torch.from_numpy(labels).float())
     return Data(preprocessor, splits)
 

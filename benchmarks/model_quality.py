@@ -36,8 +36,8 @@ from mlsteps.data.datasets import BUILT_IN  # noqa: E402
 from mlsteps.data.features import TabularPreprocessor  # noqa: E402
 from mlsteps.evaluation.metrics import task_metrics  # noqa: E402
 from mlsteps.evaluation.tasks import DEFAULT_PRIMARY_METRIC, METRICS, encode_target  # noqa: E402
-from mlsteps.training.api import TrainerContext, TrainingData  # noqa: E402
-from mlsteps.training.families import family_params, load_trainer  # noqa: E402
+from mlsteps.training.api import TrainingData  # noqa: E402
+from mlsteps.training.families import load_trainer, trainer_context  # noqa: E402
 
 FAMILIES = ("mlp", "gbdt", "examples.trainers.sklearn_gbt:GradientBoostingTrainer")
 SHORT_NAMES = {FAMILIES[2]: "own: sklearn GB"}
@@ -117,15 +117,12 @@ def train_family(family: str, dataset: Dataset, preprocessor: TabularPreprocesso
     """Fit one family as the train step does; its holdout metrics and fit seconds."""
     target = dataset.config.target
     with tempfile.TemporaryDirectory() as work:
-        context = TrainerContext(
-            task=target.task,
-            classes=list(target.classes or []),
-            numeric_columns=preprocessor.numeric_columns,
-            categorical_columns=preprocessor.categorical_columns,
-            cardinalities=preprocessor.cardinalities,
-            seed=SEED,
-            device="cpu",
-            params=family_params(training, family),
+        context = trainer_context(
+            training,
+            family,
+            target,
+            preprocessor,
+            "cpu",
             work_dir=work,
             checkpoint_dir=str(Path(work) / "checkpoints"),
             resume_key={"run_root": work},

@@ -39,30 +39,6 @@ def require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str) -> N
         )
 
 
-def binary_labels(values: pd.Series, classes: Sequence[Any], what: str) -> np.ndarray:
-    """Map target values to 0 (negative class) and 1 (positive class).
-
-    Args:
-        values: the raw target column.
-        classes: ``[negative, positive]`` as they appear in the data (``dataset.target.classes``).
-        what: what the data is (named in the message).
-
-    Raises:
-        DataError: a value is neither class (missing targets included).
-    """
-    negative, positive = classes
-    is_positive = (values == positive).to_numpy(dtype=bool, na_value=False)
-    is_negative = (values == negative).to_numpy(dtype=bool, na_value=False)
-    unexpected = ~(is_positive | is_negative)
-    if unexpected.any():
-        examples = values[unexpected].drop_duplicates().head(5).tolist()
-        raise DataError(
-            f"{what}: target column {values.name!r} has {int(unexpected.sum())} value(s) outside the classes "
-            f"{[negative, positive]}, e.g. {examples}. Fix the data or dataset.target.classes."
-        )
-    return is_positive.astype(np.int64)
-
-
 @dataclass(frozen=True)
 class NumericStats:
     """Train-split statistics of one numeric column.

@@ -35,11 +35,11 @@ from mlsteps.data import storage
 from mlsteps.data.features import TabularPreprocessor
 from mlsteps.distributed import World
 from mlsteps.errors import ConfigError
-from mlsteps.evaluation.tasks import encode_target
+from mlsteps.evaluation.tasks import encode_target, output_frame
 from mlsteps.results import candidate_step, read_result, result_uri, safe_name, step_dir, write_result
-from mlsteps.training.api import TrainerContext, TrainingData
+from mlsteps.training.api import TrainingData
 from mlsteps.training.checkpoints import CHECKPOINT_DIR
-from mlsteps.training.families import family_params, load_trainer
+from mlsteps.training.families import load_trainer, trainer_context
 from mlsteps.training.trainer import select_device
 
 STEP = "train"
@@ -187,7 +187,7 @@ def _train(
     """The body of ``run`` on one rank, inside its process group."""
     import mlflow
 
-    from mlsteps.inference import TaskInfo, onnx_session, predict_frame
+    from mlsteps.inference import TaskInfo, onnx_session, predict_raw
     from mlsteps.model import log_model_package
     from mlsteps.training.onnx_export import check_export, to_contract
 
@@ -220,15 +220,12 @@ def _train(
         return previous
 
     with tempfile.TemporaryDirectory(prefix="train-") as work_dir:
-        context = TrainerContext(
-            task=target.task,
-            classes=list(target.classes or []),
-            numeric_columns=preprocessor.numeric_columns,
-            categorical_columns=preprocessor.categorical_columns,
-            cardinalities=preprocessor.cardinalities,
-            seed=training.seed,
-            device=device,
-            params=family_params(training, family),
+        context = trainer_context(
+            training,
+            family,
+            target,
+            preprocessor,
+            device,
             work_dir=work_dir,
             log_metrics=mlflow.log_metrics if world.is_main else lambda metrics, step=None: None,
             checkpoint_dir=checkpoints,
@@ -278,8 +275,11 @@ def _train(
                 native.mkdir()
                 trainer.save(native)
                 mlflow.log_artifacts(str(native), "native_model")
-            session = onnx_session(exported.SerializeToString())
-            outputs = predict_frame(preprocessor, session, info, frames["validation"])
+            # The validation split's outputs of the exported model, from the matrices training already made.
+            raw = predict_raw(
+                onnx_session(exported.SerializeToString()), validation.numeric, validation.categories, target.task
+            )
+            outputs = output_frame(target.task, info.classes, raw)
             profile = _reference_profile(config, frames["train"], outputs, Path(work_dir))
             model_info = log_model_package(
                 preprocessor, exported, info, _example_rows(frames["train"], dataset), profile

@@ -10,10 +10,11 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 from mlsteps.errors import ConfigError
-from mlsteps.training.api import REQUIRED_METHODS
+from mlsteps.training.api import REQUIRED_METHODS, TrainerContext
 
 if TYPE_CHECKING:
-    from mlsteps.config import TrainingConfig
+    from mlsteps.config import TargetSpec, TrainingConfig
+    from mlsteps.data.features import TabularPreprocessor
 
 BUILT_IN = {"mlp": "mlsteps.training.mlp:MlpTrainer", "gbdt": "mlsteps.training.gbdt:GbdtTrainer"}
 
@@ -67,3 +68,27 @@ def family_params(training_config: TrainingConfig, name: str) -> dict[str, Any]:
     if name == "mlp":
         return training_config.model_dump()
     return dict(training_config.params)
+
+
+def trainer_context(
+    training: TrainingConfig,
+    family: str,
+    target: TargetSpec,
+    preprocessor: TabularPreprocessor,
+    device: str,
+    **run: Any,
+) -> TrainerContext:
+    """What a family's trainer is told: the task, the preprocessor's columns, the seed and the family's settings
+    (``family_params``), plus the run's own fields (``work_dir``, ``log_metrics``, ``checkpoint_dir``,
+    ``resume_key``)."""
+    return TrainerContext(
+        task=target.task,
+        classes=list(target.classes or []),
+        numeric_columns=preprocessor.numeric_columns,
+        categorical_columns=preprocessor.categorical_columns,
+        cardinalities=preprocessor.cardinalities,
+        seed=training.seed,
+        device=device,
+        params=family_params(training, family),
+        **run,
+    )
