@@ -10,6 +10,10 @@ FROM scratch AS wheels
 
 FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
+# binutils for `strip` (below), from Debian's archive: in the builder only, the runtime stage copies /opt/venv alone.
+RUN apt-get update -q \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends binutils=2.40-2 \
+    && rm -rf /var/lib/apt/lists/*
 COPY requirements/serve.txt constraints.txt /tmp/requirements/
 # The optional secret `ca` is the CA bundle pip trusts instead of its own, for a TLS-intercepting proxy (--secret
 # id=ca,src=FILE, e.g. the system bundle with the proxy's CA): mounted for this command only, never part of a
@@ -18,9 +22,10 @@ COPY requirements/serve.txt constraints.txt /tmp/requirements/
 # What the server never loads goes: the packages' own test suites (64 MB); what only building against pyarrow needs
 # (C++ headers, Cython sources, the linker-name copies of its libraries: the loader asks for libarrow_python.so.2500);
 # Arrow Flight (32 MB: pyarrow.flight, an RPC framework nothing here imports); ONNX Runtime's shared C library (35 MB,
-# for what links its C API, such as onnxruntime-genai: the Python module has the runtime built in). Bytecode only for
-# what the server imports, written by importing it (30 MB instead of 72 MB); a module missing from the list is
-# compiled in memory when it is first imported.
+# for what links its C API, such as onnxruntime-genai: the Python module has the runtime built in). The debug symbols
+# of uvloop, httptools, PyYAML and pyarrow's libraries (39 MB; `strip --strip-unneeded` keeps the dynamic symbols that
+# loading and linking use; the import below loads every stripped library). Bytecode only for what the server imports,
+# written by importing it; a module missing from the list is compiled in memory when it is first imported.
 RUN --mount=type=bind,from=wheels,target=/tmp/wheels \
     --mount=type=secret,id=ca,required=false \
     if [ -f /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
@@ -36,10 +41,11 @@ RUN --mount=type=bind,from=wheels,target=/tmp/wheels \
         "$packages"/pyarrow/_pyarrow_cpp_tests.* "$packages"/pyarrow/libarrow*.so \
         "$packages"/pyarrow/libarrow*.so.*.*.* "$packages"/onnxruntime/capi/libonnxruntime.so.* \
     && find "$packages"/pyarrow \( -name "*.pyx" -o -name "*.pxd" -o -name "*.pxi" \) -delete \
-    && /opt/venv/bin/python -W ignore -c "import boto3.s3.transfer, fastapi, httptools, mlflow.artifacts, \
-        mlflow.tracking.request_header.registry, numpy, onnxruntime, pandas, prometheus_client.core, \
-        pyarrow.pandas_compat, pyarrow.parquet, pydantic, typer, uvicorn.loops.uvloop, \
-        uvicorn.protocols.http.httptools_impl, yaml"
+    && find "$packages"/uvloop "$packages"/httptools "$packages"/yaml "$packages"/pyarrow -type f -name "*.so*" \
+        -exec strip --strip-unneeded {} + \
+    && /opt/venv/bin/python -W ignore -c "import boto3.s3.transfer, fastapi, httptools, numpy, onnxruntime, pandas, \
+        prometheus_client.core, pyarrow.pandas_compat, pyarrow.parquet, pydantic, typer, uvicorn.loops.uvloop, \
+        uvicorn.protocols.http.httptools_impl, yaml, yaml._yaml"
 
 FROM ${BASE_IMAGE}
 RUN groupadd --gid 10001 mlsteps \
@@ -47,15 +53,13 @@ RUN groupadd --gid 10001 mlsteps \
 COPY --from=builder /opt/venv /opt/venv
 COPY include/mlsteps /opt/app/mlsteps
 COPY include/config /opt/app/config
-# HOME and caches on /tmp, the one writable folder; nothing writes bytecode next to the read-only code. MLflow asks
-# GitPython for a source commit: the image has no git, which GitPython would report on every run.
+# HOME and caches on /tmp, the one writable folder; nothing writes bytecode next to the read-only code.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/opt/app \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
-    XDG_CACHE_HOME=/tmp/.cache \
-    GIT_PYTHON_REFRESH=quiet
+    XDG_CACHE_HOME=/tmp/.cache
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 8080

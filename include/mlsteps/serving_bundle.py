@@ -23,6 +23,7 @@ import json
 import math
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -284,24 +285,87 @@ def read_bundle(folder: Path, expected_sha256: str | None = None) -> ServingBund
     )
 
 
+class RegistryReader(ABC):
+    """What resolving a version and fetching its bundle need of a model registry.
+
+    The steps read the registry with an MLflow client (``MlflowRegistryReader``); the model server reads it over
+    MLflow's REST API (``mlsteps.serve.registry_client``), so that the serving image needs no MLflow package.
+    """
+
+    @abstractmethod
+    def version_tags(self, model_name: str, version: int) -> dict[str, str] | None:
+        """The tags of a model version; None when the model or the version does not exist."""
+
+    @abstractmethod
+    def alias_version(self, model_name: str, alias: str) -> int | None:
+        """The version number an alias points at; None when the model or the alias does not exist."""
+
+    @abstractmethod
+    def download(self, artifact_uri: str, dest: Path) -> Path:
+        """Download an artifact folder (a ``runs:/<run id>/<path>`` URI) into ``dest``; returns the local folder."""
+
+
+class MlflowRegistryReader(RegistryReader):
+    """The registry through an ``MlflowClient`` (mlflow-skinny): any tracking URI MLflow reads, SQLite included."""
+
+    def __init__(self, client: Any) -> None:
+        """Read through ``client``, an ``mlflow.MlflowClient``."""
+        self.client = client
+
+    def version_tags(self, model_name: str, version: int) -> dict[str, str] | None:
+        """The tags of a model version; None when the model or the version does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self.client.get_model_version(model_name, str(version)).tags)
+        except MlflowException as exc:
+            if registry.is_missing(exc):
+                return None
+            raise
+
+    def alias_version(self, model_name: str, alias: str) -> int | None:
+        """The version number an alias points at; None when the model or the alias does not exist."""
+        return registry.alias_version_number(self.client, model_name, alias)
+
+    def download(self, artifact_uri: str, dest: Path) -> Path:
+        """Download an artifact folder into ``dest`` with MLflow's artifact repositories."""
+        import mlflow.artifacts
+
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=artifact_uri, dst_path=str(dest), tracking_uri=self.client.tracking_uri
+        )
+        return Path(local)
+
+
+def registry_reader(client: Any) -> RegistryReader:
+    """``client`` as a ``RegistryReader``: a reader as it is, an ``MlflowClient`` wrapped."""
+    return client if isinstance(client, RegistryReader) else MlflowRegistryReader(client)
+
+
+def _version_tags(reader: RegistryReader, model_name: str, version: int) -> dict[str, str]:
+    tags = reader.version_tags(model_name, version)
+    if tags is None:
+        raise StepError(f"model {model_name} has no version {version}")
+    return tags
+
+
 def resolve_version(client: Any, model_name: str, alias_or_version: str) -> int:
     """A version number from ``"7"`` or an alias such as ``"champion"``.
+
+    Args:
+        client: a ``RegistryReader`` or an ``MlflowClient``.
+        model_name: registered model name.
+        alias_or_version: a version number or an alias.
 
     Raises:
         StepError: the version or alias does not exist (naming the model and what was asked for).
     """
-    from mlflow.exceptions import MlflowException
-
+    reader = registry_reader(client)
     text = str(alias_or_version).strip()
     if text.isdigit():
-        try:
-            client.get_model_version(model_name, text)
-        except MlflowException as exc:
-            if registry.is_missing(exc):
-                raise StepError(f"model {model_name} has no version {text}") from None
-            raise
+        _version_tags(reader, model_name, int(text))
         return int(text)
-    number = registry.alias_version_number(client, model_name, text)
+    number = reader.alias_version(model_name, text)
     if number is None:
         raise StepError(f"model {model_name} has no alias {text!r}: promote a version first, or name a version")
     return number
@@ -338,12 +402,18 @@ def publish_bundle(client: Any, model_name: str, model_version: int, source_mode
 def fetch_bundle(client: Any, model_name: str, model_version: int, dest: Path) -> ServingBundle:
     """Download a version's bundle into ``dest`` and verify it against the sha256 recorded at registration.
 
+    Args:
+        client: a ``RegistryReader`` or an ``MlflowClient``.
+        model_name: registered model name.
+        model_version: the version.
+        dest: the folder to download into (created when missing).
+
     Raises:
+        StepError: the version does not exist.
         BundleError: the version has no bundle, or the download does not match.
     """
-    import mlflow.artifacts
-
-    tags = client.get_model_version(model_name, str(model_version)).tags
+    reader = registry_reader(client)
+    tags = _version_tags(reader, model_name, model_version)
     uri, sha = tags.get(BUNDLE_URI_TAG), tags.get(BUNDLE_SHA256_TAG)
     if not uri or not sha:
         raise BundleError(
@@ -351,8 +421,7 @@ def fetch_bundle(client: Any, model_name: str, model_version: int, dest: Path) -
             "registered before bundles existed or its registration did not finish; re-run register for it"
         )
     dest.mkdir(parents=True, exist_ok=True)
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
-    bundle = read_bundle(folder, sha)
+    bundle = read_bundle(reader.download(uri, dest), sha)
     if (bundle.model_name, bundle.model_version) != (model_name, int(model_version)):
         raise BundleError(
             f"the bundle at {uri} is for {bundle.model_name} v{bundle.model_version}, not {model_name} v{model_version}"

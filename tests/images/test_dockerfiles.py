@@ -118,7 +118,8 @@ def test_torch_and_xgboost_are_pinned_for_the_train_image_alone() -> None:
     assert not TRAIN_IMAGE_ONLY & set(steps)
     assert {"torch", "onnx", "onnxscript", "onnxmltools", "skl2onnx", "tqdm"} <= set(train)
     assert not {"xgboost", "xgboost-cpu"} & set(train)
-    # No image has full MLflow: they are clients of the MLflow server (mlflow-skinny); the local tools have it.
+    # No image has full MLflow: they are clients of the MLflow server (mlflow-skinny, or its REST API for the model
+    # server); the local tools have it.
     images = [steps, train, cuda, cpu, requirement_pins(requirements / "serve.txt")]
     assert [pins["mlflow"] for pins in images if "mlflow" in pins] == []
     assert "mlflow" in requirement_pins(requirements / "dev.txt")
@@ -150,7 +151,9 @@ def test_serving_requirements_leave_training_out_and_agree_with_the_constraints(
     serve = requirement_pins(path)
     constraints = requirement_pins(REPO_ROOT / "constraints.txt")
     assert not TRAINING_ONLY & set(serve)
-    assert {"onnxruntime", "fastapi", "uvicorn", "mlflow-skinny", "pandas", "pyarrow", "boto3"} <= set(serve)
+    assert {"onnxruntime", "fastapi", "uvicorn", "pandas", "pyarrow", "boto3"} <= set(serve)
+    # The server reads the registry over MLflow's REST API (mlsteps.serve.registry_client): no MLflow package.
+    assert not {"mlflow", "mlflow-skinny"} & set(serve)
     assert {name: version for name, version in serve.items() if constraints.get(name, version) != version} == {}
 
 

@@ -13,8 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from ports import free_port
+from mlflow_server import mlflow_server_command, running_mlflow_server
 
 from mlsteps.evaluation.tasks import output_frame
 from mlsteps.results import candidate_step, read_result
@@ -47,7 +45,7 @@ RUN_ROOT = "/tmp/runs/smoke"
 # `pip freeze --all`, which keeps setuptools, the one of them torch needs).
 PIP_FREEZE_LEAVES_OUT = {"pip", "setuptools", "wheel"}
 SERVE_SMOKE = Path(__file__).with_name("serve_smoke.py")  # runs inside the serving image
-SERVING_STACK = "onnxruntime, fastapi, uvicorn, uvloop, httptools, pandas, pyarrow, boto3, mlflow, yaml, pydantic"
+SERVING_STACK = "onnxruntime, fastapi, uvicorn, uvloop, httptools, pandas, pyarrow, boto3, yaml, pydantic"
 # The train image's requirements as CI builds it (TORCH_VARIANT=cpu), and what only it has.
 TRAIN_REQUIREMENTS = ("steps.txt", "train.txt", "train-cpu.txt")
 TRAIN_IMAGE_ONLY = {"torch", "xgboost", "xgboost-cpu", "onnx", "onnxscript", "onnxmltools", "skl2onnx"}
@@ -73,27 +71,6 @@ print(fetch_bundle(client, MODEL_NAME, version, Path(sys.argv[1])).folder)
 
 def _mlsteps(step: str, *args: str) -> list[str]:
     return ["python", "-m", "mlsteps", step, *args]
-
-
-def _mlflow_server(registry: Path, port: int) -> list[str]:
-    """The host's full MLflow (requirements/dev.txt) serving the registry in a folder: SQLite, and the artifacts it
-    serves itself (mlflow-artifacts:/), so that clients download them over HTTP as from the production server."""
-    database, artifacts = f"sqlite:///{registry}/mlflow.db", f"{registry}/artifacts"
-    store = ["--backend-store-uri", database, "--artifacts-destination", artifacts]
-    return [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "-w", "1", *store]
-
-
-def _wait_until_answers(url: str, server: subprocess.Popen[bytes], seconds: float = 120) -> None:
-    """Return once ``url`` answers; raises when ``server`` exits first or the time is up."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer in {seconds:.0f} s (exit code {server.poll()})") from None
-            time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -143,23 +120,16 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     behind the alias champion, registered through the host's MLflow server; the bundle also downloaded to
     ``bundle/``."""
     folder = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    with (folder / "host-server.log").open("wb") as log:
-        server = subprocess.Popen(_mlflow_server(folder, port), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_until_answers(f"http://127.0.0.1:{port}/health", server)
+    with running_mlflow_server(folder) as url:
         environment = {
             **os.environ,
-            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+            "MLFLOW_TRACKING_URI": url,
             "PYTHONPATH": os.pathsep.join(str(REPO_ROOT / part) for part in ("include", "tests")),
         }
         registered = subprocess.run(
             [sys.executable, "-c", _REGISTER, str(folder / "download")], env=environment, capture_output=True, text=True
         )
         assert registered.returncode == 0, registered.stderr[-4000:]
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
     shutil.move(registered.stdout.strip().splitlines()[-1], folder / "bundle")
     return folder
 
@@ -177,8 +147,10 @@ def test_build_prints_each_images_size_largest_layers_and_packages(built: BuiltI
     installed = {image: {normalise(p["name"]) for p in built.report(image)["packages"]} for image in built.references}
     assert {"torch", "xgboost-cpu", "onnx", "onnxscript", "onnxmltools", "skl2onnx"} <= installed["train"]
     assert not TRAIN_IMAGE_ONLY & (installed["steps"] | installed["serve"])
-    # MLflow is mlflow-skinny everywhere: the images are clients of the MLflow server, never the server.
-    assert all("mlflow-skinny" in packages and "mlflow" not in packages for packages in installed.values())
+    # The step images are clients of the MLflow server through mlflow-skinny, never the server; the serving image
+    # reads the registry over MLflow's REST API and has no MLflow package at all.
+    assert all("mlflow-skinny" in installed[image] and "mlflow" not in installed[image] for image in ("steps", "train"))
+    assert not {"mlflow", "mlflow-skinny", "databricks-sdk", "gitpython", "opentelemetry-sdk"} & installed["serve"]
     sizes = {image: built.report(image)["size_bytes"] for image in built.references}
     assert sizes["serve"] < sizes["steps"] < sizes["train"]
 
@@ -328,7 +300,7 @@ def test_train_image_trains_the_worked_example_trainer(
 def test_serving_image_imports_its_stack_without_the_training_one(containers: dict[str, ReadOnlyContainer]) -> None:
     serve = containers["serve"]
     serve.check(["python", "-c", f"import {SERVING_STACK}; import mlsteps.config, mlsteps.data.storage"])
-    training = ["torch", "great_expectations", "sklearn", "scipy", "pip"]
+    training = ["torch", "great_expectations", "sklearn", "scipy", "pip", "mlflow"]
     present = serve.check(
         ["python", "-c", f"import importlib.util as u; print(*[m for m in {training} if u.find_spec(m)])"]
     )
@@ -385,12 +357,12 @@ def test_serving_image_serves_the_version_behind_the_registry_alias_and_logs_its
     built: BuiltImages, buildah: Any, registry: Path, tmp_path: Path
 ) -> None:
     # The model server as in its Deployment: it asks the MLflow server for the version behind champion and downloads
-    # its bundle over HTTP (mlflow-skinny, nothing more), and appends every scored row to the prediction log.
+    # its bundle over HTTP (MLflow's REST API, no MLflow package), and appends every scored row to the prediction log.
     manifest = json.loads((registry / "bundle" / "manifest.json").read_text())
     options = ["--model-name", manifest["model_name"], "--prediction-log", "/tmp/predictions"]
     mlflow = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{POD_MLFLOW_PORT}"}
     with read_only_container(buildah, built.references["serve"], tmp_path) as serve:
-        sidecar = _mlflow_server(registry, POD_MLFLOW_PORT)
+        sidecar = mlflow_server_command(registry, POD_MLFLOW_PORT)
         outcome = _serve_smoke(serve, registry / "bundle", *options, env=mlflow, sidecar=sidecar)
     fetched = f"{manifest['model_name']} v{manifest['model_version']} (champion) from the registry"
     assert fetched in outcome["server_log"]

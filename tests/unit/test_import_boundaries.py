@@ -2,8 +2,8 @@
 
 The steps image has neither torch, XGBoost nor onnx (requirements/steps.txt): only the training code imports them,
 and evaluate, register, score and drift run the exported ONNX model with ONNX Runtime. The serving image installs
-requirements/serve.txt alone, so the model server must import without torch, XGBoost, scikit-learn and what full
-MLflow adds to mlflow-skinny (its server's Flask, SQLAlchemy, matplotlib, ...). Each probe imports in a fresh
+requirements/serve.txt alone, so the model server must import without torch, XGBoost, scikit-learn and without
+MLflow (it reads the registry over MLflow's REST API). Each probe imports in a fresh
 interpreter where every installed package that an image lacks is hidden, as if not installed (a library's optional
 imports then fall back as they do in the image), and reports the chain of mlsteps imports that loads a package it
 must not.
@@ -138,11 +138,13 @@ def test_the_steps_import_with_only_what_the_steps_image_installs() -> None:
 
 def test_the_model_server_imports_with_only_what_the_serving_image_installs() -> None:
     serving = _distributions(REQUIREMENTS / "serve.txt")
-    # mlflow-skinny, without MLflow's server stack (no image has full MLflow; the local environment has, for its UI).
-    assert "mlflow-skinny" in serving and not {"mlflow", "scikit-learn", "torch"} & serving
+    # No MLflow at all: the server reads the registry over MLflow's REST API (mlsteps.serve.registry_client).
+    assert not {"mlflow", "mlflow-skinny", "databricks-sdk", "gitpython", "scikit-learn", "torch"} & serving
     missing = _packages_missing_from(serving)
-    assert {"torch", "xgboost", "sklearn", "flask", "sqlalchemy", "matplotlib"} <= missing
+    assert {"mlflow", "databricks", "git", "torch", "xgboost", "sklearn", "flask", "sqlalchemy"} <= missing
     serve_modules = [module for module in _mlsteps_modules() if module.startswith("mlsteps.serve.")]
-    assert {"mlsteps.serve.app", "mlsteps.serve.cli", "mlsteps.serve.model"} <= set(serve_modules)
+    assert {"mlsteps.serve.app", "mlsteps.serve.cli", "mlsteps.serve.model", "mlsteps.serve.registry_client"} <= set(
+        serve_modules
+    )
     loaded = _import(serve_modules, hidden=missing)
     assert {"fastapi", "numpy", "mlsteps"} <= loaded

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from prediction_logs import logged_rows
 from starlette.testclient import TestClient
 
-from mlsteps.serve.app import create_app
+from mlsteps.serve.app import MLFLOW_SCORING_VERSION, create_app
 from mlsteps.serve.cli import policy_from_config
 from mlsteps.serve.model import ModelHandle, load_model
 from mlsteps.serving_bundle import ServingBundle, read_bundle
@@ -136,7 +137,14 @@ def test_repository_index_and_mlflow_health_endpoints(client: TestClient, bundle
     assert (index.status_code, _strict_json(index), _strict_json(ready_only)) == (200, expected, expected)
     for path in ("/ping", "/health"):
         assert (client.get(path).status_code, _strict_json(client.get(path))) == (200, {"status": "ok"})
-    assert re.fullmatch(r"\d+\.\d+\.\d+.*", _strict_json(client.get("/version")))
+    assert _strict_json(client.get("/version")) == MLFLOW_SCORING_VERSION
+
+
+def test_version_names_the_pinned_mlflow_whose_scoring_protocol_the_server_speaks() -> None:
+    # The serving image has no MLflow to ask; the version is the pin, which the scoring-client tests run against.
+    constraints = Path(__file__).resolve().parents[2] / "constraints.txt"
+    pins = dict(line.split("==") for line in constraints.read_text().split() if "==" in line)
+    assert MLFLOW_SCORING_VERSION == pins["mlflow"] == pins["mlflow-skinny"] == version("mlflow")
 
 
 def test_an_empty_server_says_it_is_not_ready_in_json() -> None:

@@ -19,8 +19,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as package_version
 from typing import Any
 
 import numpy as np
@@ -55,20 +53,14 @@ THREADPOOL_ROWS = 2048
 JSON = "application/json"
 BINARY = "application/octet-stream"  # v2 answers with binary outputs (a JSON header, then the tensors' bytes)
 REQUEST_ID_HEADER = "x-request-id"
+# MLflow's /version answers the version of the MLflow that serves. This server speaks the scoring protocol of the MLflow
+# the project pins (constraints.txt), whose own scoring client tests/unit/test_serve_clients.py runs against it; the
+# serving image has no MLflow to ask, and tests/unit/test_serve_edges.py keeps this equal to the pin.
+MLFLOW_SCORING_VERSION = "3.17.2"
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(payload), status, headers, JSON)
-
-
-def _mlflow_version() -> str:
-    """The MLflow version whose scoring protocol the server speaks (the one installed beside it)."""
-    for package in ("mlflow", "mlflow-skinny"):
-        try:
-            return package_version(package)
-        except PackageNotFoundError:
-            continue
-    return mlsteps.__version__
 
 
 def _v2_body(model: ServedModel, parsed: ParsedRequest, raw: np.ndarray) -> tuple[bytes, str | None]:
@@ -127,7 +119,6 @@ class _Endpoints:
         self.loader = loader
         self.max_body_bytes = max_body_bytes
         self.metrics = ServerMetrics(lambda: handle.current.log_writer if handle.current else None)
-        self.mlflow_version_text = _mlflow_version()
         if handle.current is not None:
             current = handle.current
             self.metrics.model_loaded(current.name, current.version, current.bundle.sha256, None)
@@ -223,7 +214,7 @@ class _Endpoints:
 
     async def mlflow_version(self, request: Request) -> Response:
         """MLflow's /version, as a JSON string."""
-        return _json(self.mlflow_version_text)
+        return _json(MLFLOW_SCORING_VERSION)
 
     async def repository_index(self, request: Request) -> Response:
         """The model repository index: the served model with its state and version (``{"ready": true}`` filters)."""

@@ -25,6 +25,7 @@ from mlsteps.inference import predict_raw
 from mlsteps.monitoring.prediction_log import PredictionLogWriter
 from mlsteps.serve.outputs import TaskOutputs
 from mlsteps.serve.protocol import ParsedRequest, RequestError, RequestPolicy, RequestSchema, parse_records
+from mlsteps.serve.registry_client import registry_from_environment
 from mlsteps.serving_bundle import (
     BundleError,
     ServingBundle,
@@ -238,16 +239,19 @@ class ModelHandle:
 def fetch_from_registry(model_name: str, selector: str, dest: Path, client: Any = None) -> ServingBundle:
     """Download and verify the bundle of a version (``"8"``) or alias (``"champion"``) into ``dest``.
 
-    ``MLFLOW_TRACKING_URI`` names the registry when no client is given; only MLflow APIs that mlflow-skinny has
-    are used (the serving image has no full MLflow).
+    Args:
+        model_name: registered model name.
+        selector: a version number or an alias.
+        dest: the folder to download into.
+        client: a ``RegistryReader`` or an ``MlflowClient``; None: the registry at ``MLFLOW_TRACKING_URI``, read
+            over MLflow's REST API (``registry_client.registry_from_environment``; the serving image has no MLflow).
 
     Raises:
-        StepError: the version or alias does not exist, or ``MLFLOW_TRACKING_URI`` is not set.
+        StepError: the version or alias does not exist, or ``MLFLOW_TRACKING_URI`` is not set or not usable.
         BundleError: the version has no bundle or the download does not match its checksums.
+        RegistryError: the MLflow server answered with an error or could not be reached (a retry may pass).
     """
-    from mlsteps import tracking
-
-    registry = client or tracking.client()
+    registry = client or registry_from_environment()
     version = resolve_version(registry, model_name, selector)
     logger.info("fetching the serving bundle of %s v%d (%s) from the registry", model_name, version, selector)
     return fetch_bundle(registry, model_name, version, dest)
@@ -269,7 +273,7 @@ def registry_loader(
         model_name: registered model name.
         prediction_log: passed to ``load_model``.
         intra_op_threads: passed to ``load_model``.
-        client: an MLflow client; None makes one from the environment on each load.
+        client: passed to ``fetch_from_registry``; None reads the registry named by the environment on each load.
         policy: passed to ``load_model``.
     """
 
