@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo stop-server loop airflow test test-images lint fmt render bench bench-drift bench-quality bench-serving gpu-check clean constraints
+.PHONY: demo stop-server loop airflow test test-images lint fmt render bench bench-drift bench-quality bench-serving bench-estimation gpu-check clean constraints
 
 # The local runtime: the steps, training (torch's and XGBoost's CPU builds) and the model server in one environment.
 $(INSTALLED): requirements.txt requirements/steps.txt requirements/train.txt requirements/train-cpu.txt \
@@ -25,7 +25,7 @@ loop: $(INSTALLED)  ## the closed loop through the real scheduler: drift in prod
 airflow: $(INSTALLED)  ## the real Airflow services on the demo's state: UI on http://localhost:8080 (user admin)
 	$(BIN)/python -m orchestration.embedded standalone
 
-test: lint .venv-checkov .venv-images .venv-bench-evidently  ## lint, then every test, images and benchmark smoke runs included
+test: lint .venv-checkov .venv-images .venv-bench-evidently .venv-bench-nannyml  ## lint, then every test, images and benchmark smoke runs included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-images: $(INSTALLED) .venv-checkov .venv-images  ## only the image builds and their smoke tests (root, buildah)
@@ -53,6 +53,9 @@ bench: $(INSTALLED)  ## the main job on 100k rows: per-task wall time, Airflow o
 bench-drift: $(INSTALLED) .venv-bench-evidently  ## drift library vs Evidently 0.7 on 1M x 25 columns (+ a 10M window)
 	$(BIN)/python benchmarks/drift.py $(ARGS)
 
+bench-estimation: $(INSTALLED) .venv-bench-nannyml  ## performance estimation (CBPE) vs NannyML 0.13 per window: estimates, bands, time at 10k/1M rows
+	$(BIN)/python benchmarks/performance_estimation.py $(ARGS)
+
 bench-quality: $(INSTALLED)  ## every family's holdout metric and fit time vs scikit-learn's HistGradientBoosting, per task (~10 min)
 	$(BIN)/python benchmarks/model_quality.py $(ARGS)
 
@@ -77,6 +80,13 @@ clean:  ## remove all local state (Airflow DB, MLflow, artifacts, datasets)
 	rm -rf $@
 	$(PYTHON) -m venv $@
 	$@/bin/python -m pip install --quiet -r requirements/bench-evidently.txt || { rm -rf $@; exit 1; }
+	touch $@
+
+# NannyML, the performance estimation benchmark's anchor, brings its own stack (LightGBM, FLAML): its own virtualenv.
+.venv-bench-nannyml: requirements/bench-nannyml.txt
+	rm -rf $@
+	$(PYTHON) -m venv $@
+	$@/bin/python -m pip install --quiet -r requirements/bench-nannyml.txt || { rm -rf $@; exit 1; }
 	touch $@
 
 # checkov (the Kubernetes policy scan of tests/k8s) pins old boto3/packaging releases, so it gets its own virtualenv;

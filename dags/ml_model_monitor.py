@@ -1,18 +1,28 @@
 """
-### ml_drift_monitor: watch the champion's predictions and start retraining when they drift
+### ml_model_monitor: watch the champion in production and start retraining when it no longer fits
 
 Runs hourly (`runtime.monitor_cron`); each run checks the window of prediction logs before it (or the window that
-ends at the `window_end` param), for the model version behind `monitoring.model_alias`.
+ends at the `window_end` param) for the model version behind `monitoring.model_alias`, on three signals:
+
+- **input drift**: the window's features and scores against the training data's reference profile;
+- **realized performance**: the task's metric on the predictions whose labels have arrived
+  (`monitoring.performance.labels`), on the window `label_delay_hours` back, against the holdout's expectation and
+  its sampling error at that many rows;
+- **estimated performance** (classification): the metric expected from the champion's calibrated probabilities,
+  before any label; blind to concept drift, which realized performance confirms.
 
 | task | what it does | output |
 | --- | --- | --- |
-| `drift` | the window's features and scores against the reference profile in the model package | `drift/report.html` |
-| `decide` | skip small windows; hysteresis (`consecutive_windows`) and `cooldown_hours` | monitor `state.json` |
-| `alert` | emits `drift_alert` (extra: report, drifted features, model version); `ml_retrain` starts | asset event |
-| `quiet` | no retraining; the reason is in the `decide` log | |
-| `summary` | the run's outcome: the decision (`alert`, `no_drift`, ...) or `failed` | `summary.json` |
+| `drift` | the window's features and scores against the package's reference profile | `drift/report.html` |
+| `performance` | realized (labels joined by request id) and estimated performance vs the holdout | `performance/` |
+| `decide` | hysteresis per signal, shared cooldown; the report over the recent windows | `monitor/report.html` |
+| `alert` | emits `monitor_alert` (the signal, its figures, the reports); `ml_retrain` starts | asset event |
+| `quiet` | no retraining (an estimated drop that only alerts ends `alert_only`); `decide` logs why | |
+| `summary` | the run's outcome: the decision (`alert`, `quiet`, `pending`, ...) or `failed` | `summary.json` |
 
-A data-quality problem in the logs (a missing or all-null feature) is reported as such and never starts retraining.
+Params: `window_end` checks another window than the hour before the run (a re-check or a backfill decides the same
+way: times are the windows' ends). A data-quality problem in the logs (a missing or all-null feature) or in the
+labels (duplicates, conflicts, wrong types, unknown ids) is reported as such and never starts retraining.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from pathlib import Path
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, chain, dag, task
 
-from orchestration.assets import DRIFT_ALERT
+from orchestration.assets import MONITOR_ALERT
 from orchestration.contracts import ALERT_TASK, QUIET_TASK
 from orchestration.failures import summary_task
 from orchestration.monitor import format_summary, summarize
@@ -32,6 +42,12 @@ from orchestration.templates import TEMPLATE_MACROS
 
 DAG_ID = Path(__file__).stem
 SETTINGS = get_settings()
+WINDOW_ARGS = [
+    "--prediction-store",
+    SETTINGS.prediction_store,
+    "--window-end",
+    "{{ params.window_end or dag_run.run_after.isoformat() }}",
+]
 
 
 @dag(
@@ -49,42 +65,41 @@ SETTINGS = get_settings()
             None,
             type=["null", "string"],
             format="date-time",
-            description="end of the window to check (UTC); empty: this run's time, so the hour before it",
+            title="Window end",
+            description="End of the window to check (UTC); empty: this run's time, so the hour before it.",
         ),
     },
 )
-def ml_drift_monitor() -> None:
-    """Wire the drift check; see the module docstring."""
-    drift = pod_task(
-        "drift",
-        args=[
-            "--prediction-store",
-            SETTINGS.prediction_store,
-            "--window-end",
-            "{{ params.window_end or dag_run.run_after.isoformat() }}",
-        ],
-    )
+def ml_model_monitor() -> None:
+    """Wire the monitor's checks and decision; see the module docstring."""
+    drift = pod_task("drift", args=WINDOW_ARGS)
+    performance = pod_task("performance", args=WINDOW_ARGS)
 
     @task.branch(task_id="decide")
     def decide(run_id: str | None = None) -> str:
-        """Apply hysteresis and cooldown to the drift step's result; ``alert`` or ``quiet``."""
+        """Apply each signal's hysteresis and the cooldown to the checks' results; ``alert`` or ``quiet``."""
         from orchestration.monitor import record_decision
 
+        pipeline = SETTINGS.pipeline
         decision = record_decision(
-            SETTINGS.run_root(DAG_ID, run_id), SETTINGS.monitor_state_uri, SETTINGS.pipeline.monitoring
+            SETTINGS.run_root(DAG_ID, run_id),
+            SETTINGS.monitor_state_uri,
+            pipeline.monitoring,
+            title=f"Monitor of {pipeline.registry.model_name}",
         )
-        print(f"{decision.action}: {decision.reason}")
+        print(f"{decision.action}: {decision.reason}\nreport: {decision.report_html_uri}")
         return ALERT_TASK if decision.alert else QUIET_TASK
 
-    @task(task_id=ALERT_TASK, outlets=[DRIFT_ALERT])
+    @task(task_id=ALERT_TASK, outlets=[MONITOR_ALERT])
     def alert(run_id: str | None = None, *, outlet_events=None) -> dict:
-        """Emit ``drift_alert`` with the report and the drifted features, which starts ``ml_retrain``."""
-        from mlsteps.results import read_result
-        from orchestration.contracts import drift_alert_extra
+        """Emit ``monitor_alert`` with the signal, its figures and the reports, which starts ``ml_retrain``."""
+        from orchestration.contracts import monitor_alert_extra
+        from orchestration.monitor import read_decision
 
-        extra = drift_alert_extra(read_result(SETTINGS.run_root(DAG_ID, run_id), "drift"))
-        outlet_events[DRIFT_ALERT].extra = extra
-        print(f"drift_alert: {extra}")
+        decision = read_decision(SETTINGS.run_root(DAG_ID, run_id))
+        extra = monitor_alert_extra(decision, SETTINGS.pipeline.registry.model_name)
+        outlet_events[MONITOR_ALERT].extra = extra
+        print(f"monitor_alert: {extra}")
         return extra
 
     @task(task_id=QUIET_TASK)
@@ -94,7 +109,7 @@ def ml_drift_monitor() -> None:
     # --- the run's outcome, whatever happened ---
     summary = summary_task(DAG_ID, summarize, format_summary)
 
-    chain(drift, decide(), [alert(), quiet()], summary)
+    chain([drift, performance], decide(), [alert(), quiet()], summary)
 
 
-ml_drift_monitor()
+ml_model_monitor()

@@ -1,13 +1,16 @@
 """
 ### ml_retrain: snapshot, validate, train, evaluate and promote a model
 
-Runs weekly on its cron, when `ml_drift_monitor` emits the `drift_alert` asset, or from the UI with the params
-below. The MLflow run and the model version record what started it (`trigger`, and for drift `drift_report`,
-`drifted_features`).
+Runs weekly on its cron; when `ml_model_monitor` emits the `monitor_alert` asset (input drift, a realized or an
+estimated performance drop); when new training data arrives (the `training_data` asset: an upstream DAG's outlet,
+`POST /api/v2/assets/events`, or object-store notifications on a queue); or from the UI with the params below. The
+MLflow run and the model version record what started it (`trigger`: the signal, `new_data`, `scheduled` or
+`manual`; `trigger_reason` with its figures; `monitor_report`, `drifted_features`).
 
 | step | what it does | output (under the run folder) |
 | --- | --- | --- |
 | `snapshot` | CSV/Parquet (local or `s3://`) to a content-addressed Parquet snapshot | `snapshot/result.json` |
+| `data_check` | stops a run (not a manual one) on the champion's own data, or on an event that is not new data | |
 | `validate` | Great Expectations suite from the dataset config; stops on bad data | `validate/report.html` |
 | `preprocess` | time or hash split; preprocessing fitted on the train split only | `preprocess/*.parquet` |
 | `candidates` | one `--model <family>` per entry of `candidates`: one mapped `train` task each | |
@@ -19,7 +22,7 @@ below. The MLflow run and the model version record what started it (`trigger`, a
 | `summary` | the run's outcome (`promoted`, `rejected` or `failed`), also after a failure | `summary.json` |
 
 Bad data stops the run at `validate` (or `snapshot`) without retries; the registry and the champion stay unchanged,
-and `summary.json` names the failed task and its message.
+and `summary.json` names the failed task and its message. A run stopped by `data_check` ends `unchanged`, saying why.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, chain, dag, task
 
 from mlsteps.evaluation.tasks import METRICS
-from orchestration.assets import DRIFT_ALERT, MODEL_PROMOTED
-from orchestration.contracts import CANDIDATES_TASK, PROMOTE_TASK, REJECT_TASK
+from orchestration.assets import MODEL_PROMOTED, MONITOR_ALERT, TRAINING_DATA
+from orchestration.contracts import CANDIDATES_TASK, DATA_CHECK_TASK, PROMOTE_TASK, REJECT_TASK
 from orchestration.failures import summary_task
 from orchestration.pod_task import dag_default_args, pod_task
 from orchestration.retrain import TRIGGER_MACROS, TRIGGER_TAG_ARGS, format_summary, model_families, summarize
@@ -48,7 +51,8 @@ TASK = SETTINGS.pipeline.dataset.target.task
 @dag(
     dag_id=DAG_ID,
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(SETTINGS.runtime.retrain_cron, timezone="UTC"), assets=[DRIFT_ALERT]
+        timetable=CronTriggerTimetable(SETTINGS.runtime.retrain_cron, timezone="UTC"),
+        assets=MONITOR_ALERT | TRAINING_DATA,
     ),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
@@ -121,6 +125,23 @@ def ml_retrain() -> None:
     snapshot = pod_task(
         "snapshot", args=["--input-uri", "{{ params.dataset_uri }}", "--snapshot-store", SETTINGS.snapshot_store]
     )
+
+    @task.short_circuit(task_id=DATA_CHECK_TASK, ignore_downstream_trigger_rules=False)
+    def data_check(
+        run_id: str | None = None, dag_run=None, triggering_asset_events=None, params: dict | None = None
+    ) -> bool:
+        """Go on unless the data is not new (see ``orchestration.retrain.data_check``); the reason is logged."""
+        from orchestration.retrain import data_check, run_trigger, triggering_data_events
+
+        stop = data_check(
+            SETTINGS.run_root(DAG_ID, run_id),
+            run_trigger(dag_run, triggering_asset_events),
+            triggering_data_events(triggering_asset_events),
+            params["dataset_uri"],
+        )
+        print(f"stopping: {stop}" if stop else "the data is new for this model: training")
+        return stop is None
+
     validate = pod_task("validate")
 
     # --- training: one pod per candidate family (dynamic task mapping) ---
@@ -185,7 +206,19 @@ def ml_retrain() -> None:
     # --- the run's outcome, whatever happened ---
     summary = summary_task(DAG_ID, summarize, format_summary)
 
-    chain(snapshot, validate, preprocess, candidates, train, evaluate, register, gate(), [promote, reject()], summary)
+    chain(
+        snapshot,
+        data_check(),
+        validate,
+        preprocess,
+        candidates,
+        train,
+        evaluate,
+        register,
+        gate(),
+        [promote, reject()],
+        summary,
+    )
 
 
 ml_retrain()

@@ -20,6 +20,18 @@ ConfigUri = Annotated[
     ),
 ]
 
+PredictionStore = Annotated[
+    str,
+    typer.Option("--prediction-store", help="root folder of the prediction log (path or URI), as score writes it"),
+]
+WindowEnd = Annotated[
+    str | None,
+    typer.Option(
+        "--window-end",
+        help="end of the window, ISO 8601 (no offset means UTC); default: the start of the current hour",
+    ),
+]
+
 
 def above_zero(value: float | None) -> float | None:
     """Option callback for a lower bound that is not allowed itself; typer's ``min`` includes its bound.

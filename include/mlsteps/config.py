@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mlsteps.data import storage
 from mlsteps.errors import ConfigError
-from mlsteps.evaluation.tasks import DEFAULT_PRIMARY_METRIC, Task, is_classification, metric
+from mlsteps.evaluation.tasks import DEFAULT_PRIMARY_METRIC, ESTIMABLE_METRICS, Task, is_classification, metric
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "pipeline.yaml"
 CONFIG_ENV_VAR = "MLSTEPS_CONFIG"
@@ -348,8 +348,62 @@ class DriftConfig(_Strict):
     )
 
 
+class LabelsConfig(_Strict):
+    """Where the labels of production predictions arrive, late: CSV or Parquet files under one URI."""
+
+    uri: str | None = Field(
+        None,
+        description="a folder (every .csv, .parquet or .pq file under it) or one file, path or s3:// URI; "
+        "unset: no labels, so no realized performance",
+    )
+    id_column: str | None = Field(None, description="the labels' id column; unset: dataset.id_column")
+    label_column: str | None = Field(None, description="the labels' label column; unset: dataset.target.name")
+    labelled_at_column: str | None = Field(
+        None, description="optional column of when each label became known (reported, never required)"
+    )
+
+
+class EstimatedPerformanceConfig(_Strict):
+    """Performance estimated from the champion's calibrated probabilities before labels arrive (classification)."""
+
+    action: Literal["off", "alert", "trigger"] = Field(
+        "alert", description="what an estimated drop does: nothing, an alert without retraining, or retraining"
+    )
+    metric: str | None = Field(
+        None, description="roc_auc, accuracy, f1 (binary) or macro_f1; unset: the primary metric if estimable"
+    )
+    consecutive_windows: int = Field(2, ge=1, description="an estimated drop counts after this many windows in a row")
+
+
+class PerformanceConfig(_Strict):
+    """Realized performance on labelled predictions and estimated performance, each judged against noise."""
+
+    labels: LabelsConfig = LabelsConfig()
+    metric: str | None = Field(None, description="the realized metric; unset: evaluation.primary_metric")
+    label_delay_hours: int = Field(
+        0, ge=0, le=24 * 365, description="a window is judged on realized performance this long after its end"
+    )
+    min_labelled_rows: int = Field(
+        200, ge=1, description="a matured window with fewer labelled predictions is not judged"
+    )
+    id_lookback_hours: int = Field(
+        24 * 7, ge=1, description="labels whose id no prediction of this many hours before their window has are unknown"
+    )
+    consecutive_windows: int = Field(
+        1, ge=1, description="a realized drop triggers after this many judged windows in a row (confirmed)"
+    )
+    band_sigmas: float = Field(
+        3.0, gt=0, le=10, description="a drop is a value beyond the holdout's expectation by this many sampling errors"
+    )
+    bootstrap_samples: int = Field(
+        200, ge=20, le=10_000, description="holdout resamples at the window's size that give the sampling error"
+    )
+    estimated: EstimatedPerformanceConfig = EstimatedPerformanceConfig()
+
+
 class MonitoringConfig(_Strict):
-    """How production predictions are watched: the window each check reads and when drift triggers retraining."""
+    """How production predictions are watched: the window each check reads and when drift or a performance drop
+    triggers retraining."""
 
     model_alias: str = Field("champion", description="the registry alias whose predictions are checked")
     window_hours: int = Field(1, ge=1, le=24 * 31, description="hours of prediction logs each check reads")
@@ -360,6 +414,7 @@ class MonitoringConfig(_Strict):
     cooldown_hours: float = Field(
         24, ge=0, description="no retraining trigger within this long after the champion was trained or the last one"
     )
+    performance: PerformanceConfig = PerformanceConfig()
 
 
 class SmokeConfig(_Strict):
@@ -483,6 +538,19 @@ class PipelineConfig(_Strict):
             raise ValueError(
                 f"evaluation.max_degradation {evaluation.max_degradation} is a share with degradation: relative "
                 "(0.05 is 5%): set it at most 1"
+            )
+        performance = self.monitoring.performance
+        if performance.metric is not None:
+            try:
+                metric(task, performance.metric)
+            except ValueError as exc:
+                raise ValueError(f"monitoring.performance.metric: {exc}") from None
+        estimable = ESTIMABLE_METRICS.get(task, ())
+        estimated = performance.estimated.metric
+        if estimated is not None and estimated not in estimable:
+            raise ValueError(
+                f"monitoring.performance.estimated.metric {estimated!r} cannot be estimated for a {task} task: "
+                + (f"use one of {list(estimable)}" if estimable else "estimation needs probabilities; unset it")
             )
         return self
 

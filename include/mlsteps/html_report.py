@@ -75,6 +75,16 @@ class Series:
 
 
 @dataclass(frozen=True)
+class Band:
+    """A shaded range between two lines over the same x values, e.g. an expected value's noise band."""
+
+    name: str
+    x: Sequence[float]
+    low: Sequence[float]
+    high: Sequence[float]
+
+
+@dataclass(frozen=True)
 class _Axes:
     """Maps data coordinates into the plot area of a chart."""
 
@@ -154,6 +164,7 @@ def xy_chart_svg(
     x_range: tuple[float, float] | None = None,
     y_range: tuple[float, float] | None = None,
     diagonal: bool = False,
+    band: Band | None = None,
 ) -> str:
     """A line or scatter chart of one or more series, with a legend, as an inline ``<svg>`` element.
 
@@ -165,12 +176,20 @@ def xy_chart_svg(
         x_range: the x axis' (low, high); default: the data's range.
         y_range: the y axis' (low, high); default: the data's range.
         diagonal: draw the dashed line y = x (chance for ROC, perfect for calibration and predicted vs actual).
+        band: a shaded range drawn under the series (its name is written under the title).
     """
+    band_values = [*band.low, *band.high] if band else []
     axes = _Axes(
         _span([v for s in series for v in s.x], x_range),
-        _span([v for s in series for v in s.y], y_range),
+        _span([*(v for s in series for v in s.y), *band_values], y_range),
     )
     parts = [*_svg_open(title, _CHART_WIDTH, _CHART_HEIGHT), *_axes_frame(axes, x_label, y_label)]
+    if band:
+        corners = [(x, y) for x, y in zip(band.x, band.low, strict=True) if _finite(x) and _finite(y)]
+        corners += [(x, y) for x, y in reversed(list(zip(band.x, band.high, strict=True))) if _finite(x) and _finite(y)]
+        outline = " ".join(f"{axes.x(float(x)):.1f},{axes.y(float(y)):.1f}" for x, y in corners)
+        parts.append(f'<polygon points="{outline}" fill="#8c959f" opacity="0.25"/>')
+        parts.append(f'<text x="{_LEFT}" y="{_TOP - 2}" fill="#57606a">shaded: {html.escape(band.name)}</text>')
     if diagonal:
         low = max(axes.x_range[0], axes.y_range[0])
         high = min(axes.x_range[1], axes.y_range[1])

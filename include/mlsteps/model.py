@@ -9,8 +9,10 @@ the package (evaluation, scoring, ``mlflow models serve``) imports it from here.
 
 Artifacts: ``preprocessor.json`` (``TabularPreprocessor``), ``model.onnx`` (the contract of
 ``mlsteps.evaluation.tasks``: inputs ``numeric`` and ``categories``, output ``probabilities`` or ``prediction``),
-``task.json`` (``TaskInfo``) and ``reference_profile.npz`` (the drift reference). ``predict`` returns the task's
-predict contract (``mlsteps.evaluation.tasks.output_frame``).
+``task.json`` (``TaskInfo``), ``reference_profile.npz`` (the drift reference) and, for classification,
+``calibrator.json`` (``mlsteps.monitoring.performance.Calibrator``, fitted on the validation split: performance
+estimation before labels arrive). ``predict`` returns the task's predict contract
+(``mlsteps.evaluation.tasks.output_frame``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ TASK_FILE = "task.json"
 # the model.
 REFERENCE_PROFILE_ARTIFACT = "reference_profile"
 REFERENCE_PROFILE_FILE = "reference_profile.npz"
+# Classification only: the probabilities' calibration on the validation split, for performance estimation.
+CALIBRATOR_ARTIFACT = "calibrator"
+CALIBRATOR_FILE = "calibrator.json"
+# Logged by evaluate on the challenger's training run (not in the package: the holdout is scored after training): its
+# holdout labels and outputs, the champion's expected performance and sampling error for the performance monitor.
+PERFORMANCE_REFERENCE_DIR = "performance_reference"
+PERFORMANCE_REFERENCE_FILE = "holdout.npz"
 # What loading and predicting imports (mlsteps itself travels as code). Listed rather than inferred: inference
 # runs a slow subprocess.
 RUNTIME_PACKAGES = ("mlflow", "onnxruntime", "numpy", "pandas", "cloudpickle")
@@ -111,9 +120,10 @@ def log_model_package(
     info: TaskInfo,
     example: pd.DataFrame,
     reference_profile: Path,
+    calibrator: dict[str, Any] | None = None,
 ) -> Any:
-    """Log the pyfunc model (preprocessor, ONNX model, task, drift reference, signature, input example) to the
-    active run.
+    """Log the pyfunc model (preprocessor, ONNX model, task, drift reference, calibrator, signature, input example)
+    to the active run.
 
     The ``mlsteps`` package is bundled as code, so the model also loads where ``mlsteps`` is not installed
     (for example ``mlflow models serve``).
@@ -124,6 +134,7 @@ def log_model_package(
         info: the task, its classes, the target column and the family.
         example: a few raw feature rows, typed as serving will send them.
         reference_profile: the saved ``mlsteps.monitoring.drift`` profile of the training data and the model's outputs.
+        calibrator: ``Calibrator.to_dict()`` of a classifier's validation-split calibration; None for regression.
 
     Returns:
         MLflow's ``ModelInfo``; its ``model_uri`` loads with ``mlflow.pyfunc.load_model``.
@@ -139,6 +150,9 @@ def log_model_package(
             ONNX_ARTIFACT: str(folder / ONNX_FILE),
             REFERENCE_PROFILE_ARTIFACT: str(reference_profile),
         }
+        if calibrator is not None:
+            (folder / CALIBRATOR_FILE).write_text(json.dumps(calibrator))
+            artifacts[CALIBRATOR_ARTIFACT] = str(folder / CALIBRATOR_FILE)
         session = onnx_session(folder / ONNX_FILE)
         return mlflow.pyfunc.log_model(
             name="model",
@@ -160,6 +174,7 @@ class ModelPackage:
     info: TaskInfo
     example: pd.DataFrame
     columns: list[tuple[str, str]]  # (name, MLflow type) of each request column, in signature order
+    calibrator: dict[str, Any] | None  # Calibrator.to_dict(); None for regression and packages logged before it
 
 
 def read_package(package_dir: Path) -> ModelPackage:
@@ -190,21 +205,27 @@ def read_package(package_dir: Path) -> ModelPackage:
         info=TaskInfo.from_dict(json.loads(path(TASK_ARTIFACT).read_text())),
         example=example,
         columns=[(spec.name, spec.type.name) for spec in package.signature.inputs.inputs],
+        calibrator=json.loads(path(CALIBRATOR_ARTIFACT).read_text()) if CALIBRATOR_ARTIFACT in artifacts else None,
     )
 
 
-def download_reference_profile(model_uri: str, folder: Path) -> Path:
-    """Fetch a model package (``models:/name@alias``, ``models:/m-...``) into folder; return its drift profile.
+def download_package(model_uri: str, folder: Path) -> Path:
+    """Fetch a whole model package (``models:/name/7``, ``models:/m-...``) into folder; its local path.
 
-    The whole package is fetched (a few MB): MLflow resolves sub-paths of registered and logged models differently.
+    The whole package (a few MB): MLflow resolves sub-paths of registered and logged models differently.
+    """
+    import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder)))
+
+
+def reference_profile_path(package_dir: Path, model_uri: str) -> Path:
+    """The drift reference profile in a downloaded package.
 
     Raises:
         FileNotFoundError: the package has no profile (logged before profiles existed); retrain to get one.
     """
-    import mlflow.artifacts
-
-    package = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(folder)))
-    profile = package / "artifacts" / REFERENCE_PROFILE_FILE
+    profile = package_dir / "artifacts" / REFERENCE_PROFILE_FILE
     if not profile.is_file():
         raise FileNotFoundError(f"{model_uri} has no drift reference profile; retrain to create one")
     return profile

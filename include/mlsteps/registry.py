@@ -28,7 +28,7 @@ SOURCE_TAG = "source_model_uri"
 CODE_VERSION_ENV_VAR = "CODE_VERSION"
 IMAGE_ENV_VAR = "STEP_IMAGE"
 # Training-run tags that say why a model was trained; register copies them onto the model version.
-TRIGGER_TAGS = ("trigger", "drift_report", "drifted_features")
+TRIGGER_TAGS = ("trigger", "trigger_reason", "monitor_report", "drifted_features")
 ALIAS_HISTORY_PREFIX = "alias_history"
 # Sorts as it reads: lexicographic order of the tag keys is chronological order. No colons: MLflow rejects them in
 # tag keys on Windows.

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+# ml_retrain: after the snapshot, whether the data is new (a run for the champion's own data stops there)
+DATA_CHECK_TASK = "data_check"
 # ml_retrain: the task listing the candidate families, one mapped train task each
 CANDIDATES_TASK = "candidates"
 # ml_retrain: the gate's branches
 PROMOTE_TASK = "promote"
 REJECT_TASK = "reject"
-# ml_drift_monitor: the decision's branches
+# ml_model_monitor: the decision's branches
 ALERT_TASK = "alert"
 QUIET_TASK = "quiet"
 # ml_deploy: the approval gate's branches
@@ -23,24 +25,32 @@ DEPLOY_TASK = "deploy"
 SUMMARY_TASK = "summary"
 
 
-class DriftAlertExtra(TypedDict):
-    """The ``extra`` of a ``drift_alert`` asset event: what drifted, where the report is, which model version."""
+class MonitorAlertExtra(TypedDict):
+    """The ``extra`` of a ``monitor_alert`` asset event: which signal fired, with its figures, for which version."""
 
-    report_uri: str
-    report_html_uri: str
+    signal: str  # the signal that explains the alert best: realized_performance, drift or estimated_performance
+    signals: list[str]  # every signal that fired
+    reason: str
+    figures: dict[str, dict[str, Any]]  # per fired signal: the numbers behind it
     drifted_features: list[str]
+    report_uri: str  # the monitor's report (JSON); report_html_uri its page
+    report_html_uri: str
     model_name: str
     model_version: int
     window_end: str
 
 
-def drift_alert_extra(drift_result: dict[str, Any]) -> DriftAlertExtra:
-    """The alert's payload, from the drift step's ``result.json`` of the window that decided it."""
-    return DriftAlertExtra(
-        report_uri=drift_result["report_uri"],
-        report_html_uri=drift_result["report_html_uri"],
-        drifted_features=list(drift_result["drifted_features"]),
-        model_name=drift_result["model_name"],
-        model_version=drift_result["model_version"],
-        window_end=drift_result["window"]["end"],
+def monitor_alert_extra(decision: dict[str, Any], model_name: str) -> MonitorAlertExtra:
+    """The alert's payload, from the monitor decision (``decision.json``) that raised it."""
+    return MonitorAlertExtra(
+        signal=decision["signals"][0],
+        signals=list(decision["signals"]),
+        reason=decision["reason"],
+        figures=decision["figures"],
+        drifted_features=list(decision["drifted_features"]),
+        report_uri=decision["report_uri"],
+        report_html_uri=decision["report_html_uri"],
+        model_name=model_name,
+        model_version=decision["model_version"],
+        window_end=decision["window_end"],
     )

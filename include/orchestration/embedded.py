@@ -84,6 +84,15 @@ def settings_files(settings_yaml: Path, folder: Path) -> dict[str, Path]:
     return files
 
 
+def _create_tracking_store(tracking_uri: str) -> None:
+    """Create a SQLite tracking store's tables once, before any task: steps that start together on a fresh state
+    (the monitor's drift and performance) would otherwise race to create them and one would fail."""
+    if tracking_uri.startswith("sqlite:"):
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+
+
 def prepare_airflow(settings: Settings) -> dict[str, str]:
     """Create or migrate the local Airflow database and apply ``airflow_settings.yaml`` when it changed."""
     env = airflow_env(settings)
@@ -91,6 +100,7 @@ def prepare_airflow(settings: Settings) -> dict[str, str]:
     logs = settings.state_dir / "logs"
     for folder in (home, logs, settings.state_dir / "mlflow"):
         folder.mkdir(parents=True, exist_ok=True)
+    _create_tracking_store(settings.mlflow_tracking_uri)
     setup_log = logs / "setup.log"
     stamp = home / ".applied"
     fingerprint = hashlib.sha256(SETTINGS_FILE.read_bytes()).hexdigest()
@@ -211,7 +221,7 @@ def _report(dag_id: str, outcome: dict[str, Any]) -> bool:
     from orchestration import deploy, monitor, retrain
     from orchestration.contracts import SUMMARY_TASK
 
-    formatters = {"ml_retrain": retrain, "ml_deploy": deploy, "ml_drift_monitor": monitor}
+    formatters = {"ml_retrain": retrain, "ml_deploy": deploy, "ml_model_monitor": monitor}
     print()
     if outcome["summary"]:
         print(formatters[dag_id].format_summary(outcome["summary"]))

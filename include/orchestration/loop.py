@@ -1,15 +1,21 @@
 """The closed loop on the embedded default, through the real Airflow services (scheduler, DAG processor, API
-server), so that what starts retraining is the scheduler reacting to the ``drift_alert`` asset event:
+server), so that what starts retraining is the scheduler reacting to asset events:
 
 1. the scheduler runs ``ml_retrain`` for its latest cron tick: the first champion;
-2. a stream of customers like the training data is scored and logged; ``ml_drift_monitor`` checks its window:
-   no drift, nothing happens;
-3. two hours of customers whose features moved (covariate drift) are scored; the monitor sees drift in the first
-   window (one is not enough: hysteresis) and again in the second: it emits ``drift_alert``;
-4. the scheduler starts ``ml_retrain`` from the asset event; it trains on the latest export, which now holds the
-   new customers, records the drift report on the MLflow run and the model version, and promotes the new champion;
-5. the promotion (the ``model_promoted`` asset) starts ``ml_deploy``, which reloads the local model server with the
-   new champion after its smoke test: the server the first champion's deploy started now serves the retrained model.
+2. a stream of customers like the training data is scored and logged; ``ml_model_monitor`` checks its window:
+   nothing happens;
+3. **input drift**: two hours of customers whose features moved are scored (their labels not in yet); the monitor
+   sees drift in the first window (one is not enough: hysteresis) and again in the second: it emits
+   ``monitor_alert`` (signal ``drift``); the scheduler starts ``ml_retrain``, which trains on the latest export (now
+   holding the new customers), records why on the MLflow run and the model version, and promotes the new champion;
+   the promotion (``model_promoted``) starts ``ml_deploy``, which switches the local model server to it after its
+   smoke test;
+4. **concept drift**: customers like the new champion's training data, but whose churn follows another
+   relationship, are scored and their labels arrive; input drift stays quiet, realized performance falls below the
+   holdout's band: ``monitor_alert`` (signal ``realized_performance``), retraining on the latest export, redeploy;
+5. **new data**: a ``training_data`` event for the export the champion was trained on stops ``ml_retrain`` at
+   ``data_check`` (``unchanged``: duplicate notifications are harmless); a new export lands and its event, posted
+   to Airflow's REST API as a producer outside Airflow would, starts ``ml_retrain`` on it.
 
 Hours are compressed into minutes: the streams are logged into past hours and each check is triggered with the
 window it reads, and the loop's config sets ``monitoring.cooldown_hours`` to 0. Everything lives in its own state
@@ -28,6 +34,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,11 +57,13 @@ def _free_port() -> int:
 
 
 def _loop_config(state_dir: Path, epochs: int, min_rows: int) -> Path:
-    """The project's pipeline config, made quick: few epochs, small windows, no cooldown."""
+    """The project's pipeline config, made quick: few epochs, small windows, no cooldown, labels in the state."""
     raw = yaml.safe_load(CONFIG.read_text())
     raw["dataset"] = str(CONFIG.parent / raw["dataset"])
     raw["training"]["epochs"] = epochs
     raw["monitoring"] |= {"min_rows": min_rows, "cooldown_hours": 0}
+    raw["monitoring"]["performance"]["labels"]["uri"] = str(state_dir / "labels")
+    raw["monitoring"]["performance"]["min_labelled_rows"] = min_rows
     raw["serving"]["local"]["port"] = _free_port()
     path = state_dir / "pipeline.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -74,9 +83,11 @@ class Services:
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "loop:admin",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         self.log_file = log_file
+        self.base_url = f"http://localhost:{port}"
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> Services:
@@ -105,6 +116,21 @@ class Services:
         if done.returncode != 0:
             raise RuntimeError(f"airflow {' '.join(args)} failed: {done.stderr[-2000:]}")
         return done.stdout
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Call the REST API (``/api/v2/...``) as the loop's admin user, as a producer outside Airflow would."""
+        passwords = Path(self.env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+        login = {"username": "loop", "password": json.loads(passwords.read_text())["loop"]}
+        token = _http("POST", f"{self.base_url}/auth/token", login)["access_token"]
+        return _http(method, f"{self.base_url}{path}", body, token)
+
+
+def _http(method: str, url: str, body: dict[str, Any] | None = None, token: str | None = None) -> Any:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
 
 
 def _dag_runs(dag_id: str) -> list[Any]:
@@ -149,46 +175,77 @@ def _step(settings: Settings, *args: str) -> None:
     )
 
 
-def _make_dataset(settings: Settings, uri: str, rows: int, seed: int, drift: float = 0.0) -> None:
+def _make_dataset(settings: Settings, uri: str, rows: int, seed: int, drift: float = 0.0, concept: float = 0.0) -> None:
     _step(settings, "make-dataset", "--output-uri", uri, "--rows", str(rows), "--seed", str(seed),
-          "--covariate-drift", str(drift))  # fmt: skip
+          "--covariate-drift", str(drift), "--concept-drift", str(concept))  # fmt: skip
 
 
-def _stream(settings: Settings, name: str, rows: int, seed: int, drift: float, hour: datetime) -> None:
-    """Score ``rows`` new customers with the champion and log them in the given hour."""
+def _stream(
+    settings: Settings,
+    name: str,
+    rows: int,
+    seed: int,
+    hour: datetime,
+    drift: float,
+    concept: float = 0.0,
+    labelled: bool = True,
+) -> None:
+    """Score ``rows`` new customers with the champion and log them in the given hour; with ``labelled``, their labels
+    arrive at once (the loop's ``label_delay_hours`` is 0) as one Parquet file in the labels folder."""
     data = settings.state_dir / "streams" / f"{name}.parquet"
-    _make_dataset(settings, str(data), rows, seed, drift)
+    _make_dataset(settings, str(data), rows, seed, drift, concept)
     run_root = str(settings.state_dir / "streams" / name)
     scored_at = (hour + timedelta(minutes=30)).isoformat()
     _step(settings, "score", "--run-root", run_root, "--input-uri", str(data), "--prediction-store",
           settings.prediction_store, "--scored-at", scored_at)  # fmt: skip
-    print(f"scored {rows} {'drifted ' if drift else ''}customers logged at {scored_at}", flush=True)
+    kind = "drifted " if drift else "concept-drifted " if concept else ""
+    if not labelled:
+        print(f"scored {rows} {kind}customers logged at {scored_at}; their labels have not arrived", flush=True)
+        return
+    import pandas as pd
+
+    dataset = settings.pipeline.dataset
+    labels = pd.read_parquet(data, columns=[dataset.id_column, dataset.target.name])
+    labels_folder = Path(settings.pipeline.monitoring.performance.labels.uri)
+    labels_folder.mkdir(parents=True, exist_ok=True)
+    labels.to_parquet(labels_folder / f"{name}.parquet", index=False)
+    print(f"scored {rows} {kind}customers logged at {scored_at}; their labels arrived", flush=True)
 
 
 def _check(services: Services, settings: Settings, window_end: datetime) -> dict[str, Any]:
-    """Trigger ml_drift_monitor for the window ending at ``window_end``; what it measured and decided."""
-    from mlsteps import results
+    """Trigger ml_model_monitor for the window ending at ``window_end``; what it measured and decided."""
+    from orchestration.monitor import read_decision
 
     run_id = f"loop__{window_end:%Y%m%dT%H}"
     conf = json.dumps({"window_end": window_end.isoformat()})
-    services.airflow("dags", "trigger", "ml_drift_monitor", "-r", run_id, "-c", conf)
-    run = _wait_for_run("ml_drift_monitor", run_id=run_id)
-    drift = results.read_result(settings.run_root("ml_drift_monitor", run_id), "drift")
-    states = _task_states("ml_drift_monitor", run_id)
+    services.airflow("dags", "trigger", "ml_model_monitor", "-r", run_id, "-c", conf)
+    run = _wait_for_run("ml_model_monitor", run_id=run_id)
+    run_root = settings.run_root("ml_model_monitor", run_id)
+    drift = results.read_result(run_root, "drift")
+    realized = (results.optional_result(run_root, "performance") or {}).get("realized") or {}
+    decision = read_decision(run_root) or {}
     outcome = {
         "run_id": run_id,
         "state": str(run.state),
         "window_end": drift["window"]["end"],
         "drift_detected": drift["drift_detected"],
         "drifted_features": drift["drifted_features"],
-        "alerted": states.get("alert") == "success",
+        "realized": {key: realized.get(key) for key in ("status", "value", "lower", "upper", "drop", "rows")},
+        "action": decision.get("action"),
+        "signals": decision.get("signals", []),
+        "alerted": _task_states("ml_model_monitor", run_id).get("alert") == "success",
+        "report_html_uri": decision.get("report_html_uri"),
     }
-    verdict = "drift_alert emitted" if outcome["alerted"] else "no retraining"
-    print(f"monitor window ending {outcome['window_end']}: drift={drift['drift_detected']} -> {verdict}", flush=True)
+    verdict = f"monitor_alert ({', '.join(outcome['signals'])})" if outcome["alerted"] else "no retraining"
+    print(
+        f"monitor window ending {outcome['window_end']}: drift={drift['drift_detected']}, realized "
+        f"{realized.get('metric')}={realized.get('value')} -> {decision.get('action')}: {verdict}",
+        flush=True,
+    )
     return outcome
 
 
-def _drift_alert_events() -> list[dict[str, Any]]:
+def _asset_events(name: str) -> list[dict[str, Any]]:
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
 
@@ -196,10 +253,33 @@ def _drift_alert_events() -> list[dict[str, Any]]:
         rows = (
             session.query(AssetEvent)
             .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .filter(AssetModel.name == "drift_alert")
+            .filter(AssetModel.name == name)
+            .order_by(AssetEvent.id)
             .all()
         )
         return [{"extra": dict(row.extra or {}), "source_run_id": row.source_run_id} for row in rows]
+
+
+def _announce_new_data(services: Services, uri: str) -> None:
+    """Post a ``training_data`` asset event, as an export job outside Airflow does when it has written new data."""
+    (asset,) = services.api("GET", "/api/v2/assets?name_pattern=training_data")["assets"]
+    services.api("POST", "/api/v2/assets/events", {"asset_id": asset["id"], "extra": {"uri": uri, "producer": "loop"}})
+    print(f"posted a training_data event for {uri}", flush=True)
+
+
+def _retrain_after(settings: Settings, after: int, what: str) -> tuple[Any, dict[str, Any]]:
+    """The asset-triggered ml_retrain run after database id ``after``, with its summary."""
+    run = _wait_for_run("ml_retrain", run_type="asset_triggered", after=after)
+    summary = results.read_summary(settings.run_root("ml_retrain", run.run_id)) or {}
+    print(f"ml_retrain {run.run_id} ({what}): {run.state}, outcome {summary.get('outcome')}", flush=True)
+    return run, {
+        "run_id": run.run_id,
+        "state": str(run.state),
+        "type": str(run.run_type),
+        "outcome": summary.get("outcome"),
+        "message": summary.get("message"),
+        "registered_version": summary.get("registered_version"),
+    }
 
 
 def run_loop(state_dir: Path, rows: int, epochs: int, stream_rows: int) -> dict[str, Any]:
@@ -223,25 +303,39 @@ def run_loop(state_dir: Path, rows: int, epochs: int, stream_rows: int) -> dict[
         champion_run = _wait_for_run("ml_retrain", run_type="scheduled")
         outcome["champion_run"] = {"run_id": champion_run.run_id, "state": str(champion_run.state)}
         print(f"ml_retrain {champion_run.run_id}: {champion_run.state} (the first champion)", flush=True)
-
-        _stream(settings, "steady", stream_rows, 101, drift=0.0, hour=hour - timedelta(hours=5))
-        outcome["checks"] = [_check(services, settings, hour - timedelta(hours=4))]
-
-        # The latest export now holds the new customers, with their labels: what the next retraining reads.
-        _make_dataset(settings, settings.dataset_uri, rows, seed=8, drift=1.0)
-        for offset, seed in ((4, 102), (3, 103)):
-            _stream(settings, f"drifted-{seed}", stream_rows, seed, drift=1.0, hour=hour - timedelta(hours=offset))
-            outcome["checks"].append(_check(services, settings, hour - timedelta(hours=offset - 1)))
-
-        outcome["drift_alerts"] = _drift_alert_events()
-        retrain = _wait_for_run("ml_retrain", run_type="asset_triggered", after=champion_run.id)
-        outcome["retrain_run"] = {"run_id": retrain.run_id, "state": str(retrain.state), "type": str(retrain.run_type)}
-        print(f"ml_retrain {retrain.run_id} ({retrain.run_type}): {retrain.state}", flush=True)
         try:
+            _stream(settings, "steady", stream_rows, 101, hour - timedelta(hours=9), drift=0.0)
+            outcome["checks"] = [_check(services, settings, hour - timedelta(hours=8))]
+
+            # Input drift, before any label of the new customers arrived. The latest export holds them, with their
+            # labels: what retraining reads.
+            _make_dataset(settings, settings.dataset_uri, rows, seed=8, drift=1.0)
+            for offset, seed in ((8, 102), (7, 103)):
+                hour_logged = hour - timedelta(hours=offset)
+                _stream(settings, f"drifted-{seed}", stream_rows, seed, hour_logged, drift=1.0, labelled=False)
+                outcome["checks"].append(_check(services, settings, hour - timedelta(hours=offset - 1)))
+            retrain, outcome["retrain_run"] = _retrain_after(settings, champion_run.id, "input drift")
             outcome["redeploy"] = _follow_redeploy(settings, after=retrain.id)
+
+            # Concept drift: the same customers as the champion's training data, churning for other reasons.
+            _make_dataset(settings, settings.dataset_uri, rows, seed=9, drift=1.0, concept=1.0)
+            _stream(settings, "concept-104", stream_rows, 104, hour - timedelta(hours=5), drift=1.0, concept=1.0)
+            outcome["concept_checks"] = [_check(services, settings, hour - timedelta(hours=4))]
+            concept, outcome["concept_retrain_run"] = _retrain_after(settings, retrain.id, "concept drift")
+            outcome["concept_redeploy"] = _follow_redeploy(settings, after=concept.id)
+
+            # New data: a duplicate notification for the champion's own data, then a new export.
+            _announce_new_data(services, settings.dataset_uri)
+            duplicate, outcome["duplicate_data_run"] = _retrain_after(settings, concept.id, "duplicate event")
+            _make_dataset(settings, settings.dataset_uri, rows, seed=10, drift=1.0, concept=1.0)
+            _announce_new_data(services, settings.dataset_uri)
+            fresh, outcome["new_data_run"] = _retrain_after(settings, duplicate.id, "new data")
+            if outcome["new_data_run"]["outcome"] == "promoted":
+                _follow_redeploy(settings, after=fresh.id)
         finally:
             local_server(settings).stop()
 
+    outcome["monitor_alerts"] = _asset_events("monitor_alert")
     outcome["retrain_summary"] = results.read_summary(settings.run_root("ml_retrain", retrain.run_id))
     outcome["model_version_tags"] = _version_tags(settings)
     return outcome
@@ -287,13 +381,16 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + format_summary(outcome["retrain_summary"]))
     print("\nmodel versions:")
     for version, tags in sorted(outcome["model_version_tags"].items(), key=lambda item: int(item[0])):
-        why = tags.get("trigger", "?") + (f" ({tags['drift_report']})" if tags.get("drift_report") else "")
+        why = tags.get("trigger", "?") + (f": {tags['trigger_reason']}" if tags.get("trigger_reason") else "")
         print(f"  v{version} aliases [{tags['aliases']}] trained because: {why}")
-    redeploy = outcome["redeploy"]
-    print(
-        f"ml_deploy after retraining: {redeploy['state']}, the model server answered with v{redeploy['served_version']}"
-    )
-    return 0 if outcome["retrain_run"]["state"] == "success" and redeploy["state"] == "success" else 1
+    for stage in ("redeploy", "concept_redeploy"):
+        redeploy = outcome[stage]
+        print(f"{stage}: {redeploy['state']}, the model server answered with v{redeploy['served_version']}")
+    for stage in ("duplicate_data_run", "new_data_run"):
+        run = outcome[stage]
+        print(f"{stage}: {run['outcome']}{': ' + run['message'] if run.get('message') else ''}")
+    runs = [outcome[key] for key in ("retrain_run", "concept_retrain_run", "redeploy", "concept_redeploy")]
+    return 0 if all(run["state"] == "success" for run in runs) else 1
 
 
 if __name__ == "__main__":

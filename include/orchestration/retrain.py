@@ -11,41 +11,113 @@ from typing import Any
 from mlsteps import results
 from mlsteps.config import FAMILIES, TrainingConfig
 from mlsteps.evaluation.tasks import METRICS
-from orchestration.contracts import PROMOTE_TASK, REJECT_TASK, DriftAlertExtra
+from orchestration.contracts import DATA_CHECK_TASK as DATA_CHECK
+from orchestration.contracts import PROMOTE_TASK, REJECT_TASK, MonitorAlertExtra
 from orchestration.failures import failure_summary, outcome_lines, unexplained_failure
 
 log = logging.getLogger(__name__)
 
 REPORT_ORDER = ("validation_html", "evaluation_html", "evaluation_json")
+NEW_DATA = "new_data"  # the trigger of a run started by training_data asset events
 
 
-def triggering_drift_alert(triggering_asset_events: Any) -> DriftAlertExtra | None:
-    """The payload of the drift alert that started this run (the latest, when several did), or None."""
-    from orchestration.assets import DRIFT_ALERT
+def triggering_monitor_alert(triggering_asset_events: Any) -> MonitorAlertExtra | None:
+    """The payload of the monitor alert that started this run (the latest, when several did), or None."""
+    from orchestration.assets import MONITOR_ALERT
 
-    events = triggering_asset_events.get(DRIFT_ALERT) if triggering_asset_events else None
-    return DriftAlertExtra(**events[-1].extra) if events and events[-1].extra else None
+    events = triggering_asset_events.get(MONITOR_ALERT) if triggering_asset_events else None
+    return MonitorAlertExtra(**events[-1].extra) if events and events[-1].extra else None
+
+
+def triggering_data_events(triggering_asset_events: Any) -> list[dict[str, Any]]:
+    """The ``extra`` of each ``training_data`` asset event that started this run (a producer's, or the watcher's
+    queue message); empty when none did."""
+    from orchestration.assets import TRAINING_DATA
+
+    events = triggering_asset_events.get(TRAINING_DATA) if triggering_asset_events else None
+    return [dict(event.extra or {}) for event in events or []]
 
 
 def run_trigger(dag_run: Any, triggering_asset_events: Any) -> str:
-    """Why this run exists: ``drift_alert``, or the run type (``scheduled``, ``manual``, ``backfill``)."""
-    if triggering_drift_alert(triggering_asset_events):
-        return "drift_alert"
+    """Why this run exists: the monitor signal that fired (``realized_performance``, ``drift``,
+    ``estimated_performance``), ``new_data``, or the run type (``scheduled``, ``manual``, ``backfill``)."""
+    if alert := triggering_monitor_alert(triggering_asset_events):
+        return alert["signal"]
+    if triggering_data_events(triggering_asset_events):
+        return NEW_DATA
     run_type = getattr(dag_run, "run_type", "manual")
     return str(getattr(run_type, "value", run_type))
 
 
-# Template macros of ml_retrain: its train step tags the MLflow run with what triggered it.
-TRIGGER_MACROS = {"triggering_drift_alert": triggering_drift_alert, "run_trigger": run_trigger}
-_ALERT = "(triggering_drift_alert(triggering_asset_events) or {})"
+def trigger_reason(dag_run: Any, triggering_asset_events: Any) -> str:
+    """The trigger in one sentence, with its figures: the monitor's reason, or the new data's events."""
+    if alert := triggering_monitor_alert(triggering_asset_events):
+        return alert["reason"]
+    if events := triggering_data_events(triggering_asset_events):
+        from orchestration.settings import get_settings
+
+        dataset_uri = get_settings().dataset_uri
+        return "training_data: " + "; ".join(describe_data_event(extra, dataset_uri)[1] for extra in events)
+    return run_trigger(dag_run, triggering_asset_events)
+
+
+# Template macros of ml_retrain: its train step tags the MLflow run with what triggered it, and register copies the
+# tags onto the model version (registry.TRIGGER_TAGS).
+TRIGGER_MACROS = {
+    "triggering_monitor_alert": triggering_monitor_alert,
+    "run_trigger": run_trigger,
+    "trigger_reason": trigger_reason,
+}
+_ALERT = "(triggering_monitor_alert(triggering_asset_events) or {})"
 TRIGGER_TAG_ARGS = [
     "--tag",
     "trigger={{ run_trigger(dag_run, triggering_asset_events) }}",
     "--tag",
-    f"drift_report={{{{ {_ALERT}.get('report_uri', '') }}}}",
+    "trigger_reason={{ trigger_reason(dag_run, triggering_asset_events) | truncate(4000) }}",
+    "--tag",
+    f"monitor_report={{{{ {_ALERT}.get('report_html_uri', '') }}}}",
     "--tag",
     f"drifted_features={{{{ {_ALERT}.get('drifted_features', []) | join(',') }}}}",
 ]
+
+
+def describe_data_event(extra: dict[str, Any], dataset_uri: str) -> tuple[bool, str]:
+    """Whether one ``training_data`` event is new data for the dataset, and what it says.
+
+    The watcher's events (``from_trigger``) carry queue messages, judged by ``new_data.new_data_event``; a producer's
+    event (an outlet, ``POST /api/v2/assets/events``) says the data is new by itself.
+    """
+    from orchestration.new_data import new_data_event
+
+    if not extra.get("from_trigger"):
+        return True, f"a producer's event {extra}" if extra else "a producer's event"
+    event, reason = new_data_event(extra, dataset_uri)
+    return event is not None, reason
+
+
+def data_check(run_root: str, trigger: str, data_events: list[dict[str, Any]], dataset_uri: str) -> str | None:
+    """Why this run should stop after its snapshot, or None to go on (recorded as the ``data_check`` result).
+
+    - A run started by ``training_data`` events only, none of which is new data for this dataset (a queue message
+      that is not an object-store event, or an event for another key): nothing to retrain on.
+    - A run that is not manual, whose content-addressed snapshot is the one the champion was trained on (the
+      snapshot step's ``champion_trained_on_snapshot``): retraining would reproduce the champion, so nothing is
+      retrained or registered (duplicate notifications are harmless). Manual runs always train: a person may
+      change the params.
+    """
+    stop = None
+    if trigger == NEW_DATA:
+        verdicts = [describe_data_event(extra, dataset_uri) for extra in data_events]
+        if not any(new for new, _ in verdicts):
+            stop = "no new data for this dataset: " + "; ".join(reason for _, reason in verdicts)
+    snapshot = results.read_result(run_root, "snapshot")
+    if stop is None and trigger != "manual" and snapshot.get("champion_trained_on_snapshot"):
+        stop = (
+            f"the training data {snapshot['source_uri']} (snapshot {snapshot['snapshot_id'][:12]}) is what "
+            f"champion v{snapshot['champion_version']} was trained on: nothing retrained, nothing registered"
+        )
+    results.write_result(run_root, DATA_CHECK, {"proceed": stop is None, "trigger": trigger, "message": stop})
+    return stop
 
 
 def promotion_branch(run_root: str, force: bool) -> str:
@@ -66,7 +138,8 @@ def promotion_branch(run_root: str, force: bool) -> str:
 def summarize(run_root: str, run_id: str) -> dict[str, Any]:
     """Collect the outcome of one run from the steps' results and its failure records.
 
-    The outcome is ``promoted``, ``rejected`` (the gate kept the champion) or ``failed`` (with the failed task and
+    The outcome is ``promoted``, ``rejected`` (the gate kept the champion), ``unchanged`` (``data_check`` stopped the
+    run: the data is not new) or ``failed`` (with the failed task and
     its message); a failed run's summary holds what the steps before the failure found (its snapshot, its
     validation report).
     """
@@ -75,7 +148,9 @@ def summarize(run_root: str, run_id: str) -> dict[str, Any]:
     evaluate = results.optional_result(run_root, "evaluate")
     register = results.optional_result(run_root, "register") or {}
     promoted = results.optional_result(run_root, PROMOTE_TASK) is not None
-    failure = failure_summary(run_root) or (None if evaluate else unexplained_failure("evaluate"))
+    check = results.optional_result(run_root, DATA_CHECK) or {}
+    stopped = check.get("proceed") is False
+    failure = failure_summary(run_root) or (None if evaluate or stopped else unexplained_failure("evaluate"))
     champion = (evaluate or {}).get("champion") or {}
     reports = {
         "validation_html": validate and validate["report_html_uri"],
@@ -85,7 +160,12 @@ def summarize(run_root: str, run_id: str) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "run_root": run_root,
-        **(failure or {"outcome": "promoted" if promoted else "rejected"}),
+        **(
+            failure
+            or ({"outcome": "unchanged", "message": check["message"]} if stopped else None)
+            or {"outcome": "promoted" if promoted else "rejected"}
+        ),
+        "trigger": check.get("trigger"),
         "snapshot_id": snapshot.get("snapshot_id"),
         "rows": snapshot.get("rows"),
         "validation": validate and {"success": validate["success"], "statistics": validate["statistics"]},

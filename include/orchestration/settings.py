@@ -194,6 +194,35 @@ class KubernetesSettings(BaseModel):
         return {key: _pinned_image(image) for key, image in images.items()}
 
 
+class NewDataSettings(BaseModel):
+    """Event-driven retraining: the SQS queue that receives the dataset bucket's S3 event notifications.
+
+    The triggerer long-polls the queue (``orchestration.new_data``) and updates the ``training_data`` asset when a new
+    version of the dataset object arrives; without a queue only the cron, monitor alerts and producers of the asset
+    (an upstream DAG's outlet, ``POST /api/v2/assets/events``) start a retraining.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    queue_url: str | None = Field(None, description="SQS queue URL of the dataset bucket's notifications; unset: none")
+    aws_conn_id: str | None = Field(
+        "aws_default", description="Airflow AWS connection the triggerer reads the queue with; null: boto3's chain"
+    )
+    region_name: str | None = Field(None, description="region of the queue; default: the connection's")
+    wait_time_seconds: int = Field(20, ge=0, le=20, description="SQS long-poll wait of each receive (at most 20)")
+    poll_seconds: int = Field(60, ge=0, description="pause after a receive that found the queue empty")
+
+    @field_validator("queue_url")
+    @classmethod
+    def _queue_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("https://", "http://")):
+            raise ValueError(
+                f"{url!r} is not an SQS queue URL; give the queue's QueueUrl, "
+                "e.g. https://sqs.eu-west-1.amazonaws.com/123456789012/ml-dataset-events"
+            )
+        return url
+
+
 class RuntimeSettings(BaseModel):
     """The ``runtime:`` section of the pipeline config."""
 
@@ -209,6 +238,7 @@ class RuntimeSettings(BaseModel):
         default_factory=dict, validate_default=True, description="per-step settings; unlisted steps get the defaults"
     )
     kubernetes: KubernetesSettings = KubernetesSettings()
+    new_data: NewDataSettings = NewDataSettings()
 
     @field_validator("steps")
     @classmethod

@@ -103,7 +103,8 @@ def test_ml_deploy_params_accept_the_alias_and_version_numbers(dagbag: DagBag) -
 def test_ml_retrain_structure(dagbag: DagBag) -> None:
     dag = dagbag.dags["ml_retrain"]
     assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == {
-        "snapshot": {"validate"},
+        "snapshot": {"data_check"},
+        "data_check": {"validate"},
         "validate": {"preprocess"},
         "preprocess": {"candidates"},
         "candidates": {"train"},
@@ -133,22 +134,23 @@ def test_every_dag_ends_in_a_summary_that_runs_whatever_happened_and_every_task_
             assert task.on_failure_callback == [record_failure], f"{dag_id}.{task.task_id}"
 
 
-def test_ml_retrain_runs_on_its_cron_or_on_a_drift_alert(dagbag: DagBag) -> None:
+def test_ml_retrain_runs_on_its_cron_on_a_monitor_alert_or_on_new_data(dagbag: DagBag) -> None:
     timetable = dagbag.dags["ml_retrain"].timetable
-    assert [asset.name for asset in timetable.asset_condition.objects] == ["drift_alert"]
+    assert [asset.name for asset in timetable.asset_condition.objects] == ["monitor_alert", "training_data"]
     assert timetable.timetable.expression == "0 3 * * 1"
 
 
-def test_ml_drift_monitor_structure(dagbag: DagBag) -> None:
-    dag = dagbag.dags["ml_drift_monitor"]
+def test_ml_model_monitor_structure(dagbag: DagBag) -> None:
+    dag = dagbag.dags["ml_model_monitor"]
     assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == {
         "drift": {"decide"},
+        "performance": {"decide"},
         "decide": {"alert", "quiet"},
         "alert": {"summary"},
         "quiet": {"summary"},
         "summary": set(),
     }
-    assert [a.name for a in dag.task_dict["alert"].outlets] == ["drift_alert"]
+    assert [a.name for a in dag.task_dict["alert"].outlets] == ["monitor_alert"]
     assert dag.timetable.expression == "0 * * * *"
 
 

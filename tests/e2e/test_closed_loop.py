@@ -1,7 +1,9 @@
 """The closed loop through the real Airflow services (`make loop`): a champion from the scheduled run, a steady
 stream that triggers nothing, a drifted stream that the monitor alerts on after two windows, and the scheduler
-starting ml_retrain from the asset event, which records the drift report on the new model version; its promotion
-starts ml_deploy, which switches the local model server to the retrained champion."""
+starting ml_retrain from the asset event, which records why on the new model version; its promotion starts
+ml_deploy, which switches the local model server to the retrained champion. Then concept drift, which input drift
+cannot see, retrains through realized performance on labels; and new data retrains through its asset event, while a
+duplicate event for the champion's own data stops early."""
 
 from __future__ import annotations
 
@@ -44,30 +46,34 @@ def test_the_scheduled_run_trains_the_first_champion(outcome: dict[str, Any]) ->
 
 def test_a_steady_stream_triggers_nothing_and_drift_alerts_only_after_two_windows(outcome: dict[str, Any]) -> None:
     steady, first_drift, second_drift = outcome["checks"]
+    assert steady["action"] == "quiet" and first_drift["action"] == "pending"
     assert steady["drift_detected"] is False and steady["alerted"] is False
     assert first_drift["drift_detected"] is True and first_drift["alerted"] is False, "one window is not enough"
     assert second_drift["drift_detected"] is True and second_drift["alerted"] is True
+    assert second_drift["signals"][-1] == "drift"
     assert all(check["state"] == "success" for check in outcome["checks"])
 
 
 def test_the_asset_event_carries_the_report_and_starts_ml_retrain(outcome: dict[str, Any]) -> None:
-    (event,) = outcome["drift_alerts"]
+    event = outcome["monitor_alerts"][0]
     assert event["source_run_id"] == outcome["checks"][-1]["run_id"]
     assert storage.exists(event["extra"]["report_uri"]) and storage.exists(event["extra"]["report_html_uri"])
     assert len(event["extra"]["drifted_features"]) >= 3
+    assert event["extra"]["figures"]["drift"]["windows"] == 2
     assert outcome["retrain_run"]["type"] == "asset_triggered"
     assert outcome["retrain_run"]["state"] == "success"
 
 
 def test_the_new_model_version_says_why_it_was_trained_and_serves(outcome: dict[str, Any]) -> None:
-    (event,) = outcome["drift_alerts"]
+    event = outcome["monitor_alerts"][0]
     retrained = outcome["model_version_tags"]["2"]
-    assert retrained["trigger"] == "drift_alert"
-    assert retrained["drift_report"] == event["extra"]["report_uri"]
+    assert retrained["trigger"] == event["extra"]["signal"]
+    assert retrained["trigger_reason"] == event["extra"]["reason"]
+    assert retrained["monitor_report"] == event["extra"]["report_html_uri"]
     assert retrained["drifted_features"] == ",".join(event["extra"]["drifted_features"])
     summary = outcome["retrain_summary"]
     assert summary["gate"]["passed"] is True, summary["gate"]["reasons"]
-    assert "champion" in retrained["aliases"].split(","), "the retrained model on the new data is the champion"
+    assert outcome["redeploy"]["served_version"] == 2, "the retrained model on the new data became the champion"
 
 
 def test_the_promotion_redeploys_the_retrained_champion_by_itself(outcome: dict[str, Any]) -> None:
@@ -76,3 +82,32 @@ def test_the_promotion_redeploys_the_retrained_champion_by_itself(outcome: dict[
     assert redeploy["result"]["outcome"] == "deployed"
     assert (redeploy["result"]["previous_version"], redeploy["result"]["version"]) == (1, 2)
     assert redeploy["served_version"] == 2
+
+
+def test_concept_drift_retrains_through_realized_performance_while_input_drift_stays_quiet(
+    outcome: dict[str, Any],
+) -> None:
+    (check,) = outcome["concept_checks"]
+    assert check["drift_detected"] is False, "the inputs did not move"
+    realized = check["realized"]
+    assert realized["status"] == "ok" and realized["drop"] is True
+    assert realized["value"] < realized["lower"]
+    assert check["alerted"] is True and check["signals"] == ["realized_performance"]
+    assert storage.exists(check["report_html_uri"])
+    assert outcome["concept_retrain_run"]["state"] == "success"
+    assert outcome["model_version_tags"]["3"]["trigger"] == "realized_performance"
+    redeploy = outcome["concept_redeploy"]
+    assert redeploy["state"] == "success" and redeploy["served_version"] == 3
+
+
+def test_new_data_retrains_from_its_event_and_a_duplicate_event_stops_early(outcome: dict[str, Any]) -> None:
+    duplicate = outcome["duplicate_data_run"]
+    assert duplicate["state"] == "success" and duplicate["outcome"] == "unchanged"
+    assert "is what champion v3 was trained on" in duplicate["message"]
+    assert duplicate["registered_version"] is None, "nothing registered"
+    fresh = outcome["new_data_run"]
+    assert fresh["state"] == "success" and fresh["outcome"] in ("promoted", "rejected")
+    assert fresh["registered_version"] == 4
+    assert outcome["model_version_tags"]["4"]["trigger"] == "new_data"
+    newest = outcome["model_version_tags"][str(3 + (fresh["outcome"] == "promoted"))]
+    assert "champion" in newest["aliases"].split(",")

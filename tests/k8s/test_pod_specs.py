@@ -55,7 +55,8 @@ def _mounts(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_every_pod_task_of_every_dag_is_rendered(pods: dict[str, dict[str, Any]]) -> None:
     retrain = ("snapshot", "validate", "preprocess", "train", "evaluate", "register", "promote")
-    assert set(pods) == {*(f"ml_retrain.{step}" for step in retrain), "ml_drift_monitor.drift", "ml_deploy.deploy"}
+    monitor = ("ml_model_monitor.drift", "ml_model_monitor.performance")
+    assert set(pods) == {*(f"ml_retrain.{step}" for step in retrain), *monitor, "ml_deploy.deploy"}
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)

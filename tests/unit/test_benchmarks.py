@@ -29,6 +29,7 @@ from mlsteps.steps.preprocess import time_split
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = REPO_ROOT / "benchmarks"
 EVIDENTLY_PYTHON = REPO_ROOT / ".venv-bench-evidently" / "bin" / "python"
+NANNYML_PYTHON = REPO_ROOT / ".venv-bench-nannyml" / "bin" / "python"
 SMOKE_TIMEOUT_SECONDS = 600
 # What a GPU node lacks (it has Python with torch, numpy, pandas, scikit-learn and ONNX Runtime): these packages are
 # hidden from the GPU check's process and its DDP workers.
@@ -37,6 +38,8 @@ SMOKE_ARGS = {
     "main_job": ["--smoke"],
     # Evidently's side needs its own virtualenv (make .venv-bench-evidently); without it, ours alone.
     "drift": ["--smoke", *([] if EVIDENTLY_PYTHON.exists() else ["--no-evidently"])],
+    # NannyML's side needs its own virtualenv (make .venv-bench-nannyml); without it, ours alone.
+    "performance_estimation": ["--smoke", *([] if NANNYML_PYTHON.exists() else ["--no-nannyml"])],
     "serving": ["--smoke"],
     "model_quality": ["--smoke"],
     "gpu_check": ["--rows", "20000", "--epochs", "2", "--rehearse"],
@@ -161,6 +164,23 @@ def _check_drift(report: dict[str, Any], output: str) -> None:
         assert report["agreement"] is None
 
 
+def _check_performance_estimation(report: dict[str, Any], output: str) -> None:
+    """Both tasks, every window at both sizes estimated and judged by ours, and by NannyML where its virtualenv
+    exists; the concept-drift windows are said to be missed by design."""
+    config = report["config"]
+    windows = len(config["windows"]) + len(config["big_windows"])
+    assert [entry["task"] for entry in report["tasks"]] == ["binary", "multiclass"]
+    for entry in report["tasks"]:
+        assert len(entry["windows"]) == windows
+        assert all(
+            len(window["metrics"]) == 3 and window["seconds"]["cold"]["judge"] > 0 for window in entry["windows"]
+        )
+        assert all(("nannyml" in window) == config["nannyml"] for window in entry["windows"])
+        sizes = entry["summary"].values()
+        assert all(("speedup_warm" in figures) == config["nannyml"] for figures in sizes)
+    assert "miss the realized drop (expected)" in output
+
+
 def _check_serving(report: dict[str, Any], output: str) -> None:
     """The generator's ceiling, then both servers with 1 and 2 workers at batch 1 and 64 on every endpoint, and ours
     with binary tensors at batch 64; every answer right (the smoke run's figures are not judged)."""
@@ -206,6 +226,7 @@ CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "main_job": _check_main_job,
     "model_quality": _check_model_quality,
     "drift": _check_drift,
+    "performance_estimation": _check_performance_estimation,
     "serving": _check_serving,
     "gpu_check": _check_gpu_check,
 }

@@ -34,7 +34,8 @@ def _champion(root: str) -> str:
     return name
 
 
-def _score(tmp_path: Path, store: str, name: str, frame: pd.DataFrame, hour: pd.Timestamp) -> None:
+def score_window(tmp_path: Path, store: str, name: str, frame: pd.DataFrame, hour: pd.Timestamp) -> None:
+    """Score ``frame`` with the champion and log it in the given hour."""
     uri = str(tmp_path / f"{name}.parquet")
     storage.write_parquet(frame, uri)
     score.main(
@@ -54,8 +55,10 @@ def _check(tmp_path: Path, store: str, name: str, hour: pd.Timestamp, **options)
 def test_windows_of_the_champions_predictions(mlflow_tracking: str, tmp_path: Path) -> None:
     model_name = _champion(str(tmp_path / "train"))
     store = str(tmp_path / "predictions")
-    _score(tmp_path, store, "steady", generate_churn(2000, seed=21), HOUR)
-    _score(tmp_path, store, "shifted", generate_churn(2000, seed=22, covariate_drift=1.0), HOUR + pd.Timedelta(hours=1))
+    score_window(tmp_path, store, "steady", generate_churn(2000, seed=21), HOUR)
+    score_window(
+        tmp_path, store, "shifted", generate_churn(2000, seed=22, covariate_drift=1.0), HOUR + pd.Timedelta(hours=1)
+    )
 
     steady = _check(tmp_path, store, "steady", HOUR)
     assert steady["status"] == "ok" and steady["rows"] == 2000 and steady["task"] == "binary"
@@ -103,11 +106,11 @@ def test_a_multiclass_champion_whose_class_mix_shifts(mlflow_tracking: str, tmp_
     info, preprocessor, model = task_model("multiclass")  # plan change: stay, downgrade or leave
     register_package(info, preprocessor, model, registry.CHAMPION)
     store = str(tmp_path / "predictions")
-    _score(tmp_path, store, "steady", generate_churn(2000, seed=21), HOUR)
+    score_window(tmp_path, store, "steady", generate_churn(2000, seed=21), HOUR)
     # Only monthly contracts of customers who call support: "leave" and "downgrade" take over from "stay".
     customers = generate_churn(12_000, seed=22)
     unsettled = customers[(customers["contract_type"] == "monthly") & (customers["support_calls_90d"] >= 2)]
-    _score(tmp_path, store, "unsettled", unsettled.head(2000), HOUR + pd.Timedelta(hours=1))
+    score_window(tmp_path, store, "unsettled", unsettled.head(2000), HOUR + pd.Timedelta(hours=1))
 
     steady = _check(tmp_path, store, "steady", HOUR)
     assert steady["status"] == "ok" and steady["task"] == "multiclass"
@@ -128,10 +131,10 @@ def test_a_regression_champion_whose_predictions_shift(mlflow_tracking: str, tmp
     info, preprocessor, model = task_model("regression")  # next month's spend
     register_package(info, preprocessor, model, registry.CHAMPION)
     store = str(tmp_path / "predictions")
-    _score(tmp_path, store, "steady", generate_churn(2000, seed=21), HOUR)
+    score_window(tmp_path, store, "steady", generate_churn(2000, seed=21), HOUR)
     customers = generate_churn(12_000, seed=22)
     big_spenders = customers[customers["monthly_charges"] > customers["monthly_charges"].quantile(0.6)]
-    _score(tmp_path, store, "big", big_spenders.head(2000), HOUR + pd.Timedelta(hours=1))
+    score_window(tmp_path, store, "big", big_spenders.head(2000), HOUR + pd.Timedelta(hours=1))
 
     steady = _check(tmp_path, store, "steady", HOUR)
     assert steady["status"] == "ok" and steady["task"] == "regression" and steady["prediction_drift"] is False

@@ -286,17 +286,21 @@ def test_embedded_runner_help_runs_without_airflow_state() -> None:
     assert "--conf" in done.stdout
 
 
-def _drift_result(report: str) -> dict:
-    """A drift step's result.json, as much of it as the alert's payload reads."""
-    return {
+def _alert(report: str, signal: str = "realized_performance") -> dict:
+    """A monitor alert's payload, from the decision ``decide`` records."""
+    from orchestration.contracts import monitor_alert_extra
+
+    decision = {
+        "signals": [signal, "drift"],
+        "reason": f"realized roc_auc 0.62 outside the holdout's band [0.76, 0.84] ({report})",
+        "figures": {signal: {"value": 0.62, "lower": 0.76}},
+        "drifted_features": ["age", "plan"],
         "report_uri": f"s3://ml/monitor/{report}",
         "report_html_uri": f"s3://ml/monitor/{report}.html",
-        "drifted_features": ["age", "plan"],
-        "model_name": "churn-classifier",
         "model_version": 3,
-        "window": {"start": "2026-03-02T02:00:00+00:00", "end": "2026-03-02T03:00:00+00:00"},
-        "drift_detected": True,
+        "window_end": "2026-03-02T03:00:00+00:00",
     }
+    return monitor_alert_extra(decision, "churn-classifier")
 
 
 def test_a_retraining_run_knows_what_triggered_it() -> None:
@@ -304,42 +308,51 @@ def test_a_retraining_run_knows_what_triggered_it() -> None:
 
     from airflow.utils.types import DagRunType
 
-    from orchestration.assets import DRIFT_ALERT
-    from orchestration.contracts import drift_alert_extra
-    from orchestration.retrain import run_trigger, triggering_drift_alert
+    from orchestration.assets import MONITOR_ALERT, TRAINING_DATA
+    from orchestration.retrain import run_trigger, triggering_monitor_alert
 
     scheduled = SimpleNamespace(run_type=DagRunType.SCHEDULED)
     assert run_trigger(scheduled, {}) == "scheduled"
     assert run_trigger(SimpleNamespace(run_type="manual"), None) == "manual"
-    old, new = (drift_alert_extra(_drift_result(report)) for report in ("old.json", "new.json"))
-    events = {DRIFT_ALERT: [SimpleNamespace(extra=old), SimpleNamespace(extra=new)]}
+    old, new = _alert("old.json", "drift"), _alert("new.json")
+    events = {MONITOR_ALERT: [SimpleNamespace(extra=old), SimpleNamespace(extra=new)]}
     asset_run = SimpleNamespace(run_type=DagRunType.ASSET_TRIGGERED)
-    assert run_trigger(asset_run, events) == "drift_alert"
-    assert triggering_drift_alert(events) == new, "the latest alert explains the run"
-    assert triggering_drift_alert({}) is None
+    assert run_trigger(asset_run, events) == "realized_performance", "the signal of the latest alert"
+    assert triggering_monitor_alert(events) == new
+    assert triggering_monitor_alert({}) is None
+    assert run_trigger(asset_run, {TRAINING_DATA: [SimpleNamespace(extra={"producer": "etl"})]}) == "new_data"
 
 
-def test_the_drift_alert_payload_is_what_ml_retrain_tags_its_run_with() -> None:
-    # One payload (contracts.DriftAlertExtra): built by ml_drift_monitor's alert, read by ml_retrain's templates.
+def test_the_monitor_alert_payload_is_what_ml_retrain_tags_its_run_with() -> None:
+    # One payload (contracts.MonitorAlertExtra): built by ml_model_monitor's alert, read by ml_retrain's templates.
     from types import SimpleNamespace
 
     from jinja2 import Environment
 
-    from orchestration.assets import DRIFT_ALERT
-    from orchestration.contracts import drift_alert_extra
+    from orchestration.assets import MONITOR_ALERT
     from orchestration.retrain import TRIGGER_MACROS, TRIGGER_TAG_ARGS
 
-    extra = drift_alert_extra(_drift_result("r1.json"))
+    extra = _alert("r1.json")
     templates = [Environment().from_string(arg) for arg in TRIGGER_TAG_ARGS[1::2]]
     context = {**TRIGGER_MACROS, "dag_run": SimpleNamespace(run_type="asset_triggered")}
 
     on_alert = [
-        t.render(**context, triggering_asset_events={DRIFT_ALERT: [SimpleNamespace(extra=extra)]}) for t in templates
+        t.render(**context, triggering_asset_events={MONITOR_ALERT: [SimpleNamespace(extra=extra)]}) for t in templates
     ]
     on_cron = [t.render(**context, triggering_asset_events={}) for t in templates]
 
-    assert on_alert == ["trigger=drift_alert", "drift_report=s3://ml/monitor/r1.json", "drifted_features=age,plan"]
-    assert on_cron == ["trigger=asset_triggered", "drift_report=", "drifted_features="]
+    assert on_alert == [
+        "trigger=realized_performance",
+        f"trigger_reason={extra['reason']}",
+        "monitor_report=s3://ml/monitor/r1.json.html",
+        "drifted_features=age,plan",
+    ]
+    assert on_cron == [
+        "trigger=asset_triggered",
+        "trigger_reason=asset_triggered",
+        "monitor_report=",
+        "drifted_features=",
+    ]
 
 
 def test_the_runners_import_no_airflow_before_they_point_it_at_their_state() -> None:
@@ -348,3 +361,28 @@ def test_the_runners_import_no_airflow_before_they_point_it_at_their_state() -> 
     probe = "import sys, orchestration.embedded, orchestration.loop; print('airflow' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_data_check_stops_runs_for_data_that_is_not_new(tmp_path: Path) -> None:
+    from mlsteps import results
+    from orchestration.retrain import data_check, summarize
+
+    dataset = "s3://ml-datasets/churn/latest.parquet"
+    root = str(tmp_path / "run")
+    snapshot = {"snapshot_id": "0123456789abcdef", "source_uri": dataset, "rows": 10}
+    results.write_result(root, "snapshot", {**snapshot, "champion_version": 3, "champion_trained_on_snapshot": True})
+    stop = data_check(root, "scheduled", [], dataset)
+    assert stop == (
+        f"the training data {dataset} (snapshot 0123456789ab) is what champion v3 was trained on: nothing retrained, "
+        "nothing registered"
+    )
+    summary = summarize(root, "scheduled__1")
+    assert (summary["outcome"], summary["message"], summary["trigger"]) == ("unchanged", stop, "scheduled")
+    assert data_check(root, "manual", [], dataset) is None, "a person may retrain on the same data"
+
+    results.write_result(root, "snapshot", {**snapshot, "champion_version": 3, "champion_trained_on_snapshot": False})
+    assert data_check(root, "new_data", [{"producer": "etl"}], dataset) is None, "a producer's event is new data"
+    message = {"MessageId": "m1", "ReceiptHandle": "r1", "Body": "retrain please"}
+    watched = {"from_trigger": True, "payload": {"status": "success", "message_batch": [message]}}
+    stop = data_check(root, "new_data", [watched], dataset)
+    assert stop.startswith("no new data for this dataset: ") and "not an S3 event notification" in stop

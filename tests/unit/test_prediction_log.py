@@ -203,22 +203,6 @@ def test_concurrent_writers_lose_no_rows(tmp_path: Path) -> None:
     assert len(window) == 8 * 5 * 40 and window["request_id"].is_unique
 
 
-def test_join_labels_matches_ids_and_leaves_out_unlabelled_rows(tmp_path: Path) -> None:
-    features, predictions, ids = _scored(6)
-    prediction_log.append(str(tmp_path), features, predictions, BINARY, MODEL, 1, "2025-03-01T10:00Z", ids)
-    window = prediction_log.read_window(str(tmp_path), MODEL, "2025-03-01", "2025-03-02")
-    labels = pd.DataFrame({ID_COLUMN: ids[[4, 1]].tolist(), "churned": [1, 0]})
-
-    joined = prediction_log.join_labels(window, labels, ID_COLUMN)
-
-    assert sorted(zip(joined["request_id"], joined["churned"], strict=True)) == sorted([(ids[4], 1), (ids[1], 0)])
-    assert joined.set_index("request_id").loc[ids[4], "probability"] == predictions["probability"][4]
-    with pytest.raises(DataError, match=r"labels lack the id column 'customer_id'; they have \['id', 'churned'\]"):
-        prediction_log.join_labels(window, labels.rename(columns={ID_COLUMN: "id"}), ID_COLUMN)
-    with pytest.raises(DataError, match=r"1 repeated id\(s\) in 'customer_id'"):
-        prediction_log.join_labels(window, pd.concat([labels, labels.head(1)]), ID_COLUMN)
-
-
 def _wait_for(condition, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():

@@ -135,13 +135,13 @@ def test_a_deploy_that_did_not_run_or_succeeded_does_not_fail() -> None:
 
 
 def test_a_monitor_run_reports_its_decision_or_its_failure() -> None:
-    run_root = get_settings().run_root("ml_drift_monitor", "scheduled__m1")
+    run_root = get_settings().run_root("ml_model_monitor", "scheduled__m1")
     storage.write_json(
-        storage.join(run_root, monitor.DECISION_FILE), {"action": "drift_pending", "reason": "drift in 1 window"}
+        storage.join(run_root, monitor.DECISION_FILE), {"action": "pending", "reason": "drift in 1 window"}
     )
-    assert monitor.summarize(run_root, "scheduled__m1")["outcome"] == "drift_pending"
+    assert monitor.summarize(run_root, "scheduled__m1")["outcome"] == "pending"
 
-    _fail("ml_drift_monitor", "scheduled__m1", "drift", step_exit_error("drift", 1, "OSError: store unreachable"))
+    _fail("ml_model_monitor", "scheduled__m1", "drift", step_exit_error("drift", 1, "OSError: store unreachable"))
     summary = monitor.summarize(run_root, "scheduled__m1")
 
     assert summary["outcome"] == "failed" and summary["failed_task"] == "drift"

@@ -95,6 +95,8 @@ def test_result_and_stored_files(churn: pd.DataFrame, tmp_path: Path) -> None:
         "columns": list(churn.columns),
         "source_uri": str(tmp_path / "in" / "churn.csv"),
         "reused": False,
+        "champion_version": None,  # no registry (MLFLOW_TRACKING_URI unset): nothing known
+        "champion_trained_on_snapshot": None,
     }
     pd.testing.assert_frame_equal(storage.read_parquet(outcome["snapshot_uri"]), churn)
     schema = storage.read_json(outcome["schema_uri"])
@@ -282,3 +284,23 @@ def test_cli_exits_2_with_one_line_for_bad_input_and_0_for_good_input(churn: pd.
     assert good.returncode == 0, good.stderr
     assert f"wrote snapshot {snapshot_id(churn)}" in good.stdout
     assert results.read_result(str(tmp_path / "run"), "snapshot")["snapshot_id"] == snapshot_id(churn)
+
+
+def test_the_result_says_whether_the_champion_was_trained_on_this_snapshot(
+    churn: pd.DataFrame, tmp_path: Path, mlflow_tracking: str
+) -> None:
+    from mlflow import MlflowClient
+
+    from mlsteps import registry
+
+    first = snapshot_file(tmp_path, churn, "churn.csv")
+    assert (first["champion_version"], first["champion_trained_on_snapshot"]) == (None, False), "no champion yet"
+    client = MlflowClient()
+    client.create_registered_model("churn-classifier")
+    version = client.create_model_version("churn-classifier", str(tmp_path), tags={"snapshot_id": first["snapshot_id"]})
+    client.set_registered_model_alias("churn-classifier", registry.CHAMPION, version.version)
+
+    again = snapshot_file(tmp_path, churn, "churn.csv")
+    assert (again["champion_version"], again["champion_trained_on_snapshot"]) == (1, True)
+    changed = snapshot_file(tmp_path, churn.head(1000), "churn.csv")
+    assert (changed["champion_version"], changed["champion_trained_on_snapshot"]) == (1, False)

@@ -53,6 +53,7 @@ def test_binary_metrics_worked_by_hand() -> None:
     assert result["brier"] == pytest.approx((0.01 + 0.16 + 0.4225 + 0.04) / 4)
     assert result["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.6, 0.35, 0.8])))
     assert result["accuracy"] == pytest.approx(0.75)
+    assert result["f1"] == pytest.approx(2 / 3)  # predicted positive: 0.8 only; one of the two positives found
     assert result["positive_rate"] == 0.5 and result["mean_probability"] == pytest.approx(0.4125)
     assert result["rows"] == 4 and result["notes"] == []
     assert set(METRICS["binary"]) <= set(result)
@@ -65,6 +66,7 @@ def test_binary_metrics_equal_sklearn() -> None:
     assert result["pr_auc"] == pytest.approx(skm.average_precision_score(y, p))
     assert result["log_loss"] == pytest.approx(skm.log_loss(y, p))
     assert result["accuracy"] == pytest.approx(skm.accuracy_score(y, p >= 0.5))
+    assert result["f1"] == pytest.approx(skm.f1_score(y, p >= 0.5))
     assert result["brier"] == pytest.approx(skm.brier_score_loss(y, p))
     assert result["ece"] == pytest.approx(expected_calibration_error(y, p, 10))
     assert result["positive_rate"] == pytest.approx(y.mean())
@@ -95,8 +97,15 @@ def test_single_class_reports_undefined_ranking_metrics_and_says_why() -> None:
     assert result["roc_auc"] is None and result["pr_auc"] is None
     assert result["notes"] == ["roc_auc and pr_auc undefined: all 4 rows have label 'stayed'; it needs both classes"]
     assert result["accuracy"] == pytest.approx(0.75)
+    assert result["f1"] == 0.0  # a false alarm (0.7) and no positive: F1 is defined, and 0
     assert result["log_loss"] == pytest.approx(skm.log_loss([0, 0, 0, 0], positive, labels=[0, 1]))
     assert result["positive_rate"] == 0.0
+
+
+def test_binary_f1_is_undefined_without_positives_or_positive_predictions() -> None:
+    result = task_metrics("binary", ["stayed", "churned"], [0, 0, 0], _both(np.array([0.1, 0.4, 0.2])), 10)
+    assert result["f1"] is None and result["accuracy"] == 1.0
+    assert result["notes"][-1] == "f1 undefined: none of the 3 rows is positive or predicted positive"
 
 
 def test_multiclass_metrics_worked_by_hand() -> None:

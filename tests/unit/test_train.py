@@ -174,13 +174,13 @@ def test_cli_model_loads_and_predicts_raw_rows(mlflow_tracking: str, tmp_path: P
     outcome = CliRunner().invoke(
         app,
         ["train", "--run-root", root, "--config", str(config_path), "--epochs", "4", "--learning-rate", "0.01"]
-        + ["--tag", "trigger=drift_alert"],
+        + ["--tag", "trigger=drift"],
     )
 
     assert outcome.exit_code == 0, outcome.output
     payload = results.read_result(root, "train/mlp")
     assert payload["params"]["epochs"] == 4 and payload["params"]["learning_rate"] == 0.01
-    assert mlflow.get_run(payload["mlflow_run_id"]).data.tags["trigger"] == "drift_alert"
+    assert mlflow.get_run(payload["mlflow_run_id"]).data.tags["trigger"] == "drift"
     model = mlflow.pyfunc.load_model(payload["model_uri"])
     holdout = storage.read_parquet(results.read_result(root, "preprocess")["holdout_uri"])
     odd_rows = holdout.head(3).copy()
@@ -209,7 +209,7 @@ def test_cli_model_loads_and_predicts_raw_rows(mlflow_tracking: str, tmp_path: P
 
 
 def test_model_package_carries_the_drift_reference_of_its_training_data(mlflow_tracking: str, tmp_path: Path) -> None:
-    from mlsteps.model import download_reference_profile
+    from mlsteps.model import download_package, reference_profile_path
     from mlsteps.monitoring.drift import detect_drift, load_profile
 
     root = str(tmp_path / "run")
@@ -217,7 +217,8 @@ def test_model_package_carries_the_drift_reference_of_its_training_data(mlflow_t
     train.run(root, config)
     payload = results.read_result(root, "train/mlp")
 
-    profile = load_profile(str(download_reference_profile(payload["model_uri"], tmp_path / "profile")))
+    package = download_package(payload["model_uri"], tmp_path / "profile")
+    profile = load_profile(str(reference_profile_path(package, payload["model_uri"])))
     train_split = storage.read_parquet(results.read_result(root, "preprocess")["train_uri"])
     assert list(profile.features) == [column.name for column in config.dataset.features]
     assert profile.rows == len(train_split)

@@ -113,7 +113,7 @@ def _as_text(values: pd.Series) -> pd.Series:
     return values.astype("str")
 
 
-def _as_utc(values: pd.Series, column: str, uri: str) -> pd.Series:
+def utc_column(values: pd.Series, column: str, uri: str) -> pd.Series:
     """Event times as UTC datetimes; strings without an offset are taken as UTC.
 
     Raises:
@@ -155,7 +155,7 @@ def prepare(frame: pd.DataFrame, dataset: DatasetConfig, uri: str) -> pd.DataFra
             prepared[column] = _as_text(prepared[column])
     timestamp = dataset.timestamp_column
     if timestamp is not None and timestamp in prepared.columns:
-        prepared[timestamp] = _as_utc(prepared[timestamp], timestamp, uri)
+        prepared[timestamp] = utc_column(prepared[timestamp], timestamp, uri)
     return prepared
 
 

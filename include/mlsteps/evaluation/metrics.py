@@ -8,8 +8,9 @@ each line), so one report lists all the reasons a challenger was held back.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from mlsteps.config import EvaluationConfig
-from mlsteps.evaluation.tasks import DECISION_THRESHOLD, is_classification, metric
+from mlsteps.evaluation.tasks import is_classification, predicted_positions
+from mlsteps.evaluation.tasks import metric as metric_definition
 
 MISSING_SLICE = "(missing)"
 # Metric differences come from subtraction; a worsening equal to the allowed one must not fail on rounding noise.
@@ -59,21 +61,144 @@ def _single_class_note(labels: np.ndarray, classes: Sequence[Any]) -> str | None
     return f"class(es) {absent} do not occur in these {labels.size} rows; it needs every class"
 
 
-def _binary_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[Any], bins: int) -> dict[str, Any]:
+def _all_classes_present(labels: np.ndarray, probabilities: np.ndarray) -> bool:
+    """Whether every class occurs in the labels: ranking metrics (ROC AUC, PR AUC) need them all."""
+    return bool(np.bincount(labels, minlength=probabilities.shape[1]).all())
+
+
+def _binary_roc_auc(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float | None:
     from sklearn import metrics
 
-    positive = probabilities[:, 1]
+    if not _all_classes_present(labels, probabilities):
+        return None
+    return float(metrics.roc_auc_score(labels, probabilities[:, 1]))
+
+
+def _binary_pr_auc(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float | None:
+    from sklearn import metrics
+
+    if not _all_classes_present(labels, probabilities):
+        return None
+    return float(metrics.average_precision_score(labels, probabilities[:, 1]))
+
+
+def _binary_log_loss(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
+    from sklearn import metrics
+
+    return float(metrics.log_loss(labels, probabilities[:, 1], labels=[0, 1]))
+
+
+def _binary_brier(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
+    from sklearn import metrics
+
+    return float(metrics.brier_score_loss(labels, probabilities[:, 1], pos_label=1))
+
+
+def _binary_ece(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
+    return expected_calibration_error(labels, probabilities[:, 1], bins)
+
+
+def _accuracy(task: str, labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
+    """Share of rows whose predicted class (``tasks.predicted_positions`` of the task) is right."""
+    from sklearn import metrics
+
+    return float(metrics.accuracy_score(labels, predicted_positions(task, probabilities)))
+
+
+def _binary_f1(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float | None:
+    """F1 of the positive class at the decision threshold; undefined when no row is positive or predicted so."""
+    from sklearn import metrics
+
+    predicted = predicted_positions("binary", probabilities)
+    if not (labels.any() or predicted.any()):
+        return None
+    return float(metrics.f1_score(labels, predicted, pos_label=1))
+
+
+def _multiclass_roc_auc(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float | None:
+    from sklearn import metrics
+
+    if not _all_classes_present(labels, probabilities):
+        return None
+    # Macro one-vs-rest: the mean of each class's binary AUC (what sklearn's multi_class="ovr" computes).
+    return float(
+        np.mean([metrics.roc_auc_score(labels == k, probabilities[:, k]) for k in range(probabilities.shape[1])])
+    )
+
+
+def _multiclass_log_loss(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
+    from sklearn import metrics
+
+    return float(metrics.log_loss(labels, probabilities, labels=list(range(probabilities.shape[1]))))
+
+
+def _macro_f1(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
+    from sklearn import metrics
+
+    chosen = predicted_positions("multiclass", probabilities)
+    return float(metrics.f1_score(labels, chosen, average="macro", zero_division=0))
+
+
+def _top_label_ece(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
+    chosen = probabilities.argmax(axis=1)
+    return expected_calibration_error((chosen == labels).astype(int), probabilities.max(axis=1), bins)
+
+
+def _rmse(target: np.ndarray, prediction: np.ndarray, bins: int) -> float:
+    from sklearn import metrics
+
+    return float(metrics.root_mean_squared_error(target, prediction))
+
+
+def _mae(target: np.ndarray, prediction: np.ndarray, bins: int) -> float:
+    from sklearn import metrics
+
+    return float(metrics.mean_absolute_error(target, prediction))
+
+
+def _r2(target: np.ndarray, prediction: np.ndarray, bins: int) -> float | None:
+    from sklearn import metrics
+
+    return None if np.all(target == target[0]) else float(metrics.r2_score(target, prediction))
+
+
+# Each metric of ``tasks.METRICS`` as one function of (checked labels, checked output, calibration bins), in the
+# order ``task_metrics`` reports them. None: undefined on these rows (``task_metrics``' notes say why).
+_METRIC_FUNCTIONS: dict[str, dict[str, Callable[[np.ndarray, np.ndarray, int], float | None]]] = {
+    "binary": {
+        "roc_auc": _binary_roc_auc,
+        "pr_auc": _binary_pr_auc,
+        "log_loss": _binary_log_loss,
+        "brier": _binary_brier,
+        "ece": _binary_ece,
+        "accuracy": functools.partial(_accuracy, "binary"),
+        "f1": _binary_f1,
+    },
+    "multiclass": {
+        "roc_auc": _multiclass_roc_auc,
+        "log_loss": _multiclass_log_loss,
+        "accuracy": functools.partial(_accuracy, "multiclass"),
+        "macro_f1": _macro_f1,
+        "ece": _top_label_ece,
+    },
+    "regression": {"rmse": _rmse, "mae": _mae, "r2": _r2},
+}
+
+
+def _all_metrics(task: str, truth: np.ndarray, values: np.ndarray, bins: int) -> dict[str, float | None]:
+    return {name: function(truth, values, bins) for name, function in _METRIC_FUNCTIONS[task].items()}
+
+
+def _binary_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[Any], bins: int) -> dict[str, Any]:
     missing_class = _single_class_note(labels, classes)
     notes = [] if missing_class is None else [f"roc_auc and pr_auc undefined: {missing_class}"]
+    result = _all_metrics("binary", labels, probabilities, bins)
+    if result["f1"] is None:
+        notes.append(f"f1 undefined: none of the {labels.size} rows is positive or predicted positive")
     return {
-        "roc_auc": None if missing_class else float(metrics.roc_auc_score(labels, positive)),
-        "pr_auc": None if missing_class else float(metrics.average_precision_score(labels, positive)),
-        "log_loss": float(metrics.log_loss(labels, positive, labels=[0, 1])),
-        "brier": float(metrics.brier_score_loss(labels, positive, pos_label=1)),
-        "ece": expected_calibration_error(labels, positive, bins),
-        "accuracy": float(metrics.accuracy_score(labels, (positive >= DECISION_THRESHOLD).astype(int))),
+        **result,
         "positive_rate": float(labels.mean()),
-        "mean_probability": float(positive.mean()),
+        "mean_probability": float(probabilities[:, 1].mean()),
         "rows": int(labels.size),
         "notes": notes,
     }
@@ -82,44 +207,24 @@ def _binary_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: Sequ
 def _multiclass_metrics(
     labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[Any], bins: int
 ) -> dict[str, Any]:
-    from sklearn import metrics
-
-    chosen = probabilities.argmax(axis=1)
     missing_class = _single_class_note(labels, classes)
-    notes = [] if missing_class is None else [f"roc_auc undefined: {missing_class}"]
-    # Macro one-vs-rest: the mean of each class's binary AUC (what sklearn's multi_class="ovr" computes).
-    roc_auc = None
-    if missing_class is None:
-        roc_auc = float(np.mean([metrics.roc_auc_score(labels == k, probabilities[:, k]) for k in range(len(classes))]))
     return {
-        "roc_auc": roc_auc,
-        "log_loss": float(metrics.log_loss(labels, probabilities, labels=list(range(len(classes))))),
-        "accuracy": float(metrics.accuracy_score(labels, chosen)),
-        "macro_f1": float(metrics.f1_score(labels, chosen, average="macro", zero_division=0)),
-        "ece": expected_calibration_error((chosen == labels).astype(int), probabilities.max(axis=1), bins),
+        **_all_metrics("multiclass", labels, probabilities, bins),
         "rows": int(labels.size),
         "class_shares": {str(label): float((labels == k).mean()) for k, label in enumerate(classes)},
-        "notes": notes,
+        "notes": [] if missing_class is None else [f"roc_auc undefined: {missing_class}"],
     }
 
 
 def _regression_metrics(target: np.ndarray, prediction: np.ndarray) -> dict[str, Any]:
-    from sklearn import metrics
-
-    constant = bool(np.all(target == target[0]))
-    notes = (
-        [f"r2 undefined: all {target.size} rows have target {target[0]:g}; it needs a varying target"]
-        if constant
-        else []
-    )
+    result = _all_metrics("regression", target, prediction, 0)
+    constant = f"r2 undefined: all {target.size} rows have target {target[0]:g}; it needs a varying target"
     return {
-        "rmse": float(metrics.root_mean_squared_error(target, prediction)),
-        "mae": float(metrics.mean_absolute_error(target, prediction)),
-        "r2": None if constant else float(metrics.r2_score(target, prediction)),
+        **result,
         "rows": int(target.size),
         "mean_target": float(target.mean()),
         "mean_prediction": float(prediction.mean()),
-        "notes": notes,
+        "notes": [] if result["r2"] is not None else [constant],
     }
 
 
@@ -164,7 +269,8 @@ def task_metrics(
 
     Returns:
         binary: ``roc_auc``, ``pr_auc`` (None when the labels hold one class; ``notes`` says why), ``log_loss``,
-        ``brier``, ``ece``, ``accuracy`` (at ``DECISION_THRESHOLD``), ``positive_rate``, ``mean_probability``;
+        ``brier``, ``ece``, ``accuracy`` and ``f1`` of the positive class (at ``DECISION_THRESHOLD``; None when no
+        row is positive or predicted positive), ``positive_rate``, ``mean_probability``;
         multiclass: macro one-vs-rest ``roc_auc`` (None when a class is absent), ``log_loss``, ``accuracy``,
         ``macro_f1``, top-label ``ece``, ``class_shares``; regression: ``rmse``, ``mae``, ``r2`` (None for a
         constant target), ``mean_target``, ``mean_prediction``. All with ``rows`` and ``notes``.
@@ -178,6 +284,33 @@ def task_metrics(
     if task == "multiclass":
         return _multiclass_metrics(truth, values, list(classes or []), calibration_bins)
     return _regression_metrics(truth, values)
+
+
+def metric_value(
+    task: str, classes: Sequence[Any] | None, metric: str, y_true: Any, output: Any, calibration_bins: int = 10
+) -> float | None:
+    """One holdout metric, computed as ``task_metrics`` computes it, without the rest.
+
+    For callers that compute one metric many times (a bootstrap of the sampling error): ``task_metrics`` computes
+    every metric, notes and shares each time.
+
+    Args:
+        task: binary, multiclass or regression.
+        classes: ``target.classes`` (classification), in the order of the probability columns.
+        metric: a metric of the task (``tasks.METRICS``).
+        y_true: the encoded target (``tasks.encode_target``).
+        output: the raw model output: probabilities (rows x classes), or values.
+        calibration_bins: bins of the expected calibration error (``evaluation.calibration_bins``).
+
+    Returns:
+        The value, or None where it is undefined on these rows (as ``task_metrics`` reports it).
+
+    Raises:
+        ValueError: ``metric`` is not a metric of the task, or the output does not fit (as ``task_metrics``).
+    """
+    metric_definition(task, metric)  # an unknown metric raises here, naming the task's metrics
+    truth, values = checked_output(task, classes, y_true, output)
+    return _METRIC_FUNCTIONS[task][metric](truth, values, calibration_bins)
 
 
 def slice_metrics(
@@ -230,7 +363,7 @@ def best_candidate(metrics_by_family: dict[str, dict[str, Any]], primary_metric:
     """
     if not metrics_by_family:
         raise ValueError("no candidates to choose from")
-    higher_is_better = metric(task, primary_metric).higher_is_better
+    higher_is_better = metric_definition(task, primary_metric).higher_is_better
 
     def rank(family: str) -> tuple[bool, float]:
         value = _defined(metrics_by_family[family].get(primary_metric))
@@ -362,7 +495,7 @@ def gate_decision(
     Raises:
         ValueError: ``primary_metric`` is not a metric of ``task``.
     """
-    higher_is_better = metric(task, primary_metric).higher_is_better
+    higher_is_better = metric_definition(task, primary_metric).higher_is_better
     challenger = _defined(challenger_metrics.get(primary_metric))
     checks = list(_checks(primary_metric, challenger, champion_metrics, higher_is_better, config))
     passed = all(ok for ok, _ in checks)

@@ -68,6 +68,7 @@ METRICS: dict[str, dict[str, Metric]] = {
         Metric("brier", False, "mean squared error of the positive-class probability", _UNIT),
         Metric("ece", False, "expected calibration error over equal-width bins", _UNIT),
         Metric("accuracy", True, f"share of rows labelled right at threshold {DECISION_THRESHOLD}", _UNIT),
+        Metric("f1", True, f"F1 score of the positive class at threshold {DECISION_THRESHOLD}", _UNIT),
     ),
     "multiclass": _metrics(
         Metric("roc_auc", True, "macro average of the one-vs-rest ROC AUCs", _UNIT),
@@ -83,6 +84,12 @@ METRICS: dict[str, dict[str, Metric]] = {
     ),
 }
 DEFAULT_PRIMARY_METRIC: dict[str, str] = {"binary": "roc_auc", "multiclass": "roc_auc", "regression": "rmse"}
+# The metrics that confidence-based performance estimation (``mlsteps.monitoring.performance.estimate``) can
+# estimate from calibrated probabilities without labels; regression has none.
+ESTIMABLE_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("roc_auc", "accuracy", "f1"),
+    "multiclass": ("roc_auc", "accuracy", "macro_f1"),
+}
 
 
 def is_classification(task: str) -> bool:
@@ -178,6 +185,36 @@ def probabilities_of(task: str, classes: Sequence[Any], frame: pd.DataFrame) -> 
     return frame[probability_columns(task, classes)].to_numpy(dtype=np.float64)
 
 
+def class_positions(values: pd.Series, classes: Sequence[Any], *, match_text: bool = False) -> np.ndarray:
+    """The position of each value's class in ``classes`` (int64), -1 where the value is none of them (or missing).
+
+    Args:
+        values: class labels as the data holds them.
+        classes: ``target.classes``; position i is class i.
+        match_text: also match a value whose text equals a class's (``"1"`` and ``1``). For labels from other
+            systems: a CSV column holding one stray word is read as text, which must not make every label unknown.
+    """
+    import numpy as np
+
+    codes = np.full(len(values), -1, dtype=np.int64)
+    for position, label in enumerate(classes):
+        codes[(values == label).to_numpy(dtype=bool, na_value=False)] = position
+    if match_text:
+        text, unmatched = values.astype("str"), codes < 0
+        for position, label in enumerate(classes):
+            codes[unmatched & (text == str(label)).to_numpy(dtype=bool, na_value=False)] = position
+    return codes
+
+
+def finite_numbers(values: pd.Series) -> np.ndarray:
+    """A regression target as float64; what is not a finite number (missing, text, inf) becomes NaN."""
+    import numpy as np
+    import pandas as pd
+
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(np.isfinite(numbers), numbers, np.nan)
+
+
 def encode_target(values: pd.Series, task: str, classes: Sequence[Any] | None, what: str) -> np.ndarray:
     """The target as the model learns it: class positions (int64) for classification, float64 for regression.
 
@@ -192,11 +229,10 @@ def encode_target(values: pd.Series, task: str, classes: Sequence[Any] | None, w
             finite number; the message names the column, counts the rows, gives examples and the fix.
     """
     import numpy as np
-    import pandas as pd
 
     if not is_classification(task):
-        numbers = pd.to_numeric(values, errors="coerce").astype("float64")
-        bad = ~np.isfinite(numbers.to_numpy())
+        numbers = finite_numbers(values)
+        bad = np.isnan(numbers)
         if bad.any():
             examples = values[bad].drop_duplicates().head(5).tolist()
             raise DataError(
@@ -204,11 +240,9 @@ def encode_target(values: pd.Series, task: str, classes: Sequence[Any] | None, w
                 f"numbers (missing, text or inf), e.g. {examples}. Drop or fix those rows, or declare the right "
                 "target.task in the dataset config."
             )
-        return numbers.to_numpy()
+        return numbers
     declared = list(classes or [])
-    codes = np.full(len(values), -1, dtype=np.int64)
-    for position, label in enumerate(declared):
-        codes[(values == label).to_numpy(dtype=bool, na_value=False)] = position
+    codes = class_positions(values, declared)
     unexpected = codes < 0
     if unexpected.any():
         examples = values[unexpected].drop_duplicates().head(5).tolist()

@@ -13,7 +13,8 @@ are atomic).
 One record per scored row:
 
 - ``request_id`` (string): the row's id. Batch scoring uses the dataset's ``id_column`` when the input has it, so
-  labels that arrive later join on it (``join_labels``); rows without an id get a random 128-bit hex id.
+  labels that arrive later join on it (``mlsteps.monitoring.performance.labels.match_labels``); rows without an
+  id get a random 128-bit hex id.
 - every feature column as the model received it, under the dataset's column names (raw values: not imputed,
   not scaled). Log the frame the model scored, typed as its signature says (numbers as float64, categories as
   strings), so a column keeps one type across files.
@@ -51,7 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mlsteps.data import storage
-from mlsteps.errors import DataError
+from mlsteps.errors import ConfigError, DataError
 from mlsteps.evaluation.tasks import (
     PREDICTION,
     integer_labels,
@@ -102,6 +103,19 @@ def as_utc(value: TimeLike) -> pd.Timestamp:
         raise ValueError(f"{value!r} is not a date-time: write it like 2025-03-01T14:00:00Z")
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
     return stamp.as_unit("us")
+
+
+def window_before(window_end: TimeLike | None, hours: int) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The monitoring window ``[end - hours, end)``; no end: the start of the current hour.
+
+    Raises:
+        ConfigError: ``window_end`` is not a date-time.
+    """
+    try:
+        end = as_utc(window_end) if window_end else pd.Timestamp.now(tz="UTC").floor("h").as_unit("us")
+    except ValueError as exc:
+        raise ConfigError(f"--window-end: {exc}") from None
+    return end - pd.Timedelta(hours=hours), end
 
 
 def model_prefix(store_uri: str, model_name: str) -> str:
@@ -410,31 +424,6 @@ def read_window(
         len(files),
     )
     return _select(table, wanted).to_pandas()
-
-
-def join_labels(window: pd.DataFrame, labels: pd.DataFrame, id_column: str) -> pd.DataFrame:
-    """The window's records with the labels that have arrived, joined on ``request_id`` = ``labels[id_column]``.
-
-    Rows without a label yet are left out, so the result is what performance metrics can use.
-
-    Args:
-        window: records from ``read_window`` (with ``request_id``).
-        labels: one row per id: the id column plus the label column(s).
-        id_column: the id column of ``labels`` (the dataset's ``id_column``).
-
-    Raises:
-        DataError: ``labels`` lacks the id column or holds an id twice.
-    """
-    if id_column not in labels.columns:
-        raise DataError(f"labels lack the id column {id_column!r}; they have {list(labels.columns)}")
-    keyed = labels.rename(columns={id_column: REQUEST_ID}).astype({REQUEST_ID: "str"})
-    repeated = keyed[REQUEST_ID][keyed[REQUEST_ID].duplicated()]
-    if not repeated.empty:
-        raise DataError(
-            f"labels hold {len(repeated)} repeated id(s) in {id_column!r}, e.g. {repeated.head(3).tolist()}: "
-            "keep one label per id"
-        )
-    return window.merge(keyed, on=REQUEST_ID, how="inner", suffixes=("", "_label"))
 
 
 # A batch's features or predictions: a DataFrame (``log``) or columns of equal length (``log_columns``).

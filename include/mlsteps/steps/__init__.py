@@ -5,7 +5,18 @@ configures ``runtime.steps.<step>`` for each of ``STEPS`` and refuses any other 
 """
 
 # The steps DAG tasks run, in the order of the loop; each is a module, a CLI command and a task id.
-STEPS = ("snapshot", "validate", "preprocess", "train", "evaluate", "register", "promote", "drift", "deploy")
+STEPS = (
+    "snapshot",
+    "validate",
+    "preprocess",
+    "train",
+    "evaluate",
+    "register",
+    "promote",
+    "drift",
+    "performance",
+    "deploy",
+)
 # Every command of ``python -m mlsteps``: the steps, plus make-dataset (writes input data) and init-dataset (infers
 # a dataset config from a data file), which take no run root, and score (batch scoring of a file with a registered
 # model).

@@ -24,10 +24,10 @@ import pandas as pd
 import typer
 
 from mlsteps import registry, tracking
-from mlsteps.cli_options import ConfigUri, RunRoot
+from mlsteps.cli_options import ConfigUri, PredictionStore, RunRoot, WindowEnd
 from mlsteps.config import PipelineConfig, load_pipeline_config
 from mlsteps.data import storage
-from mlsteps.errors import ConfigError, DataError
+from mlsteps.errors import DataError
 from mlsteps.monitoring import prediction_log
 from mlsteps.results import read_result, result_uri, step_dir, write_result
 
@@ -35,14 +35,6 @@ STEP = "drift"
 OK, SKIPPED, DATA_QUALITY_FAILED = "ok", "skipped", "data_quality_failed"
 # MLflow metric names allow letters, digits, _ - . and spaces (and slashes, read as folders); a label may hold anything.
 _NOT_IN_METRIC_NAMES = re.compile(r"[^\w\-. ]")
-
-
-def _window(window_end: str | None, hours: int) -> tuple[pd.Timestamp, pd.Timestamp]:
-    try:
-        end = prediction_log.as_utc(window_end) if window_end else pd.Timestamp.now(tz="UTC").floor("h")
-    except ValueError as exc:
-        raise ConfigError(f"--window-end: {exc}") from None
-    return end - pd.Timedelta(hours=hours), end
 
 
 def _previous(run_root: str, window: dict[str, str], model_version: int) -> dict[str, Any] | None:
@@ -97,11 +89,11 @@ def run(run_root: str, config: PipelineConfig, prediction_store: str, window_end
         DataError: the champion's package has no reference profile or task (logged by an older version: retrain), the
             log's files disagree on a column type, or the logged rows lack the model's output columns.
     """
-    from mlsteps.model import download_reference_profile, read_package
+    from mlsteps.model import download_package, read_package, reference_profile_path
     from mlsteps.monitoring.drift import detect_drift, load_profile, prediction_signals, render_html
 
     monitoring, model_name = config.monitoring, config.registry.model_name
-    start, end = _window(window_end, monitoring.window_hours)
+    start, end = prediction_log.window_before(window_end, monitoring.window_hours)
     window = {"start": start.isoformat(), "end": end.isoformat()}
     payload: dict[str, Any] = {"model_name": model_name, "model_alias": monitoring.model_alias, "window": window}
     version = registry.alias_version(tracking.client(), model_name, monitoring.model_alias)
@@ -127,8 +119,9 @@ def run(run_root: str, config: PipelineConfig, prediction_store: str, window_end
     model_uri = registry.model_uri(model_name, model_version)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            profile_path = download_reference_profile(model_uri, Path(tmp))
-            info = read_package(profile_path.parent.parent).info  # the package folder the profile came in
+            package = download_package(model_uri, Path(tmp))
+            profile_path = reference_profile_path(package, model_uri)
+            info = read_package(package).info
         except FileNotFoundError as exc:
             raise DataError(str(exc)) from None
         profile = load_profile(str(profile_path))
@@ -173,17 +166,8 @@ def _skip(run_root: str, payload: dict[str, Any], message: str) -> dict[str, Any
 
 def main(
     run_root: RunRoot,
-    prediction_store: Annotated[
-        str,
-        typer.Option("--prediction-store", help="root folder of the prediction log (path or URI), as score writes it"),
-    ],
-    window_end: Annotated[
-        str | None,
-        typer.Option(
-            "--window-end",
-            help="end of the window, ISO 8601 (no offset means UTC); default: the start of the current hour",
-        ),
-    ] = None,
+    prediction_store: PredictionStore,
+    window_end: WindowEnd = None,
     window_hours: Annotated[
         int | None,
         typer.Option("--window-hours", min=1, max=24 * 31, help="window length; default: monitoring.window_hours"),
@@ -208,7 +192,7 @@ def main(
         config: pipeline config YAML; default: $MLSTEPS_CONFIG, else the bundled pipeline.yaml.
 
     Examples:
-        python -m mlsteps drift --run-root ./state/runs/ml_drift_monitor/m-1 --prediction-store ./state/predictions
+        python -m mlsteps drift --run-root ./state/runs/ml_model_monitor/m-1 --prediction-store ./state/predictions
 
         python -m mlsteps drift --run-root s3://ml/runs/mon/r1 --prediction-store s3://ml/predictions \\
             --window-end 2026-11-25T10:00:00Z --window-hours 6

@@ -6,7 +6,9 @@ A failed gate is a decision, not an error: the step exits 0 and the orchestrator
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -98,6 +100,20 @@ def _without_curves(model: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if model is None else {key: value for key, value in model.items() if key != "curves"}
 
 
+def _log_performance_reference(run_id: str, y_true: np.ndarray, output: np.ndarray, config: PipelineConfig) -> None:
+    """The challenger's holdout labels and outputs on its training run: once it is champion, the performance
+    monitor's expected value and sampling error at any window size. A retry writes the same file again."""
+    from mlsteps.model import PERFORMANCE_REFERENCE_DIR, PERFORMANCE_REFERENCE_FILE
+    from mlsteps.monitoring.performance.reference import PerformanceReference
+
+    target = config.dataset.target
+    reference = PerformanceReference.from_holdout(target.task, list(target.classes or []), y_true, output)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / PERFORMANCE_REFERENCE_FILE
+        reference.save(path)
+        tracking.client().log_artifact(run_id, str(path), PERFORMANCE_REFERENCE_DIR)
+
+
 def _challenger(
     run_root: str, features: pd.DataFrame, y_true: np.ndarray, config: PipelineConfig
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -117,6 +133,7 @@ def _challenger(
     chosen = best_candidate(
         {family: model["metrics"] for family, (model, _) in scored.items()}, primary, config.dataset.target.task
     )
+    _log_performance_reference(scored[chosen][0]["mlflow_run_id"], y_true, scored[chosen][1], config)
     if len(scored) > 1:
         ranking = ", ".join(f"{model['family']} {primary}={model['metrics'][primary]}" for model in candidates)
         print(f"{STEP}: candidates {ranking}: {chosen} is the challenger", flush=True)

@@ -1,21 +1,33 @@
 """The ``snapshot`` step: freeze the input data as a content-addressed Parquet snapshot.
 
 Everything downstream reads the snapshot, never the input file, so a run can be reproduced after the input
-changes, and an unchanged input maps to the snapshot that is already stored.
+changes, and an unchanged input maps to the snapshot that is already stored. The result also says whether the
+champion was trained on this snapshot (``champion_trained_on_snapshot``): then retraining would reproduce it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import typer
 
-from mlsteps import results
+from mlsteps import registry, results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import PipelineConfig, load_pipeline_config
 from mlsteps.data.snapshots import prepare, read_table, store_snapshot
 
 STEP = "snapshot"
+
+
+def _champion_lineage(model_name: str, snapshot_id: str) -> dict[str, Any]:
+    """Which version is champion, and whether it was trained on this very snapshot: the orchestrator stops a
+    retraining that would only reproduce it. Nothing is known without a registry (``MLFLOW_TRACKING_URI`` unset)."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return {"champion_version": None, "champion_trained_on_snapshot": None}
+    champion = registry.alias_version(tracking.client(), model_name, registry.CHAMPION)
+    same = champion is not None and champion.tags.get("snapshot_id") == snapshot_id
+    return {"champion_version": champion and int(champion.version), "champion_trained_on_snapshot": same}
 
 
 def run(run_root: str, config: PipelineConfig, input_uri: str, snapshot_store: str) -> dict[str, Any]:
@@ -50,6 +62,7 @@ def run(run_root: str, config: PipelineConfig, input_uri: str, snapshot_store: s
         "columns": [str(column) for column in frame.columns],
         "source_uri": input_uri,
         "reused": snapshot.reused,
+        **_champion_lineage(config.registry.model_name, snapshot.snapshot_id),
     }
     results.write_result(run_root, STEP, payload)
     return payload

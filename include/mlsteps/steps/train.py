@@ -35,7 +35,7 @@ from mlsteps.data import storage
 from mlsteps.data.features import TabularPreprocessor
 from mlsteps.distributed import World
 from mlsteps.errors import ConfigError
-from mlsteps.evaluation.tasks import encode_target, output_frame
+from mlsteps.evaluation.tasks import encode_target, is_classification, output_frame
 from mlsteps.results import candidate_step, read_result, result_uri, safe_name, step_dir, write_result
 from mlsteps.training.api import TrainingData
 from mlsteps.training.checkpoints import CHECKPOINT_DIR
@@ -57,7 +57,7 @@ def parse_tags(values: list[str]) -> dict[str, str]:
     """
     malformed = [value for value in values if "=" not in value or not value.partition("=")[0].strip()]
     if malformed:
-        raise ConfigError(f"--tag values {malformed} are not KEY=VALUE: write them like --tag trigger=drift_alert")
+        raise ConfigError(f"--tag values {malformed} are not KEY=VALUE: write them like --tag trigger=drift")
     return {key.strip(): value for key, _, value in (item.partition("=") for item in values) if value}
 
 
@@ -127,6 +127,16 @@ def _reference_profile(config: PipelineConfig, train: pd.DataFrame, outputs: pd.
     path = folder / REFERENCE_PROFILE_FILE
     save_profile(profile, str(path))
     return path
+
+
+def _calibrator(task: str, classes: list[Any], y_true: Any, probabilities: Any) -> dict[str, Any] | None:
+    """A classifier's calibration on the validation split, for estimating its performance before labels arrive.
+
+    The validation split, not the train split: the model's probabilities on rows it fitted are overconfident.
+    """
+    from mlsteps.monitoring.performance.calibration import fit_calibrator
+
+    return fit_calibrator(task, classes, y_true, probabilities).to_dict() if is_classification(task) else None
 
 
 def run(
@@ -282,7 +292,12 @@ def _train(
             outputs = output_frame(target.task, info.classes, raw)
             profile = _reference_profile(config, frames["train"], outputs, Path(work_dir))
             model_info = log_model_package(
-                preprocessor, exported, info, _example_rows(frames["train"], dataset), profile
+                preprocessor,
+                exported,
+                info,
+                _example_rows(frames["train"], dataset),
+                profile,
+                _calibrator(target.task, info.classes, validation.target, raw),
             )
 
     payload = {
@@ -330,7 +345,7 @@ def main(
     ] = None,
     tag: Annotated[
         list[str] | None,
-        typer.Option("--tag", help="KEY=VALUE tag of the MLflow run, repeatable (e.g. --tag trigger=drift_alert)"),
+        typer.Option("--tag", help="KEY=VALUE tag of the MLflow run, repeatable (e.g. --tag trigger=drift)"),
     ] = None,
     checkpoint_dir: Annotated[
         str | None,
@@ -366,7 +381,7 @@ def main(
     Examples:
         MLFLOW_TRACKING_URI=sqlite:///state/mlflow.db python -m mlsteps train --run-root ./state/runs/ml_retrain/m-1
 
-        python -m mlsteps train --run-root s3://ml-artifacts/runs/ml_retrain/m-1 --epochs 30 --tag trigger=drift_alert
+        python -m mlsteps train --run-root s3://ml-artifacts/runs/ml_retrain/m-1 --epochs 30 --tag trigger=drift
 
         python -m mlsteps.distributed --standalone --nnodes=1 --nproc-per-node=4 -m mlsteps train
             --run-root s3://ml-artifacts/runs/ml_retrain/m-1 --checkpoint-dir /checkpoints/ml_retrain/m-1
