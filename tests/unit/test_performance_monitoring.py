@@ -19,8 +19,14 @@ from mlsteps.evaluation.metrics import metric_value, task_metrics
 from mlsteps.evaluation.tasks import METRICS, output_frame
 from mlsteps.inference import TaskInfo
 from mlsteps.monitoring import prediction_log
-from mlsteps.monitoring.performance.calibration import Calibrator, IsotonicMap, fit_calibrator
-from mlsteps.monitoring.performance.estimate import estimate_metrics, expected_roc_auc
+from mlsteps.monitoring.performance.calibration import CELLS, Calibrator, IsotonicMap, fit_calibrator
+from mlsteps.monitoring.performance.estimate import (
+    AREA_TOLERANCE,
+    binned_roc_areas,
+    estimate_metrics,
+    expected_roc_auc,
+    expected_roc_aucs,
+)
 from mlsteps.monitoring.performance.judge import judge
 from mlsteps.monitoring.performance.labels import match_labels, read_labels, unknown_label_ids
 from mlsteps.monitoring.performance.reference import PerformanceReference
@@ -96,6 +102,28 @@ def test_calibrator_round_trips_through_json_and_stays_small() -> None:
     assert all(len(m.x) <= 100 for m in again.maps) and len(document) < 3 * 2 * 100 * 25
     unthinned = fit_calibrator("multiclass", COLOURS, labels, probabilities).apply(probabilities)
     assert np.abs(again.apply(probabilities) - unthinned).max() < 0.05
+
+
+def test_a_map_gives_np_interps_values_through_its_cells() -> None:
+    rng = np.random.default_rng(4)
+    dense = np.sort(rng.uniform(0.3, 0.3001, 40))  # many breakpoints in one cell
+    maps = [
+        IsotonicMap([0.0, 1.0], [0.1, 0.9]),
+        IsotonicMap([0.5], [0.7]),  # one breakpoint: flat
+        IsotonicMap([0.2, 0.2, 0.25, 0.5, 0.5, 0.75], [0.0, 0.1, 0.2, 0.4, 0.6, 1.0]),  # repeated breakpoints: steps
+        IsotonicMap([*dense, *np.linspace(0.31, 0.99, 500)], np.linspace(0.0, 1.0, 540).tolist()),
+    ]
+    edges = np.arange(0, CELLS + 1, 7) / CELLS  # the cells' edges
+    values = np.concatenate([rng.uniform(-0.1, 1.1, 20_000), rng.uniform(0.29, 0.31, 2_000), edges, [np.inf, -np.inf]])
+    for isotonic in maps:
+        values_and_breakpoints = np.concatenate([values, isotonic.x])
+        assert np.allclose(
+            isotonic(values_and_breakpoints),
+            np.interp(values_and_breakpoints, isotonic.x, isotonic.y),
+            rtol=0,
+            atol=1e-15,
+        )
+    assert np.isnan(maps[0](np.array([np.nan, 0.5])))[0]
 
 
 def test_a_regression_model_has_no_calibrator() -> None:
@@ -188,6 +216,59 @@ def test_expected_roc_auc_of_certain_labels_is_their_roc_auc_with_ties() -> None
     labels = (rng.uniform(size=400) < score).astype(float)
     assert expected_roc_auc(score, labels) == pytest.approx(skm.roc_auc_score(labels, score))
     assert expected_roc_auc(score, np.zeros(400)) is None and expected_roc_auc(score, np.ones(400)) is None
+
+
+def _exact_areas(score: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    return np.array([expected_roc_auc(score[:, k], positive[:, k]) for k in range(score.shape[1])], dtype=float)
+
+
+@pytest.mark.parametrize("case", ["uniform", "ties", "near 0", "near 1", "labels"])
+def test_binned_roc_auc_is_within_its_bound_of_the_exact_one(case: str) -> None:
+    rng = np.random.default_rng(9)
+    rows = 20_000
+    score = {
+        "uniform": rng.uniform(size=(rows, 3)),
+        "ties": rng.integers(0, 7, (rows, 3)) / 6,  # few distinct scores: every bin a tie
+        "near 0": rng.uniform(0, 1e-4, (rows, 3)),  # a handful of bins hold every row
+        "near 1": 1 - rng.exponential(1e-3, (rows, 3)),
+        "labels": _softmax(rng.normal(0, 3, (rows, 3))),
+    }[case]
+    # Calibrated probabilities that follow the score loosely (not monotone within a bin); or certain 0/1 labels.
+    positive = np.clip(score + rng.normal(0, 0.2, score.shape), 0, 1)
+    if case == "labels":
+        positive = (rng.uniform(size=score.shape) < score).astype(float)
+    exact = _exact_areas(score, positive)
+    for bins in (2**8, 2**12, 2**16):
+        areas, bounds = binned_roc_areas(score, positive, bins)
+        assert np.all(np.abs(areas - exact) <= bounds + 1e-12), (bins, areas - exact, bounds)
+    if case == "ties":
+        assert np.allclose(areas, exact, rtol=0, atol=1e-12)  # each bin holds one tie: binned is exact
+    if case == "near 0":
+        assert np.all(bounds > AREA_TOLERANCE / np.sqrt(rows))  # too crowded: expected_roc_aucs sorts instead
+    tolerance = AREA_TOLERANCE / np.sqrt(rows)
+    assert np.all(np.abs(np.array(expected_roc_aucs(score, positive)) - exact) <= tolerance)
+
+
+def test_expected_roc_aucs_sorts_where_the_bins_are_too_crowded() -> None:
+    rng = np.random.default_rng(10)
+    score = rng.uniform(0.5, 0.5 + 1e-6, (5_000, 1))  # all in one bin
+    positive = (score - 0.5) * 1e6  # from 0 to 1 across the bin
+    assert expected_roc_aucs(score, positive) == [expected_roc_auc(score[:, 0], positive[:, 0])]
+    assert expected_roc_aucs(score, np.zeros_like(score)) == [None]
+
+
+def test_the_estimated_roc_auc_is_the_exact_expected_one_within_the_tolerance(
+    binary_model: tuple, multiclass_model: tuple
+) -> None:
+    for task, classes, (_, probabilities), (calibrator, _) in [
+        ("binary", BINARY, _binary(ROWS, seed=15), binary_model),
+        ("multiclass", COLOURS, _multiclass(ROWS, seed=15), multiclass_model),
+    ]:
+        calibrated = calibrator.apply(probabilities)
+        scored = [1] if task == "binary" else range(len(classes))
+        exact = np.mean([expected_roc_auc(probabilities[:, k], calibrated[:, k]) for k in scored])
+        estimated = estimate_metrics(task, classes, probabilities, calibrator)["roc_auc"]
+        assert abs(estimated - exact) <= AREA_TOLERANCE / np.sqrt(ROWS), task
 
 
 def test_estimates_are_none_where_undefined_and_refused_where_they_do_not_apply() -> None:
