@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo stop-server loop airflow test test-images lint fmt render bench bench-drift bench-quality bench-serving bench-estimation gpu-check clean constraints
+.PHONY: demo stop-server loop airflow test test-images lint fmt render bench bench-parse bench-drift bench-quality bench-serving bench-estimation gpu-check clean constraints
 
 # The local runtime: the steps, training (torch's and XGBoost's CPU builds) and the model server in one environment.
 $(INSTALLED): requirements.txt requirements/steps.txt requirements/train.txt requirements/train-cpu.txt \
@@ -13,10 +13,10 @@ $(INSTALLED): requirements.txt requirements/steps.txt requirements/train.txt req
 	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements.txt -r requirements/dev.txt -e .
 	touch $@
 
-demo: $(INSTALLED)  ## the main job: ml_retrain end to end, then ml_deploy of the new champion; ARGS='--conf {"epochs":5}'
+demo: $(INSTALLED)  ## the main job, per model: its retrain DAG end to end, then its deploy DAG; ARGS='--conf {"epochs":5}'
 	$(BIN)/python -m orchestration.embedded run --deploy $(ARGS)
 
-stop-server: $(INSTALLED)  ## stop the local model server that make demo's deploy started
+stop-server: $(INSTALLED)  ## stop the local model servers that make demo's deploys started
 	$(BIN)/python -m orchestration.embedded stop-server
 
 loop: $(INSTALLED)  ## the closed loop through the real scheduler: drift in production retrains by itself
@@ -42,13 +42,16 @@ fmt: $(INSTALLED)
 # Example cluster values; set the real ones in the environment (docs/cluster.md).
 render: export ML_RUNTIME := kubernetes
 render: export ML_ARTIFACT_ROOT ?= s3://ml-artifacts/continuous-training
-render: export ML_DATASET_URI ?= s3://ml-datasets/churn/churn.parquet
+render: export ML_DATASET_URI ?= s3://ml-datasets/{dataset}/{dataset}.parquet
 render: export MLFLOW_TRACKING_URI ?= http://mlflow.mlflow.svc.cluster.local:5000
 render: $(INSTALLED)  ## every pod spec of every DAG task and every manifest as YAML in build/k8s (OUT=...)
 	$(BIN)/python -m orchestration.render --out $(or $(OUT),build/k8s)
 
 bench: $(INSTALLED)  ## the main job on 100k rows: per-task wall time, Airflow overhead, DAG parse time (ARGS=--smoke: 1 min)
 	$(BIN)/python benchmarks/main_job.py $(ARGS)
+
+bench-parse: $(INSTALLED)  ## DAG parse time per file with 1/10/50 models vs the Airflow floor; dag-processor pickup of a new model (~7 min)
+	$(BIN)/python benchmarks/dag_parse.py $(ARGS)
 
 bench-drift: $(INSTALLED) .venv-bench-evidently  ## drift library vs Evidently 0.7 on 1M x 25 columns (+ a 10M window)
 	$(BIN)/python benchmarks/drift.py $(ARGS)

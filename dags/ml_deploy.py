@@ -21,95 +21,102 @@ failed with the reason; it is not retried. Deploying the version that already se
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, TriggerRule, chain, dag, task
 
 from mlsteps.deploy import STRATEGIES
-from orchestration.assets import MODEL_PROMOTED
+from orchestration.assets import model_assets
 from orchestration.contracts import APPROVAL_TASK, DEPLOY_TASK
 from orchestration.deploy import MODEL_PARAM_PATTERN, deploy_args, format_summary, summarize
 from orchestration.failures import summary_task
+from orchestration.models import dag_id, dag_tags, models_to_build
 from orchestration.pod_task import dag_default_args, pod_task
-from orchestration.settings import get_settings
+from orchestration.settings import Settings
 from orchestration.templates import TEMPLATE_MACROS
 
-DAG_ID = Path(__file__).stem
-SETTINGS = get_settings()
-MODEL_NAME = SETTINGS.pipeline.registry.model_name
 APPROVAL_WAIT = timedelta(hours=24)
 
 
-@dag(
-    dag_id=DAG_ID,
-    schedule=[MODEL_PROMOTED],
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,  # one rollout at a time: two would race for the same server
-    doc_md=__doc__,
-    tags=["ml", "serving", SETTINGS.pipeline.dataset.name],
-    default_args=dag_default_args(light_task_minutes=10, max_retry_minutes=10),
-    user_defined_macros=TEMPLATE_MACROS,
-    params={
-        "model": Param(
-            "champion",
-            type="string",
-            pattern=MODEL_PARAM_PATTERN,
-            description=f"What to serve: 'champion' (the alias) or a version number of {MODEL_NAME}.",
-        ),
-        "strategy": Param(
-            "rolling",
-            type="string",
-            enum=list(STRATEGIES),
-            description="rolling: replace every server; canary: a share of traffic first (Kubernetes only).",
-        ),
-        "canary_share": Param(
-            SETTINGS.pipeline.serving.canary.share,
-            type="number",
-            exclusiveMinimum=0,
-            maximum=1,
-            description="Share of requests the canary gets while it is observed (strategy canary).",
-        ),
-        "require_approval": Param(
-            False,
-            type="boolean",
-            description="Wait for a person to approve the deploy in the UI before rolling out.",
-        ),
-    },
-)
-def ml_deploy() -> None:
-    """Wire the deploy; see the module docstring."""
+def build(settings: Settings) -> None:
+    """The deploy DAG of one model."""
+    deploy_dag_id = dag_id(settings.pipeline.registry.model_name, "deploy")
+    assets = model_assets(settings)
+    model_name = settings.pipeline.registry.model_name
 
-    # --- approval (optional) ---
-    @task.branch(task_id="approval_gate")
-    def approval_gate(params: dict | None = None) -> str:
-        """``approval`` when the run requires it, else ``deploy``."""
-        from orchestration.deploy import approval_branch
-
-        return approval_branch(params["require_approval"])
-
-    approval = ApprovalOperator(
-        task_id=APPROVAL_TASK,
-        subject=f"Deploy {MODEL_NAME} {{{{ params.model }}}} ({{{{ params.strategy }}}})?",
-        body="Approve to roll it out to the model server; Reject skips the deploy. Run: {{ run_id }}",
-        response_timeout=APPROVAL_WAIT,
+    @dag(
+        dag_id=deploy_dag_id,
+        schedule=[assets.promoted],
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,  # one rollout at a time: two would race for the same server
+        doc_md=__doc__,
+        tags=dag_tags(settings, "deploy"),
+        default_args=dag_default_args(light_task_minutes=10, max_retry_minutes=10),
+        user_defined_macros=TEMPLATE_MACROS,
+        params={
+            "model": Param(
+                "champion",
+                type="string",
+                pattern=MODEL_PARAM_PATTERN,
+                description=f"What to serve: 'champion' (the alias) or a version number of {model_name}.",
+            ),
+            "strategy": Param(
+                "rolling",
+                type="string",
+                enum=list(STRATEGIES),
+                description="rolling: replace every server; canary: a share of traffic first (Kubernetes only).",
+            ),
+            "canary_share": Param(
+                settings.pipeline.serving.canary.share,
+                type="number",
+                exclusiveMinimum=0,
+                maximum=1,
+                description="Share of requests the canary gets while it is observed (strategy canary).",
+            ),
+            "require_approval": Param(
+                False,
+                type="boolean",
+                description="Wait for a person to approve the deploy in the UI before rolling out.",
+            ),
+        },
     )
+    def ml_deploy() -> None:
+        """Wire the deploy; see the module docstring."""
 
-    # --- rollout, smoke test, rollback ---
-    deploy = pod_task(
-        "deploy",
-        task_id=DEPLOY_TASK,
-        args=deploy_args(SETTINGS),
-        trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
-    )
+        # --- approval (optional) ---
+        @task.branch(task_id="approval_gate")
+        def approval_gate(params: dict | None = None) -> str:
+            """``approval`` when the run requires it, else ``deploy``."""
+            from orchestration.deploy import approval_branch
 
-    # --- the run's outcome, whatever happened ---
-    summary = summary_task(DAG_ID, summarize, format_summary)
+            return approval_branch(params["require_approval"])
 
-    chain(approval_gate(), [approval, deploy])
-    chain(approval, deploy, summary)
+        approval = ApprovalOperator(
+            task_id=APPROVAL_TASK,
+            subject=f"Deploy {model_name} {{{{ params.model }}}} ({{{{ params.strategy }}}})?",
+            body="Approve to roll it out to the model server; Reject skips the deploy. Run: {{ run_id }}",
+            response_timeout=APPROVAL_WAIT,
+        )
+
+        # --- rollout, smoke test, rollback ---
+        deploy = pod_task(
+            "deploy",
+            settings=settings,
+            task_id=DEPLOY_TASK,
+            args=deploy_args(settings),
+            trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+        )
+
+        # --- the run's outcome, whatever happened ---
+        summary = summary_task(deploy_dag_id, summarize, format_summary)
+
+        chain(approval_gate(), [approval, deploy])
+        chain(approval, deploy, summary)
+
+    ml_deploy()
 
 
-ml_deploy()
+for _settings in models_to_build("deploy"):
+    build(_settings)

@@ -27,89 +27,93 @@ labels (duplicates, conflicts, wrong types, unknown ids) is reported as such and
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, chain, dag, task
 
-from orchestration.assets import MONITOR_ALERT
+from orchestration.assets import model_assets
 from orchestration.contracts import ALERT_TASK, QUIET_TASK
 from orchestration.failures import summary_task
+from orchestration.models import dag_id, dag_tags, models_to_build
 from orchestration.monitor import format_summary, summarize
 from orchestration.pod_task import dag_default_args, pod_task
-from orchestration.settings import get_settings
+from orchestration.settings import Settings
 from orchestration.templates import TEMPLATE_MACROS
 
-DAG_ID = Path(__file__).stem
-SETTINGS = get_settings()
-WINDOW_ARGS = [
-    "--prediction-store",
-    SETTINGS.prediction_store,
-    "--window-end",
-    "{{ params.window_end or dag_run.run_after.isoformat() }}",
-]
+
+def build(settings: Settings) -> None:
+    """The monitor DAG of one model."""
+    monitor_dag_id = dag_id(settings.pipeline.registry.model_name, "monitor")
+    assets = model_assets(settings)
+    window_args = [
+        "--prediction-store",
+        settings.prediction_store,
+        "--window-end",
+        "{{ params.window_end or dag_run.run_after.isoformat() }}",
+    ]
+
+    @dag(
+        dag_id=monitor_dag_id,
+        schedule=CronTriggerTimetable(settings.runtime.monitor_cron, timezone="UTC"),
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        doc_md=__doc__,
+        tags=dag_tags(settings, "monitor"),
+        default_args=dag_default_args(light_task_minutes=5, max_retry_minutes=10),
+        user_defined_macros=TEMPLATE_MACROS,
+        params={
+            "window_end": Param(
+                None,
+                type=["null", "string"],
+                format="date-time",
+                title="Window end",
+                description="End of the window to check (UTC); empty: this run's time, so the hour before it.",
+            ),
+        },
+    )
+    def ml_model_monitor() -> None:
+        """Wire the monitor's checks and decision; see the module docstring."""
+        drift = pod_task("drift", settings=settings, args=window_args)
+        performance = pod_task("performance", settings=settings, args=window_args)
+
+        @task.branch(task_id="decide")
+        def decide(run_id: str | None = None) -> str:
+            """Apply each signal's hysteresis and the cooldown to the checks' results; ``alert`` or ``quiet``."""
+            from orchestration.monitor import record_decision
+
+            pipeline = settings.pipeline
+            decision = record_decision(
+                settings.run_root(monitor_dag_id, run_id),
+                settings.monitor_state_uri,
+                pipeline.monitoring,
+                title=f"Monitor of {pipeline.registry.model_name}",
+            )
+            print(f"{decision.action}: {decision.reason}\nreport: {decision.report_html_uri}")
+            return ALERT_TASK if decision.alert else QUIET_TASK
+
+        @task(task_id=ALERT_TASK, outlets=[assets.alert])
+        def alert(run_id: str | None = None, *, outlet_events=None) -> dict:
+            """Emit ``monitor_alert`` with the signal, its figures and the reports, which starts ``ml_retrain``."""
+            from orchestration.contracts import monitor_alert_extra
+            from orchestration.monitor import read_decision
+
+            decision = read_decision(settings.run_root(monitor_dag_id, run_id))
+            extra = monitor_alert_extra(decision, settings.pipeline.registry.model_name)
+            outlet_events[assets.alert].extra = extra
+            print(f"monitor_alert: {extra}")
+            return extra
+
+        @task(task_id=QUIET_TASK)
+        def quiet() -> None:
+            """No retraining this time; ``decide`` logged why."""
+
+        # --- the run's outcome, whatever happened ---
+        summary = summary_task(monitor_dag_id, summarize, format_summary)
+
+        chain([drift, performance], decide(), [alert(), quiet()], summary)
+
+    ml_model_monitor()
 
 
-@dag(
-    dag_id=DAG_ID,
-    schedule=CronTriggerTimetable(SETTINGS.runtime.monitor_cron, timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    doc_md=__doc__,
-    tags=["ml", "monitoring", SETTINGS.pipeline.dataset.name],
-    default_args=dag_default_args(light_task_minutes=5, max_retry_minutes=10),
-    user_defined_macros=TEMPLATE_MACROS,
-    params={
-        "window_end": Param(
-            None,
-            type=["null", "string"],
-            format="date-time",
-            title="Window end",
-            description="End of the window to check (UTC); empty: this run's time, so the hour before it.",
-        ),
-    },
-)
-def ml_model_monitor() -> None:
-    """Wire the monitor's checks and decision; see the module docstring."""
-    drift = pod_task("drift", args=WINDOW_ARGS)
-    performance = pod_task("performance", args=WINDOW_ARGS)
-
-    @task.branch(task_id="decide")
-    def decide(run_id: str | None = None) -> str:
-        """Apply each signal's hysteresis and the cooldown to the checks' results; ``alert`` or ``quiet``."""
-        from orchestration.monitor import record_decision
-
-        pipeline = SETTINGS.pipeline
-        decision = record_decision(
-            SETTINGS.run_root(DAG_ID, run_id),
-            SETTINGS.monitor_state_uri,
-            pipeline.monitoring,
-            title=f"Monitor of {pipeline.registry.model_name}",
-        )
-        print(f"{decision.action}: {decision.reason}\nreport: {decision.report_html_uri}")
-        return ALERT_TASK if decision.alert else QUIET_TASK
-
-    @task(task_id=ALERT_TASK, outlets=[MONITOR_ALERT])
-    def alert(run_id: str | None = None, *, outlet_events=None) -> dict:
-        """Emit ``monitor_alert`` with the signal, its figures and the reports, which starts ``ml_retrain``."""
-        from orchestration.contracts import monitor_alert_extra
-        from orchestration.monitor import read_decision
-
-        decision = read_decision(SETTINGS.run_root(DAG_ID, run_id))
-        extra = monitor_alert_extra(decision, SETTINGS.pipeline.registry.model_name)
-        outlet_events[MONITOR_ALERT].extra = extra
-        print(f"monitor_alert: {extra}")
-        return extra
-
-    @task(task_id=QUIET_TASK)
-    def quiet() -> None:
-        """No retraining this time; ``decide`` logged why."""
-
-    # --- the run's outcome, whatever happened ---
-    summary = summary_task(DAG_ID, summarize, format_summary)
-
-    chain([drift, performance], decide(), [alert(), quiet()], summary)
-
-
-ml_model_monitor()
+for _settings in models_to_build("monitor"):
+    build(_settings)

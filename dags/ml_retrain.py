@@ -27,198 +27,207 @@ and `summary.json` names the failed task and its message. A run stopped by `data
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, chain, dag, task
 
 from mlsteps.evaluation.tasks import METRICS
-from orchestration.assets import MODEL_PROMOTED, MONITOR_ALERT, TRAINING_DATA
+from orchestration.assets import model_assets
 from orchestration.contracts import CANDIDATES_TASK, DATA_CHECK_TASK, PROMOTE_TASK, REJECT_TASK
 from orchestration.failures import summary_task
+from orchestration.models import dag_id, dag_tags, models_to_build
 from orchestration.pod_task import dag_default_args, pod_task
-from orchestration.retrain import TRIGGER_MACROS, TRIGGER_TAG_ARGS, format_summary, model_families, summarize
-from orchestration.settings import get_settings
+from orchestration.retrain import TRIGGER_TAG_ARGS, RetrainTriggers, format_summary, model_families, summarize
+from orchestration.settings import Settings
 from orchestration.templates import TEMPLATE_MACROS
 
-DAG_ID = Path(__file__).stem
-SETTINGS = get_settings()
-TRAINING = SETTINGS.pipeline.training
-EVALUATION = SETTINGS.pipeline.evaluation
-TASK = SETTINGS.pipeline.dataset.target.task
 
+def build(settings: Settings) -> None:
+    """The retrain DAG of one model."""
+    retrain_dag_id = dag_id(settings.pipeline.registry.model_name, "retrain")
+    assets = model_assets(settings)
+    training, evaluation = settings.pipeline.training, settings.pipeline.evaluation
+    target_task = settings.pipeline.dataset.target.task
 
-@dag(
-    dag_id=DAG_ID,
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(SETTINGS.runtime.retrain_cron, timezone="UTC"),
-        assets=MONITOR_ALERT | TRAINING_DATA,
-    ),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    doc_md=__doc__,
-    tags=["ml", "training", SETTINGS.pipeline.dataset.name],
-    default_args=dag_default_args(light_task_minutes=10, max_retry_minutes=15),
-    user_defined_macros={**TEMPLATE_MACROS, **TRIGGER_MACROS},
-    params={
-        "dataset_uri": Param(
-            SETTINGS.dataset_uri,
-            type="string",
-            minLength=1,
-            pattern=r"^(s3://|file://|/).+\.(csv|parquet|pq)$",
-            description="CSV or Parquet file to train on: an absolute path, file:// or s3:// URI.",
+    @dag(
+        dag_id=retrain_dag_id,
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(settings.runtime.retrain_cron, timezone="UTC"),
+            assets=assets.alert | assets.training_data,
         ),
-        "candidates": Param(
-            TRAINING.candidate_families,
-            type="array",
-            minItems=1,
-            uniqueItems=True,
-            items={"type": "string", "enum": model_families(TRAINING)},
-            description="Model families to train, one pod each: mlp (the network), gbdt (XGBoost) or the configured "
-            "own trainer. The best on the holdout's primary metric becomes the challenger.",
-        ),
-        "epochs": Param(
-            TRAINING.epochs, type="integer", minimum=1, maximum=1000, description="mlp: maximum training epochs."
-        ),
-        "learning_rate": Param(
-            TRAINING.learning_rate,
-            type="number",
-            exclusiveMinimum=0,
-            maximum=1,
-            description="mlp: AdamW learning rate.",
-        ),
-        "primary_metric": Param(
-            SETTINGS.pipeline.primary_metric,
-            type="string",
-            enum=sorted(METRICS[TASK]),
-            description=f"The gate's holdout metric ({TASK} task).",
-        ),
-        "threshold": Param(
-            EVALUATION.threshold,
-            type=["number", "null"],
-            description="The challenger's primary metric must reach this (at most this when lower is better); "
-            "empty: no absolute bar.",
-        ),
-        "max_degradation": Param(
-            EVALUATION.max_degradation,
-            type="number",
-            minimum=0,
-            description="Largest worsening of the primary metric versus the champion that still promotes.",
-        ),
-        "degradation": Param(
-            EVALUATION.degradation,
-            type="string",
-            enum=["absolute", "relative"],
-            description="max_degradation in the metric's units (absolute) or as a share of the champion's value.",
-        ),
-        "force_promotion": Param(
-            False,
-            type="boolean",
-            description="Promote even if the gate fails (recorded on the model version). Use with care.",
-        ),
-    },
-)
-def ml_retrain() -> None:
-    """Wire the retraining loop; see the module docstring."""
-    # --- data: snapshot and validate ---
-    snapshot = pod_task(
-        "snapshot", args=["--input-uri", "{{ params.dataset_uri }}", "--snapshot-store", SETTINGS.snapshot_store]
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        doc_md=__doc__,
+        tags=dag_tags(settings, "retrain"),
+        default_args=dag_default_args(light_task_minutes=10, max_retry_minutes=15),
+        user_defined_macros={**TEMPLATE_MACROS, **RetrainTriggers(assets, settings.dataset_uri).macros()},
+        params={
+            "dataset_uri": Param(
+                settings.dataset_uri,
+                type="string",
+                minLength=1,
+                pattern=r"^(s3://|file://|/).+\.(csv|parquet|pq)$",
+                description="CSV or Parquet file to train on: an absolute path, file:// or s3:// URI.",
+            ),
+            "candidates": Param(
+                training.candidate_families,
+                type="array",
+                minItems=1,
+                uniqueItems=True,
+                items={"type": "string", "enum": model_families(training)},
+                description="Model families to train, one pod each: mlp (the network), gbdt (XGBoost) or the "
+                "configured own trainer. The best on the holdout's primary metric becomes the challenger.",
+            ),
+            "epochs": Param(
+                training.epochs, type="integer", minimum=1, maximum=1000, description="mlp: maximum training epochs."
+            ),
+            "learning_rate": Param(
+                training.learning_rate,
+                type="number",
+                exclusiveMinimum=0,
+                maximum=1,
+                description="mlp: AdamW learning rate.",
+            ),
+            "primary_metric": Param(
+                settings.pipeline.primary_metric,
+                type="string",
+                enum=sorted(METRICS[target_task]),
+                description=f"The gate's holdout metric ({target_task} task).",
+            ),
+            "threshold": Param(
+                evaluation.threshold,
+                type=["number", "null"],
+                description="The challenger's primary metric must reach this (at most this when lower is better); "
+                "empty: no absolute bar.",
+            ),
+            "max_degradation": Param(
+                evaluation.max_degradation,
+                type="number",
+                minimum=0,
+                description="Largest worsening of the primary metric versus the champion that still promotes.",
+            ),
+            "degradation": Param(
+                evaluation.degradation,
+                type="string",
+                enum=["absolute", "relative"],
+                description="max_degradation in the metric's units (absolute) or as a share of the champion's value.",
+            ),
+            "force_promotion": Param(
+                False,
+                type="boolean",
+                description="Promote even if the gate fails (recorded on the model version). Use with care.",
+            ),
+        },
     )
-
-    @task.short_circuit(task_id=DATA_CHECK_TASK, ignore_downstream_trigger_rules=False)
-    def data_check(
-        run_id: str | None = None, dag_run=None, triggering_asset_events=None, params: dict | None = None
-    ) -> bool:
-        """Go on unless the data is not new (see ``orchestration.retrain.data_check``); the reason is logged."""
-        from orchestration.retrain import data_check, run_trigger, triggering_data_events
-
-        stop = data_check(
-            SETTINGS.run_root(DAG_ID, run_id),
-            run_trigger(dag_run, triggering_asset_events),
-            triggering_data_events(triggering_asset_events),
-            params["dataset_uri"],
+    def ml_retrain() -> None:
+        """Wire the retraining loop; see the module docstring."""
+        # --- data: snapshot and validate ---
+        snapshot = pod_task(
+            "snapshot",
+            settings=settings,
+            args=["--input-uri", "{{ params.dataset_uri }}", "--snapshot-store", settings.snapshot_store],
         )
-        print(f"stopping: {stop}" if stop else "the data is new for this model: training")
-        return stop is None
 
-    validate = pod_task("validate")
+        @task.short_circuit(task_id=DATA_CHECK_TASK, ignore_downstream_trigger_rules=False)
+        def data_check(
+            run_id: str | None = None, dag_run=None, triggering_asset_events=None, params: dict | None = None
+        ) -> bool:
+            """Go on unless the data is not new (see ``orchestration.retrain.data_check``); the reason is logged."""
+            from orchestration.retrain import data_check
 
-    # --- training: one pod per candidate family (dynamic task mapping) ---
-    preprocess = pod_task("preprocess")
+            triggers = RetrainTriggers(assets, params["dataset_uri"])
+            stop = data_check(
+                settings.run_root(retrain_dag_id, run_id),
+                triggers.run_trigger(dag_run, triggering_asset_events),
+                triggers.data_events(triggering_asset_events),
+                params["dataset_uri"],
+            )
+            print(f"stopping: {stop}" if stop else "the data is new for this model: training")
+            return stop is None
 
-    @task(task_id=CANDIDATES_TASK)
-    def candidate_arguments(params: dict | None = None) -> list[list[str]]:
-        """One ``--model`` argument per candidate family: each becomes a mapped ``train`` task."""
-        return [["--model", family] for family in params["candidates"]]
+        validate = pod_task("validate", settings=settings)
 
-    candidates = candidate_arguments()
-    train = pod_task(
-        "train",
-        args=[
-            "--epochs",
-            "{{ params.epochs }}",
-            "--learning-rate",
-            "{{ params.learning_rate }}",
-            "--tag",
-            "airflow_run_id={{ run_id }}",
-            *TRIGGER_TAG_ARGS,
-        ],
-        expand_over=candidates,
-    )
+        # --- training: one pod per candidate family (dynamic task mapping) ---
+        preprocess = pod_task("preprocess", settings=settings)
 
-    # --- evaluation and promotion ---
-    evaluate = pod_task(
-        "evaluate",
-        args=[
-            "--candidates",
-            "{{ params.candidates | join(',') }}",
-            "--primary-metric",
-            "{{ params.primary_metric }}",
-            "--threshold",
-            "{{ 'none' if params.threshold is none else params.threshold }}",
-            "--max-degradation",
-            "{{ params.max_degradation }}",
-            "--degradation",
-            "{{ params.degradation }}",
-        ],
-    )
-    register = pod_task("register")
+        @task(task_id=CANDIDATES_TASK)
+        def candidate_arguments(params: dict | None = None) -> list[list[str]]:
+            """One ``--model`` argument per candidate family: each becomes a mapped ``train`` task."""
+            return [["--model", family] for family in params["candidates"]]
 
-    @task.branch(task_id="gate")
-    def gate(run_id: str | None = None, params: dict | None = None) -> str:
-        """Follow the gate decision of ``evaluate``: ``promote`` or ``reject``."""
-        from orchestration.retrain import promotion_branch
+        candidates = candidate_arguments()
+        train = pod_task(
+            "train",
+            settings=settings,
+            args=[
+                "--epochs",
+                "{{ params.epochs }}",
+                "--learning-rate",
+                "{{ params.learning_rate }}",
+                "--tag",
+                "airflow_run_id={{ run_id }}",
+                *TRIGGER_TAG_ARGS,
+            ],
+            expand_over=candidates,
+        )
 
-        return promotion_branch(SETTINGS.run_root(DAG_ID, run_id), force=params["force_promotion"])
+        # --- evaluation and promotion ---
+        evaluate = pod_task(
+            "evaluate",
+            settings=settings,
+            args=[
+                "--candidates",
+                "{{ params.candidates | join(',') }}",
+                "--primary-metric",
+                "{{ params.primary_metric }}",
+                "--threshold",
+                "{{ 'none' if params.threshold is none else params.threshold }}",
+                "--max-degradation",
+                "{{ params.max_degradation }}",
+                "--degradation",
+                "{{ params.degradation }}",
+            ],
+        )
+        register = pod_task("register", settings=settings)
 
-    promote = pod_task(
-        "promote",
-        task_id=PROMOTE_TASK,
-        args=["{{ '--force' if params.force_promotion else '--no-force' }}"],
-        outlets=[MODEL_PROMOTED],
-    )
+        @task.branch(task_id="gate")
+        def gate(run_id: str | None = None, params: dict | None = None) -> str:
+            """Follow the gate decision of ``evaluate``: ``promote`` or ``reject``."""
+            from orchestration.retrain import promotion_branch
 
-    @task(task_id=REJECT_TASK)
-    def reject() -> None:
-        """The challenger stays registered as ``challenger``; the champion is unchanged."""
+            return promotion_branch(settings.run_root(retrain_dag_id, run_id), force=params["force_promotion"])
 
-    # --- the run's outcome, whatever happened ---
-    summary = summary_task(DAG_ID, summarize, format_summary)
+        promote = pod_task(
+            "promote",
+            settings=settings,
+            task_id=PROMOTE_TASK,
+            args=["{{ '--force' if params.force_promotion else '--no-force' }}"],
+            outlets=[assets.promoted],
+        )
 
-    chain(
-        snapshot,
-        data_check(),
-        validate,
-        preprocess,
-        candidates,
-        train,
-        evaluate,
-        register,
-        gate(),
-        [promote, reject()],
-        summary,
-    )
+        @task(task_id=REJECT_TASK)
+        def reject() -> None:
+            """The challenger stays registered as ``challenger``; the champion is unchanged."""
+
+        # --- the run's outcome, whatever happened ---
+        summary = summary_task(retrain_dag_id, summarize, format_summary)
+
+        chain(
+            snapshot,
+            data_check(),
+            validate,
+            preprocess,
+            candidates,
+            train,
+            evaluate,
+            register,
+            gate(),
+            [promote, reject()],
+            summary,
+        )
+
+    ml_retrain()
 
 
-ml_retrain()
+for _settings in models_to_build("retrain"):
+    build(_settings)

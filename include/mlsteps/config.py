@@ -9,6 +9,7 @@ Errors name the file and the field, for example ``pipeline.yaml: training.epochs
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -568,13 +569,56 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _read_yaml(uri: str) -> dict[str, Any]:
+def read_config_yaml(uri: str) -> dict[str, Any]:
+    """One config file's top-level mapping as written (``extends`` not followed).
+
+    A local file is parsed once per process and version (path and modification time): a deployment with many model
+    configs parses the shared defaults they extend once per DAG file, not once per model.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or not a mapping.
+    """
+    version = _local_version(uri)
+    return _copied(_parsed_yaml(uri, version)) if version is not None else _parse_yaml(uri)
+
+
+def _local_version(uri: str) -> int | None:
+    """A local file's modification time (what the caches key on); None for an object-store URI or no file."""
+    path = Path(uri)
+    return path.stat().st_mtime_ns if not storage.is_s3(uri) and path.is_file() else None
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_yaml(uri: str, version: int) -> dict[str, Any]:
+    return _parse_yaml(uri)
+
+
+def _copied(data: Any, memo: dict[int, Any] | None = None) -> Any:
+    """``copy.deepcopy`` of what YAML yields, without its generic dispatch: new dicts, lists and sets (a node YAML
+    aliases stays shared, as in a deep copy); the scalars are immutable and kept."""
+    memo = {} if memo is None else memo
+    if not isinstance(data, dict | list | set):
+        return data
+    if id(data) in memo:
+        return memo[id(data)]
+    if isinstance(data, dict):
+        memo[id(data)] = copied = {}
+        copied.update((key, _copied(value, memo)) for key, value in data.items())
+    elif isinstance(data, list):
+        memo[id(data)] = copied = []
+        copied.extend(_copied(value, memo) for value in data)
+    else:
+        memo[id(data)] = copied = set(data)  # set members are hashable, so immutable
+    return copied
+
+
+def _parse_yaml(uri: str) -> dict[str, Any]:
     try:
         text = storage.read_text(uri)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {uri}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{uri}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -599,9 +643,15 @@ def load_dataset_config(uri: str) -> DatasetConfig:
         ConfigError: the file is missing, not YAML, or a field is invalid (the message names it).
     """
     try:
-        return DatasetConfig.model_validate(_read_yaml(uri))
+        return DatasetConfig.model_validate(read_config_yaml(uri))
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(uri, exc)) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _validated_dataset(uri: str, version: int) -> DatasetConfig:
+    """A local dataset config, validated once per process and version: many model configs share a few datasets."""
+    return load_dataset_config(uri)
 
 
 def resolve_config_uri(uri: str | None) -> str:
@@ -613,7 +663,7 @@ def _read_pipeline_yaml(uri: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """A pipeline config's mapping, with the config it ``extends`` (relative to it) merged in underneath."""
     if uri in seen:
         raise ConfigError(f"{uri}: extends forms a cycle: {' -> '.join([*seen, uri])}")
-    raw = _read_yaml(uri)
+    raw = read_config_yaml(uri)
     base = raw.pop("extends", None)
     if base is None:
         return raw
@@ -643,7 +693,9 @@ def load_pipeline_config(uri: str | None = None, overrides: dict[str, Any] | Non
     dataset_ref = raw.get("dataset")
     if isinstance(dataset_ref, str):
         dataset_uri = storage.join(storage.parent(uri), dataset_ref)
-        raw["dataset"] = load_dataset_config(dataset_uri).model_dump()
+        version = _local_version(dataset_uri)
+        dataset = _validated_dataset(dataset_uri, version) if version is not None else load_dataset_config(dataset_uri)
+        raw["dataset"] = dataset.model_dump()
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:

@@ -148,8 +148,8 @@ def _dag_test(dag_id: str, conf: dict[str, Any], outcome_file: Path) -> None:
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(str(PROJECT_ROOT / "dags"))
-    if bag.import_errors:
-        raise SystemExit(f"DAG import errors: {bag.import_errors}")
+    if dag_id not in bag.dags:
+        raise SystemExit(f"{dag_id} did not load; DAG import errors: {bag.import_errors}")
     started = time.time()
     dag_run = bag.dags[dag_id].test(run_conf=conf)
     tasks = {
@@ -198,12 +198,13 @@ def run_dag(settings: Settings, env: dict[str, str], dag_id: str, conf: dict[str
     return outcome
 
 
-def run(dag_id: str, conf: dict[str, Any], rows: int, seed: int) -> dict[str, Any]:
-    """Prepare the embedded default and run one DAG; return its outcome, with the summary its last task wrote."""
-    settings = get_settings()
+def run(settings: Settings, purpose: str, conf: dict[str, Any], rows: int, seed: int) -> dict[str, Any]:
+    """Prepare the embedded default and run one model's DAG; its outcome, with the summary its last task wrote."""
+    from orchestration.models import dag_id
+
     env = prepare_airflow(settings)
     ensure_dataset(settings, rows, seed)
-    return run_dag(settings, env, dag_id, conf)
+    return run_dag(settings, env, dag_id(settings.pipeline.registry.model_name, purpose), conf)
 
 
 def standalone() -> None:
@@ -216,16 +217,16 @@ def standalone() -> None:
     os.execvpe("airflow", ["airflow", "standalone"], env)
 
 
-def _report(dag_id: str, outcome: dict[str, Any]) -> bool:
+def _report(purpose: str, outcome: dict[str, Any]) -> bool:
     """Print a run's summary (failed runs have one too) and its end; whether it succeeded."""
     from orchestration import deploy, monitor, retrain
     from orchestration.contracts import SUMMARY_TASK
 
-    formatters = {"ml_retrain": retrain, "ml_deploy": deploy, "ml_model_monitor": monitor}
+    formatters = {"retrain": retrain, "deploy": deploy, "monitor": monitor}
     print()
     if outcome["summary"]:
-        print(formatters[dag_id].format_summary(outcome["summary"]))
-    print(f"\n{dag_id} run {outcome['run_id']}: {outcome['state']} in {outcome['seconds']:.0f} s")
+        print(formatters[purpose].format_summary(outcome["summary"]))
+    print(f"\n{outcome['dag_id']} run {outcome['run_id']}: {outcome['state']} in {outcome['seconds']:.0f} s")
     # The summary task fails on purpose after a failure (a run is judged by its last task): not worth naming.
     failed = [task for task, info in outcome["tasks"].items() if info["state"] == "failed" and task != SUMMARY_TASK]
     if failed:
@@ -243,22 +244,41 @@ def local_server(settings: Settings) -> Any:
     )
 
 
+def _chosen_models(names: list[str] | None) -> list[Settings]:
+    """The settings of the models named (default: every valid model); a broken config is reported, not run.
+
+    Raises:
+        SystemExit: a named model has no valid config.
+    """
+    from orchestration.models import get_models, valid_models
+
+    for entry in get_models():
+        if entry.error:
+            print(f"skipping {entry.config_path.name}: {entry.error}", flush=True)
+    models = {settings.pipeline.registry.model_name: settings for settings in valid_models()}
+    unknown = sorted(set(names or []) - set(models))
+    if unknown:
+        raise SystemExit(f"no valid model config names {unknown}; the models are {sorted(models)}")
+    return [models[name] for name in names] if names else list(models.values())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``run`` a DAG on the embedded default and print its summary, or start the Airflow services."""
+    """CLI: ``run`` each model's DAG on the embedded default and print its summary, or start the Airflow services."""
     parser = argparse.ArgumentParser(prog="python -m orchestration.embedded", description=__doc__.split("\n")[1])
     sub = parser.add_subparsers(dest="command", required=True)
-    run_cmd = sub.add_parser("run", help="run a DAG on the embedded default and print its summary")
-    run_cmd.add_argument("--dag", default="ml_retrain", help="DAG id (default ml_retrain)")
+    run_cmd = sub.add_parser("run", help="run a DAG of each model on the embedded default and print its summary")
+    run_cmd.add_argument("--purpose", default="retrain", choices=["retrain", "monitor", "deploy"], help="which DAG")
+    run_cmd.add_argument("--model", action="append", help="a model's registered name, repeatable; default: every model")
     run_cmd.add_argument("--conf", default="{}", help="run params as JSON, e.g. '{\"epochs\": 5}'")
     run_cmd.add_argument("--rows", type=int, default=20000, help="rows of the built-in dataset if it is generated")
     run_cmd.add_argument("--seed", type=int, default=7, help="seed of the built-in dataset if it is generated")
     run_cmd.add_argument(
         "--deploy",
         action="store_true",
-        help="when ml_retrain promotes, run ml_deploy next, as the scheduler does on the model_promoted asset",
+        help="when a retrain run promotes, run the model's deploy DAG next, as the scheduler does on its promotion",
     )
     sub.add_parser("standalone", help="start the Airflow services (UI on http://localhost:8080) on the same state")
-    sub.add_parser("stop-server", help="stop the local model server that ml_deploy started")
+    sub.add_parser("stop-server", help="stop the local model servers that the deploy DAGs started")
     child = sub.add_parser("_dag-test", help=argparse.SUPPRESS)
     child.add_argument("dag_id")
     child.add_argument("conf")
@@ -268,19 +288,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "standalone":
         standalone()
     if args.command == "stop-server":
-        local_server(get_settings()).stop()
+        for settings in _chosen_models(None):
+            local_server(settings).stop()
         return 0
     if args.command == "_dag-test":
         _dag_test(args.dag_id, json.loads(args.conf), args.outcome_file)
         return 0
-    outcome = run(args.dag, json.loads(args.conf), args.rows, args.seed)
-    succeeded = _report(args.dag, outcome)
-    promoted = outcome["tasks"].get("promote", {}).get("state") == "success"
-    if args.deploy and args.dag == "ml_retrain" and promoted:
-        # dag.test() does not follow Assets: run what the scheduler would start on model_promoted
-        succeeded = _report("ml_deploy", run("ml_deploy", {}, args.rows, args.seed)) and succeeded
-        server = local_server(get_settings())
-        print(f"\nthe champion serves at {server.endpoint()} (curl examples in the README); stop it: make stop-server")
+    succeeded, serving = True, []
+    for settings in _chosen_models(args.model):
+        outcome = run(settings, args.purpose, json.loads(args.conf), args.rows, args.seed)
+        succeeded = _report(args.purpose, outcome) and succeeded
+        promoted = outcome["tasks"].get("promote", {}).get("state") == "success"
+        if args.deploy and args.purpose == "retrain" and promoted:
+            # dag.test() does not follow Assets: run what the scheduler would start on the model's promotion
+            succeeded = _report("deploy", run(settings, "deploy", {}, args.rows, args.seed)) and succeeded
+            serving.append(f"{settings.pipeline.registry.model_name} at {local_server(settings).endpoint()}")
+    if serving:
+        print("\nserving: " + "; ".join(serving) + " (curl examples in the README); stop them: make stop-server")
     return 0 if succeeded else 1
 
 

@@ -43,9 +43,11 @@ import yaml
 
 from mlsteps import results
 from orchestration.embedded import local_server, prepare_airflow
-from orchestration.settings import PROJECT_ROOT, Settings, load_settings
+from orchestration.models import DEFAULT_MODELS_DIR, MODELS_DIR_ENV_VAR, dag_id, model_settings
+from orchestration.settings import PROJECT_ROOT, Settings
 
-CONFIG = PROJECT_ROOT / "include" / "config" / "pipeline.yaml"
+CHURN, TIERS = "churn-classifier", "tier-classifier"
+RETRAIN, MONITOR, DEPLOY = (dag_id(CHURN, purpose) for purpose in ("retrain", "monitor", "deploy"))
 RUN_TIMEOUT_SECONDS = 900
 FINISHED = ("success", "failed")
 
@@ -56,18 +58,26 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _loop_config(state_dir: Path, epochs: int, min_rows: int) -> Path:
-    """The project's pipeline config, made quick: few epochs, small windows, no cooldown, labels in the state."""
-    raw = yaml.safe_load(CONFIG.read_text())
-    raw["dataset"] = str(CONFIG.parent / raw["dataset"])
-    raw["training"]["epochs"] = epochs
-    raw["monitoring"] |= {"min_rows": min_rows, "cooldown_hours": 0}
-    raw["monitoring"]["performance"]["labels"]["uri"] = str(state_dir / "labels")
-    raw["monitoring"]["performance"]["min_labelled_rows"] = min_rows
-    raw["serving"]["local"]["port"] = _free_port()
-    path = state_dir / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+def _loop_models(state_dir: Path, epochs: int, min_rows: int) -> Path:
+    """The project's two built-in models, made quick: few epochs, small windows, no cooldown, labels and datasets in
+    the loop's state, a free port each. The tiers model runs beside churn to show that one model's alerts retrain
+    that model only."""
+    folder = state_dir / "models"
+    folder.mkdir(parents=True)
+    for name in ("churn", "tiers"):
+        overrides = {
+            "extends": str(DEFAULT_MODELS_DIR / f"{name}.yaml"),
+            "training": {"epochs": epochs, **({"candidates": ["gbdt"]} if name == "tiers" else {})},
+            "monitoring": {
+                "min_rows": min_rows,
+                "cooldown_hours": 0,
+                "performance": {"labels": {"uri": str(state_dir / "labels" / name)}, "min_labelled_rows": min_rows},
+            },
+            "serving": {"local": {"port": _free_port()}},
+            "runtime": {"dataset_uri": str(state_dir / "datasets" / f"{name}-latest.parquet")},
+        }
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(overrides, sort_keys=False))
+    return folder
 
 
 class Services:
@@ -177,6 +187,7 @@ def _step(settings: Settings, *args: str) -> None:
 
 def _make_dataset(settings: Settings, uri: str, rows: int, seed: int, drift: float = 0.0, concept: float = 0.0) -> None:
     _step(settings, "make-dataset", "--output-uri", uri, "--rows", str(rows), "--seed", str(seed),
+          "--task", settings.pipeline.dataset.target.task,
           "--covariate-drift", str(drift), "--concept-drift", str(concept))  # fmt: skip
 
 
@@ -218,9 +229,9 @@ def _check(services: Services, settings: Settings, window_end: datetime) -> dict
 
     run_id = f"loop__{window_end:%Y%m%dT%H}"
     conf = json.dumps({"window_end": window_end.isoformat()})
-    services.airflow("dags", "trigger", "ml_model_monitor", "-r", run_id, "-c", conf)
-    run = _wait_for_run("ml_model_monitor", run_id=run_id)
-    run_root = settings.run_root("ml_model_monitor", run_id)
+    services.airflow("dags", "trigger", MONITOR, "-r", run_id, "-c", conf)
+    run = _wait_for_run(MONITOR, run_id=run_id)
+    run_root = settings.run_root(MONITOR, run_id)
     drift = results.read_result(run_root, "drift")
     realized = (results.optional_result(run_root, "performance") or {}).get("realized") or {}
     decision = read_decision(run_root) or {}
@@ -233,7 +244,7 @@ def _check(services: Services, settings: Settings, window_end: datetime) -> dict
         "realized": {key: realized.get(key) for key in ("status", "value", "lower", "upper", "drop", "rows")},
         "action": decision.get("action"),
         "signals": decision.get("signals", []),
-        "alerted": _task_states("ml_model_monitor", run_id).get("alert") == "success",
+        "alerted": _task_states(MONITOR, run_id).get("alert") == "success",
         "report_html_uri": decision.get("report_html_uri"),
     }
     verdict = f"monitor_alert ({', '.join(outcome['signals'])})" if outcome["alerted"] else "no retraining"
@@ -260,17 +271,20 @@ def _asset_events(name: str) -> list[dict[str, Any]]:
         return [{"extra": dict(row.extra or {}), "source_run_id": row.source_run_id} for row in rows]
 
 
-def _announce_new_data(services: Services, uri: str) -> None:
+def _announce_new_data(services: Services, settings: Settings, uri: str) -> None:
     """Post a ``training_data`` asset event, as an export job outside Airflow does when it has written new data."""
-    (asset,) = services.api("GET", "/api/v2/assets?name_pattern=training_data")["assets"]
+    from orchestration.assets import model_assets
+
+    name = model_assets(settings).training_data.name
+    (asset,) = services.api("GET", f"/api/v2/assets?name_pattern={name}")["assets"]
     services.api("POST", "/api/v2/assets/events", {"asset_id": asset["id"], "extra": {"uri": uri, "producer": "loop"}})
     print(f"posted a training_data event for {uri}", flush=True)
 
 
 def _retrain_after(settings: Settings, after: int, what: str) -> tuple[Any, dict[str, Any]]:
     """The asset-triggered ml_retrain run after database id ``after``, with its summary."""
-    run = _wait_for_run("ml_retrain", run_type="asset_triggered", after=after)
-    summary = results.read_summary(settings.run_root("ml_retrain", run.run_id)) or {}
+    run = _wait_for_run(RETRAIN, run_type="asset_triggered", after=after)
+    summary = results.read_summary(settings.run_root(RETRAIN, run.run_id)) or {}
     print(f"ml_retrain {run.run_id} ({what}): {run.state}, outcome {summary.get('outcome')}", flush=True)
     return run, {
         "run_id": run.run_id,
@@ -289,18 +303,18 @@ def run_loop(state_dir: Path, rows: int, epochs: int, stream_rows: int) -> dict[
     os.environ.update(
         {
             "ML_STATE_DIR": str(state_dir),
-            "MLSTEPS_CONFIG": str(_loop_config(state_dir, epochs, min_rows=stream_rows // 2)),
-            "ML_DATASET_URI": str(state_dir / "datasets" / "churn-latest.parquet"),
+            MODELS_DIR_ENV_VAR: str(_loop_models(state_dir, epochs, min_rows=stream_rows // 2)),
         }
     )
-    settings = load_settings()
+    settings, tiers = model_settings(CHURN), model_settings(TIERS)
     os.environ.update(prepare_airflow(settings))
     _make_dataset(settings, settings.dataset_uri, rows, seed=7)
+    _make_dataset(tiers, tiers.dataset_uri, rows, seed=7)
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     outcome: dict[str, Any] = {"state_dir": str(state_dir)}
     with Services(dict(os.environ), settings.state_dir / "logs" / "loop-airflow.log") as services:
         print(f"Airflow started (log: {services.log_file}); waiting for ml_retrain's scheduled run", flush=True)
-        champion_run = _wait_for_run("ml_retrain", run_type="scheduled")
+        champion_run = _wait_for_run(RETRAIN, run_type="scheduled")
         outcome["champion_run"] = {"run_id": champion_run.run_id, "state": str(champion_run.state)}
         print(f"ml_retrain {champion_run.run_id}: {champion_run.state} (the first champion)", flush=True)
         try:
@@ -325,28 +339,32 @@ def run_loop(state_dir: Path, rows: int, epochs: int, stream_rows: int) -> dict[
             outcome["concept_redeploy"] = _follow_redeploy(settings, after=concept.id)
 
             # New data: a duplicate notification for the champion's own data, then a new export.
-            _announce_new_data(services, settings.dataset_uri)
+            _announce_new_data(services, settings, settings.dataset_uri)
             duplicate, outcome["duplicate_data_run"] = _retrain_after(settings, concept.id, "duplicate event")
             _make_dataset(settings, settings.dataset_uri, rows, seed=10, drift=1.0, concept=1.0)
-            _announce_new_data(services, settings.dataset_uri)
+            _announce_new_data(services, settings, settings.dataset_uri)
             fresh, outcome["new_data_run"] = _retrain_after(settings, duplicate.id, "new data")
             if outcome["new_data_run"]["outcome"] == "promoted":
                 _follow_redeploy(settings, after=fresh.id)
         finally:
-            local_server(settings).stop()
+            for model in (settings, tiers):
+                local_server(model).stop()
 
-    outcome["monitor_alerts"] = _asset_events("monitor_alert")
-    outcome["retrain_summary"] = results.read_summary(settings.run_root("ml_retrain", retrain.run_id))
+    from orchestration.assets import model_assets
+
+    outcome["monitor_alerts"] = _asset_events(model_assets(settings).alert.name)
+    outcome["tier_retrain_runs"] = [str(run.run_type) for run in _dag_runs(dag_id(TIERS, "retrain"))]
+    outcome["retrain_summary"] = results.read_summary(settings.run_root(RETRAIN, retrain.run_id))
     outcome["model_version_tags"] = _version_tags(settings)
     return outcome
 
 
 def _follow_redeploy(settings: Settings, after: int) -> dict[str, Any]:
     """The ``ml_deploy`` run that the retrained champion's promotion started, and the version the server serves."""
-    deploy = _wait_for_run("ml_deploy", run_type="asset_triggered", after=after)
+    deploy = _wait_for_run(DEPLOY, run_type="asset_triggered", after=after)
     from mlsteps import results
 
-    result = results.optional_result(settings.run_root("ml_deploy", deploy.run_id), "deploy")
+    result = results.optional_result(settings.run_root(DEPLOY, deploy.run_id), "deploy")
     served = local_server(settings).current_version()
     print(f"ml_deploy {deploy.run_id}: {deploy.state}; the local model server answers with v{served}", flush=True)
     return {"run_id": deploy.run_id, "state": str(deploy.state), "result": result, "served_version": served}

@@ -231,7 +231,8 @@ class S3NotificationTrigger(BaseEventTrigger):
 
 
 def training_data_asset(settings: Settings) -> Asset:
-    """The ``training_data`` asset: the dataset URI, watched through SQS when ``runtime.new_data.queue_url`` is set.
+    """The ``<dataset>.training_data`` asset: the dataset URI, watched through SQS when ``runtime.new_data.queue_url``
+    is set.
 
     Args:
         settings: this deployment's settings; ``dataset_uri`` names the data, ``runtime.new_data`` the queue.
@@ -244,8 +245,9 @@ def training_data_asset(settings: Settings) -> Asset:
     """
     dataset_uri, new_data = settings.dataset_uri, settings.runtime.new_data
     uri = dataset_uri if is_s3(dataset_uri) else local_path(dataset_uri).resolve().as_uri()
+    name = f"{settings.pipeline.dataset.name}.{ASSET_NAME}"
     if new_data.queue_url is None:
-        return Asset(name=ASSET_NAME, uri=uri)
+        return Asset(name=name, uri=uri)
     if not is_s3(dataset_uri):
         raise ConfigError(
             f"runtime.new_data.queue_url is set but the dataset {dataset_uri!r} is not in S3, so no S3 event "
@@ -260,4 +262,4 @@ def training_data_asset(settings: Settings) -> Asset:
         wait_time_seconds=new_data.wait_time_seconds,
         poll_seconds=new_data.poll_seconds,
     )
-    return Asset(name=ASSET_NAME, uri=uri, watchers=[AssetWatcher(name=WATCHER_NAME, trigger=trigger)])
+    return Asset(name=name, uri=uri, watchers=[AssetWatcher(name=WATCHER_NAME, trigger=trigger)])

@@ -34,8 +34,7 @@ from mlsteps.registry import IMAGE_ENV_VAR
 from orchestration.settings import KubernetesSettings, Settings, StepSettings, parse_quantity
 from orchestration.templates import KUEUE_QUEUE_LABEL, RUN_ROOT_TEMPLATE
 
-CONFIG_MOUNT = "/etc/mlsteps"
-POD_CONFIG_PATH = f"{CONFIG_MOUNT}/pipeline.yaml"
+CONFIG_MOUNT = "/etc/mlsteps"  # the ConfigMap's keys: one resolved config per model, <model name>.yaml
 PART_OF = "continuous-training"
 LABEL_PREFIX = "continuous-training"
 DELETE_SUCCEEDED_KEEP_FAILED = "delete_succeeded_pod"
@@ -69,14 +68,19 @@ def _command(step_name: str, step: StepSettings, settings: Settings, common: dic
     return command
 
 
-def _pod_env(step: StepSettings, image: str) -> dict[str, str]:
-    """What a pod's environment adds to the one both runtimes share: config mount, thread count, writable home,
-    and the image, which register records on the model version."""
+def pod_config_path(model_name: str) -> str:
+    """Where a model's resolved config is mounted in its pods (a key of the ConfigMap ``make render`` writes)."""
+    return f"{CONFIG_MOUNT}/{model_name}.yaml"
+
+
+def _pod_env(step: StepSettings, image: str, model_name: str) -> dict[str, str]:
+    """What a pod's environment adds to the one both runtimes share: the model's config in the mount, thread count,
+    writable home, and the image, which register records on the model version."""
     cpu_limit = parse_quantity(step.resources.limits.cpu)
     processes = max(step.gpus, 1)
     return {
         IMAGE_ENV_VAR: image,
-        "MLSTEPS_CONFIG": POD_CONFIG_PATH,
+        "MLSTEPS_CONFIG": pod_config_path(model_name),
         "OMP_NUM_THREADS": str(max(1, math.floor(cpu_limit / processes))),
         "HOME": "/tmp",
         "XDG_CACHE_HOME": "/tmp/.cache",
@@ -197,7 +201,10 @@ def pod_operator_kwargs(step_name: str, settings: Settings, common: dict[str, An
     volumes, mounts = _volumes(step_name, step, kube)
     return {
         **_command(step_name, step, settings, common),
-        "env_vars": {**common["env_vars"], **_pod_env(step, kube.images[step.image])},
+        "env_vars": {
+            **common["env_vars"],
+            **_pod_env(step, kube.images[step.image], settings.pipeline.registry.model_name),
+        },
         "namespace": kube.namespace,
         "image": kube.images[step.image],
         "image_pull_policy": kube.image_pull_policy,

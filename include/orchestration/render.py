@@ -95,9 +95,11 @@ def render_pods(dags_folder: Path = DAGS_FOLDER) -> dict[str, dict[str, dict]]:
     return pods
 
 
-def config_map(settings: Settings) -> dict[str, Any]:
-    """The ConfigMap that carries the pipeline config (dataset config inlined) to ``/etc/mlsteps`` in the pods."""
-    pipeline = settings.pipeline.model_dump(mode="json")
+def config_map(settings: Settings, models: list[Settings]) -> dict[str, Any]:
+    """The ConfigMap that carries each model's resolved config (defaults merged, dataset config inlined) to
+    ``/etc/mlsteps/<model>.yaml`` in the pods."""
+    from orchestration.pod_spec import pod_config_path
+
     kube = settings.runtime.kubernetes
     return {
         "apiVersion": "v1",
@@ -107,11 +109,18 @@ def config_map(settings: Settings) -> dict[str, Any]:
             "namespace": kube.namespace,
             "labels": {"app.kubernetes.io/part-of": "continuous-training", "app.kubernetes.io/component": "config"},
         },
-        "data": {"pipeline.yaml": yaml.safe_dump(pipeline, sort_keys=False)},
+        "data": {
+            Path(pod_config_path(model.pipeline.registry.model_name)).name: yaml.safe_dump(
+                model.pipeline.model_dump(mode="json"), sort_keys=False
+            )
+            for model in models
+        },
     }
 
 
-def load_manifests(settings: Settings, folder: Path = MANIFESTS_FOLDER) -> dict[str, list[dict]]:
+def load_manifests(
+    settings: Settings, models: list[Settings], folder: Path = MANIFESTS_FOLDER
+) -> dict[str, list[dict]]:
     """The documents of every resource file ``kustomization.yaml`` lists, moved to the configured namespace."""
     kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
     namespace = settings.runtime.kubernetes.namespace
@@ -124,7 +133,7 @@ def load_manifests(settings: Settings, folder: Path = MANIFESTS_FOLDER) -> dict[
             elif doc["kind"] not in CLUSTER_SCOPED_KINDS:
                 doc["metadata"]["namespace"] = namespace
         manifests[Path(resource).name] = documents
-    manifests["configmap-mlsteps-config.yaml"] = [config_map(settings)]
+    manifests["configmap-mlsteps-config.yaml"] = [config_map(settings, models)]
     return manifests
 
 
@@ -139,8 +148,10 @@ def render(out: Path, settings: Settings, dags_folder: Path = DAGS_FOLDER) -> li
     Returns:
         The files written.
     """
+    from orchestration.models import valid_models
+
     pods = render_pods(dags_folder)
-    manifests = load_manifests(settings)
+    manifests = load_manifests(settings, valid_models())
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     for dag_id, tasks in pods.items():

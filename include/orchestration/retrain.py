@@ -1,4 +1,4 @@
-"""Decisions and reporting of the ``ml_retrain`` DAG, kept out of the DAG file so they are unit-tested.
+"""Decisions and reporting of each model's retrain DAG, kept out of the DAG file so they are unit-tested.
 
 They read the steps' ``result.json`` files; they never touch data or models themselves.
 """
@@ -6,11 +6,13 @@ They read the steps' ``result.json`` files; they never touch data or models them
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from mlsteps import results
 from mlsteps.config import FAMILIES, TrainingConfig
 from mlsteps.evaluation.tasks import METRICS
+from orchestration.assets import ModelAssets
 from orchestration.contracts import DATA_CHECK_TASK as DATA_CHECK
 from orchestration.contracts import PROMOTE_TASK, REJECT_TASK, MonitorAlertExtra
 from orchestration.failures import failure_summary, outcome_lines, unexplained_failure
@@ -21,53 +23,55 @@ REPORT_ORDER = ("validation_html", "evaluation_html", "evaluation_json")
 NEW_DATA = "new_data"  # the trigger of a run started by training_data asset events
 
 
-def triggering_monitor_alert(triggering_asset_events: Any) -> MonitorAlertExtra | None:
-    """The payload of the monitor alert that started this run (the latest, when several did), or None."""
-    from orchestration.assets import MONITOR_ALERT
+@dataclass(frozen=True)
+class RetrainTriggers:
+    """What started one model's retraining run, read from the run's triggering asset events.
 
-    events = triggering_asset_events.get(MONITOR_ALERT) if triggering_asset_events else None
-    return MonitorAlertExtra(**events[-1].extra) if events and events[-1].extra else None
+    Its methods are the retrain DAG's template macros (``macros``): the train step tags the MLflow run with the
+    trigger, and register copies the tags onto the model version (``registry.TRIGGER_TAGS``).
+    """
+
+    assets: ModelAssets
+    dataset_uri: str
+
+    def monitor_alert(self, triggering_asset_events: Any) -> MonitorAlertExtra | None:
+        """The payload of the monitor alert that started this run (the latest, when several did), or None."""
+        events = triggering_asset_events.get(self.assets.alert) if triggering_asset_events else None
+        return MonitorAlertExtra(**events[-1].extra) if events and events[-1].extra else None
+
+    def data_events(self, triggering_asset_events: Any) -> list[dict[str, Any]]:
+        """The ``extra`` of each training-data asset event that started this run (a producer's, or the watcher's
+        queue message); empty when none did."""
+        events = triggering_asset_events.get(self.assets.training_data) if triggering_asset_events else None
+        return [dict(event.extra or {}) for event in events or []]
+
+    def run_trigger(self, dag_run: Any, triggering_asset_events: Any) -> str:
+        """Why this run exists: the monitor signal that fired (``realized_performance``, ``drift``,
+        ``estimated_performance``), ``new_data``, or the run type (``scheduled``, ``manual``, ``backfill``)."""
+        if alert := self.monitor_alert(triggering_asset_events):
+            return alert["signal"]
+        if self.data_events(triggering_asset_events):
+            return NEW_DATA
+        run_type = getattr(dag_run, "run_type", "manual")
+        return str(getattr(run_type, "value", run_type))
+
+    def reason(self, dag_run: Any, triggering_asset_events: Any) -> str:
+        """The trigger in one sentence, with its figures: the monitor's reason, or the new data's events."""
+        if alert := self.monitor_alert(triggering_asset_events):
+            return alert["reason"]
+        if events := self.data_events(triggering_asset_events):
+            return "training_data: " + "; ".join(describe_data_event(extra, self.dataset_uri)[1] for extra in events)
+        return self.run_trigger(dag_run, triggering_asset_events)
+
+    def macros(self) -> dict[str, Any]:
+        """The template macros ``TRIGGER_TAG_ARGS`` use."""
+        return {
+            "triggering_monitor_alert": self.monitor_alert,
+            "run_trigger": self.run_trigger,
+            "trigger_reason": self.reason,
+        }
 
 
-def triggering_data_events(triggering_asset_events: Any) -> list[dict[str, Any]]:
-    """The ``extra`` of each ``training_data`` asset event that started this run (a producer's, or the watcher's
-    queue message); empty when none did."""
-    from orchestration.assets import TRAINING_DATA
-
-    events = triggering_asset_events.get(TRAINING_DATA) if triggering_asset_events else None
-    return [dict(event.extra or {}) for event in events or []]
-
-
-def run_trigger(dag_run: Any, triggering_asset_events: Any) -> str:
-    """Why this run exists: the monitor signal that fired (``realized_performance``, ``drift``,
-    ``estimated_performance``), ``new_data``, or the run type (``scheduled``, ``manual``, ``backfill``)."""
-    if alert := triggering_monitor_alert(triggering_asset_events):
-        return alert["signal"]
-    if triggering_data_events(triggering_asset_events):
-        return NEW_DATA
-    run_type = getattr(dag_run, "run_type", "manual")
-    return str(getattr(run_type, "value", run_type))
-
-
-def trigger_reason(dag_run: Any, triggering_asset_events: Any) -> str:
-    """The trigger in one sentence, with its figures: the monitor's reason, or the new data's events."""
-    if alert := triggering_monitor_alert(triggering_asset_events):
-        return alert["reason"]
-    if events := triggering_data_events(triggering_asset_events):
-        from orchestration.settings import get_settings
-
-        dataset_uri = get_settings().dataset_uri
-        return "training_data: " + "; ".join(describe_data_event(extra, dataset_uri)[1] for extra in events)
-    return run_trigger(dag_run, triggering_asset_events)
-
-
-# Template macros of ml_retrain: its train step tags the MLflow run with what triggered it, and register copies the
-# tags onto the model version (registry.TRIGGER_TAGS).
-TRIGGER_MACROS = {
-    "triggering_monitor_alert": triggering_monitor_alert,
-    "run_trigger": run_trigger,
-    "trigger_reason": trigger_reason,
-}
 _ALERT = "(triggering_monitor_alert(triggering_asset_events) or {})"
 TRIGGER_TAG_ARGS = [
     "--tag",

@@ -5,7 +5,9 @@ overrides for what differs per deployment:
 
 - ``ML_RUNTIME``: ``local`` (steps run as subprocesses; the embedded default) or ``kubernetes`` (steps run as pods);
 - ``ML_ARTIFACT_ROOT``: where runs, snapshots and reports go (``s3://bucket/prefix`` in production);
-- ``ML_DATASET_URI``: the dataset a scheduled run reads;
+- ``ML_DATASET_URI``: the dataset a scheduled run reads when the model config sets no ``runtime.dataset_uri``;
+  ``{dataset}`` in it stands for the model's dataset name (``s3://ml-datasets/{dataset}/latest.parquet``), so one
+  value serves every model; default ``<state>/datasets/{dataset}.csv``;
 - ``ML_STATE_DIR``: the one git-ignored folder of the embedded default (Airflow DB, MLflow, artifacts, data);
 - ``MLFLOW_TRACKING_URI``: the MLflow server (SQLite in the state folder by default).
 
@@ -31,6 +33,7 @@ from mlsteps.errors import ConfigError
 from mlsteps.steps import STEPS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DATASET_URI_ENV_VAR = "ML_DATASET_URI"
 GPU_POOL = "gpu"  # the Airflow pool (airflow_settings.yaml) that caps concurrent GPU steps
 
 
@@ -41,11 +44,12 @@ _SUFFIX_FACTORS = {
 }
 
 
+@functools.lru_cache(maxsize=1024, typed=True)
 def parse_quantity(value: str | int | float) -> Decimal:
     """A Kubernetes quantity (``500m``, ``16Gi``, ``1e3``) as a number, so requests and limits can be compared.
 
     Kubernetes' grammar in a few lines: the kubernetes client's own parser costs 0.3 s of imports, which every DAG
-    parse would pay (a test checks both agree).
+    parse would pay (a test checks both agree). Cached: every step of every model checks the same few quantities.
     """
     match = _QUANTITY.match(str(value).strip())
     if not match:
@@ -230,7 +234,9 @@ class RuntimeSettings(BaseModel):
 
     mode: Literal["local", "kubernetes"] = Field("local", description="where the steps run")
     artifact_root: str | None = Field(None, description="runs, snapshots, reports; default: <state>/artifacts")
-    dataset_uri: str | None = Field(None, description="dataset of scheduled runs; default: the built-in one")
+    dataset_uri: str | None = Field(
+        None, description="dataset of scheduled runs; default: $ML_DATASET_URI, else <state>/datasets/<dataset>.csv"
+    )
     mlflow_tracking_uri: str | None = Field(None, description="MLflow server; default: SQLite in the state folder")
     retrain_cron: str = Field("0 3 * * 1", description="cron of scheduled retraining (UTC)")
     monitor_cron: str = Field("0 * * * *", description="cron of the drift checks (UTC); each reads the window before")
@@ -292,8 +298,8 @@ class Settings(BaseModel):
 
     @property
     def serving_state_dir(self) -> Path:
-        """Runtime ``local``: where the deploy step keeps the local model server's pid, port and log."""
-        return self.state_dir / "serving"
+        """Runtime ``local``: where the deploy step keeps this model's local server's pid, port and log."""
+        return self.state_dir / "serving" / self.pipeline.registry.model_name
 
     @property
     def monitor_state_uri(self) -> str:
@@ -358,8 +364,9 @@ def load_settings(config_uri: str | None = None) -> Settings:
     runtime = runtime.model_copy(update={"mode": mode})
     state_dir = Path(os.environ.get("ML_STATE_DIR", PROJECT_ROOT / ".local")).resolve()
     artifact_root = os.environ.get("ML_ARTIFACT_ROOT") or runtime.artifact_root or str(state_dir / "artifacts")
-    default_dataset = state_dir / "datasets" / f"{pipeline.dataset.name}.csv"
-    dataset_uri = os.environ.get("ML_DATASET_URI") or runtime.dataset_uri or str(default_dataset)
+    dataset_name = pipeline.dataset.name
+    default_dataset = os.environ.get(DATASET_URI_ENV_VAR) or str(state_dir / "datasets" / "{dataset}.csv")
+    dataset_uri = runtime.dataset_uri or default_dataset.replace("{dataset}", dataset_name)
     tracking_uri = (
         os.environ.get("MLFLOW_TRACKING_URI")
         or runtime.mlflow_tracking_uri

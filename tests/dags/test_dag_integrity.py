@@ -1,7 +1,10 @@
-"""Every DAG imports cleanly and fast, has owners, retries, tags and docs, valid params, and the expected shape."""
+"""Every DAG imports cleanly and fast, has owners, retries, tags and docs, valid params, and the expected shape; each
+model config gets its own three DAGs, and a broken one breaks only its own."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +22,14 @@ def dagbag() -> DagBag:
     return DagBag(str(DAGS_FOLDER))
 
 
-def test_every_dag_file_imports_without_errors(dagbag: DagBag) -> None:
+CHURN, TIERS = "churn-classifier", "tier-classifier"
+
+
+def test_every_dag_file_imports_without_errors_and_each_model_gets_its_dags(dagbag: DagBag) -> None:
     assert dagbag.import_errors == {}
-    assert {Path(f).stem for f in map(str, DAG_FILES)} <= set(dagbag.dags), "each DAG id matches its file stem"
+    purposes = ("retrain", "monitor", "deploy")
+    assert set(dagbag.dags) == {f"{model}.{purpose}" for model in (CHURN, TIERS) for purpose in purposes}
+    assert "model:tier-classifier" in dagbag.dags[f"{TIERS}.retrain"].tags
 
 
 @pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
@@ -57,7 +65,7 @@ def test_params_have_descriptions_and_defaults_that_validate(dagbag: DagBag) -> 
 
 
 BAD_PARAMS = {
-    "ml_retrain": [
+    f"{CHURN}.retrain": [
         ("epochs", 0),
         ("learning_rate", 0),
         ("primary_metric", "rmse"),
@@ -68,7 +76,7 @@ BAD_PARAMS = {
         ("threshold", "high"),
         ("dataset_uri", "data.txt"),
     ],
-    "ml_deploy": [
+    f"{CHURN}.deploy": [
         ("model", "latest"),
         ("model", "0"),
         ("model", "v2"),
@@ -92,7 +100,7 @@ def test_params_reject_bad_values(dagbag: DagBag, dag_id: str, name: str, bad: o
 
 
 def test_ml_deploy_params_accept_the_alias_and_version_numbers(dagbag: DagBag) -> None:
-    params = ParamsDict(dagbag.dags["ml_deploy"].params)
+    params = ParamsDict(dagbag.dags[f"{CHURN}.deploy"].params)
     for model in ("champion", "1", "42"):
         params["model"] = model
     params["strategy"] = "canary"
@@ -101,7 +109,7 @@ def test_ml_deploy_params_accept_the_alias_and_version_numbers(dagbag: DagBag) -
 
 
 def test_ml_retrain_structure(dagbag: DagBag) -> None:
-    dag = dagbag.dags["ml_retrain"]
+    dag = dagbag.dags[f"{CHURN}.retrain"]
     assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == {
         "snapshot": {"data_check"},
         "data_check": {"validate"},
@@ -116,7 +124,7 @@ def test_ml_retrain_structure(dagbag: DagBag) -> None:
         "reject": {"summary"},
         "summary": set(),
     }
-    assert [a.name for a in dag.task_dict["promote"].outlets] == ["model_promoted"]
+    assert [a.name for a in dag.task_dict["promote"].outlets] == [f"{CHURN}.model_promoted"]
     # One train task instance per candidate family (dynamic task mapping), each adding --model <family>.
     assert dag.task_dict["train"].expand_input.value["extra_arguments"].operator.task_id == "candidates"
 
@@ -135,13 +143,14 @@ def test_every_dag_ends_in_a_summary_that_runs_whatever_happened_and_every_task_
 
 
 def test_ml_retrain_runs_on_its_cron_on_a_monitor_alert_or_on_new_data(dagbag: DagBag) -> None:
-    timetable = dagbag.dags["ml_retrain"].timetable
-    assert [asset.name for asset in timetable.asset_condition.objects] == ["monitor_alert", "training_data"]
+    timetable = dagbag.dags[f"{CHURN}.retrain"].timetable
+    assets = [asset.name for asset in timetable.asset_condition.objects]
+    assert assets == [f"{CHURN}.monitor_alert", "churn.training_data"]
     assert timetable.timetable.expression == "0 3 * * 1"
 
 
 def test_ml_model_monitor_structure(dagbag: DagBag) -> None:
-    dag = dagbag.dags["ml_model_monitor"]
+    dag = dagbag.dags[f"{CHURN}.monitor"]
     assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == {
         "drift": {"decide"},
         "performance": {"decide"},
@@ -150,14 +159,14 @@ def test_ml_model_monitor_structure(dagbag: DagBag) -> None:
         "quiet": {"summary"},
         "summary": set(),
     }
-    assert [a.name for a in dag.task_dict["alert"].outlets] == ["monitor_alert"]
+    assert [a.name for a in dag.task_dict["alert"].outlets] == [f"{CHURN}.monitor_alert"]
     assert dag.timetable.expression == "0 * * * *"
 
 
 def test_ml_deploy_structure(dagbag: DagBag) -> None:
     from airflow.providers.standard.operators.hitl import ApprovalOperator
 
-    dag = dagbag.dags["ml_deploy"]
+    dag = dagbag.dags[f"{CHURN}.deploy"]
     assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == {
         "approval_gate": {"approval", "deploy"},
         "approval": {"deploy"},
@@ -175,16 +184,65 @@ def test_ml_deploy_structure(dagbag: DagBag) -> None:
 def test_ml_deploy_asks_for_approval_only_when_the_run_requires_it(
     dagbag: DagBag, require_approval: bool, followed: str
 ) -> None:
-    gate = dagbag.dags["ml_deploy"].task_dict["approval_gate"]
+    gate = dagbag.dags[f"{CHURN}.deploy"].task_dict["approval_gate"]
     assert gate.python_callable(params={"require_approval": require_approval}) == followed
 
 
 def test_ml_deploy_runs_when_a_model_is_promoted_and_deploys_to_the_local_server(dagbag: DagBag) -> None:
-    dag = dagbag.dags["ml_deploy"]
-    assert [asset.name for asset in dag.timetable.asset_condition.objects] == ["model_promoted"]
+    dag = dagbag.dags[f"{CHURN}.deploy"]
+    assert [asset.name for asset in dag.timetable.asset_condition.objects] == [f"{CHURN}.model_promoted"]
     deploy = dag.task_dict["deploy"]
     assert deploy.cmds == ["python", "-m", "mlsteps", "deploy"]
     args = deploy.arguments
     assert args[args.index("--target") + 1] == "local", "the tests run the local runtime"
-    assert args[args.index("--state-dir") + 1].endswith("/serving")
+    assert args[args.index("--state-dir") + 1].endswith(f"/serving/{CHURN}"), "each model its own server"
     assert args[args.index("--model") + 1] == "{{ params.model }}"
+
+
+def _write_models(folder: Path, **files: str) -> Path:
+    """A models folder whose files extend the project's defaults, like include/config/models/."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = DAGS_FOLDER.parent / "include" / "config"
+    for stem, body in files.items():
+        header = f"extends: {config / 'pipeline.yaml'}\ndataset: {config / 'datasets' / 'churn.yaml'}\n"
+        (folder / f"{stem}.yaml").write_text(header + body)
+    return folder
+
+
+def test_a_broken_model_config_breaks_only_its_own_dags(tmp_path: Path) -> None:
+    # Parsed in a fresh process with the models folder of this test, as the dag-processor parses each file.
+    models = _write_models(
+        tmp_path / "models",
+        good="registry: {model_name: good-model}\nserving: {local: {port: 9101}}\n",
+        typo="registry: {model_name: typo-model}\nserving: {local: {port: 9102}}\ntraining: {epochs: many}\n",
+        caps="registry: {model_name: Caps_Model}\nserving: {local: {port: 9103}}\n",
+    )
+    probe = (
+        "import sys, json; from airflow.dag_processing.dagbag import DagBag; bag = DagBag(sys.argv[1]); "
+        "print(json.dumps({'dags': sorted(bag.dags), 'errors': {k.rsplit('/', 1)[-1]: v for k, v in "
+        "bag.import_errors.items()}}))"
+    )
+    env = {**os.environ, "ML_MODELS_DIR": str(models)}
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(DAGS_FOLDER)], capture_output=True, text=True, check=True, env=env
+    )
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["dags"] == ["good-model.deploy", "good-model.monitor", "good-model.retrain"]
+    assert list(outcome["errors"]) == ["ml_model_configs.py"], "one file reports the broken configs"
+    error = outcome["errors"]["ml_model_configs.py"]
+    assert "2 model config(s) cannot run" in error
+    assert f"{models / 'typo.yaml'}" in error and "training.epochs" in error
+    assert "'Caps_Model' is not a valid model name" in error
+
+
+def test_a_worker_parsing_for_one_task_builds_only_that_models_dag() -> None:
+    # Airflow names the DAG of the task it is about to run in the parsing context (an environment variable).
+    probe = (
+        "import sys, json; from airflow.dag_processing.dagbag import DagBag; bag = DagBag(sys.argv[1]); "
+        "print(json.dumps(sorted(bag.dags)))"
+    )
+    env = {**os.environ, "_AIRFLOW_PARSING_CONTEXT_DAG_ID": f"{TIERS}.retrain"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(DAGS_FOLDER / "ml_retrain.py")], capture_output=True, text=True, env=env
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [f"{TIERS}.retrain"], done.stderr[-2000:]

@@ -111,3 +111,8 @@ def test_new_data_retrains_from_its_event_and_a_duplicate_event_stops_early(outc
     assert outcome["model_version_tags"]["4"]["trigger"] == "new_data"
     newest = outcome["model_version_tags"][str(3 + (fresh["outcome"] == "promoted"))]
     assert "champion" in newest["aliases"].split(",")
+
+
+def test_one_models_alerts_retrain_that_model_only(outcome: dict[str, Any]) -> None:
+    # The tier model runs beside churn with its own DAGs: its retraining ran on its cron only.
+    assert outcome["tier_retrain_runs"] == ["scheduled"]

@@ -1,4 +1,5 @@
-"""ml_deploy end to end on the embedded default, as `python -m orchestration.embedded run --dag ml_deploy` runs it.
+"""A model's deploy DAG end to end on the embedded default, as `python -m orchestration.embedded run --purpose deploy`
+runs it.
 
 One state folder and one registry: v1 is deployed (a local server starts), then v2 (the server switches), then a
 deliberately broken v3 is made champion: its deploy fails, v2 keeps serving, champion points at v2 again with the
@@ -29,6 +30,8 @@ from mlsteps.deploy.local import LocalTarget
 
 pytestmark = pytest.mark.e2e
 
+DAG_ID = f"{MODEL_NAME}.deploy"
+
 
 class Deployment:
     """The embedded default's state, registry and local server port shared by the runs of this module."""
@@ -36,32 +39,35 @@ class Deployment:
     def __init__(self, state_dir: Path, port: int) -> None:
         self.state_dir = state_dir
         self.port = port
-        raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-        raw["dataset"] = str(DEFAULT_CONFIG_PATH.parent / raw["dataset"])
-        raw["serving"]["local"]["port"] = port
-        raw["serving"]["smoke"]["requests"] = 10
-        self.config = state_dir / "pipeline.yaml"
-        self.config.write_text(yaml.safe_dump(raw))
+        overrides = {
+            "extends": str(DEFAULT_CONFIG_PATH.parent / "models" / "churn.yaml"),
+            "dataset": str(DEFAULT_CONFIG_PATH.parent / "datasets" / "churn.yaml"),
+            "registry": {"model_name": MODEL_NAME},
+            "serving": {"local": {"port": port}, "smoke": {"requests": 10}},
+        }
+        (state_dir / "models").mkdir()
+        self.config = state_dir / "models" / "churn.yaml"
+        self.config.write_text(yaml.safe_dump(overrides))
         self.tracking_uri = f"sqlite:///{state_dir / 'mlflow' / 'mlflow.db'}"
 
     @property
     def server(self) -> LocalTarget:
-        return LocalTarget(MODEL_NAME, self.state_dir / "serving", port=self.port)
+        return LocalTarget(MODEL_NAME, self.state_dir / "serving" / MODEL_NAME, port=self.port)
 
     def make_champion(self, version: int) -> None:
         client = tracking.client()
         registry.move_alias(client, MODEL_NAME, registry.CHAMPION, version, actor="test", reason="promoted by the test")
 
     def run(self) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-        """One ml_deploy run with the params' defaults (model champion, rolling, no approval)."""
+        """One deploy run with the params' defaults (model champion, rolling, no approval)."""
         done = subprocess.run(
-            [sys.executable, "-m", "orchestration.embedded", "run", "--dag", "ml_deploy", "--rows", "500"],
-            env={**os.environ, "ML_STATE_DIR": str(self.state_dir), "MLSTEPS_CONFIG": str(self.config)},
+            [sys.executable, "-m", "orchestration.embedded", "run", "--purpose", "deploy", "--rows", "500"],
+            env={**os.environ, "ML_STATE_DIR": str(self.state_dir), "ML_MODELS_DIR": str(self.config.parent)},
             capture_output=True,
             text=True,
             timeout=600,
         )
-        outcomes = sorted((self.state_dir / "logs").glob("ml_deploy-*.json"))
+        outcomes = sorted((self.state_dir / "logs").glob(f"{DAG_ID}-*.json"))
         assert outcomes, done.stdout + done.stderr
         return done, json.loads(outcomes[-1].read_text())
 
@@ -72,7 +78,7 @@ class Deployment:
         return storage.read_json(storage.join(self._run_root(run_id), "summary.json"))
 
     def _run_root(self, run_id: str) -> str:
-        return results.run_root(str(self.state_dir / "artifacts"), "ml_deploy", run_id)
+        return results.run_root(str(self.state_dir / "artifacts"), DAG_ID, run_id)
 
     def served_version(self) -> str:
         with urllib.request.urlopen(f"{self.server.endpoint()}/v2/models/{MODEL_NAME}", timeout=10) as response:

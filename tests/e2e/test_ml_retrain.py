@@ -1,4 +1,4 @@
-"""The main job end to end: ml_retrain runs on the embedded default exactly as `make demo` runs it.
+"""The main job end to end: the churn model's retrain DAG runs on the embedded default exactly as `make demo` runs it.
 
 All runs share one state folder: the first trains and promotes a champion, the second trains a challenger and
 compares it with that champion on the same holdout, then each kind of broken input must stop the run at `snapshot`
@@ -22,6 +22,7 @@ from mlsteps.data.datasets import generate_churn
 pytestmark = pytest.mark.e2e
 
 CONF: dict[str, Any] = {}  # the defaults, as `make demo` runs them (early stopping keeps training short)
+DAG_ID = "churn-classifier.retrain"
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +33,14 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _run_main_job(state_dir: Path, conf: dict[str, Any]) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     env = {**os.environ, "ML_STATE_DIR": str(state_dir)}
     done = subprocess.run(
-        [sys.executable, "-m", "orchestration.embedded", "run", "--rows", "10000", "--conf", json.dumps(conf)],
+        [sys.executable, "-m", "orchestration.embedded", "run", "--model", "churn-classifier", "--rows", "10000"]
+        + ["--conf", json.dumps(conf)],
         env=env,
         capture_output=True,
         text=True,
         timeout=900,
     )
-    outcome_files = sorted((state_dir / "logs").glob("ml_retrain-*.json"))
+    outcome_files = sorted((state_dir / "logs").glob(f"{DAG_ID}-*.json"))
     assert outcome_files, done.stdout + done.stderr
     return done, json.loads(outcome_files[-1].read_text())
 
@@ -52,7 +54,7 @@ def _registry(state_dir: Path) -> Any:
 def _summary(state_dir: Path, run_id: str) -> dict[str, Any]:
     from mlsteps.results import run_root
 
-    return storage.read_json(storage.join(run_root(str(state_dir / "artifacts"), "ml_retrain", run_id), "summary.json"))
+    return storage.read_json(storage.join(run_root(str(state_dir / "artifacts"), DAG_ID, run_id), "summary.json"))
 
 
 @pytest.fixture(scope="module")

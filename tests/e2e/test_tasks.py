@@ -1,4 +1,4 @@
-"""Every task end to end on the embedded default, as `MLSTEPS_CONFIG=include/config/<model>.yaml make demo` runs it.
+"""Every task end to end on the embedded default, as `make demo` runs a model config of include/config/models/.
 
 For the multiclass model (tiers.yaml: two candidates, mlp and gbdt, trained as mapped tasks) and the regression
 model (claims.yaml: gbdt): ml_retrain runs twice (the second run is gated against the champion the first promoted),
@@ -29,7 +29,7 @@ from mlsteps.deploy.local import LocalTarget
 
 pytestmark = pytest.mark.e2e
 
-MODELS = {"multiclass": "tiers.yaml", "regression": "claims.yaml"}
+MODELS = {"multiclass": "models/tiers.yaml", "regression": "examples/claims.yaml"}
 
 
 class TaskLoop:
@@ -37,7 +37,8 @@ class TaskLoop:
 
     def __init__(self, state_dir: Path, shipped: str, port: int) -> None:
         self.state_dir = state_dir
-        self.config = state_dir / "pipeline.yaml"
+        (state_dir / "models").mkdir()
+        self.config = state_dir / "models" / "model.yaml"
         overrides = {
             "extends": str(DEFAULT_CONFIG_PATH.parent / shipped),
             "training": {"epochs": 4},
@@ -45,22 +46,23 @@ class TaskLoop:
         }
         self.config.write_text(yaml.safe_dump(overrides))
         self.pipeline = load_pipeline_config(str(self.config))
-        self.server = LocalTarget(self.pipeline.registry.model_name, state_dir / "serving", port=port)
+        self.model = self.pipeline.registry.model_name
+        self.server = LocalTarget(self.model, state_dir / "serving" / self.model, port=port)
 
-    def run(self, dag_id: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    def run(self, purpose: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
         done = subprocess.run(
-            [sys.executable, "-m", "orchestration.embedded", "run", "--dag", dag_id, "--rows", "6000"],
-            env={**os.environ, "ML_STATE_DIR": str(self.state_dir), "MLSTEPS_CONFIG": str(self.config)},
+            [sys.executable, "-m", "orchestration.embedded", "run", "--purpose", purpose, "--rows", "6000"],
+            env={**os.environ, "ML_STATE_DIR": str(self.state_dir), "ML_MODELS_DIR": str(self.config.parent)},
             capture_output=True,
             text=True,
             timeout=900,
         )
-        outcomes = sorted((self.state_dir / "logs").glob(f"{dag_id}-*.json"))
+        outcomes = sorted((self.state_dir / "logs").glob(f"{self.model}.{purpose}-*.json"))
         assert outcomes, done.stdout[-3000:] + done.stderr[-3000:]
         return done, json.loads(outcomes[-1].read_text())
 
-    def run_root(self, dag_id: str, run_id: str) -> str:
-        return results.run_root(str(self.state_dir / "artifacts"), dag_id, run_id)
+    def run_root(self, purpose: str, run_id: str) -> str:
+        return results.run_root(str(self.state_dir / "artifacts"), f"{self.model}.{purpose}", run_id)
 
     def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(
@@ -85,7 +87,7 @@ def loop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="module")
 def runs(loop: TaskLoop) -> dict[str, Any]:
     """Two retraining runs and one deploy, in order."""
-    return {"first": loop.run("ml_retrain"), "second": loop.run("ml_retrain"), "deploy": loop.run("ml_deploy")}
+    return {"first": loop.run("retrain"), "second": loop.run("retrain"), "deploy": loop.run("deploy")}
 
 
 def test_each_retraining_run_trains_every_candidate_and_gates_the_best(loop: TaskLoop, runs: dict[str, Any]) -> None:
@@ -94,15 +96,15 @@ def test_each_retraining_run_trains_every_candidate_and_gates_the_best(loop: Tas
     for name in ("first", "second"):
         done, outcome = runs[name]
         assert outcome["state"] == "success", done.stdout[-3000:] + done.stderr[-3000:]
-        evaluation = results.read_result(loop.run_root("ml_retrain", outcome["run_id"]), "evaluate")
+        evaluation = results.read_result(loop.run_root("retrain", outcome["run_id"]), "evaluate")
         assert evaluation["task"] == task and evaluation["gate"]["primary_metric"] == metric
         assert sorted(candidate["family"] for candidate in evaluation["candidates"]) == sorted(families)
         assert evaluation["challenger"]["family"] in families
         for candidate in evaluation["candidates"]:
-            train = results.read_result(loop.run_root("ml_retrain", outcome["run_id"]), f"train/{candidate['family']}")
+            train = results.read_result(loop.run_root("retrain", outcome["run_id"]), f"train/{candidate['family']}")
             assert train["task"] == task and train["export_check"]["rows"] > 0
-    first = results.read_result(loop.run_root("ml_retrain", runs["first"][1]["run_id"]), "evaluate")
-    second = results.read_result(loop.run_root("ml_retrain", runs["second"][1]["run_id"]), "evaluate")
+    first = results.read_result(loop.run_root("retrain", runs["first"][1]["run_id"]), "evaluate")
+    second = results.read_result(loop.run_root("retrain", runs["second"][1]["run_id"]), "evaluate")
     assert first["champion"] is None and first["gate"]["passed"]
     assert second["champion"]["version"] == 1, "the second run is judged against the first run's champion"
     assert any(metric in reason for reason in second["gate"]["reasons"])
@@ -111,7 +113,7 @@ def test_each_retraining_run_trains_every_candidate_and_gates_the_best(loop: Tas
 def test_the_champion_serves_the_task_through_both_protocols(loop: TaskLoop, runs: dict[str, Any]) -> None:
     done, outcome = runs["deploy"]
     assert outcome["state"] == "success", done.stdout[-3000:] + done.stderr[-3000:]
-    deploy = results.read_result(loop.run_root("ml_deploy", outcome["run_id"]), "deploy")
+    deploy = results.read_result(loop.run_root("deploy", outcome["run_id"]), "deploy")
     assert deploy["outcome"] == "deployed" and deploy["smoke"]["passed"]
 
     dataset, target = loop.pipeline.dataset, loop.pipeline.dataset.target

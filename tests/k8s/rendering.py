@@ -18,13 +18,14 @@ CONFIG = REPO / "include" / "config" / "pipeline.yaml"
 CLUSTER_ENV = {
     "ML_RUNTIME": "kubernetes",
     "ML_ARTIFACT_ROOT": "s3://ml-artifacts/continuous-training",
-    "ML_DATASET_URI": "s3://ml-datasets/churn/churn.parquet",
+    "ML_DATASET_URI": "s3://ml-datasets/{dataset}/{dataset}.parquet",
     "MLFLOW_TRACKING_URI": "http://mlflow.mlflow.svc.cluster.local:5000",
 }
 
 
 def variant_config(tmp_path: Path, runtime: dict[str, Any]) -> Path:
-    """The project's pipeline config with parts of its runtime section replaced (nested keys merged one level)."""
+    """The project's pipeline config with parts of its runtime section replaced (nested keys merged one level), and a
+    models folder beside it whose one model (churn) extends it; ``render`` uses both."""
     raw = yaml.safe_load(CONFIG.read_text())
     raw["dataset"] = str(CONFIG.parent / raw["dataset"])
     for key, value in runtime.items():
@@ -32,6 +33,11 @@ def variant_config(tmp_path: Path, runtime: dict[str, Any]) -> Path:
         raw["runtime"][key] = {**current, **value} if isinstance(current, dict) else value
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(raw))
+    # The deployment's one model on these defaults, as include/config/models/churn.yaml names it.
+    (tmp_path / "models").mkdir(exist_ok=True)
+    churn = yaml.safe_load((CONFIG.parent / "models" / "churn.yaml").read_text())
+    model = {**churn, "extends": str(path), "dataset": str(CONFIG.parent / "datasets" / "churn.yaml")}
+    (tmp_path / "models" / "churn.yaml").write_text(yaml.safe_dump(model))
     return path
 
 
@@ -41,7 +47,7 @@ def render(
     """Run ``python -m orchestration.render``, optionally on a config variant and without some variables."""
     env = {**os.environ, **CLUSTER_ENV, "ML_STATE_DIR": str(tmp_path / "state")}
     if config:
-        env["MLSTEPS_CONFIG"] = str(config)
+        env |= {"MLSTEPS_CONFIG": str(config), "ML_MODELS_DIR": str(config.parent / "models")}
     env = {name: value for name, value in env.items() if name not in without}
     return subprocess.run(
         [sys.executable, "-m", "orchestration.render", "--out", str(out)], env=env, capture_output=True, text=True

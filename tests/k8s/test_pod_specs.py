@@ -15,6 +15,7 @@ import yaml
 
 from mlsteps.config import PipelineConfig
 from mlsteps.steps import STEPS
+from orchestration.models import load_models
 from orchestration.settings import GPU_POOL, Settings, load_settings, parse_quantity
 
 from .policy import K8S_VERSIONS, RUN_AS_ID, load_documents, validate_schema
@@ -55,8 +56,11 @@ def _mounts(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_every_pod_task_of_every_dag_is_rendered(pods: dict[str, dict[str, Any]]) -> None:
     retrain = ("snapshot", "validate", "preprocess", "train", "evaluate", "register", "promote")
-    monitor = ("ml_model_monitor.drift", "ml_model_monitor.performance")
-    assert set(pods) == {*(f"ml_retrain.{step}" for step in retrain), *monitor, "ml_deploy.deploy"}
+    expected = set()
+    for model in ("churn-classifier", "tier-classifier"):
+        expected |= {f"{model}.retrain.{step}" for step in retrain}
+        expected |= {f"{model}.monitor.drift", f"{model}.monitor.performance", f"{model}.deploy.deploy"}
+    assert set(pods) == expected
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -87,10 +91,14 @@ def test_each_step_gets_its_configured_resources_image_and_identity(
         assert pod["metadata"]["namespace"] == kube.namespace
         cpu_limit = parse_quantity(step.resources.limits.cpu)
         assert _env(pod)["OMP_NUM_THREADS"] == str(max(1, int(cpu_limit // max(step.gpus, 1)))), name
-    assert _container(pods["ml_retrain.train"])["image"] != _container(pods["ml_retrain.validate"])["image"]
-    assert [name for name, pod in pods.items() if pod["spec"]["automountServiceAccountToken"]] == ["ml_deploy.deploy"]
-    assert pods["ml_deploy.deploy"]["spec"]["serviceAccountName"] == "ml-deploy"
-    deploy_args = _container(pods["ml_deploy.deploy"])["args"]
+    assert (
+        _container(pods["churn-classifier.retrain.train"])["image"]
+        != _container(pods["churn-classifier.retrain.validate"])["image"]
+    )
+    with_token = [name for name, pod in pods.items() if pod["spec"]["automountServiceAccountToken"]]
+    assert with_token == ["churn-classifier.deploy.deploy", "tier-classifier.deploy.deploy"]
+    assert pods["churn-classifier.deploy.deploy"]["spec"]["serviceAccountName"] == "ml-deploy"
+    deploy_args = _container(pods["churn-classifier.deploy.deploy"])["args"]
     assert deploy_args[deploy_args.index("--target") + 1] == "kubernetes" and "--state-dir" not in deploy_args
     assert deploy_args[deploy_args.index("--model") + 1] == "champion", "the param's default, rendered"
 
@@ -132,11 +140,11 @@ def test_pods_carry_labels_and_annotations_for_cost_and_lookup(
     pods: dict[str, dict[str, Any]], settings: Settings
 ) -> None:
     for name, pod in pods.items():
-        dag_id, task_id = name.split(".")
+        dag_id, task_id = name.rsplit(".", 1)
         labels, annotations = pod["metadata"]["labels"], pod["metadata"]["annotations"]
         assert labels["dag_id"] == dag_id and labels["task_id"] == task_id and labels["run_id"]
         assert labels["continuous-training/step"] == task_id
-        assert labels["continuous-training/model"] == settings.pipeline.registry.model_name
+        assert labels["continuous-training/model"] == dag_id.split(".")[0], "each pod names its model"
         assert labels["app.kubernetes.io/part-of"] == "continuous-training"
         assert labels["app.kubernetes.io/component"] == "step"
         assert settings.runtime.kubernetes.labels.items() <= labels.items()
@@ -147,7 +155,7 @@ def test_pods_carry_labels_and_annotations_for_cost_and_lookup(
 def test_training_pod_gets_a_gpu_its_toleration_and_shared_memory(
     pods: dict[str, dict[str, Any]], settings: Settings
 ) -> None:
-    train = pods["ml_retrain.train"]
+    train = pods["churn-classifier.retrain.train"]
     assert _container(train)["command"] == ["python", "-m", "mlsteps", "train"], "one GPU: one process"
     assert train["spec"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
     shm = _volumes(train)["shm"]["emptyDir"]
@@ -156,7 +164,7 @@ def test_training_pod_gets_a_gpu_its_toleration_and_shared_memory(
     assert _mounts(train)["/dev/shm"]["name"] == "shm"
     assert "kueue.x-k8s.io/queue-name" not in train["metadata"]["labels"], "no Kueue queue configured"
     for name, pod in pods.items():
-        if name != "ml_retrain.train":
+        if not name.endswith(".retrain.train"):
             assert "nvidia.com/gpu" not in _container(pod)["resources"]["limits"], name
             assert not pod["spec"].get("tolerations") and "shm" not in _volumes(pod), name
 
@@ -164,12 +172,15 @@ def test_training_pod_gets_a_gpu_its_toleration_and_shared_memory(
 def test_pods_use_the_mounted_config_which_equals_the_airflow_side(rendered: Path, pods, settings: Settings) -> None:
     (config_map,) = load_documents(rendered / "manifests" / "configmap-mlsteps-config.yaml")
     assert config_map["metadata"]["name"] == settings.runtime.kubernetes.config_map
-    in_pods = PipelineConfig.model_validate(yaml.safe_load(config_map["data"]["pipeline.yaml"]))
-    assert in_pods == settings.pipeline
+    models = {entry.name: entry.settings.pipeline for entry in load_models()}
+    assert sorted(config_map["data"]) == [f"{name}.yaml" for name in sorted(models)]
+    for name, pipeline in models.items():
+        assert PipelineConfig.model_validate(yaml.safe_load(config_map["data"][f"{name}.yaml"])) == pipeline
     for name, pod in pods.items():
         assert _volumes(pod)["config"]["configMap"]["name"] == config_map["metadata"]["name"], name
         mount = _mounts(pod)["/etc/mlsteps"]
-        assert mount["readOnly"] is True and _env(pod)["MLSTEPS_CONFIG"] == "/etc/mlsteps/pipeline.yaml"
+        model = name.split(".")[0]
+        assert mount["readOnly"] is True and _env(pod)["MLSTEPS_CONFIG"] == f"/etc/mlsteps/{model}.yaml", name
 
 
 def test_every_referenced_service_account_and_namespace_is_in_the_manifests(rendered: Path, pods) -> None:
@@ -199,7 +210,7 @@ def test_cluster_variant_several_gpus_kueue_product_affinity_and_data_volume(tmp
     done = render(tmp_path / "k8s", tmp_path, config, without=("ML_DATASET_URI",))
     assert done.returncode == 0, done.stderr
     pods = rendered_pods(tmp_path / "k8s")
-    train = pods["ml_retrain.train"]
+    train = pods["churn-classifier.retrain.train"]
     launcher = ["python", "-m", "mlsteps.distributed", "--standalone", "--nnodes=1", "--nproc-per-node=4"]
     assert _container(train)["command"] == [*launcher, "-m", "mlsteps", "train"]
     assert _container(train)["resources"]["limits"]["nvidia.com/gpu"] == "4"
@@ -215,13 +226,13 @@ def test_cluster_variant_several_gpus_kueue_product_affinity_and_data_volume(tmp
     ]
     assert train["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-gpu"
     args = _container(train)["args"]
-    assert args[args.index("--checkpoint-dir") + 1].startswith("/mnt/checkpoints/ml_retrain/scheduled__")
+    assert args[args.index("--checkpoint-dir") + 1].startswith("/mnt/checkpoints/churn-classifier.retrain/scheduled__")
     assert _mounts(train)["/mnt/checkpoints"] == {
         "mountPath": "/mnt/checkpoints",
         "name": "data",
         "subPath": "checkpoints",
     }
-    snapshot = pods["ml_retrain.snapshot"]
+    snapshot = pods["churn-classifier.retrain.snapshot"]
     assert _mounts(snapshot)["/mnt/datasets"]["readOnly"] is True
     assert "/mnt/checkpoints" not in _mounts(snapshot), "only training writes to the volume"
     assert _volumes(snapshot)["data"]["persistentVolumeClaim"] == {"claimName": "ml-data", "readOnly": True}
@@ -234,7 +245,7 @@ def test_cluster_variant_several_gpus_kueue_product_affinity_and_data_volume(tmp
 def test_cpu_only_training_has_no_gpu_scheduling(tmp_path: Path) -> None:
     done = render(tmp_path / "k8s", tmp_path, variant_config(tmp_path, {"steps": {"train": {"gpus": 0}}}))
     assert done.returncode == 0, done.stderr
-    train = rendered_pods(tmp_path / "k8s")["ml_retrain.train"]
+    train = rendered_pods(tmp_path / "k8s")["churn-classifier.retrain.train"]
     assert "nvidia.com/gpu" not in _container(train)["resources"]["limits"]
     assert not train["spec"].get("tolerations") and "shm" not in _volumes(train)
     assert _container(train)["command"] == ["python", "-m", "mlsteps", "train"]

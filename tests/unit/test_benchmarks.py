@@ -36,6 +36,7 @@ SMOKE_TIMEOUT_SECONDS = 600
 NOT_ON_GPU_NODE = ("mlflow", "typer", "pydantic", "yaml", "tqdm", "airflow", "boto3", "great_expectations", "pyarrow")
 SMOKE_ARGS = {
     "main_job": ["--smoke"],
+    "dag_parse": ["--smoke"],
     # Evidently's side needs its own virtualenv (make .venv-bench-evidently); without it, ours alone.
     "drift": ["--smoke", *([] if EVIDENTLY_PYTHON.exists() else ["--no-evidently"])],
     # NannyML's side needs its own virtualenv (make .venv-bench-nannyml); without it, ours alone.
@@ -153,6 +154,20 @@ def _check_main_job(report: dict[str, Any], output: str) -> None:
     assert "whole DAG run" in output
 
 
+def _check_dag_parse(report: dict[str, Any], output: str) -> None:
+    """Every DAG file with 1 and 3 models beside its floor (the same DAGs built with airflow.sdk alone), the config
+    loading, and a model config picked up by the real dag-processor (short intervals only in a smoke run)."""
+    files = sorted(p.name for p in (REPO_ROOT / "dags").glob("*.py"))
+    assert [(row["models"], row["file"]) for row in report["parse"]] == [(n, name) for n in (1, 3) for name in files]
+    for row in report["parse"]:
+        assert row["dags"] == (0 if row["file"] == "ml_model_configs.py" else row["models"]), row
+        assert (row["floor_seconds_beyond_airflow_sdk"] is None) == (row["dags"] == 0), row
+        assert row["config_loading_cpu_seconds"] > 0 and row["airflow_sdk_import_cpu_seconds"] > 0, row
+    (pickup,) = report["pickup"]
+    assert pickup["label"] == "short" and pickup["models"] == 1 and pickup["new_model_seconds"] > 0
+    assert "Scheduler pickup" in output
+
+
 def _check_drift(report: dict[str, Any], output: str) -> None:
     """Every side of ours, and Evidently's with the comparison where its virtualenv exists."""
     runs = report["runs"]
@@ -224,6 +239,7 @@ def _check_model_quality(report: dict[str, Any], output: str) -> None:
 
 CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "main_job": _check_main_job,
+    "dag_parse": _check_dag_parse,
     "model_quality": _check_model_quality,
     "drift": _check_drift,
     "performance_estimation": _check_performance_estimation,

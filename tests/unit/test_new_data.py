@@ -233,7 +233,7 @@ def _settings(queue_url: str | None, dataset_uri: str) -> Settings:
 
 def test_training_data_has_a_watcher_only_with_a_queue(tmp_path: Path) -> None:
     local = training_data_asset(_settings(None, str(tmp_path / "churn.csv")))
-    assert (local.name, local.uri, local.watchers) == (ASSET_NAME, (tmp_path / "churn.csv").as_uri(), [])
+    assert (local.name, local.uri, local.watchers) == (f"churn.{ASSET_NAME}", (tmp_path / "churn.csv").as_uri(), [])
     assert training_data_asset(_settings(None, "s3://ml-datasets/churn/churn.csv")).watchers == []
 
     queue_url = "https://sqs.eu-west-1.amazonaws.com/123456789012/ml-dataset-events"
@@ -323,12 +323,16 @@ S3_DATASET = "s3://ml-datasets/churn/churn.csv"
 
 def _parse_with_a_queue(dags_folder: Path, tmp_path: Path) -> dict[str, Any]:
     """What a dag-processor parses from the folder when runtime.new_data names a queue and the dataset is in S3."""
-    raw = yaml.safe_load(CONFIG.read_text())
-    raw["dataset"] = str(CONFIG.parent / raw["dataset"])
-    raw["runtime"]["new_data"] = {"queue_url": QUEUE_URL, "poll_seconds": 30}
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "MLSTEPS_CONFIG": str(config), "ML_DATASET_URI": S3_DATASET}
+    model = {
+        "extends": str(CONFIG.parent / "models" / "churn.yaml"),
+        "dataset": str(CONFIG.parent / "datasets" / "churn.yaml"),
+        "registry": {"model_name": "churn-classifier"},
+        "runtime": {"new_data": {"queue_url": QUEUE_URL, "poll_seconds": 30}, "dataset_uri": S3_DATASET},
+    }
+    (tmp_path / "models").mkdir()
+    config = tmp_path / "models" / "churn.yaml"
+    config.write_text(yaml.safe_dump(model))
+    env = {**os.environ, "MLSTEPS_CONFIG": str(config), "ML_MODELS_DIR": str(tmp_path / "models")}
     done = subprocess.run(
         [sys.executable, "-c", _PARSE_PROBE, str(dags_folder)], capture_output=True, text=True, env=env, check=True
     )
@@ -362,4 +366,4 @@ def test_a_dag_on_the_watched_asset_parses_and_the_triggerer_can_rebuild_its_tri
 def test_ml_retrain_runs_on_the_watched_training_data(tmp_path: Path) -> None:
     watchers = _parse_with_a_queue(REPO_ROOT / "dags", tmp_path)
 
-    assert [w["name"] for w in watchers["ml_retrain"]] == [WATCHER_NAME]
+    assert [w["name"] for w in watchers["churn-classifier.retrain"]] == [WATCHER_NAME]

@@ -308,19 +308,24 @@ def test_a_retraining_run_knows_what_triggered_it() -> None:
 
     from airflow.utils.types import DagRunType
 
-    from orchestration.assets import MONITOR_ALERT, TRAINING_DATA
-    from orchestration.retrain import run_trigger, triggering_monitor_alert
+    from orchestration.assets import model_assets
+    from orchestration.retrain import RetrainTriggers
+    from orchestration.settings import get_settings
+
+    assets = model_assets(get_settings())
+    triggers = RetrainTriggers(assets, get_settings().dataset_uri)
+    run_trigger, triggering_monitor_alert = triggers.run_trigger, triggers.monitor_alert
 
     scheduled = SimpleNamespace(run_type=DagRunType.SCHEDULED)
     assert run_trigger(scheduled, {}) == "scheduled"
     assert run_trigger(SimpleNamespace(run_type="manual"), None) == "manual"
     old, new = _alert("old.json", "drift"), _alert("new.json")
-    events = {MONITOR_ALERT: [SimpleNamespace(extra=old), SimpleNamespace(extra=new)]}
+    events = {assets.alert: [SimpleNamespace(extra=old), SimpleNamespace(extra=new)]}
     asset_run = SimpleNamespace(run_type=DagRunType.ASSET_TRIGGERED)
     assert run_trigger(asset_run, events) == "realized_performance", "the signal of the latest alert"
     assert triggering_monitor_alert(events) == new
     assert triggering_monitor_alert({}) is None
-    assert run_trigger(asset_run, {TRAINING_DATA: [SimpleNamespace(extra={"producer": "etl"})]}) == "new_data"
+    assert run_trigger(asset_run, {assets.training_data: [SimpleNamespace(extra={"producer": "etl"})]}) == "new_data"
 
 
 def test_the_monitor_alert_payload_is_what_ml_retrain_tags_its_run_with() -> None:
@@ -329,15 +334,19 @@ def test_the_monitor_alert_payload_is_what_ml_retrain_tags_its_run_with() -> Non
 
     from jinja2 import Environment
 
-    from orchestration.assets import MONITOR_ALERT
-    from orchestration.retrain import TRIGGER_MACROS, TRIGGER_TAG_ARGS
+    from orchestration.assets import model_assets
+    from orchestration.retrain import TRIGGER_TAG_ARGS, RetrainTriggers
+    from orchestration.settings import get_settings
+
+    assets = model_assets(get_settings())
+    macros = RetrainTriggers(assets, get_settings().dataset_uri).macros()
 
     extra = _alert("r1.json")
     templates = [Environment().from_string(arg) for arg in TRIGGER_TAG_ARGS[1::2]]
-    context = {**TRIGGER_MACROS, "dag_run": SimpleNamespace(run_type="asset_triggered")}
+    context = {**macros, "dag_run": SimpleNamespace(run_type="asset_triggered")}
 
     on_alert = [
-        t.render(**context, triggering_asset_events={MONITOR_ALERT: [SimpleNamespace(extra=extra)]}) for t in templates
+        t.render(**context, triggering_asset_events={assets.alert: [SimpleNamespace(extra=extra)]}) for t in templates
     ]
     on_cron = [t.render(**context, triggering_asset_events={}) for t in templates]
 
