@@ -614,3 +614,14 @@ def test_judge_does_not_judge_what_it_cannot(binary_model: tuple) -> None:
     assert "estimable: ['roc_auc', 'accuracy', 'f1']" in brier.message
     with pytest.raises(ValueError, match="'macro_f1' is not a binary metric"):
         _judge(reference, "binary", "macro_f1", 0.5)
+
+
+def test_stored_sampling_errors_spare_the_monitor_a_bootstrap(binary_model: tuple, tmp_path: Path) -> None:
+    _, reference = binary_model
+    written = reference.with_sampling_errors(samples=50)
+    written.save(tmp_path / "holdout.npz")
+    loaded = PerformanceReference.load(tmp_path / "holdout.npz")
+    assert loaded.unit_errors == written.unit_errors and set(loaded.unit_errors) >= {"roc_auc", "log_loss", "f1"}
+    assert loaded.sampling_error("roc_auc", 4_000, samples=50) == pytest.approx(written.unit_errors["roc_auc"] / 2)
+    assert loaded._sampling_errors == {}, "read from the file, not bootstrapped"
+    assert loaded.sampling_error("roc_auc", 4_000, samples=80) is not None and loaded._sampling_errors, "other samples"

@@ -101,13 +101,15 @@ def _without_curves(model: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _log_performance_reference(run_id: str, y_true: np.ndarray, output: np.ndarray, config: PipelineConfig) -> None:
-    """The challenger's holdout labels and outputs on its training run: once it is champion, the performance
-    monitor's expected value and sampling error at any window size. A retry writes the same file again."""
+    """The challenger's holdout labels and outputs, with every metric's sampling error, on its training run: once it
+    is champion, the performance monitor's expected value and band at any window size. A retry writes the same file
+    again."""
     from mlsteps.model import PERFORMANCE_REFERENCE_DIR, PERFORMANCE_REFERENCE_FILE
     from mlsteps.monitoring.performance.reference import PerformanceReference
 
     target = config.dataset.target
     reference = PerformanceReference.from_holdout(target.task, list(target.classes or []), y_true, output)
+    reference = reference.with_sampling_errors(config.monitoring.performance.bootstrap_samples)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / PERFORMANCE_REFERENCE_FILE
         reference.save(path)

@@ -9,8 +9,13 @@ drew each holdout row, and the estimable metrics (``tasks.ESTIMABLE_METRICS``) a
 resamples at once, to rounding what ``metric_value`` gives on the rows drawn: the cost grows with the holdout, not the
 window, beyond drawing the rows.
 
+The sampling error of a metric at ``n`` rows scales as ``1 / sqrt(n)`` (the central limit theorem; NannyML's CBPE
+scales its reference's chunk spread the same way): it is bootstrapped once at ``UNIT_ROWS`` rows and scaled to each
+window's size. ``with_sampling_errors`` does that for every metric of the task when evaluate writes the reference,
+so a monitor check never bootstraps.
+
 Stored as one ``.npz`` file (arrays bit-exact, loaded without pickle); a JSON document inside (``meta``) holds the
-task and the classes.
+task, the classes and the sampling errors at ``UNIT_ROWS`` rows.
 """
 
 from __future__ import annotations
@@ -29,12 +34,15 @@ import numpy as np
 from mlsteps.data import storage
 from mlsteps.errors import DataError
 from mlsteps.evaluation.metrics import checked_output, metric_value
-from mlsteps.evaluation.tasks import ESTIMABLE_METRICS, predicted_positions
+from mlsteps.evaluation.tasks import ESTIMABLE_METRICS, METRICS, predicted_positions
 from mlsteps.evaluation.tasks import metric as metric_definition
 from mlsteps.monitoring.performance.estimate import ranked_roc_area
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 has no stored sampling errors: they are bootstrapped when asked for
 MAX_ROWS = 50_000
+UNIT_ROWS = 1_000  # the window size the sampling errors are bootstrapped at, then scaled by sqrt(UNIT_ROWS / rows)
+DEFAULT_SAMPLES = 200
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +53,9 @@ class PerformanceReference:
     classes: list[Any]
     y_true: np.ndarray  # encoded: class positions (int64) or numbers (float64)
     output: np.ndarray  # raw model output: probabilities (rows x classes) or values (rows)
+    # Sampling errors at UNIT_ROWS rows by metric, bootstrapped with this many resamples (seed 0) when written.
+    unit_errors: dict[str, float | None] = field(default_factory=dict)
+    unit_samples: int = DEFAULT_SAMPLES
     # sampling_error's results by (metric, rows, samples, seed): the bootstrap is the costly part of a check; the
     # resamples' draw counts of the last (rows, samples, seed), shared by the metrics of a window; expected's results.
     _sampling_errors: dict[tuple[str, int, int, int], float | None] = field(
@@ -84,11 +95,10 @@ class PerformanceReference:
             self._expected[metric] = metric_value(self.task, self.classes, metric, self.y_true, self.output)
         return self._expected[metric]
 
-    def sampling_error(self, metric: str, rows: int, samples: int = 200, seed: int = 0) -> float | None:
-        """The standard deviation of the metric over ``samples`` bootstrap resamples of ``rows`` rows.
-
-        Resamples draw with replacement, so a window larger than the reference is measured too. Resamples where
-        the metric is undefined (a missing class) are left out. Remembered per (metric, rows, samples, seed).
+    def sampling_error(self, metric: str, rows: int, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> float | None:
+        """The standard deviation of the metric over windows of ``rows`` rows: its bootstrap spread at ``UNIT_ROWS``
+        rows (``samples`` resamples), scaled by ``sqrt(UNIT_ROWS / rows)``. Stored when the reference was written
+        with as many resamples and seed 0; else bootstrapped here once and remembered.
 
         Returns:
             The sampling error, or None when fewer than two resamples define the metric.
@@ -99,9 +109,24 @@ class PerformanceReference:
         if rows < 1 or samples < 1:
             raise ValueError(f"rows and samples must be positive, got rows={rows}, samples={samples}")
         metric_definition(self.task, metric)  # an unknown metric raises here, naming the task's metrics
-        key = (metric, rows, samples, seed)
+        if metric in self.unit_errors and (samples, seed) == (self.unit_samples, 0):
+            unit = self.unit_errors[metric]
+        else:
+            unit = self._bootstrapped_error(metric, samples, seed)
+        return None if unit is None else unit * float(np.sqrt(UNIT_ROWS / rows))
+
+    def with_sampling_errors(self, samples: int = DEFAULT_SAMPLES) -> PerformanceReference:
+        """This reference with every metric's sampling error at ``UNIT_ROWS`` rows computed, to be stored by
+        ``save``: evaluate pays the bootstrap once, no monitor check does."""
+        errors = {name: self._bootstrapped_error(name, samples, 0) for name in METRICS[self.task]}
+        return PerformanceReference(self.task, self.classes, self.y_true, self.output, errors, samples)
+
+    def _bootstrapped_error(self, metric: str, samples: int, seed: int) -> float | None:
+        """The metric's standard deviation over ``samples`` bootstrap resamples of ``UNIT_ROWS`` rows (with
+        replacement; resamples where it is undefined, e.g. a missing class, are left out)."""
+        key = (metric, UNIT_ROWS, samples, seed)
         if key not in self._sampling_errors:
-            counts = self._draws(rows, samples, seed)
+            counts = self._draws(UNIT_ROWS, samples, seed)
             weighted = _weighted_metric(self.task, self.classes, metric, self.y_true, self.output)
             if weighted is None:
                 rows_of = np.arange(self.rows)
@@ -134,7 +159,14 @@ class PerformanceReference:
 
     def save(self, path: str | Path) -> None:
         """Write the reference as one compressed ``.npz`` file (local path or ``s3://`` URI)."""
-        meta = {"format_version": FORMAT_VERSION, "task": self.task, "classes": list(self.classes)}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "task": self.task,
+            "classes": list(self.classes),
+            "unit_rows": UNIT_ROWS,
+            "unit_samples": self.unit_samples,
+            "unit_errors": self.unit_errors,
+        }
         buffer = io.BytesIO()
         np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), y_true=self.y_true, output=self.output)
         storage.write_bytes(str(path), buffer.getvalue())
@@ -157,12 +189,13 @@ class PerformanceReference:
                 y_true, output = npz["y_true"], npz["output"]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise DataError(f"{uri} is not a performance reference (.npz written by save): {exc}") from None
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in READABLE_VERSIONS:
             raise DataError(
                 f"{uri}: performance reference format_version {meta.get('format_version')!r}, this code reads "
-                f"{FORMAT_VERSION}: evaluate the model again to rewrite it"
+                f"{list(READABLE_VERSIONS)}: evaluate the model again to rewrite it"
             )
-        return cls(meta["task"], meta["classes"], y_true, output)
+        stored = meta.get("unit_errors", {}) if meta.get("unit_rows") == UNIT_ROWS else {}
+        return cls(meta["task"], meta["classes"], y_true, output, stored, meta.get("unit_samples", DEFAULT_SAMPLES))
 
 
 def _weighted_metric(
