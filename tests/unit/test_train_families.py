@@ -21,7 +21,7 @@ from mlsteps.steps import preprocess, train
 from mlsteps.training.onnx_export import ExportError
 
 EXAMPLE = "examples.trainers.sklearn_gbt:GradientBoostingTrainer"
-SHIPPED = {"binary": "pipeline.yaml", "multiclass": "tiers.yaml", "regression": "claims.yaml"}
+SHIPPED = {"binary": "models/churn.yaml", "multiclass": "models/tiers.yaml", "regression": "examples/claims.yaml"}
 QUICK = {"epochs": 2, "hidden_units": [16], "gbdt": {"n_estimators": 40}, "params": {"n_estimators": 30}}
 
 
