@@ -107,7 +107,11 @@ def _model_layers(path: Path) -> dict[str, Any]:
     defaults = {DEFAULT_CONFIG_PATH.resolve(), Path(resolve_config_uri(None)).resolve()}
     merged: dict[str, Any] = {}
     current: Path | None = path
+    seen: set[Path] = set()
     while current is not None and (current == path or current.resolve() not in defaults):
+        if current.resolve() in seen:
+            raise ConfigError(f"{path}: extends forms a cycle through {current}")
+        seen.add(current.resolve())
         raw = read_config_yaml(str(current))
         merged = {**raw, **merged, "runtime": {**(raw.get("runtime") or {}), **(merged.get("runtime") or {})}}
         merged["registry"] = {**(raw.get("registry") or {}), **(merged.get("registry") or {})}

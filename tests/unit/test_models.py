@@ -101,3 +101,10 @@ def test_a_model_may_extend_another_models_file_but_not_take_its_identity_from_t
     outcome = _by_file(folder)
     assert outcome["fast"] == ("tier-classifier", None)
     assert "dataset: missing" in outcome["anonymous"][1] and "registry.model_name: missing" in outcome["anonymous"][1]
+
+
+def test_a_cycle_of_extends_is_refused_not_followed_forever(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(f"extends: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\n")
+    name, error = _by_file(tmp_path)["a"]
+    assert name is None and "extends forms a cycle" in error
