@@ -141,18 +141,13 @@ def _realized(
     """The realized verdict on the matured window with its label counts; None without a labels source."""
     from mlsteps.evaluation.metrics import metric_value
     from mlsteps.monitoring.performance.judge import judge
-    from mlsteps.monitoring.performance.labels import label_files, match_labels, read_labels
+    from mlsteps.monitoring.performance.labels import NoLabelsYet, match_labels, read_labels
 
     performance, dataset, model_name = config.monitoring.performance, config.dataset, config.registry.model_name
     source = performance.labels
     if source.uri is None:
         return None
     metric = performance.metric or config.primary_metric
-    try:
-        label_files(source.uri)
-    except DataError as exc:  # no label has arrived yet: nothing to judge, and nothing wrong with the monitor
-        verdict = _unavailable("realized", metric, "insufficient_labels", f"realized {metric} not judged: {exc}")
-        return {**verdict, "rows": 0, "window": _window(*window), "labels": {}, "label_problems": [str(exc)]}
     try:
         labels = read_labels(
             source.uri,
@@ -163,10 +158,11 @@ def _realized(
             classes=info.classes,
         )
     except DataError as exc:
-        # A broken labels feed (a file without its columns, fractional ids) is reported, not raised: it must not stop
-        # the drift check and the estimate of the same run, and it never counts as a performance drop.
-        print(f"{STEP}: labels unusable: {exc}", flush=True)
-        verdict = _unavailable("realized", metric, "bad_labels", f"realized {metric} not judged: {exc}")
+        # No label yet is nothing to judge; a broken labels feed (a file without its columns, fractional ids) is
+        # reported, not raised: neither may stop the drift check and the estimate of the same run, nor count as a drop.
+        status = "insufficient_labels" if isinstance(exc, NoLabelsYet) else "bad_labels"
+        print(f"{STEP}: realized {metric} not judged ({status}): {exc}", flush=True)
+        verdict = _unavailable("realized", metric, status, f"realized {metric} not judged: {exc}")
         return {**verdict, "rows": 0, "window": _window(*window), "labels": {}, "label_problems": [str(exc)]}
     ids = [prediction_log.REQUEST_ID, prediction_log.MODEL_VERSION]
     champion = prediction_log.read_window(

@@ -63,17 +63,21 @@ class LabelledWindow:
     counts: dict[str, Any]  # predictions, labelled, unlabelled, other_version, label_share
 
 
+class NoLabelsYet(DataError):
+    """No label file under the labels URI: nothing has arrived yet (or the URI is wrong; the message names it)."""
+
+
 def label_files(uri: str) -> list[str]:
     """The label files of a URI: itself when it names a CSV or Parquet file, else every such file under it, sorted.
 
     Raises:
-        DataError: no CSV or Parquet file under the URI.
+        NoLabelsYet: no CSV or Parquet file under the URI.
     """
     if table_format(uri) is not None:
         return [uri]
     files = [path for path in storage.list_files(uri) if table_format(path)]
     if not files:
-        raise DataError(
+        raise NoLabelsYet(
             f"no label file under {uri}: labels are CSV or Parquet files (.csv, .parquet, .pq) in that folder or "
             "below, or one such file; check monitoring.performance.labels.uri"
         )
