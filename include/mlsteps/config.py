@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,9 @@ from mlsteps.evaluation.tasks import DEFAULT_PRIMARY_METRIC, ESTIMABLE_METRICS, 
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "pipeline.yaml"
 CONFIG_ENV_VAR = "MLSTEPS_CONFIG"
+# A model's name (registry.model_name) is a DNS-1123 label: a Kubernetes object name (Deployment, Service, label
+# value), a valid part of a DAG id and an MLflow registered-model name alike.
+MODEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class _Strict(BaseModel):
@@ -431,28 +435,81 @@ class SmokeConfig(_Strict):
     request_timeout_seconds: float = Field(10, gt=0, description="one request that takes longer fails the test")
 
 
+# Names of a model's serving objects in the cluster, derived from its registered name unless serving.kubernetes sets
+# them: Deployment, Service, HorizontalPodAutoscaler and PodDisruptionBudget model-server-<model>, and the canary
+# Deployment model-server-<model>-canary. Each must be a DNS-1123 label (at most 63 characters), which leaves the
+# model name at most MAX_MODEL_NAME_LENGTH characters.
+SERVER_NAME_PREFIX = "model-server-"
+CANARY_SUFFIX = "-canary"
+KUBERNETES_NAME_LENGTH = 63
+MAX_MODEL_NAME_LENGTH = KUBERNETES_NAME_LENGTH - len(SERVER_NAME_PREFIX) - len(CANARY_SUFFIX)
+# A Service name is a DNS-1035 label: it starts with a letter. Deployments take DNS-1123 labels.
+_SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
 class KubernetesServingConfig(_Strict):
-    """The model server's objects in the cluster (include/k8s/model-server.yaml)."""
+    """One model's serving objects in the cluster: ``make render`` writes them from include/k8s/model-server.yaml, the
+    deploy step (``--target kubernetes``) rolls them out. Unset names derive from the model (``for_model``), so a
+    model config sets none of them."""
 
     namespace: str = Field("ml", min_length=1, description="namespace of the model server")
-    deployment: str = Field("model-server", min_length=1, description="the Deployment that serves (track=stable)")
-    canary_deployment: str = Field(
-        "model-server-canary", min_length=1, description="the Deployment a canary rollout creates and removes"
+    deployment: str | None = Field(
+        None,
+        pattern=_OBJECT_NAME.pattern,
+        description="the Deployment that serves (track=stable); default model-server-<model>; also names its "
+        "HorizontalPodAutoscaler and PodDisruptionBudget",
+    )
+    canary_deployment: str | None = Field(
+        None,
+        pattern=_OBJECT_NAME.pattern,
+        description="the Deployment a canary rollout creates and removes; default <deployment>-canary",
+    )
+    service: str | None = Field(
+        None, pattern=_SERVICE_NAME.pattern, description="the Service of stable and canary pods; default <deployment>"
     )
     container: str = Field("model-server", min_length=1, description="the server container in the pod template")
-    service_url: str = Field(
-        "http://model-server.ml.svc.cluster.local",
+    service_url: str | None = Field(
+        None,
         pattern=r"^https?://",
-        description="base URL of the Service (port 80) that the smoke test calls",
+        description="base URL the smoke test calls; default http://<service>.<namespace>.svc.cluster.local (port 80)",
     )
 
     @model_validator(mode="after")
     def _distinct_deployments(self) -> KubernetesServingConfig:
-        if self.canary_deployment == self.deployment:
+        if self.deployment is not None and self.canary_deployment == self.deployment:
             raise ValueError(
                 f"canary_deployment and deployment are both {self.deployment!r}: give the canary its own name"
             )
         return self
+
+    def for_model(self, model_name: str) -> KubernetesServingConfig:
+        """These names with every unset one derived from the registered model name.
+
+        Raises:
+            ConfigError: a derived name is not a Kubernetes name (the model name has characters other than lowercase
+                letters, digits and '-', or is longer than ``MAX_MODEL_NAME_LENGTH``).
+        """
+        deployment = self.deployment or f"{SERVER_NAME_PREFIX}{model_name}"
+        service = self.service or deployment
+        names = {
+            "deployment": deployment,
+            "canary_deployment": self.canary_deployment or f"{deployment}{CANARY_SUFFIX}",
+            "service": service,
+        }
+        bad = {
+            field: name
+            for field, name in names.items()
+            if not (_SERVICE_NAME if field == "service" else _OBJECT_NAME).match(name)
+        }
+        if bad:
+            raise ConfigError(
+                f"serving.kubernetes: model {model_name!r} gives {bad}, not Kubernetes names (lowercase letters, "
+                f"digits and '-', at most {KUBERNETES_NAME_LENGTH} characters): use a model name of at most "
+                f"{MAX_MODEL_NAME_LENGTH} such characters, or set these fields"
+            )
+        url = self.service_url or f"http://{service}.{self.namespace}.svc.cluster.local"
+        return self.model_copy(update={**names, "service_url": url})
 
 
 class CanaryConfig(_Strict):

@@ -19,21 +19,26 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlsteps.config import DEFAULT_CONFIG_PATH, read_config_yaml, resolve_config_uri
+from mlsteps.config import (
+    CANARY_SUFFIX,
+    DEFAULT_CONFIG_PATH,
+    KUBERNETES_NAME_LENGTH,
+    MAX_MODEL_NAME_LENGTH,
+    MODEL_NAME,
+    SERVER_NAME_PREFIX,
+    read_config_yaml,
+    resolve_config_uri,
+)
 from mlsteps.errors import ConfigError
 from orchestration.settings import Settings, load_settings
 
 MODELS_DIR_ENV_VAR = "ML_MODELS_DIR"
 DEFAULT_MODELS_DIR = DEFAULT_CONFIG_PATH.parent / "models"
 PURPOSES = ("retrain", "monitor", "deploy")
-# A DNS-1123 label: a Kubernetes object name (Deployment, Service, label value), a valid part of a DAG id and an
-# MLflow registered-model name alike.
-MODEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # runtime fields that hold for every model of a deployment, set in the defaults or the environment only.
 DEPLOYMENT_FIELDS = ("mode", "artifact_root", "mlflow_tracking_uri")
 DEPLOYMENT_KUBERNETES_FIELDS = ("namespace", "connection_id", "config_map", "secrets")
@@ -100,18 +105,27 @@ def _own_fields_problems(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
+@functools.lru_cache(maxsize=8)
+def _resolved_defaults(config_uri: str) -> frozenset[Path]:
+    """The shared defaults' files, resolved: the bundled ``pipeline.yaml`` and the config ``$MLSTEPS_CONFIG`` names."""
+    return frozenset({DEFAULT_CONFIG_PATH.resolve(), Path(config_uri).resolve()})
+
+
 def _model_layers(path: Path) -> dict[str, Any]:
     """What the model file and the configs it extends set, up to (not including) the shared defaults (the bundled
     ``pipeline.yaml``, or ``$MLSTEPS_CONFIG``): a model may extend another model's file, but never takes its identity
     (dataset, name) from the defaults by mistake."""
-    defaults = {DEFAULT_CONFIG_PATH.resolve(), Path(resolve_config_uri(None)).resolve()}
+    defaults = _resolved_defaults(resolve_config_uri(None))
     merged: dict[str, Any] = {}
     current: Path | None = path
     seen: set[Path] = set()
-    while current is not None and (current == path or current.resolve() not in defaults):
-        if current.resolve() in seen:
+    while current is not None:
+        resolved = current.resolve()  # once a layer: resolving paths is most of what this function costs
+        if current != path and resolved in defaults:
+            break
+        if resolved in seen:
             raise ConfigError(f"{path}: extends forms a cycle through {current}")
-        seen.add(current.resolve())
+        seen.add(resolved)
         raw = read_config_yaml(str(current))
         merged = {**raw, **merged, "runtime": {**(raw.get("runtime") or {}), **(merged.get("runtime") or {})}}
         merged["registry"] = {**(raw.get("registry") or {}), **(merged.get("registry") or {})}
@@ -133,8 +147,15 @@ def _load_entry(path: Path) -> ModelEntry:
     if not MODEL_NAME.match(name):
         message = (
             f"{path}: registry.model_name {name!r} is not a valid model name: lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit, at most 63 characters (it names the DAGs, the Kubernetes "
-            "objects and the registered model)"
+            f"starting and ending with a letter or digit, at most {MAX_MODEL_NAME_LENGTH} characters (it names the "
+            "DAGs, the Kubernetes objects and the registered model)"
+        )
+        return ModelEntry(path, None, message)
+    if len(name) > MAX_MODEL_NAME_LENGTH:
+        message = (
+            f"{path}: registry.model_name {name!r} has {len(name)} characters, at most {MAX_MODEL_NAME_LENGTH} fit: "
+            f"its canary Deployment on Kubernetes is {SERVER_NAME_PREFIX}<model>{CANARY_SUFFIX}, and Kubernetes names "
+            f"have at most {KUBERNETES_NAME_LENGTH} characters; choose a shorter name"
         )
         return ModelEntry(path, None, message)
     return ModelEntry(path, settings)

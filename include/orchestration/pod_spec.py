@@ -12,7 +12,10 @@ when a DAG really builds pods. Rules every step pod follows:
 - security: fixed non-root UID/GID, read-only root filesystem with ``emptyDir`` ``/tmp`` (also ``HOME`` and caches),
   no privilege escalation, all capabilities dropped, seccomp ``RuntimeDefault``, no ServiceAccount token unless the
   step needs the Kubernetes API;
-- identity and secrets: a ServiceAccount per step class; credentials only from Secrets (``envFrom``);
+- identity and secrets: a ServiceAccount per step class, and the deploy step (the one that talks to the Kubernetes
+  API) its model's own, whose Role names only that model's serving objects; credentials only from Secrets
+  (``envFrom``);
+- priority: the model's ``runtime.kubernetes.priority_class_name``, when set;
 - lookup: labels for step, model, team/cost center (the provider adds dag, task, run and try), annotations with
   the full run id and the run's artifact folder;
 - lifecycle: succeeded pods are deleted, failed ones kept for debugging; a killed task deletes its pod; a restarted
@@ -66,6 +69,13 @@ def _command(step_name: str, step: StepSettings, settings: Settings, common: dic
         folder = f"{volume.checkpoints_path}/{{{{ dag.dag_id }}}}/{{{{ run_id }}}}"
         command["arguments"] = [*common["arguments"], "--checkpoint-dir", folder]
     return command
+
+
+def service_account(step: StepSettings, model_name: str) -> str:
+    """The ServiceAccount of a step's pods: the step's ``service_account``, suffixed ``-<model>`` for a step that talks
+    to the Kubernetes API, so that each model's deploy step can change only its own model server (``make render``
+    writes that account and its Role from ``include/k8s/rbac-ml-deploy.yaml``)."""
+    return f"{step.service_account}-{model_name}" if step.needs_kubernetes_api else step.service_account
 
 
 def pod_config_path(model_name: str) -> str:
@@ -221,10 +231,11 @@ def pod_operator_kwargs(step_name: str, settings: Settings, common: dict[str, An
         "secrets": [Secret("env", None, name) for name in kube.secrets],
         "volumes": volumes,
         "volume_mounts": mounts,
-        "service_account_name": step.service_account,
+        "service_account_name": service_account(step, settings.pipeline.registry.model_name),
         "automount_service_account_token": step.needs_kubernetes_api,
         **_security(kube),
         **(_gpu_scheduling(kube) if step.gpus else {}),
+        "priority_class_name": kube.priority_class_name,
         "get_logs": True,
         # A failed step's last lines become its container's termination message, read back by StepPodOperator.
         "termination_message_policy": "FallbackToLogsOnError",

@@ -158,6 +158,37 @@ def _pinned_image(image: str) -> str:
     return image
 
 
+# A PriorityClass name: a DNS-1123 subdomain.
+_PRIORITY_CLASS = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+
+
+class ModelServerSettings(BaseModel):
+    """One model's server pods on Kubernetes (``make render``); an unset field keeps what
+    ``include/k8s/model-server.yaml`` says."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str | None = Field(None, description="server image pinned by tag or digest; default the template's")
+    resources: Resources | None = Field(None, description="requests and limits of the server; default the template's")
+    min_replicas: int | None = Field(None, ge=1, description="fewest pods the autoscaler keeps; default the template's")
+    max_replicas: int | None = Field(None, ge=1, description="most pods the autoscaler runs; default the template's")
+    priority_class_name: str | None = Field(
+        None, pattern=_PRIORITY_CLASS, description="PriorityClass of the server pods; default the steps' one"
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, image: str | None) -> str | None:
+        return None if image is None else _pinned_image(image)
+
+    @model_validator(mode="after")
+    def _replicas_in_order(self) -> ModelServerSettings:
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_replicas={low} is above max_replicas={high}")
+        return self
+
+
 class KubernetesSettings(BaseModel):
     """Where and how pods run for runtime ``kubernetes``."""
 
@@ -181,7 +212,15 @@ class KubernetesSettings(BaseModel):
         ("ml-object-storage", "ml-mlflow"),
         description="Secrets passed as environment (envFrom); empty with workload identity",
     )
-    labels: dict[str, str] = Field(default_factory=dict, description="extra pod labels, e.g. team and cost center")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="extra labels of step pods and serving objects, e.g. team and cost center"
+    )
+    priority_class_name: str | None = Field(
+        None,
+        pattern=_PRIORITY_CLASS,
+        description="PriorityClass (it must exist) of the model's step and server pods; unset: the cluster's default",
+    )
+    model_server: ModelServerSettings = Field(ModelServerSettings(), description="the model's server pods")
     gpu: GpuSettings = GpuSettings()
     kueue_queue: str | None = Field(None, description="Kueue LocalQueue that admits GPU pods against a team quota")
     data_volume: DataVolume | None = Field(None, description="optional claim for datasets and checkpoints")
@@ -240,6 +279,11 @@ class RuntimeSettings(BaseModel):
     mlflow_tracking_uri: str | None = Field(None, description="MLflow server; default: SQLite in the state folder")
     retrain_cron: str = Field("0 3 * * 1", description="cron of scheduled retraining (UTC)")
     monitor_cron: str = Field("0 * * * *", description="cron of the drift checks (UTC); each reads the window before")
+    priority_weight_offset: int = Field(
+        0,
+        description="added to the Airflow priority_weight of every task of the model's DAGs: positive for a model "
+        "whose runs should get worker slots first when they are scarce, negative for one that can wait",
+    )
     steps: dict[str, StepSettings] = Field(
         default_factory=dict, validate_default=True, description="per-step settings; unlisted steps get the defaults"
     )

@@ -41,6 +41,24 @@ def variant_config(tmp_path: Path, runtime: dict[str, Any]) -> Path:
     return path
 
 
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        current = merged.get(key)
+        merged[key] = _merged(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
+    return merged
+
+
+def add_model(config: Path, model_file: str, overrides: dict[str, Any]) -> Path:
+    """Write one of the project's model configs (``include/config/models/<model_file>``), with ``overrides`` merged
+    into it, into the models folder of a ``variant_config``, extending that variant."""
+    model = yaml.safe_load((CONFIG.parent / "models" / model_file).read_text())
+    dataset = (CONFIG.parent / "models" / model["dataset"]).resolve()
+    path = config.parent / "models" / model_file
+    path.write_text(yaml.safe_dump(_merged({**model, "extends": str(config), "dataset": str(dataset)}, overrides)))
+    return path
+
+
 def render(
     out: Path, tmp_path: Path, config: Path | None = None, without: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:

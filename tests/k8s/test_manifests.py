@@ -1,5 +1,6 @@
-"""The Kubernetes manifests in include/k8s: valid for every supported Kubernetes, built the same with or without
-kubectl, least privilege for every identity, locked-down pods, and a clean checkov scan."""
+"""The Kubernetes manifests: the base in include/k8s (valid for every supported Kubernetes, built the same with or
+without kubectl) and what ``make render`` writes from it, every model's own server and deploy identity among them:
+least privilege for every identity, no object shared by two models, locked-down pods, and a clean checkov scan."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 
+from mlsteps.errors import ConfigError
+from orchestration.models import load_models
+from orchestration.render import MODEL_SERVER_TEMPLATE, MODEL_TEMPLATES, model_server_manifests
+
 from .policy import (
     CANARY_FILE,
     CHECKOV_CONFIG,
@@ -27,6 +32,7 @@ from .policy import (
     build_kustomization,
     describe,
     kubectl_kustomize,
+    load_documents,
     pod_security_violations,
     pod_spec,
     run_checkov,
@@ -37,13 +43,28 @@ from .policy import (
 BASE = build_kustomization(K8S_DIR)
 OPTIONAL = build_kustomization(K8S_DIR / "optional")
 DOCUMENTS = [*BASE, *OPTIONAL]
+MODELS = sorted(entry.name for entry in load_models() if entry.name)
 
 PART_OF = {"app.kubernetes.io/part-of": "continuous-training"}
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "*"}
 
 
-def _of_kind(kind: str) -> dict[str, dict[str, Any]]:
-    return {document["metadata"]["name"]: document for document in DOCUMENTS if document["kind"] == kind}
+@pytest.fixture(scope="module")
+def manifests(rendered: Path) -> list[dict[str, Any]]:
+    """Everything ``kubectl apply -f build/k8s/manifests/`` applies, and the optional claim."""
+    rendered_documents = [
+        doc for path in sorted((rendered / "manifests").glob("*.yaml")) for doc in load_documents(path)
+    ]
+    return [*rendered_documents, *OPTIONAL]
+
+
+def _of_kind(documents: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {document["metadata"]["name"]: document for document in documents if document["kind"] == kind}
+
+
+def _server(model: str) -> str:
+    """The default name of a model's Deployment, Service, HorizontalPodAutoscaler and PodDisruptionBudget."""
+    return f"model-server-{model}"
 
 
 def _grants(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
@@ -72,11 +93,11 @@ def test_supported_versions_have_strict_schemas_and_span_two_minors() -> None:
     assert int(newest.split(".")[1]) - int(oldest.split(".")[1]) >= 2
 
 
-def test_validate_schema_names_the_object_and_the_misspelt_field() -> None:
-    deployment = copy.deepcopy(_of_kind("Deployment")["model-server"])
+def test_validate_schema_names_the_object_and_the_misspelt_field(manifests: list[dict[str, Any]]) -> None:
+    deployment = copy.deepcopy(_of_kind(manifests, "Deployment")[_server("churn-classifier")])
     deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFileSystem"] = True
     expected = (
-        f"Deployment/ml/model-server is invalid for Kubernetes {K8S_VERSIONS[0]} at "
+        f"Deployment/ml/model-server-churn-classifier is invalid for Kubernetes {K8S_VERSIONS[0]} at "
         "spec.template.spec.containers.0.securityContext: .*'readOnlyRootFileSystem' was unexpected"
     )
     with pytest.raises(ManifestError, match=expected):
@@ -89,12 +110,21 @@ def test_validate_schema_rejects_a_kind_it_has_no_schema_for() -> None:
         validate_schema(widget, K8S_VERSIONS[-1])
 
 
-def test_base_lists_every_manifest_and_leaves_the_optional_ones_out() -> None:
+def test_base_lists_every_manifest_but_the_per_model_templates_and_the_optional_ones() -> None:
     listed = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())["resources"]
     on_disk = {path.name for path in K8S_DIR.glob("*.yaml")} - {"kustomization.yaml"}
-    assert sorted(listed) == sorted(on_disk)
+    assert set(MODEL_TEMPLATES) <= on_disk
+    assert sorted(listed) == sorted(on_disk - set(MODEL_TEMPLATES))
     assert [describe(document) for document in OPTIONAL] == ["PersistentVolumeClaim/ml/ml-data"]
     assert not [document for document in BASE if document["kind"] == "PersistentVolumeClaim"]
+
+
+def test_a_template_placeholder_that_render_does_not_fill_is_refused(tmp_path: Path) -> None:
+    template = (K8S_DIR / MODEL_SERVER_TEMPLATE).read_text()
+    (tmp_path / MODEL_SERVER_TEMPLATE).write_text(template.replace("name: <deployment>", "name: <model-name>", 1))
+    [model, *_] = [entry.settings for entry in load_models() if entry.settings]
+    with pytest.raises(ConfigError, match=r"model-server\.yaml: unknown placeholders \['<model-name>'\]; known: "):
+        model_server_manifests(model, tmp_path)
 
 
 @pytest.mark.parametrize("folder", [K8S_DIR, K8S_DIR / "optional"], ids=lambda folder: folder.name)
@@ -118,9 +148,9 @@ def test_build_kustomization_refuses_what_it_does_not_implement(tmp_path: Path) 
         build_kustomization(tmp_path)
 
 
-def test_every_object_is_labelled_and_namespaced() -> None:
+def test_every_object_is_labelled_and_namespaced(manifests: list[dict[str, Any]]) -> None:
     problems = []
-    for document in DOCUMENTS:
+    for document in manifests:
         labels = document["metadata"].get("labels") or {}
         if not PART_OF.items() <= labels.items() or not labels.get("app.kubernetes.io/component"):
             problems.append(f"{describe(document)}: labels {labels}")
@@ -129,25 +159,49 @@ def test_every_object_is_labelled_and_namespaced() -> None:
     assert problems == []
 
 
-def test_only_the_deploy_step_gets_an_api_token() -> None:
-    automount = {
-        name: account.get("automountServiceAccountToken") for name, account in _of_kind("ServiceAccount").items()
+def test_only_each_models_deploy_step_gets_an_api_token(manifests: list[dict[str, Any]]) -> None:
+    accounts = _of_kind(manifests, "ServiceAccount")
+    automount = {name: account.get("automountServiceAccountToken") for name, account in accounts.items()}
+    deploy_accounts = {f"ml-deploy-{model}": True for model in MODELS}
+    assert automount == {"ml-steps": False, "ml-train": False, "model-server": False, **deploy_accounts}
+
+
+def test_no_two_manifests_name_one_object(manifests: list[dict[str, Any]]) -> None:
+    names = [(doc["kind"], doc["metadata"].get("namespace"), doc["metadata"]["name"]) for doc in manifests]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_has_its_own_server_and_deploy_identity(manifests: list[dict[str, Any]], model: str) -> None:
+    own = [doc for doc in manifests if doc["metadata"]["labels"].get("continuous-training/model") == model]
+    server, account = _server(model), f"ml-deploy-{model}"
+    assert {(doc["kind"], doc["metadata"]["name"]) for doc in own} == {
+        ("Deployment", server),
+        ("Service", server),
+        ("HorizontalPodAutoscaler", server),
+        ("PodDisruptionBudget", server),
+        ("ServiceAccount", account),
+        ("Role", account),
+        ("RoleBinding", account),
     }
-    assert automount == {"ml-steps": False, "ml-train": False, "ml-deploy": True, "model-server": False}
+    serving = [doc for doc in own if doc["metadata"]["labels"]["app.kubernetes.io/component"] == "serving"]
+    assert {doc["metadata"]["labels"]["app.kubernetes.io/instance"] for doc in serving} == {model}
+    [container] = _of_kind(manifests, "Deployment")[server]["spec"]["template"]["spec"]["containers"]
+    assert {item["name"]: item["value"] for item in container["env"]}["MODEL_NAME"] == model
 
 
-def test_no_cluster_wide_or_wildcard_permissions() -> None:
-    assert not _of_kind("ClusterRole") and not _of_kind("ClusterRoleBinding")
-    for role in _of_kind("Role").values():
+def test_no_cluster_wide_or_wildcard_permissions(manifests: list[dict[str, Any]]) -> None:
+    assert not _of_kind(manifests, "ClusterRole") and not _of_kind(manifests, "ClusterRoleBinding")
+    for role in _of_kind(manifests, "Role").values():
         for rule in role["rules"]:
             assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], describe(role)
 
 
-def test_airflow_worker_manages_pods_in_ml_and_nothing_else() -> None:
+def test_airflow_worker_manages_pods_in_ml_and_nothing_else(manifests: list[dict[str, Any]]) -> None:
     worker = _service_account("airflow-worker", "airflow")
-    bindings = [binding for binding in _of_kind("RoleBinding").values() if worker in binding["subjects"]]
+    bindings = [binding for binding in _of_kind(manifests, "RoleBinding").values() if worker in binding["subjects"]]
     assert [(binding["metadata"]["namespace"], binding["roleRef"]["kind"]) for binding in bindings] == [("ml", "Role")]
-    role = _of_kind("Role")[bindings[0]["roleRef"]["name"]]
+    role = _of_kind(manifests, "Role")[bindings[0]["roleRef"]["name"]]
     assert role["metadata"]["namespace"] == "ml"
     assert _grants(role) == {
         ("", "pods"): {"create", "get", "list", "watch", "delete", "patch"},
@@ -156,11 +210,19 @@ def test_airflow_worker_manages_pods_in_ml_and_nothing_else() -> None:
     }
 
 
-def test_ml_deploy_changes_the_model_server_deployments_only() -> None:
-    """The deploy step patches the serving Deployment and runs its canary; it only reads pods (canary metrics)."""
-    binding = _of_kind("RoleBinding")["ml-deploy"]
-    assert binding["subjects"] == [_service_account("ml-deploy", "ml")]
-    role = _of_kind("Role")[binding["roleRef"]["name"]]
+@pytest.mark.parametrize("model", MODELS)
+def test_a_models_deploy_step_changes_its_own_model_servers_deployments_only(
+    manifests: list[dict[str, Any]], model: str
+) -> None:
+    """A model's deploy step patches its serving Deployment and runs its canary; it only reads pods (canary metrics)."""
+    account = f"ml-deploy-{model}"
+    binding = _of_kind(manifests, "RoleBinding")[account]
+    assert binding["subjects"] == [_service_account(account, "ml")]
+    bound = [
+        other for other in _of_kind(manifests, "RoleBinding").values() if binding["subjects"][0] in other["subjects"]
+    ]
+    assert bound == [binding], "no other Role is bound to the account"
+    role = _of_kind(manifests, "Role")[binding["roleRef"]["name"]]
     assert _grants(role) == {
         ("apps", "deployments"): {"get", "patch", "update", "create", "delete"},
         ("", "pods"): {"get", "list"},
@@ -170,11 +232,11 @@ def test_ml_deploy_changes_the_model_server_deployments_only() -> None:
         for rule in role["rules"]
         if "deployments" in rule["resources"]
     }
-    # create cannot be limited to a name in Kubernetes RBAC; every other write names its Deployment
+    # create cannot be limited to a name in Kubernetes RBAC; every other write names this model's Deployments
     assert by_name == {
-        ("model-server",): {"get", "patch", "update"},
+        (_server(model),): {"get", "patch", "update"},
         (): {"create"},
-        ("model-server-canary",): {"get", "patch", "update", "delete"},
+        (f"{_server(model)}-canary",): {"get", "patch", "update", "delete"},
     }
 
 
@@ -215,9 +277,9 @@ def test_a_committed_secret_would_be_found(tmp_path: Path) -> None:
     assert [describe(secret) for secret in _secrets_with_values(leaked)] == ["Secret/leak"]
 
 
-def test_every_container_is_locked_down() -> None:
-    workloads = [document for document in DOCUMENTS if pod_spec(document) is not None]
-    assert [describe(workload) for workload in workloads] == ["Deployment/ml/model-server"]
+def test_every_container_is_locked_down(manifests: list[dict[str, Any]]) -> None:
+    workloads = [document for document in manifests if pod_spec(document) is not None]
+    assert [describe(workload) for workload in workloads] == [f"Deployment/ml/{_server(model)}" for model in MODELS]
     assert [violation for workload in workloads for violation in pod_security_violations(workload)] == []
 
 
@@ -256,7 +318,7 @@ def test_pod_security_violations_names_every_broken_rule() -> None:
 def test_everything_is_denied_unless_a_policy_allows_it() -> None:
     default_deny = [
         policy
-        for policy in _of_kind("NetworkPolicy").values()
+        for policy in _of_kind(BASE, "NetworkPolicy").values()
         if policy["spec"]["podSelector"] == {}
         and set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
         and not policy["spec"].get("ingress")
@@ -265,33 +327,50 @@ def test_everything_is_denied_unless_a_policy_allows_it() -> None:
     assert [policy["metadata"]["name"] for policy in default_deny] == ["default-deny-all"]
 
 
-def test_network_policies_open_what_each_pod_needs_and_no_more() -> None:
-    policies = list(_of_kind("NetworkPolicy").values())
-    server = _of_kind("Deployment")["model-server"]["spec"]["template"]["metadata"]["labels"]
+@pytest.mark.parametrize("model", MODELS)
+def test_network_policies_open_what_each_pod_needs_and_no_more(manifests: list[dict[str, Any]], model: str) -> None:
+    policies = list(_of_kind(manifests, "NetworkPolicy").values())
+    server = _of_kind(manifests, "Deployment")[_server(model)]["spec"]["template"]["metadata"]["labels"]
+    canary = {**server, "track": "canary"}
     step = {**PART_OF, "app.kubernetes.io/component": "step", "continuous-training/step": "train"}
-    deploy_step = {**step, "continuous-training/step": "deploy"}
+    deploy_step = {**step, "continuous-training/step": "deploy", "continuous-training/model": model}
     dns_mlflow_storage = {("UDP", 53), ("TCP", 53), ("TCP", 5000), ("TCP", 443)}
     assert allowed_ports(policies, step, "Egress") == dns_mlflow_storage
     assert allowed_ports(policies, deploy_step, "Egress") == dns_mlflow_storage | {("TCP", 6443), ("TCP", 8080)}
-    assert allowed_ports(policies, server, "Egress") == dns_mlflow_storage
-    assert allowed_ports(policies, server, "Ingress") == {("TCP", 8080)}
+    for pod in (server, canary):
+        assert allowed_ports(policies, pod, "Egress") == dns_mlflow_storage
+        assert allowed_ports(policies, pod, "Ingress") == {("TCP", 8080)}
     assert allowed_ports(policies, step, "Ingress") == set()
     assert allowed_ports(policies, {"app": "other"}, "Egress") == set()
+    # The deploy step's egress on 8080 leads to this model's server pods (stable and canary): selected by component.
+    [to_servers] = _of_kind(manifests, "NetworkPolicy")["deploy-step-egress-model-server"]["spec"]["egress"]
+    assert all(selects(peer["podSelector"], pod) for peer in to_servers["to"] for pod in (server, canary))
 
 
-def test_model_server_objects_fit_together() -> None:
-    deployment = _of_kind("Deployment")["model-server"]
+@pytest.mark.parametrize("model", MODELS)
+def test_model_server_objects_fit_together(manifests: list[dict[str, Any]], model: str) -> None:
+    name = _server(model)
+    deployment = _of_kind(manifests, "Deployment")[name]
     pod = deployment["spec"]["template"]
     labels, spec = pod["metadata"]["labels"], pod["spec"]
     container = spec["containers"][0]
-    service = _of_kind("Service")["model-server"]
-    hpa = _of_kind("HorizontalPodAutoscaler")["model-server"]
-    pdb = _of_kind("PodDisruptionBudget")["model-server"]
+    service = _of_kind(manifests, "Service")[name]
+    hpa = _of_kind(manifests, "HorizontalPodAutoscaler")[name]
+    pdb = _of_kind(manifests, "PodDisruptionBudget")[name]
 
     assert selects(deployment["spec"]["selector"], labels)
     assert selects({"matchLabels": service["spec"]["selector"]}, labels)
+    assert selects({"matchLabels": service["spec"]["selector"]}, {**labels, "track": "canary"})
     assert selects(pdb["spec"]["selector"], labels)
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "model-server"}
+    # No selector of this model's objects selects another model's server pods.
+    for other in MODELS:
+        if other != model:
+            theirs = _of_kind(manifests, "Deployment")[_server(other)]["spec"]["template"]["metadata"]["labels"]
+            selectors = [deployment["spec"]["selector"], {"matchLabels": service["spec"]["selector"]}]
+            assert not any(selects(selector, theirs) for selector in [*selectors, pdb["spec"]["selector"]])
+    for constraint in spec["topologySpreadConstraints"]:
+        assert constraint["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"] == model
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
     # The HPA owns the replica count; it keeps more pods than the PDB must leave, so node drains can proceed.
     assert "replicas" not in deployment["spec"]
     assert hpa["spec"]["minReplicas"] > pdb["spec"]["minAvailable"]
@@ -308,16 +387,20 @@ def test_model_server_objects_fit_together() -> None:
     # Endpoints drain during the preStop sleep, inside the grace period.
     assert container["lifecycle"]["preStop"]["sleep"]["seconds"] < spec["terminationGracePeriodSeconds"]
     assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
-    assert spec["serviceAccountName"] in _of_kind("ServiceAccount") and spec["automountServiceAccountToken"] is False
+    accounts = _of_kind(manifests, "ServiceAccount")
+    assert spec["serviceAccountName"] in accounts and spec["automountServiceAccountToken"] is False
     assert [source["secretRef"]["name"] for source in container["envFrom"]] == ["ml-object-storage", "ml-mlflow"]
     env = {variable["name"]: variable["value"] for variable in container["env"]}
-    assert (env["MODEL_NAME"], env["MODEL_ALIAS"]) == ("churn-classifier", "champion")
+    assert (env["MODEL_NAME"], env["MODEL_ALIAS"]) == (model, "champion")
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.mlflow.svc.cluster.local:5000", "the steps' MLflow server"
     assert {mount["mountPath"] for mount in container["volumeMounts"]} == {"/tmp"}
 
 
-def test_checkov_finds_nothing_in_the_manifests_and_pods(checkov_report: CheckovReport) -> None:
+def test_checkov_finds_nothing_in_the_manifests_and_pods(
+    checkov_report: CheckovReport, manifests: list[dict[str, Any]]
+) -> None:
     assert [str(failed) for failed in checkov_report.failed if failed.file != CANARY_FILE] == []
-    assert checkov_report.passed > len(DOCUMENTS)
+    assert checkov_report.passed > len(manifests)
 
 
 def test_checkov_reports_the_privileged_canary(checkov_report: CheckovReport) -> None:

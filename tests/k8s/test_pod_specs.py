@@ -1,7 +1,8 @@
 """Every pod of every DAG task, rendered by the real provider code through ``python -m orchestration.render``, is one
 a cluster accepts (strict schemas of the oldest and newest supported Kubernetes) and follows the GPU, security,
 secret and label rules. Variants of the pipeline config show CPU-only training, several GPUs, a data volume and
-Kueue; bad configs render nothing."""
+Kueue, and a model config's own images, resources, labels, priority and model server reaching that model's pods
+only; bad configs render nothing."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ import yaml
 from mlsteps.config import PipelineConfig
 from mlsteps.steps import STEPS
 from orchestration.models import load_models
-from orchestration.settings import GPU_POOL, Settings, load_settings, parse_quantity
+from orchestration.pod_spec import service_account
+from orchestration.settings import GPU_POOL, ModelServerSettings, Settings, load_settings, parse_quantity
 
-from .policy import K8S_VERSIONS, RUN_AS_ID, load_documents, validate_schema
-from .rendering import CLUSTER_ENV, REPO, render, rendered_pods, variant_config
+from .policy import K8S_VERSIONS, RUN_AS_ID, load_documents, pod_security_violations, validate_schema
+from .rendering import CLUSTER_ENV, REPO, add_model, render, rendered_pods, variant_config
 
 CREDENTIAL_WORDS = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY")
 
@@ -85,7 +87,10 @@ def test_each_step_gets_its_configured_resources_image_and_identity(
         assert container["resources"] == {"requests": expected_requests, "limits": expected_limits}, name
         assert container["image"] == _env(pod)["STEP_IMAGE"] == kube.images[step.image], name
         assert container["imagePullPolicy"] == kube.image_pull_policy
-        assert pod["spec"]["serviceAccountName"] == step.service_account, name
+        assert pod["spec"]["serviceAccountName"] == service_account(step, name.split(".")[0]), name
+        assert "priorityClassName" not in pod["spec"], (
+            "no runtime.kubernetes.priority_class_name: the cluster's default"
+        )
         # Only the deploy step talks to the Kubernetes API (it rolls the model server out).
         assert pod["spec"]["automountServiceAccountToken"] is step.needs_kubernetes_api, name
         assert pod["metadata"]["namespace"] == kube.namespace
@@ -97,7 +102,9 @@ def test_each_step_gets_its_configured_resources_image_and_identity(
     )
     with_token = [name for name, pod in pods.items() if pod["spec"]["automountServiceAccountToken"]]
     assert with_token == ["churn-classifier.deploy.deploy", "tier-classifier.deploy.deploy"]
-    assert pods["churn-classifier.deploy.deploy"]["spec"]["serviceAccountName"] == "ml-deploy"
+    # Each model's deploy step runs as its own account, whose Role names only that model's Deployments.
+    assert pods["churn-classifier.deploy.deploy"]["spec"]["serviceAccountName"] == "ml-deploy-churn-classifier"
+    assert pods["tier-classifier.deploy.deploy"]["spec"]["serviceAccountName"] == "ml-deploy-tier-classifier"
     deploy_args = _container(pods["churn-classifier.deploy.deploy"])["args"]
     assert deploy_args[deploy_args.index("--target") + 1] == "kubernetes" and "--state-dir" not in deploy_args
     assert deploy_args[deploy_args.index("--model") + 1] == "champion", "the param's default, rendered"
@@ -249,6 +256,147 @@ def test_cpu_only_training_has_no_gpu_scheduling(tmp_path: Path) -> None:
     assert "nvidia.com/gpu" not in _container(train)["resources"]["limits"]
     assert not train["spec"].get("tolerations") and "shm" not in _volumes(train)
     assert _container(train)["command"] == ["python", "-m", "mlsteps", "train"]
+
+
+def _manifests(out: Path) -> list[dict[str, Any]]:
+    return [doc for path in sorted((out / "manifests").glob("*.yaml")) for doc in load_documents(path)]
+
+
+def test_a_models_deploy_pod_runs_as_its_own_account_bound_to_its_own_deployments(rendered: Path, pods) -> None:
+    documents = _manifests(rendered)
+    bindings = [doc for doc in documents if doc["kind"] == "RoleBinding"]
+    roles = {doc["metadata"]["name"]: doc for doc in documents if doc["kind"] == "Role"}
+    for model in ("churn-classifier", "tier-classifier"):
+        account = pods[f"{model}.deploy.deploy"]["spec"]["serviceAccountName"]
+        subject = {"kind": "ServiceAccount", "name": account, "namespace": "ml"}
+        [binding] = [binding for binding in bindings if subject in binding["subjects"]]
+        named = {name for rule in roles[binding["roleRef"]["name"]]["rules"] for name in rule.get("resourceNames", [])}
+        assert named == {f"model-server-{model}", f"model-server-{model}-canary"}
+
+
+# A second model beside churn with its own images, training resources, labels, priority and model server.
+TIERS_KUBERNETES = {
+    "images": {"steps": "registry.example.com/tiers/steps:2.0", "train": "registry.example.com/tiers/train:2.0"},
+    "labels": {"team": "loyalty", "cost-center": "loyalty-ml"},
+    "priority_class_name": "ml-batch",
+    "model_server": {
+        "image": "registry.example.com/tiers/serve:2.0",
+        "resources": {"requests": {"cpu": "1", "memory": "3Gi"}, "limits": {"cpu": "3", "memory": "3Gi"}},
+        "min_replicas": 3,
+        "max_replicas": 6,
+        "priority_class_name": "ml-serving",
+    },
+}
+TIERS_TRAIN = {"cpu": "6", "memory": "24Gi", "ephemeral_storage": "30Gi"}
+TIERS_OWN = {
+    "runtime": {
+        "steps": {"train": {"resources": {"requests": TIERS_TRAIN, "limits": TIERS_TRAIN}}},
+        "kubernetes": TIERS_KUBERNETES,
+    }
+}
+
+
+def _server(manifests: list[dict[str, Any]], model: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A model's server Deployment, its container and its HorizontalPodAutoscaler's spec."""
+    by_name = {(doc["kind"], doc["metadata"]["name"]): doc for doc in manifests}
+    deployment = by_name[("Deployment", f"model-server-{model}")]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return deployment, container, by_name[("HorizontalPodAutoscaler", f"model-server-{model}")]["spec"]
+
+
+def test_a_models_own_cluster_settings_reach_its_pods_and_server_only(tmp_path: Path) -> None:
+    config = variant_config(tmp_path, {})
+    add_model(config, "tiers.yaml", TIERS_OWN)
+    out = tmp_path / "k8s"
+    done = render(out, tmp_path, config)
+    assert done.returncode == 0, done.stderr
+    pods, manifests = rendered_pods(out), _manifests(out)
+    shared = load_settings(str(config))
+    for name, pod in pods.items():
+        model, step = name.split(".")[0], pod["metadata"]["labels"]["continuous-training/step"]
+        kube = TIERS_KUBERNETES if model == "tier-classifier" else shared.runtime.kubernetes.model_dump()
+        image = kube["images"]["train" if step == "train" else "steps"]
+        assert _container(pod)["image"] == _env(pod)["STEP_IMAGE"] == image, name
+        assert pod["spec"].get("priorityClassName") == kube["priority_class_name"], name
+        assert kube["labels"].items() <= pod["metadata"]["labels"].items(), name
+    tiers_train = _container(pods["tier-classifier.retrain.train"])["resources"]
+    assert tiers_train["limits"] == {"cpu": "6", "memory": "24Gi", "ephemeral-storage": "30Gi", "nvidia.com/gpu": "1"}
+    churn_train = _container(pods["churn-classifier.retrain.train"])["resources"]
+    assert churn_train["limits"] == {**shared.step("train").resources.limits.as_kubernetes(), "nvidia.com/gpu": "1"}
+
+    tiers, tiers_server, tiers_hpa = _server(manifests, "tier-classifier")
+    assert tiers_server["image"] == "registry.example.com/tiers/serve:2.0"
+    assert tiers_server["resources"]["limits"] == {"cpu": "3", "memory": "3Gi", "ephemeral-storage": "2Gi"}
+    assert tiers["spec"]["template"]["spec"]["priorityClassName"] == "ml-serving", "the server's own, not ml-batch"
+    assert {"team": "loyalty", "cost-center": "loyalty-ml"}.items() <= tiers["spec"]["template"]["metadata"][
+        "labels"
+    ].items()
+    assert (tiers_hpa["minReplicas"], tiers_hpa["maxReplicas"]) == (3, 6)
+    # The other model keeps the template's server (image, resources, replicas), no priority class and its own team.
+    churn, churn_server, churn_hpa = _server(manifests, "churn-classifier")
+    assert churn_server["image"] == "ghcr.io/example/mlsteps-serve:0.1.0"
+    assert churn_server["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "1Gi"}
+    assert "priorityClassName" not in churn["spec"]["template"]["spec"]
+    assert churn["metadata"]["labels"]["team"] == "ml-platform"
+    assert (churn_hpa["minReplicas"], churn_hpa["maxReplicas"]) == (2, 10)
+    for document in [*pods.values(), *manifests]:
+        assert pod_security_violations(document) == []
+        for version in K8S_VERSIONS:
+            validate_schema(document, version)
+
+
+def test_shared_priority_pull_secrets_and_workload_identity_reach_step_and_server_pods(tmp_path: Path) -> None:
+    kubernetes = {"priority_class_name": "ml-pipeline", "image_pull_secrets": ["registry"], "secrets": []}
+    done = render(tmp_path / "k8s", tmp_path, variant_config(tmp_path, {"kubernetes": kubernetes}))
+    assert done.returncode == 0, done.stderr
+    [server] = [doc for doc in _manifests(tmp_path / "k8s") if doc["kind"] == "Deployment"]
+    server_pod = server["spec"]["template"]
+    for name, pod in [*rendered_pods(tmp_path / "k8s").items(), ("server", server_pod)]:
+        assert pod["spec"]["priorityClassName"] == "ml-pipeline", name
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}], name
+        assert not _container(pod).get("envFrom"), f"{name}: workload identity, no Secrets"
+
+
+def test_model_server_replica_bounds_are_checked_when_the_config_loads() -> None:
+    with pytest.raises(ValueError, match="min_replicas=5 is above max_replicas=3"):
+        ModelServerSettings(min_replicas=5, max_replicas=3)
+    with pytest.raises(ValueError, match="must be pinned"):
+        ModelServerSettings(image="ghcr.io/example/mlsteps-serve:latest")
+
+
+@pytest.mark.parametrize(
+    ("model_file", "overrides", "message"),
+    [
+        (
+            "tiers.yaml",
+            {"runtime": {"kubernetes": {"model_server": {"min_replicas": 1}}}},
+            r"tiers\.yaml: runtime\.kubernetes\.model_server: min_replicas 1 must be above the PodDisruptionBudget's "
+            r"minAvailable 1",
+        ),
+        (
+            "tiers.yaml",
+            {"serving": {"kubernetes": {"deployment": "model-server-churn-classifier"}}},
+            r"two manifests name one object: Deployment model-server-churn-classifier in "
+            r"model-server-churn-classifier\.yaml and model-server-tier-classifier\.yaml",
+        ),
+        (
+            "tiers.yaml",
+            {"serving": {"kubernetes": {"namespace": "serving"}}},
+            r"tiers\.yaml: serving\.kubernetes\.namespace 'serving' is not runtime\.kubernetes\.namespace 'ml'",
+        ),
+    ],
+)
+def test_bad_model_serving_config_renders_nothing(
+    tmp_path: Path, model_file: str, overrides: dict[str, Any], message: str
+) -> None:
+    config = variant_config(tmp_path, {})
+    add_model(config, model_file, overrides)
+    out = tmp_path / "k8s"
+    done = render(out, tmp_path, config)
+    assert done.returncode == 2
+    assert re.search(message, done.stderr), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

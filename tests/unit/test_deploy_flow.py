@@ -372,7 +372,7 @@ def test_a_canary_that_never_becomes_ready_is_removed_and_champion_moves_back(
 
     with pytest.raises(
         DeployFailed,
-        match=r"rollout of Deployment ml/model-server-canary did not complete within 30 s.*CrashLoopBackOff",
+        match=rf"rollout of Deployment ml/{CANARY} did not complete within 30 s.*CrashLoopBackOff",
     ):
         _deploy(target, broken, _kubernetes_settings(url), strategy="canary")
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jsonpatch
 import pytest
-import yaml
 from k8s.policy import K8S_VERSIONS, validate_schema
 from kubernetes.client.exceptions import ApiException
 
-from mlsteps.config import ServingConfig, load_pipeline_config
+from mlsteps.config import MAX_MODEL_NAME_LENGTH, KubernetesServingConfig, ServingConfig, load_pipeline_config
 from mlsteps.deploy import DeployFailed
 from mlsteps.deploy.kube import (
     DEPLOYED_AT_ANNOTATION,
@@ -29,18 +27,22 @@ from mlsteps.deploy.kube import (
     inference_totals,
     parse_metrics,
 )
-from mlsteps.errors import StepError
+from mlsteps.errors import ConfigError, StepError
 from mlsteps.serve.metrics import ServerMetrics
+from orchestration.models import DEFAULT_MODELS_DIR
+from orchestration.render import model_server_manifests
+from orchestration.settings import load_settings
 
-MANIFEST = Path(__file__).resolve().parents[2] / "include" / "k8s" / "model-server.yaml"
 MODEL_NAME = "churn-classifier"
-MAIN, CANARY = "model-server", "model-server-canary"
+MAIN, CANARY = "model-server-churn-classifier", "model-server-churn-classifier-canary"
 CRASH_MESSAGE = "serve failed: model.onnx of churn-classifier v7 fails its smoke check"
 
 
-def main_deployment(replicas: int) -> dict[str, Any]:
-    """The manifest's Deployment as the API returns it once the HPA set its replicas and it has rolled out."""
-    [deployment] = [doc for doc in yaml.safe_load_all(MANIFEST.read_text()) if doc and doc["kind"] == "Deployment"]
+def main_deployment(replicas: int, model_config: str = "churn.yaml") -> dict[str, Any]:
+    """The Deployment ``make render`` writes for a model, as the API returns it once the HPA set its replicas and it
+    has rolled out."""
+    model = load_settings(str(DEFAULT_MODELS_DIR / model_config))
+    [deployment] = [doc for doc in model_server_manifests(model) if doc["kind"] == "Deployment"]
     deployment["metadata"]["generation"] = 1
     deployment["spec"]["replicas"] = replicas
     return deployment
@@ -290,8 +292,8 @@ def test_a_stuck_rollout_times_out_naming_why_the_pods_are_not_ready(cluster: Fa
 
     message = str(raised.value)
     assert message.startswith(
-        "rollout of Deployment ml/model-server did not complete within 30 s (serving.rollout_timeout_seconds): "
-        "1 of 4 replicas updated; pods: model-server-0: CrashLoopBackOff, last exit 2: INFO loading\n" + CRASH_MESSAGE
+        f"rollout of Deployment ml/{MAIN} did not complete within 30 s (serving.rollout_timeout_seconds): "
+        f"1 of 4 replicas updated; pods: {MAIN}-0: CrashLoopBackOff, last exit 2: INFO loading\n" + CRASH_MESSAGE
     )
     assert message.endswith("(and 1 more)")
     assert clock.now == 30
@@ -300,7 +302,7 @@ def test_a_stuck_rollout_times_out_naming_why_the_pods_are_not_ready(cluster: Fa
 def test_a_progress_deadline_fails_the_rollout_at_once(cluster: FakeCluster, clock: FakeClock) -> None:
     cluster.behaviour[MAIN] = "deadline"
 
-    with pytest.raises(DeployFailed, match=r"rollout of Deployment ml/model-server failed: ProgressDeadlineExceeded: "):
+    with pytest.raises(DeployFailed, match=rf"rollout of Deployment ml/{MAIN} failed: ProgressDeadlineExceeded: "):
         _target(cluster, clock).roll_out(7)
 
     assert clock.now == 4
@@ -309,7 +311,8 @@ def test_a_progress_deadline_fails_the_rollout_at_once(cluster: FakeCluster, clo
 def test_refusals_that_a_retry_cannot_fix_say_what_to_do(cluster: FakeCluster, clock: FakeClock) -> None:
     target = _target(cluster, clock)
     cluster.refuse_with = 403
-    with pytest.raises(StepError, match=r"reading Deployment ml/model-server: .*HTTP 403 .*ServiceAccount ml-deploy"):
+    refused = rf"reading Deployment ml/{MAIN}: .*HTTP 403 .*ServiceAccount \(by default ml-deploy-{MODEL_NAME}\)"
+    with pytest.raises(StepError, match=refused):
         target.roll_out(7)
 
     cluster.refuse_with = None
@@ -318,7 +321,7 @@ def test_refusals_that_a_retry_cannot_fix_say_what_to_do(cluster: FakeCluster, c
         target.current_version()
 
     del cluster.deployments[MAIN]
-    with pytest.raises(StepError, match=r"not found in namespace ml: apply include/k8s"):
+    with pytest.raises(StepError, match=rf"not found in namespace ml: .*kubectl apply .*{MAIN}\.yaml"):
         target.current_version()
 
 
@@ -349,7 +352,7 @@ def test_a_healthy_canary_is_judged_by_its_metrics_then_promoted(cluster: FakeCl
     assert clock.now - 4 == 60  # observed for serving.canary.observation_seconds, after a 4 s rollout
     assert report["judged"] is True and report["requests"] == 1500 and report["errors"] == 0
     assert report["error_rate"] == 0.0 and 2.5 < report["p99_ms"] <= 5.0
-    assert report["pods"] == ["model-server-canary-0"] and report["restarts"] == {}
+    assert report["pods"] == [f"{CANARY}-0"] and report["restarts"] == {}
 
     target.promote_canary(7)
 
@@ -377,7 +380,7 @@ def test_a_canary_over_its_limits_fails_and_the_rollback_removes_it(
     target.start_canary(7, 0.1)
     clock.traffic = lambda: _serve_canary_traffic(cluster, **traffic)
 
-    with pytest.raises(DeployFailed, match=rf"canary Deployment ml/model-server-canary: {failure}") as raised:
+    with pytest.raises(DeployFailed, match=rf"canary Deployment ml/{CANARY}: {failure}") as raised:
         target.observe_canary()
     target.roll_back(None)
 
@@ -408,7 +411,7 @@ def test_a_restarting_canary_pod_fails(cluster: FakeCluster, clock: FakeClock) -
         cluster.canary_restarts = 1
 
     clock.traffic = crash
-    with pytest.raises(DeployFailed, match=r"canary pod model-server-canary-0 restarted 1 time\(s\)"):
+    with pytest.raises(DeployFailed, match=rf"canary pod {CANARY}-0 restarted 1 time\(s\)"):
         target.observe_canary()
 
 
@@ -429,6 +432,58 @@ def test_a_canary_needs_the_stable_track_on_the_main_deployment(cluster: FakeClu
         _target(cluster, clock).start_canary(7, 0.1)
 
     assert CANARY not in cluster.deployments
+
+
+def test_each_model_has_its_own_object_names_unless_its_config_sets_them() -> None:
+    names = KubernetesServingConfig().for_model("tier-classifier")
+    assert (names.deployment, names.canary_deployment, names.service, names.service_url) == (
+        "model-server-tier-classifier",
+        "model-server-tier-classifier-canary",
+        "model-server-tier-classifier",
+        "http://model-server-tier-classifier.ml.svc.cluster.local",
+    )
+    chosen = KubernetesServingConfig(deployment="tiers", service="tiers-http").for_model("tier-classifier")
+    assert (chosen.deployment, chosen.canary_deployment, chosen.service_url) == (
+        "tiers",
+        "tiers-canary",
+        "http://tiers-http.ml.svc.cluster.local",
+    )
+    # The longest model name models.py accepts still gives Kubernetes names (at most 63 characters).
+    assert len(KubernetesServingConfig().for_model("a" * MAX_MODEL_NAME_LENGTH).canary_deployment) == 63
+    too_long = "a" * (MAX_MODEL_NAME_LENGTH + 1)
+    refused = rf"model '{too_long}' gives \{{'canary_deployment': .* at most {MAX_MODEL_NAME_LENGTH} such"
+    with pytest.raises(ConfigError, match=refused):
+        KubernetesServingConfig().for_model(too_long)
+    with pytest.raises(ConfigError, match=r"'service': 'model-server-Model Server'\}, not Kubernetes names"):
+        KubernetesServingConfig().for_model("Model Server")
+
+
+def test_a_models_target_changes_only_that_models_deployments(clock: FakeClock) -> None:
+    churn, tiers = main_deployment(replicas=4), main_deployment(replicas=4, model_config="tiers.yaml")
+    cluster = FakeCluster(churn)
+    tiers_name = tiers["metadata"]["name"]
+    cluster.deployments[tiers_name], cluster.reads_since_change[tiers_name] = tiers, 99
+    churn_before = copy.deepcopy(churn)
+    target = KubernetesTarget(
+        "tier-classifier",
+        _settings(),
+        apps=cluster,
+        core=cluster,
+        scrape=cluster.scrape,
+        clock=lambda: clock.now,
+        sleep=clock.sleep,
+    )
+
+    target.start_canary(7, 0.25)
+    target.promote_canary(7)
+
+    assert tiers_name == "model-server-tier-classifier"
+    assert [deployment["metadata"]["name"] for deployment in cluster.written] == [f"{tiers_name}-canary", tiers_name]
+    canary_selector = cluster.written[0]["spec"]["selector"]["matchLabels"]
+    assert canary_selector["app.kubernetes.io/instance"] == "tier-classifier", "never selects another model's pods"
+    assert _server_env(cluster.deployments[tiers_name])["MODEL_VERSION"] == "7"
+    assert cluster.deployments[MAIN] == churn_before and cluster.deleted == [f"{tiers_name}-canary"]
+    _assert_valid(cluster.written)
 
 
 def test_metrics_parsing_and_the_p99_follow_prometheus() -> None:

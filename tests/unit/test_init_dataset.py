@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from mlsteps.cli import app
-from mlsteps.config import DatasetConfig, load_dataset_config
+from mlsteps.config import DEFAULT_CONFIG_PATH, MAX_MODEL_NAME_LENGTH, DatasetConfig, load_dataset_config
 from mlsteps.data import storage, validation
-from mlsteps.data.datasets import generate_claims
+from mlsteps.data.datasets import generate_claims, generate_tiers
 from mlsteps.data.snapshots import prepare, read_table, write_table
 from mlsteps.errors import ConfigError, DataError
 from mlsteps.steps import init_dataset
+from orchestration.models import DEFAULT_MODELS_DIR, load_models
 
 ROWS = 300
 
@@ -271,3 +274,238 @@ def test_reads_and_writes_s3(s3_bucket: str, tmp_path: Path) -> None:
     assert code == 0, printed
     assert load_dataset_config(output).id_column == "order_id"
     assert storage.exists(output)
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    """A config folder like include/config: the built-in churn and tiers models and their dataset configs. The model
+    files extend the real defaults by absolute path: a copied pipeline.yaml would be a layer of the models' own, and
+    the loader refuses the deployment-wide fields it sets."""
+    config = tmp_path / "config"
+    (config / "datasets").mkdir(parents=True)
+    (config / "models").mkdir()
+    for model in ("churn", "tiers"):
+        shutil.copy(DEFAULT_CONFIG_PATH.parent / "datasets" / f"{model}.yaml", config / "datasets")
+        _copy_model(DEFAULT_MODELS_DIR / f"{model}.yaml", config / "models")
+    return config
+
+
+def _copy_model(source: Path, models: Path) -> None:
+    text = source.read_text()
+    assert "extends: ../pipeline.yaml\n" in text
+    (models / source.name).write_text(text.replace("extends: ../pipeline.yaml\n", f"extends: {DEFAULT_CONFIG_PATH}\n"))
+
+
+def _data(tmp_path: Path, task: str) -> tuple[str, str]:
+    """A data file of the task and its target column."""
+    frames = {
+        "binary": (messy_frame(), "renewed"),
+        "multiclass": (generate_tiers(600, seed=3), "next_tier"),
+        "regression": (generate_claims(600, seed=2), "claim_cost"),
+    }
+    frame, target = frames[task]
+    source = str(tmp_path / f"{task}.csv")
+    write_table(frame, source)
+    return source, target
+
+
+def _uncommented(text: str) -> str:
+    """The model config with its commented examples turned into settings (the header comments stay comments)."""
+    head, _, body = text.partition("\nextends:")
+    return head + "\nextends:" + re.sub(r"^(\s*)# ", r"\1", body, flags=re.MULTILINE)
+
+
+@pytest.mark.parametrize(("task", "metric"), [("binary", "roc_auc"), ("multiclass", "roc_auc"), ("regression", "rmse")])
+def test_the_model_config_loads_beside_the_other_models_with_its_task_metric_and_a_free_port(
+    tmp_path: Path, config_dir: Path, task: str, metric: str
+) -> None:
+    source, target = _data(tmp_path, task)
+    models = config_dir / "models"
+    written = models / "new.yaml"
+
+    code, printed = run_cli(
+        "--input-uri", source, "--target", target, "--output-uri", str(config_dir / "datasets" / "new.yaml"),
+        "--model-config", str(written), "--model-name", "new-model",
+    )  # fmt: skip
+
+    assert code == 0, printed
+    assert f"wrote {written}: model 'new-model' ({task}, gate {metric}, local port 8083)" in printed
+    entries = {entry.name: entry for entry in load_models(models)}
+    assert {name: entry.error for name, entry in entries.items()} == {
+        "churn-classifier": None,
+        "new-model": None,
+        "tier-classifier": None,
+    }
+    pipeline = entries["new-model"].settings.pipeline
+    assert (pipeline.dataset.name, pipeline.dataset.target.task) == (task, task)
+    assert (pipeline.primary_metric, pipeline.evaluation.primary_metric) == (metric, metric)
+    assert pipeline.serving.local.port == 8083  # churn serves on the defaults' 8081, tiers on 8082
+    assert pipeline.registry.experiment_name == "new-model-retraining"
+    text = written.read_text()
+    raw = yaml.safe_load(text)
+    assert raw["dataset"] == "../datasets/new.yaml"
+    assert (models / raw["extends"]).resolve() == DEFAULT_CONFIG_PATH
+    assert re.search(r"\n    port: 8083 +# free in this folder \(taken: 8081, 8082\)\n", text)
+    if task == "regression":  # the defaults' bar is a ROC AUC: the gate is relative to the champion's RMSE instead
+        evaluation = pipeline.evaluation
+        assert (evaluation.threshold, evaluation.degradation, evaluation.max_degradation) == (None, "relative", 0.02)
+    else:
+        assert pipeline.evaluation.threshold == 0.7 and re.search(r"\n  # threshold: 0\.7 +# check: ", text)
+
+    # The commented examples are settings a model may have: uncommented, the config still loads.
+    written.write_text(_uncommented(text))
+    entry = next(entry for entry in load_models(models) if entry.config_path == written)
+    assert entry.error is None, entry.error
+    runtime = entry.settings.runtime
+    assert entry.settings.dataset_uri == source
+    assert (runtime.retrain_cron, runtime.monitor_cron, runtime.kubernetes.labels["team"]) == (
+        "0 3 * * 1",
+        "0 * * * *",
+        "ml-platform",
+    )
+    assert entry.settings.pipeline.training.candidate_families == ["mlp", "gbdt"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param(
+            ["--model-config", "{models}/payments.yaml", "--model-name", "Payments_Fraud"],
+            r"--model-name 'Payments_Fraud' is not a valid model name: lowercase letters, digits and '-', starting "
+            rf"and ending with a letter or digit, at most {MAX_MODEL_NAME_LENGTH} characters .*; "
+            r"e\.g\. 'payments-fraud'",
+            id="invalid-name",
+        ),
+        pytest.param(
+            ["--model-config", "{models}/payments.yaml", "--model-name", "a" * (MAX_MODEL_NAME_LENGTH + 1)],
+            rf"--model-name 'a{{{MAX_MODEL_NAME_LENGTH + 1}}}' is not a valid model name: .* "
+            rf"model-server-<model>-canary\); e\.g\. 'a{{{MAX_MODEL_NAME_LENGTH}}}'$",
+            id="name-too-long",
+        ),
+        pytest.param(
+            ["--model-config", "{models}/payments.yaml", "--model-name", "tier-classifier"],
+            r"--model-name 'tier-classifier' is already registry\.model_name of {models}/tiers\.yaml: choose another "
+            r"name .*or pass that file as --model-config with --force to replace it",
+            id="name-taken",
+        ),
+        pytest.param(
+            ["--model-config", "{models}/churn.yaml", "--model-name", "payments-fraud"],
+            r"--model-config {models}/churn\.yaml exists: pass --force to overwrite it, or choose another path",
+            id="model-config-exists",
+        ),
+        pytest.param(
+            ["--model-name", "payments-fraud"],
+            r"--model-name needs --model-config: pass both to write a model config",
+            id="name-alone",
+        ),
+        pytest.param(
+            ["--model-config", "{models}/payments.yaml"],
+            r"--model-config needs --model-name: pass both",
+            id="path-alone",
+        ),
+        pytest.param(
+            ["--model-config", "s3://bucket/models/payments.yaml", "--model-name", "payments-fraud"],
+            r"--model-config s3://bucket/models/payments\.yaml: must be a local path; the DAG files read model "
+            r"configs from a local folder",
+            id="model-config-on-s3",
+        ),
+    ],
+)
+def test_a_model_config_that_would_not_load_is_refused_before_anything_is_written(
+    messy_csv: str, config_dir: Path, options: list[str], message: str
+) -> None:
+    models = config_dir / "models"
+    before = {path.name: path.read_text() for path in models.iterdir()}
+    output = config_dir / "datasets" / "payments.yaml"
+
+    code, printed = run_cli(
+        "--input-uri", messy_csv, "--target", "renewed", "--output-uri", str(output),
+        *(option.format(models=models) for option in options),
+    )  # fmt: skip
+
+    assert code == 2
+    assert printed.startswith("init-dataset failed: ")
+    assert re.search(message.replace("{models}", re.escape(str(models))), printed.strip()), printed
+    assert not output.exists()
+    assert {path.name: path.read_text() for path in models.iterdir()} == before
+
+
+def test_every_problem_is_named_at_once(messy_csv: str, config_dir: Path) -> None:
+    output = config_dir / "datasets" / "churn.yaml"
+    tiers = config_dir / "models" / "tiers.yaml"
+
+    code, printed = run_cli(
+        "--input-uri", messy_csv, "--target", "renewed", "--output-uri", str(output),
+        "--model-config", str(tiers), "--model-name", "churn-classifier",
+    )  # fmt: skip
+
+    assert code == 2
+    assert printed.startswith("init-dataset failed: nothing written:\n- ")
+    problems = printed.strip().split("\n- ")[1:]
+    assert [problem.split(" ", 2)[:2] for problem in problems] == [
+        ["--output-uri", str(output)],
+        ["--model-config", str(tiers)],
+        ["--model-name", "'churn-classifier'"],
+    ]
+
+
+def test_force_replaces_a_model_config_whose_own_name_and_port_then_do_not_count(
+    messy_csv: str, config_dir: Path
+) -> None:
+    tiers = config_dir / "models" / "tiers.yaml"
+    options = ["--input-uri", messy_csv, "--target", "renewed", "--output-uri", str(config_dir / "datasets" / "o.yaml")]
+    options += ["--model-config", str(tiers), "--model-name", "tier-classifier", "--force"]
+
+    code, printed = run_cli(*options)
+
+    assert code == 0, printed
+    entries = {entry.name: entry.settings for entry in load_models(tiers.parent)}
+    assert entries["tier-classifier"].pipeline.dataset.name == "customer_orders"
+    assert entries["tier-classifier"].pipeline.serving.local.port == 8082  # its old port, free once it is replaced
+    code, printed = run_cli(*options)
+    assert code == 0 and "local port 8082" in printed, printed
+
+
+def test_the_port_skips_every_port_the_folder_claims_and_unreadable_files_are_named(config_dir: Path) -> None:
+    models = config_dir / "models"
+    shutil.copy(DEFAULT_CONFIG_PATH.parent / "datasets" / "claims.yaml", config_dir / "datasets")
+    _copy_model(DEFAULT_CONFIG_PATH.parent / "examples" / "claims.yaml", models)
+    (models / "tiers-fast.yaml").write_text("extends: tiers.yaml\nregistry: {model_name: tier-fast}\n")
+    (models / "broken.yaml").write_text("registry: {model_name: [\n")
+    new = str(models / "new.yaml")
+
+    plan, problems = init_dataset.plan_model(new, "new-model", "datasets/new.yaml", force=False)
+
+    assert problems == []
+    # churn: the defaults' 8081; tiers and tiers-fast (through extends): 8082; the regression example: 8083
+    assert (plan.port, plan.taken_ports, plan.unread) == (8084, (8081, 8082, 8083), (str(models / "broken.yaml"),))
+    plan, problems = init_dataset.plan_model(new, "tier-fast", "datasets/new.yaml", force=False)
+    assert plan is None and problems == [
+        f"--model-name 'tier-fast' is already registry.model_name of {models / 'tiers-fast.yaml'}: choose another "
+        "name (each model of a folder has its own), or pass that file as --model-config with --force to replace it"
+    ]
+
+
+def test_a_model_config_needs_its_dataset_config_on_a_local_path(messy_csv: str, config_dir: Path) -> None:
+    output = "s3://configs/datasets/payments.yaml"  # no S3 here: refused before anything asks S3
+
+    code, printed = run_cli(
+        "--input-uri", messy_csv, "--target", "renewed", "--output-uri", output,
+        "--model-config", str(config_dir / "models" / "payments.yaml"), "--model-name", "payments-fraud",
+    )  # fmt: skip
+
+    assert code == 2
+    assert f"--output-uri {output}: a model config names its dataset config by a path relative to itself" in printed
+    assert not (config_dir / "models" / "payments.yaml").exists()
+
+
+def test_in_the_project_layout_the_paths_read_like_the_built_in_models(messy_csv: str) -> None:
+    plan, problems = init_dataset.plan_model(
+        str(DEFAULT_MODELS_DIR / "payments.yaml"), "payments-fraud", "unused.yaml", force=False
+    )
+    dataset = DEFAULT_CONFIG_PATH.parent / "datasets" / "payments.yaml"
+
+    text = init_dataset.render_model_config(plan, init_dataset.infer(messy_csv, "renewed"), dataset)
+
+    assert problems == [] and plan.port not in plan.taken_ports
+    assert "\nextends: ../pipeline.yaml\ndataset: ../datasets/payments.yaml\n" in text

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlsteps.config import DEFAULT_CONFIG_PATH
+from mlsteps.config import DEFAULT_CONFIG_PATH, MAX_MODEL_NAME_LENGTH
 from mlsteps.errors import ConfigError
 from orchestration.models import DEFAULT_MODELS_DIR, dag_id, load_models
 
@@ -81,6 +81,20 @@ def test_bad_model_configs_name_the_file_and_the_field(tmp_path: Path) -> None:
         assert name is None and phrase in error, (stem, error)
         assert error.startswith(f"{folder / stem}.yaml: "), error
     assert "runtime.kubernetes.namespace: is deployment-wide" in outcome["wide"][1]
+
+
+def test_a_model_name_must_leave_room_for_its_kubernetes_object_names(tmp_path: Path) -> None:
+    # model-server-<model>-canary, the longest name of a model's serving objects, is a 63-character DNS label at most.
+    longest, too_long = "m" * MAX_MODEL_NAME_LENGTH, "m" * (MAX_MODEL_NAME_LENGTH + 1)
+    outcome = _by_file(_models(tmp_path, fits=_model(longest, 9001), long=_model(too_long, 9002)))
+    assert outcome["fits"] == (longest, None)
+    name, error = outcome["long"]
+    assert name is None
+    assert error == (
+        f"{tmp_path / 'long.yaml'}: registry.model_name {too_long!r} has {MAX_MODEL_NAME_LENGTH + 1} characters, at "
+        f"most {MAX_MODEL_NAME_LENGTH} fit: its canary Deployment on Kubernetes is model-server-<model>-canary, and "
+        "Kubernetes names have at most 63 characters; choose a shorter name"
+    )
 
 
 def test_an_empty_models_folder_says_what_to_add(tmp_path: Path) -> None:

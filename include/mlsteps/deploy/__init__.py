@@ -1,11 +1,10 @@
 """Deploy a registered model version to a serving target, prove it serves, and roll back when it does not.
 
-A target (``kubernetes``: the model-server Deployment; ``local``: a server process on this machine) only knows how
-to make a version serve and how to go back. ``run_deploy`` is the one flow on top of every target: roll out (or run
-a canary first, where the target can), smoke-test through the target's endpoint with the bundle's own smoke rows,
-and on any failure put the previous version back, move ``champion`` back if it points at the failed version, and
-raise ``DeployFailed`` naming the reason.
-"""
+A target (``kubernetes``: the model's ``model-server-<model>`` Deployment; ``local``: a server process on this machine)
+only knows how to make a version serve and how to go back. ``run_deploy`` is the one flow on top of every target: roll
+out (or run a canary first, where the target can), smoke-test through the target's endpoint with the bundle's own smoke
+rows, and on any failure put the previous version back, move ``champion`` back if it points at the failed version, and
+raise ``DeployFailed`` naming the reason."""
 
 from __future__ import annotations
 

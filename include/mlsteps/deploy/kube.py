@@ -1,4 +1,8 @@
-"""The Kubernetes serving target: the model-server Deployment, rolled out by version, with an optional canary.
+"""The Kubernetes serving target: a model's own server Deployment, rolled out by version, with an optional canary.
+
+Each model has its own Deployment (``model-server-<model>`` unless ``serving.kubernetes`` names it), which
+``make render`` writes from include/k8s/model-server.yaml, and the deploy step of a model may change only that one
+and its canary (its ServiceAccount's Role, from include/k8s/rbac-ml-deploy.yaml).
 
 The Deployment's server container gets ``MODEL_VERSION=<version>`` (the server then loads that version, not
 whatever ``champion`` points at when a pod happens to restart), and the pod template an annotation with the version
@@ -154,10 +158,11 @@ def _matching(labels: dict[str, str]) -> str:
 
 
 class KubernetesTarget:
-    """The model-server Deployment of a cluster as a serving target (rolling and canary).
+    """A model's server Deployment in a cluster as a serving target (rolling and canary).
 
     Args:
-        model_name: the registered model the Deployment serves (checked against its ``MODEL_NAME``).
+        model_name: the registered model the Deployment serves (checked against its ``MODEL_NAME``); unset names of
+            ``serving.kubernetes`` derive from it.
         settings: the ``serving:`` config (names, timeouts, canary limits).
         apps: an ``AppsV1Api``; default: one on the in-cluster config or the kubeconfig.
         core: a ``CoreV1Api``; default: as ``apps``.
@@ -188,7 +193,7 @@ class KubernetesTarget:
         self._serializer = client.ApiClient()
         self._model_name = model_name
         self._settings = settings
-        self._names = settings.kubernetes
+        self._names = settings.kubernetes.for_model(model_name)
         self._scrape, self._clock, self._sleep = scrape, clock, sleep
         # The pod template that served before this target changed anything: what roll_back restores.
         self._template_before: dict[str, Any] | None = None
@@ -209,12 +214,14 @@ class KubernetesTarget:
             if exc.status in (401, 403):
                 raise StepError(
                     f"{what}: the Kubernetes API refused it (HTTP {exc.status} {exc.reason}): run the deploy pod as "
-                    "ServiceAccount ml-deploy with the Role of include/k8s/rbac-ml-deploy.yaml"
+                    f"model {self._model_name}'s own ServiceAccount (by default ml-deploy-{self._model_name}) and "
+                    f"apply its Role, which make render writes to rbac-ml-deploy-{self._model_name}.yaml"
                 ) from None
             if exc.status == 404:
                 raise StepError(
-                    f"{what}: not found in namespace {self._names.namespace}: apply include/k8s "
-                    "(kubectl apply -k include/k8s) or fix serving.kubernetes in the pipeline config"
+                    f"{what}: not found in namespace {self._names.namespace}: apply the manifests make render writes "
+                    f"(kubectl apply -f build/k8s/manifests/, model-server-{self._model_name}.yaml among them) or fix "
+                    "serving.kubernetes in the model's config"
                 ) from None
             if exc.status == 422:
                 body = (exc.body or "")[:_MESSAGE_EXCERPT_CHARS]
@@ -415,8 +422,8 @@ class KubernetesTarget:
         if selector.get(TRACK_LABEL) != STABLE:
             raise StepError(
                 f"{self._where(main_name)} selects {selector}, without {TRACK_LABEL}={STABLE}: its pods and the "
-                "canary's would overlap. Apply include/k8s/model-server.yaml (the selector is immutable: delete the "
-                "Deployment first) or deploy with --strategy rolling"
+                f"canary's would overlap. Apply model-server-{self._model_name}.yaml of make render (the selector is "
+                "immutable: delete the Deployment first) or deploy with --strategy rolling"
             )
         replicas = max(1, round(share * main["spec"].get("replicas", 1)))
         manifest = self._canary_manifest(main, version, replicas)

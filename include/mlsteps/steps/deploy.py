@@ -1,7 +1,8 @@
 """deploy: serve a model version, smoke-test it through the server, and roll back when it does not serve well.
 
 The flow is ``mlsteps.deploy.run_deploy``; this step resolves what to serve, builds the serving target (the cluster's
-``model-server`` Deployment, or a server process on this machine) and records the outcome in ``deploy/result.json``.
+``model-server-<model>`` Deployment, or a server process on this machine) and records the outcome in
+``deploy/result.json``.
 Deploying the version that already serves changes nothing, so a re-run for the same run root reports ``unchanged``.
 """
 
@@ -113,7 +114,9 @@ def main(
     config: ConfigUri = None,
     target: Annotated[
         TargetKind,
-        typer.Option("--target", help="where to serve: kubernetes (the model-server Deployment) or local (a process)"),
+        typer.Option(
+            "--target", help="where to serve: kubernetes (the model-server-<model> Deployment) or local (a process)"
+        ),
     ] = "kubernetes",
     model: Annotated[
         str, typer.Option("--model", help="what to serve: an alias such as champion, or a version number")

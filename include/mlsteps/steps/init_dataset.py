@@ -14,15 +14,25 @@ wherever the data is ambiguous:
 - columns a model cannot use (all null, constant, free text, dates that are not the event time, extra ids) are
   left out, each named in a comment with the reason.
 
-It makes a config rather than running a pipeline step, so it takes no run root and writes no result.json.
+With ``--model-config`` and ``--model-name`` it also writes the model config that gives the dataset a loop of its
+own: it extends the shared defaults and names the dataset config (both by paths relative to itself), the registered
+model and its experiment, the task's primary metric (``DEFAULT_PRIMARY_METRIC``; regression also drops the defaults'
+absolute bar, which is in another metric's units) and a local serving port that no other model config of its folder
+claims, with the fields people usually change as commented examples. Onboarding a model is then: infer, review,
+commit. The folder is read as plain YAML (following ``extends``), not through the orchestration package, which step
+code never imports; a name that is not a DNS-1123 label (``MODEL_NAME``) or that another config of the folder already
+has is refused before anything is written.
+
+It makes configs rather than running a pipeline step, so it takes no run root and writes no result.json.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -31,10 +41,21 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from mlsteps.config import DatasetConfig
+from mlsteps.config import (
+    CANARY_SUFFIX,
+    DEFAULT_CONFIG_PATH,
+    MAX_MODEL_NAME_LENGTH,
+    MODEL_NAME,
+    SERVER_NAME_PREFIX,
+    DatasetConfig,
+    LocalServingConfig,
+    load_pipeline_config,
+    read_config_yaml,
+)
 from mlsteps.data import storage
 from mlsteps.data.snapshots import prepare, read_table, table_format
 from mlsteps.errors import ConfigError, DataError
+from mlsteps.evaluation.tasks import DEFAULT_PRIMARY_METRIC, METRICS
 
 DEFAULT_MAX_CATEGORIES = 50
 DEFAULT_MIN_ROWS = 100
@@ -542,6 +563,280 @@ def render(inferred: InferredConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+MODEL_NAME_RULE = (
+    f"lowercase letters, digits and '-', starting and ending with a letter or digit, at most {MAX_MODEL_NAME_LENGTH} "
+    f"characters (it names the DAGs, the registered model and the Kubernetes objects, the longest of which is "
+    f"{SERVER_NAME_PREFIX}<model>{CANARY_SUFFIX})"
+)
+EXPERIMENT_SUFFIX = "-retraining"
+# A regression model's gate, as in include/config/examples/claims.yaml: no absolute bar (its units are the target's,
+# which the defaults cannot know) and at most this share worse than the champion.
+REGRESSION_MAX_DEGRADATION = 0.02
+_COMMENT_COLUMN = 34  # where a line's comment starts, as in pipeline.yaml
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """A model config to write, checked against the other model configs of its folder.
+
+    Attributes:
+        path: where it is written (a local file).
+        name: ``registry.model_name``.
+        port: ``serving.local.port``, one that no other config of the folder claims.
+        taken_ports: the ports the other configs claim (their own, or inherited through ``extends``).
+        unread: other YAML files of the folder that could not be read, so their name and port are not known.
+    """
+
+    path: Path
+    name: str
+    port: int
+    taken_ports: tuple[int, ...] = ()
+    unread: tuple[str, ...] = ()
+
+
+def _dig(raw: Any, *keys: str) -> Any:
+    """``raw[k1][k2]...``, or None where a level is missing or not a mapping."""
+    for key in keys:
+        if not isinstance(raw, dict):
+            return None
+        raw = raw.get(key)
+    return raw
+
+
+def _claims(path: Path) -> tuple[Any, Any]:
+    """The model name and local serving port a model config claims, its own or through ``extends`` (plain YAML).
+
+    The port may come from the shared defaults (a config that sets none serves on theirs); the name never does, as
+    a model config without its own name is refused by the loader anyway.
+
+    Raises:
+        OSError, yaml.YAMLError: the file cannot be read or parsed.
+    """
+    name = port = None
+    current: Path | None = path
+    seen: set[Path] = set()
+    while current is not None and current.resolve() not in seen:
+        seen.add(current.resolve())
+        raw = yaml.safe_load(current.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            break
+        if name is None and current.resolve() != DEFAULT_CONFIG_PATH:
+            name = _dig(raw, "registry", "model_name")
+        if port is None:
+            port = _dig(raw, "serving", "local", "port")
+        base = raw.get("extends")
+        current = current.parent / base if isinstance(base, str) and not storage.is_s3(base) else None
+    return name, port
+
+
+def _default_port() -> int:
+    """The shared defaults' local serving port (where the search for a free one starts)."""
+    port = _dig(read_config_yaml(str(DEFAULT_CONFIG_PATH)), "serving", "local", "port")
+    return port if isinstance(port, int) else LocalServingConfig.model_fields["port"].default
+
+
+def _suggested_name(name: str) -> str:
+    """A valid model name close to ``name``: ``Payments_Fraud`` -> ``payments-fraud``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:MAX_MODEL_NAME_LENGTH].rstrip("-") or "my-model"
+
+
+def plan_model(model_config: str, model_name: str, output_uri: str, force: bool) -> tuple[ModelPlan | None, list[str]]:
+    """Check where the model config goes and what it claims, before anything is written; choose its port.
+
+    Args:
+        model_config: where to write the model config (a local path).
+        model_name: its ``registry.model_name``.
+        output_uri: where the dataset config is written; the model config names it by a relative path.
+        force: whether an existing model config may be overwritten.
+
+    Returns:
+        The plan, or None, and every problem found (each naming the option or file, the value and the fix).
+    """
+    problems = []
+    if storage.is_s3(model_config):
+        problems.append(
+            f"--model-config {model_config}: must be a local path; the DAG files read model configs from a local "
+            "folder (include/config/models/ or $ML_MODELS_DIR)"
+        )
+    if storage.is_s3(output_uri):
+        problems.append(
+            f"--output-uri {output_uri}: a model config names its dataset config by a path relative to itself, read "
+            "when the DAG files are parsed; write the dataset config to a local path (include/config/datasets/)"
+        )
+    if not MODEL_NAME.match(model_name) or len(model_name) > MAX_MODEL_NAME_LENGTH:
+        problems.append(
+            f"--model-name {model_name!r} is not a valid model name: {MODEL_NAME_RULE}; e.g. "
+            f"{_suggested_name(model_name)!r}"
+        )
+    if problems:
+        return None, problems
+    path = storage.local_path(model_config)
+    if path.exists() and not force:
+        problems.append(f"--model-config {model_config} exists: pass --force to overwrite it, or choose another path")
+    first_port = _default_port()
+    taken: dict[Any, Path] = {}
+    unread = []
+    siblings = sorted(p for p in path.parent.glob("*.yaml") if p.resolve() != path.resolve())
+    for sibling in siblings:
+        try:
+            name, port = _claims(sibling)
+        except (OSError, yaml.YAMLError):
+            unread.append(str(sibling))
+            continue
+        if name == model_name:
+            problems.append(
+                f"--model-name {model_name!r} is already registry.model_name of {sibling}: choose another name (each "
+                "model of a folder has its own), or pass that file as --model-config with --force to replace it"
+            )
+        taken.setdefault(first_port if port is None else port, sibling)
+    port = next((p for p in range(first_port, 65536) if p not in taken), None)
+    if port is None:
+        problems.append(f"{path.parent}: every local serving port from {first_port} up is taken")
+    if problems or port is None:
+        return None, problems
+    ports = tuple(sorted(p for p in taken if isinstance(p, int)))
+    return ModelPlan(path, model_name, port, ports, tuple(unread)), []
+
+
+def _relative(target: Path, plan: ModelPlan) -> str:
+    """``target`` as a path relative to the model config's folder (how ``extends`` and ``dataset`` are read)."""
+    return PurePosixPath(os.path.relpath(target.resolve(), plan.path.parent.resolve())).as_posix()
+
+
+def _commented(line: str, comment: str) -> str:
+    return f"{line:<{_COMMENT_COLUMN - 1}} # {comment}"
+
+
+def _evaluation_lines(task: str, defaults: dict[str, Any]) -> list[str]:
+    """The ``evaluation`` section: the task's primary metric, and for regression a gate in the target's units."""
+    name = DEFAULT_PRIMARY_METRIC[task]
+    chosen = METRICS[task][name]
+    direction = "higher is better" if chosen.higher_is_better else "lower is better"
+    lines = ["evaluation:", _commented(f"  primary_metric: {name}", f"{chosen.description}; {direction}")]
+    if task == "regression":
+        return [
+            *lines,
+            _commented("  threshold: null", "check: no absolute bar; set one in the target's units to have one"),
+            f"  max_degradation: {REGRESSION_MAX_DEGRADATION}",
+            _commented(
+                "  degradation: relative",
+                f"at most {REGRESSION_MAX_DEGRADATION:.0%} worse than the champion's {name}",
+            ),
+        ]
+    threshold = _dig(defaults, "evaluation", "threshold")
+    return [
+        *lines,
+        _commented(
+            f"  # threshold: {_flow(threshold)}",
+            "check: the defaults' bar on the holdout; set what this model must reach",
+        ),
+    ]
+
+
+_MODEL_HEADER = [
+    "# Everything not set here comes from the shared defaults it extends: set only what differs. Review the lines",
+    "# marked 'check' and the commented examples, then commit: the DAG files give the model its own retrain, monitor",
+    "# and deploy DAGs, named after registry.model_name.",
+]
+_RUNTIME_HINT = [
+    _commented("# runtime:", "per model; mode, artifact_root, mlflow_tracking_uri and the cluster's namespace,"),
+    _commented("#", "connection_id, config_map and secrets are deployment-wide and refused here"),
+]
+
+
+def _runtime_hints(inferred: InferredConfig, runtime: dict[str, Any]) -> list[str]:
+    """Commented examples of the per-model runtime fields: the data scheduled runs read, schedules, team labels."""
+    labels = _dig(runtime, "kubernetes", "labels") or {"team": "my-team"}
+    name = inferred.config["name"]
+    return [
+        *_RUNTIME_HINT,
+        f"#   # what scheduled runs read (s3:// on Kubernetes); default $ML_DATASET_URI, else "
+        f"<state>/datasets/{name}.csv",
+        f"#   dataset_uri: {_flow(inferred.source)}",
+        _commented(f'#   retrain_cron: "{runtime.get("retrain_cron")}"', "the defaults' schedules (UTC)"),
+        f'#   monitor_cron: "{runtime.get("monitor_cron")}"',
+        "#   kubernetes:",
+        _commented(f"#     labels: {_flow(labels)}", "pod labels; team also tags the DAGs team:<team>"),
+    ]
+
+
+def render_model_config(plan: ModelPlan, inferred: InferredConfig, dataset_path: Path) -> str:
+    """A model config as commented YAML, in the style of ``include/config/models/tiers.yaml``.
+
+    Args:
+        plan: where it goes, its name and its port.
+        inferred: the dataset config it trains on (the task decides the gate).
+        dataset_path: where that dataset config is written.
+
+    Returns:
+        The YAML text: what the model sets, and commented examples of what it often changes.
+    """
+    defaults = read_config_yaml(str(DEFAULT_CONFIG_PATH))
+    task = inferred.config["target"]["task"]
+    taken = ", ".join(map(str, plan.taken_ports)) or "none"
+    return "\n".join(
+        [
+            f"# A {task} model of the {inferred.config['name']} dataset, written by `python -m mlsteps init-dataset`.",
+            *_MODEL_HEADER,
+            _yaml_line("extends", _relative(DEFAULT_CONFIG_PATH, plan)),
+            _yaml_line("dataset", _relative(dataset_path, plan)),
+            "# training:",
+            _commented("#   model: gbdt", "mlp (the network) | gbdt (XGBoost) | your own trainer as module:Class"),
+            _commented(
+                "#   candidates: [mlp, gbdt]",
+                f"one pod each; the better on the holdout's {DEFAULT_PRIMARY_METRIC[task]} is the challenger",
+            ),
+            *_evaluation_lines(task, defaults),
+            "registry:",
+            _yaml_line("model_name", plan.name, 2),
+            _yaml_line("experiment_name", plan.name + EXPERIMENT_SUFFIX, 2),
+            "serving:",
+            "  local:",
+            _commented(f"    port: {plan.port}", f"free in this folder (taken: {taken})"),
+            *_runtime_hints(inferred, defaults.get("runtime") or {}),
+            "",
+        ]
+    )
+
+
+def write_model_config(plan: ModelPlan, inferred: InferredConfig, dataset_uri: str) -> None:
+    """Write the model config and load it as the steps do, with the dataset config it names.
+
+    Raises:
+        ConfigError: the written config does not load (a fault of this command, not of the input).
+    """
+    storage.write_text(str(plan.path), render_model_config(plan, inferred, storage.local_path(dataset_uri)))
+    try:
+        load_pipeline_config(str(plan.path))
+    except ConfigError as exc:
+        raise ConfigError(f"the model config written to {plan.path} does not load: {exc}") from None
+
+
+def _check_outputs(
+    output_uri: str, model_config: str | None, model_name: str | None, force: bool
+) -> tuple[ModelPlan | None, list[str]]:
+    """Every reason not to write the outputs (existing files, a model name that is invalid or taken), found at once
+    before anything is read or written; and the model config's plan when one is asked for and nothing is wrong."""
+    problems = []
+    # A model config refuses a dataset config on S3 (plan_model says why): no need to ask S3 whether it exists.
+    model_refuses_s3 = model_config is not None and storage.is_s3(output_uri)
+    if not model_refuses_s3 and storage.exists(output_uri) and not force:
+        problems.append(f"--output-uri {output_uri} exists: pass --force to overwrite it, or choose another path")
+    if model_config is None and model_name is None:
+        return None, problems
+    if model_config is None or model_name is None:
+        given, missing = (
+            ("--model-name", "--model-config") if model_config is None else ("--model-config", "--model-name")
+        )
+        problems.append(
+            f"{given} needs {missing}: pass both to write a model config (e.g. --model-config "
+            "include/config/models/payments.yaml --model-name payments-fraud), or neither"
+        )
+        return None, problems
+    plan, model_problems = plan_model(model_config, model_name, output_uri, force)
+    return (None if problems else plan), problems + model_problems
+
+
 def main(
     input_uri: Annotated[
         str, typer.Option("--input-uri", help="CSV or Parquet file to describe (.csv, .parquet, .pq; path or URI)")
@@ -561,12 +856,33 @@ def main(
         int,
         typer.Option("--max-categories", min=2, help="most categories listed per column and classes auto calls"),
     ] = DEFAULT_MAX_CATEGORIES,
-    force: Annotated[bool, typer.Option("--force", help="overwrite --output-uri if it exists")] = False,
+    model_config: Annotated[
+        str | None,
+        typer.Option(
+            "--model-config",
+            help="also write a model config here (local path, e.g. include/config/models/<model>.yaml); "
+            "needs --model-name",
+        ),
+    ] = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option(
+            "--model-name",
+            help="the model config's registry.model_name: lowercase letters, digits and '-' (it names the DAGs)",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="overwrite --output-uri and --model-config if they exist")
+    ] = False,
 ) -> None:
-    r"""Infer a dataset config from a CSV or Parquet file and write it as commented YAML.
+    r"""Infer a dataset config from a CSV or Parquet file and write it as commented YAML; optionally a model config.
 
     Column types, ranges (with a margin), category lists, null shares, the id and timestamp columns and the task
     are inferred from the data; comments mark what to check. The file passes validation with the written config.
+    With --model-config and --model-name, a model config is written too: it extends the shared defaults, names the
+    dataset config, the registered model and its experiment, the task's primary metric and a local serving port no
+    other model config of its folder claims, with commented examples of what is often changed (candidates,
+    schedules, team labels). Everything is checked before anything is written.
 
     Args:
         input_uri: the data file.
@@ -575,20 +891,28 @@ def main(
         name: the dataset name.
         task: the task, or auto to infer it from the target.
         max_categories: most categories listed per categorical column.
-        force: overwrite an existing output.
+        model_config: where to write the model config (local); refused if it exists, unless --force.
+        model_name: the model's registered name; refused if invalid or another config of the folder has it.
+        force: overwrite existing outputs.
 
     Raises:
-        ConfigError: the target is not a column, the task does not fit it, or the output exists.
+        ConfigError: the target is not a column, the task does not fit it, an output exists, or the model name is
+            invalid or taken.
         DataError: the file cannot be read, or the target or features cannot be used.
 
     Examples:
         python -m mlsteps init-dataset --input-uri data/payments.csv --target is_fraud \
             --output-uri include/config/datasets/payments.yaml
 
+        python -m mlsteps init-dataset --input-uri data/payments.csv --target is_fraud \
+            --output-uri include/config/datasets/payments.yaml \
+            --model-config include/config/models/payments.yaml --model-name payments-fraud
+
         python -m mlsteps init-dataset --input-uri s3://ml/in/claims.parquet --target cost --task regression
     """
-    if storage.exists(output_uri) and not force:
-        raise ConfigError(f"--output-uri {output_uri} exists: pass --force to overwrite it, or choose another path")
+    plan, problems = _check_outputs(output_uri, model_config, model_name, force)
+    if problems:
+        raise ConfigError(problems[0] if len(problems) == 1 else "\n- ".join(["nothing written:", *problems]))
     inferred = infer(input_uri, target, name=name, task=task, max_categories=max_categories)
     storage.write_text(output_uri, render(inferred))
     config = inferred.config
@@ -601,3 +925,13 @@ def main(
         "review the lines marked 'check'",
         flush=True,
     )
+    if plan is not None:
+        write_model_config(plan, inferred, output_uri)
+        task = config["target"]["task"]
+        print(
+            f"init-dataset: wrote {plan.path}: model {plan.name!r} ({task}, gate {DEFAULT_PRIMARY_METRIC[task]}, "
+            f"local port {plan.port}); review it and commit both files",
+            flush=True,
+        )
+        for path in plan.unread:
+            print(f"init-dataset: could not read {path} as YAML: its model name and port were not checked", flush=True)
