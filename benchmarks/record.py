@@ -56,7 +56,9 @@ def write_report(benchmark: str, config: dict[str, Any], figures: dict[str, Any]
     return out
 
 
-def parse_times(scripts: dict[str, list[str]], repeats: int, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def parse_times(
+    scripts: dict[str, list[str]], repeats: int, env: dict[str, str] | None = None, bytecode_dir: Path | None = None
+) -> list[dict[str, Any]]:
     """Time of ``python <script args>`` for each labelled script (a DAG file), net of the bare interpreter and of the
     ``airflow.sdk`` import, median of ``repeats`` rounds: wall time, and CPU time (user + system) of the process.
 
@@ -64,19 +66,39 @@ def parse_times(scripts: dict[str, list[str]], repeats: int, env: dict[str, str]
     change of load on a shared machine weighs on all of them alike. On an idle machine both times agree; on a busy
     one the wall time also holds the waits for a core, the CPU time does not. ``env`` replaces the environment of
     every process. The processes run one at a time: this process must have no other child ending meanwhile.
+
+    A script runs after the ``airflow.sdk`` import (``SDK_IMPORT``) in its own process, which also reports the CPU
+    seconds from then to the script's end: ``cpu_seconds_in_process``, the same figure without the difference of two
+    processes' noise on a busy machine, and without the interpreter's exit.
+
+    One untimed round runs first, so that what a running dag-processor has warm is warm: the OS's file cache and
+    compiled bytecode. With ``bytecode_dir``, every process keeps its bytecode there (``PYTHONPYCACHEPREFIX``), also
+    where the environment says ``PYTHONDONTWRITEBYTECODE``; without it, the project's modules would be compiled again
+    at every parse, while Airflow's come compiled with the installed package.
     """
-    commands = {"anchor:bare": ["-c", ""], "anchor:sdk": ["-c", SDK_IMPORT], **scripts}
+    env = dict(os.environ if env is None else env)
+    if bytecode_dir is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(bytecode_dir)
+    commands = {"anchor:bare": ["-c", ""], "anchor:sdk": ["-c", SDK_IMPORT]}
+    commands |= {label: ["-c", _IN_PROCESS, *args] for label, args in scripts.items()}
     wall: dict[str, list[float]] = {label: [] for label in commands}
     cpu: dict[str, list[float]] = {label: [] for label in commands}
-    for _ in range(repeats):
+    in_process: dict[str, list[float]] = {label: [] for label in scripts}
+    for round_index in range(repeats + 1):
         for label, args in commands.items():
             before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-            subprocess.run(
-                [sys.executable, *args], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            done = subprocess.run(
+                [sys.executable, *args], env=env, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
             )
-            wall[label].append(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if round_index == 0:
+                continue  # the warm-up round
+            wall[label].append(elapsed)
             cpu[label].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            if label in in_process:
+                in_process[label].append(float(done.stdout.decode().split(_IN_PROCESS_MARK)[-1].split()[0]))
     wall_s = {label: statistics.median(values) for label, values in wall.items()}
     cpu_s = {label: statistics.median(values) for label, values in cpu.items()}
     return [
@@ -86,7 +108,21 @@ def parse_times(scripts: dict[str, list[str]], repeats: int, env: dict[str, str]
             "seconds_beyond_airflow_sdk": round(wall_s[label] - wall_s["anchor:sdk"], 3),
             "airflow_sdk_import_seconds": round(wall_s["anchor:sdk"] - wall_s["anchor:bare"], 3),
             "cpu_seconds_beyond_airflow_sdk": round(cpu_s[label] - cpu_s["anchor:sdk"], 3),
+            "cpu_seconds_in_process": round(statistics.median(in_process[label]), 3),
             "airflow_sdk_import_cpu_seconds": round(cpu_s["anchor:sdk"] - cpu_s["anchor:bare"], 3),
         }
         for label in scripts
     ]
+
+
+# How a timed script runs: after the airflow.sdk import, as __main__; then it prints its CPU seconds since the import.
+_IN_PROCESS_MARK = "cpu_seconds_in_process="
+_IN_PROCESS = f"""\
+import os, runpy, sys, time
+{SDK_IMPORT}
+started = time.process_time()
+sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))  # as `python <script>` has it
+runpy.run_path(sys.argv[0], run_name="__main__")
+print("\\n{_IN_PROCESS_MARK}%.6f" % (time.process_time() - started), flush=True)
+"""

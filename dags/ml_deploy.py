@@ -24,7 +24,8 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Param, TriggerRule, chain, dag, task
+from airflow.providers.standard.operators.python import BranchPythonOperator
+from airflow.sdk import Param, TriggerRule, chain, dag
 
 from mlsteps.deploy import STRATEGIES
 from orchestration.assets import model_assets
@@ -32,11 +33,50 @@ from orchestration.contracts import APPROVAL_TASK, DEPLOY_TASK
 from orchestration.deploy import MODEL_PARAM_PATTERN, deploy_args, format_summary, summarize
 from orchestration.failures import summary_task
 from orchestration.models import dag_id, dag_tags, models_to_build
-from orchestration.pod_task import dag_default_args, pod_task
+from orchestration.pod_task import attach_params, dag_default_args, pod_task, python_task
 from orchestration.settings import Settings
 from orchestration.templates import TEMPLATE_MACROS
 
 APPROVAL_WAIT = timedelta(hours=24)
+START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
+
+
+def ask_approval(params: dict | None = None) -> str:
+    """``approval`` when the run requires it, else ``deploy``."""
+    from orchestration.deploy import approval_branch
+
+    return approval_branch(params["require_approval"])
+
+
+def run_params(settings: Settings) -> dict[str, Param]:
+    """The run params of one model's deploy DAG: its trigger form."""
+    model_name = settings.pipeline.registry.model_name
+    return {
+        "model": Param(
+            "champion",
+            type="string",
+            pattern=MODEL_PARAM_PATTERN,
+            description=f"What to serve: 'champion' (the alias) or a version number of {model_name}.",
+        ),
+        "strategy": Param(
+            "rolling",
+            type="string",
+            enum=list(STRATEGIES),
+            description="rolling: replace every server; canary: a share of traffic first (Kubernetes only).",
+        ),
+        "canary_share": Param(
+            settings.pipeline.serving.canary.share,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1,
+            description="Share of requests the canary gets while it is observed (strategy canary).",
+        ),
+        "require_approval": Param(
+            False,
+            type="boolean",
+            description="Wait for a person to approve the deploy in the UI before rolling out.",
+        ),
+    }
 
 
 def build(settings: Settings) -> None:
@@ -48,51 +88,19 @@ def build(settings: Settings) -> None:
     @dag(
         dag_id=deploy_dag_id,
         schedule=[assets.promoted],
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        start_date=START_DATE,
         catchup=False,
         max_active_runs=1,  # one rollout at a time: two would race for the same server
         doc_md=__doc__,
         tags=dag_tags(settings, "deploy"),
-        default_args=dag_default_args(light_task_minutes=10, max_retry_minutes=10),
+        default_args=dag_default_args(settings, light_task_minutes=10, max_retry_minutes=10),
         user_defined_macros=TEMPLATE_MACROS,
-        params={
-            "model": Param(
-                "champion",
-                type="string",
-                pattern=MODEL_PARAM_PATTERN,
-                description=f"What to serve: 'champion' (the alias) or a version number of {model_name}.",
-            ),
-            "strategy": Param(
-                "rolling",
-                type="string",
-                enum=list(STRATEGIES),
-                description="rolling: replace every server; canary: a share of traffic first (Kubernetes only).",
-            ),
-            "canary_share": Param(
-                settings.pipeline.serving.canary.share,
-                type="number",
-                exclusiveMinimum=0,
-                maximum=1,
-                description="Share of requests the canary gets while it is observed (strategy canary).",
-            ),
-            "require_approval": Param(
-                False,
-                type="boolean",
-                description="Wait for a person to approve the deploy in the UI before rolling out.",
-            ),
-        },
     )
     def ml_deploy() -> None:
         """Wire the deploy; see the module docstring."""
 
         # --- approval (optional) ---
-        @task.branch(task_id="approval_gate")
-        def approval_gate(params: dict | None = None) -> str:
-            """``approval`` when the run requires it, else ``deploy``."""
-            from orchestration.deploy import approval_branch
-
-            return approval_branch(params["require_approval"])
-
+        approval_gate = python_task(ask_approval, task_id="approval_gate", operator=BranchPythonOperator)
         approval = ApprovalOperator(
             task_id=APPROVAL_TASK,
             subject=f"Deploy {model_name} {{{{ params.model }}}} ({{{{ params.strategy }}}})?",
@@ -112,10 +120,10 @@ def build(settings: Settings) -> None:
         # --- the run's outcome, whatever happened ---
         summary = summary_task(deploy_dag_id, summarize, format_summary)
 
-        chain(approval_gate(), [approval, deploy])
+        chain(approval_gate, [approval, deploy])
         chain(approval, deploy, summary)
 
-    ml_deploy()
+    attach_params(ml_deploy(), run_params(settings))  # after the tasks: see attach_params
 
 
 for _settings in models_to_build("deploy"):

@@ -28,16 +28,36 @@ labels (duplicates, conflicts, wrong types, unknown ids) is reported as such and
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, Param, chain, dag, task
+from airflow.providers.standard.operators.python import BranchPythonOperator
+from airflow.sdk import CronTriggerTimetable, Param, chain, dag
 
 from orchestration.assets import model_assets
 from orchestration.contracts import ALERT_TASK, QUIET_TASK
 from orchestration.failures import summary_task
 from orchestration.models import dag_id, dag_tags, models_to_build
 from orchestration.monitor import format_summary, summarize
-from orchestration.pod_task import dag_default_args, pod_task
+from orchestration.pod_task import attach_params, dag_default_args, pod_task, python_task
 from orchestration.settings import Settings
 from orchestration.templates import TEMPLATE_MACROS
+
+START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
+
+
+def stay_quiet() -> None:
+    """No retraining this time; ``decide`` logged why."""
+
+
+def run_params() -> dict[str, Param]:
+    """The run params of a monitor DAG: its trigger form."""
+    return {
+        "window_end": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            title="Window end",
+            description="End of the window to check (UTC); empty: this run's time, so the hour before it.",
+        ),
+    }
 
 
 def build(settings: Settings) -> None:
@@ -54,30 +74,20 @@ def build(settings: Settings) -> None:
     @dag(
         dag_id=monitor_dag_id,
         schedule=CronTriggerTimetable(settings.runtime.monitor_cron, timezone="UTC"),
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
         doc_md=__doc__,
         tags=dag_tags(settings, "monitor"),
-        default_args=dag_default_args(light_task_minutes=5, max_retry_minutes=10),
+        default_args=dag_default_args(settings, light_task_minutes=5, max_retry_minutes=10),
         user_defined_macros=TEMPLATE_MACROS,
-        params={
-            "window_end": Param(
-                None,
-                type=["null", "string"],
-                format="date-time",
-                title="Window end",
-                description="End of the window to check (UTC); empty: this run's time, so the hour before it.",
-            ),
-        },
     )
     def ml_model_monitor() -> None:
         """Wire the monitor's checks and decision; see the module docstring."""
         drift = pod_task("drift", settings=settings, args=window_args)
         performance = pod_task("performance", settings=settings, args=window_args)
 
-        @task.branch(task_id="decide")
-        def decide(run_id: str | None = None) -> str:
+        def judge(run_id: str | None = None) -> str:
             """Apply each signal's hysteresis and the cooldown to the checks' results; ``alert`` or ``quiet``."""
             from orchestration.monitor import record_decision
 
@@ -91,8 +101,9 @@ def build(settings: Settings) -> None:
             print(f"{decision.action}: {decision.reason}\nreport: {decision.report_html_uri}")
             return ALERT_TASK if decision.alert else QUIET_TASK
 
-        @task(task_id=ALERT_TASK, outlets=[assets.alert])
-        def alert(run_id: str | None = None, *, outlet_events=None) -> dict:
+        decide = python_task(judge, task_id="decide", operator=BranchPythonOperator)
+
+        def emit_alert(run_id: str | None = None, *, outlet_events=None) -> dict:
             """Emit ``monitor_alert`` with the signal, its figures and the reports, which starts ``ml_retrain``."""
             from orchestration.contracts import monitor_alert_extra
             from orchestration.monitor import read_decision
@@ -103,16 +114,16 @@ def build(settings: Settings) -> None:
             print(f"monitor_alert: {extra}")
             return extra
 
-        @task(task_id=QUIET_TASK)
-        def quiet() -> None:
-            """No retraining this time; ``decide`` logged why."""
+        # multiple_outputs: each key of the payload is also an XCom of its own, as @task makes it for a dict
+        alert = python_task(emit_alert, task_id=ALERT_TASK, outlets=[assets.alert], multiple_outputs=True)
+        quiet = python_task(stay_quiet, task_id=QUIET_TASK)
 
         # --- the run's outcome, whatever happened ---
         summary = summary_task(monitor_dag_id, summarize, format_summary)
 
-        chain([drift, performance], decide(), [alert(), quiet()], summary)
+        chain([drift, performance], decide, [alert, quiet], summary)
 
-    ml_model_monitor()
+    attach_params(ml_model_monitor(), run_params())  # after the tasks: see attach_params
 
 
 for _settings in models_to_build("monitor"):

@@ -28,25 +28,98 @@ and `summary.json` names the failed task and its message. A run stopped by `data
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, chain, dag, task
+from airflow.providers.standard.operators.python import BranchPythonOperator, ShortCircuitOperator
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, chain, dag
 
 from mlsteps.evaluation.tasks import METRICS
 from orchestration.assets import model_assets
 from orchestration.contracts import CANDIDATES_TASK, DATA_CHECK_TASK, PROMOTE_TASK, REJECT_TASK
 from orchestration.failures import summary_task
 from orchestration.models import dag_id, dag_tags, models_to_build
-from orchestration.pod_task import dag_default_args, pod_task
+from orchestration.pod_task import attach_params, dag_default_args, pod_task, python_task
 from orchestration.retrain import TRIGGER_TAG_ARGS, RetrainTriggers, format_summary, model_families, summarize
 from orchestration.settings import Settings
 from orchestration.templates import TEMPLATE_MACROS
+
+START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
+
+
+def candidate_arguments(params: dict | None = None) -> list[list[str]]:
+    """One ``--model`` argument per candidate family: each becomes a mapped ``train`` task."""
+    return [["--model", family] for family in params["candidates"]]
+
+
+def keep_champion() -> None:
+    """The challenger stays registered as ``challenger``; the champion is unchanged."""
+
+
+def run_params(settings: Settings) -> dict[str, Param]:
+    """The run params of one model's retrain DAG: its trigger form, with the model's config as defaults."""
+    training, evaluation = settings.pipeline.training, settings.pipeline.evaluation
+    target_task = settings.pipeline.dataset.target.task
+    return {
+        "dataset_uri": Param(
+            settings.dataset_uri,
+            type="string",
+            minLength=1,
+            pattern=r"^(s3://|file://|/).+\.(csv|parquet|pq)$",
+            description="CSV or Parquet file to train on: an absolute path, file:// or s3:// URI.",
+        ),
+        "candidates": Param(
+            training.candidate_families,
+            type="array",
+            minItems=1,
+            uniqueItems=True,
+            items={"type": "string", "enum": model_families(training)},
+            description="Model families to train, one pod each: mlp (the network), gbdt (XGBoost) or the "
+            "configured own trainer. The best on the holdout's primary metric becomes the challenger.",
+        ),
+        "epochs": Param(
+            training.epochs, type="integer", minimum=1, maximum=1000, description="mlp: maximum training epochs."
+        ),
+        "learning_rate": Param(
+            training.learning_rate,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1,
+            description="mlp: AdamW learning rate.",
+        ),
+        "primary_metric": Param(
+            settings.pipeline.primary_metric,
+            type="string",
+            enum=sorted(METRICS[target_task]),
+            description=f"The gate's holdout metric ({target_task} task).",
+        ),
+        "threshold": Param(
+            evaluation.threshold,
+            type=["number", "null"],
+            description="The challenger's primary metric must reach this (at most this when lower is better); "
+            "empty: no absolute bar.",
+        ),
+        "max_degradation": Param(
+            evaluation.max_degradation,
+            type="number",
+            minimum=0,
+            description="Largest worsening of the primary metric versus the champion that still promotes.",
+        ),
+        "degradation": Param(
+            evaluation.degradation,
+            type="string",
+            enum=["absolute", "relative"],
+            description="max_degradation in the metric's units (absolute) or as a share of the champion's value.",
+        ),
+        "force_promotion": Param(
+            False,
+            type="boolean",
+            description="Promote even if the gate fails (recorded on the model version). Use with care.",
+        ),
+    }
 
 
 def build(settings: Settings) -> None:
     """The retrain DAG of one model."""
     retrain_dag_id = dag_id(settings.pipeline.registry.model_name, "retrain")
     assets = model_assets(settings)
-    training, evaluation = settings.pipeline.training, settings.pipeline.evaluation
-    target_task = settings.pipeline.dataset.target.task
 
     @dag(
         dag_id=retrain_dag_id,
@@ -54,70 +127,13 @@ def build(settings: Settings) -> None:
             timetable=CronTriggerTimetable(settings.runtime.retrain_cron, timezone="UTC"),
             assets=assets.alert | assets.training_data,
         ),
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
         doc_md=__doc__,
         tags=dag_tags(settings, "retrain"),
-        default_args=dag_default_args(light_task_minutes=10, max_retry_minutes=15),
+        default_args=dag_default_args(settings, light_task_minutes=10, max_retry_minutes=15),
         user_defined_macros={**TEMPLATE_MACROS, **RetrainTriggers(assets, settings.dataset_uri).macros()},
-        params={
-            "dataset_uri": Param(
-                settings.dataset_uri,
-                type="string",
-                minLength=1,
-                pattern=r"^(s3://|file://|/).+\.(csv|parquet|pq)$",
-                description="CSV or Parquet file to train on: an absolute path, file:// or s3:// URI.",
-            ),
-            "candidates": Param(
-                training.candidate_families,
-                type="array",
-                minItems=1,
-                uniqueItems=True,
-                items={"type": "string", "enum": model_families(training)},
-                description="Model families to train, one pod each: mlp (the network), gbdt (XGBoost) or the "
-                "configured own trainer. The best on the holdout's primary metric becomes the challenger.",
-            ),
-            "epochs": Param(
-                training.epochs, type="integer", minimum=1, maximum=1000, description="mlp: maximum training epochs."
-            ),
-            "learning_rate": Param(
-                training.learning_rate,
-                type="number",
-                exclusiveMinimum=0,
-                maximum=1,
-                description="mlp: AdamW learning rate.",
-            ),
-            "primary_metric": Param(
-                settings.pipeline.primary_metric,
-                type="string",
-                enum=sorted(METRICS[target_task]),
-                description=f"The gate's holdout metric ({target_task} task).",
-            ),
-            "threshold": Param(
-                evaluation.threshold,
-                type=["number", "null"],
-                description="The challenger's primary metric must reach this (at most this when lower is better); "
-                "empty: no absolute bar.",
-            ),
-            "max_degradation": Param(
-                evaluation.max_degradation,
-                type="number",
-                minimum=0,
-                description="Largest worsening of the primary metric versus the champion that still promotes.",
-            ),
-            "degradation": Param(
-                evaluation.degradation,
-                type="string",
-                enum=["absolute", "relative"],
-                description="max_degradation in the metric's units (absolute) or as a share of the champion's value.",
-            ),
-            "force_promotion": Param(
-                False,
-                type="boolean",
-                description="Promote even if the gate fails (recorded on the model version). Use with care.",
-            ),
-        },
     )
     def ml_retrain() -> None:
         """Wire the retraining loop; see the module docstring."""
@@ -128,8 +144,7 @@ def build(settings: Settings) -> None:
             args=["--input-uri", "{{ params.dataset_uri }}", "--snapshot-store", settings.snapshot_store],
         )
 
-        @task.short_circuit(task_id=DATA_CHECK_TASK, ignore_downstream_trigger_rules=False)
-        def data_check(
+        def check_data(
             run_id: str | None = None, dag_run=None, triggering_asset_events=None, params: dict | None = None
         ) -> bool:
             """Go on unless the data is not new (see ``orchestration.retrain.data_check``); the reason is logged."""
@@ -145,17 +160,15 @@ def build(settings: Settings) -> None:
             print(f"stopping: {stop}" if stop else "the data is new for this model: training")
             return stop is None
 
+        data_check = python_task(
+            check_data, task_id=DATA_CHECK_TASK, operator=ShortCircuitOperator, ignore_downstream_trigger_rules=False
+        )
         validate = pod_task("validate", settings=settings)
 
         # --- training: one pod per candidate family (dynamic task mapping) ---
         preprocess = pod_task("preprocess", settings=settings)
 
-        @task(task_id=CANDIDATES_TASK)
-        def candidate_arguments(params: dict | None = None) -> list[list[str]]:
-            """One ``--model`` argument per candidate family: each becomes a mapped ``train`` task."""
-            return [["--model", family] for family in params["candidates"]]
-
-        candidates = candidate_arguments()
+        candidates = python_task(candidate_arguments, task_id=CANDIDATES_TASK)
         train = pod_task(
             "train",
             settings=settings,
@@ -168,7 +181,7 @@ def build(settings: Settings) -> None:
                 "airflow_run_id={{ run_id }}",
                 *TRIGGER_TAG_ARGS,
             ],
-            expand_over=candidates,
+            expand_over=candidates.output,
         )
 
         # --- evaluation and promotion ---
@@ -190,13 +203,13 @@ def build(settings: Settings) -> None:
         )
         register = pod_task("register", settings=settings)
 
-        @task.branch(task_id="gate")
-        def gate(run_id: str | None = None, params: dict | None = None) -> str:
+        def follow_gate(run_id: str | None = None, params: dict | None = None) -> str:
             """Follow the gate decision of ``evaluate``: ``promote`` or ``reject``."""
             from orchestration.retrain import promotion_branch
 
             return promotion_branch(settings.run_root(retrain_dag_id, run_id), force=params["force_promotion"])
 
+        gate = python_task(follow_gate, task_id="gate", operator=BranchPythonOperator)
         promote = pod_task(
             "promote",
             settings=settings,
@@ -205,28 +218,26 @@ def build(settings: Settings) -> None:
             outlets=[assets.promoted],
         )
 
-        @task(task_id=REJECT_TASK)
-        def reject() -> None:
-            """The challenger stays registered as ``challenger``; the champion is unchanged."""
+        reject = python_task(keep_champion, task_id=REJECT_TASK)
 
         # --- the run's outcome, whatever happened ---
         summary = summary_task(retrain_dag_id, summarize, format_summary)
 
         chain(
             snapshot,
-            data_check(),
+            data_check,
             validate,
             preprocess,
             candidates,
             train,
             evaluate,
             register,
-            gate(),
-            [promote, reject()],
+            gate,
+            [promote, reject],
             summary,
         )
 
-    ml_retrain()
+    attach_params(ml_retrain(), run_params(settings))  # after the tasks: see attach_params
 
 
 for _settings in models_to_build("retrain"):

@@ -5,25 +5,24 @@ long-polls that queue in the triggerer and updates ``training_data`` only for a 
 ml_retrain runs on new data. Producers may also update the asset from an upstream DAG's outlet or
 ``POST /api/v2/assets/events``.
 
-The trigger is ours, not the amazon provider's ``SqsSensorTrigger`` (what ``MessageQueueTrigger(scheme="sqs")`` runs),
-for two reasons: it needs aiobotocore, and no aiobotocore release accepts the botocore the steps pin (1.44.x;
-aiobotocore 3.10 stops below 1.43.118); and its jsonpath filter raises on a message body that is not JSON, failing
-the watcher each time that message is received again. Our event payload has the provider's shape
-(``{"status": "success", "message_batch": [<SQS message>, ...]}``), so ``new_data_event`` reads either trigger's
-events. Switch to the provider's trigger once aiobotocore accepts the pinned botocore and its filter skips non-JSON.
+The trigger (``orchestration.s3_notifications``, imported only where a queue is set) is ours, not the amazon provider's
+``SqsSensorTrigger`` (what ``MessageQueueTrigger(scheme="sqs")`` runs), for two reasons: it needs aiobotocore, and no
+aiobotocore release accepts the botocore the steps pin (1.44.x; aiobotocore 3.10 stops below 1.43.118); and its jsonpath
+filter raises on a message body that is not JSON, failing the watcher each time that message is received again. Our
+event payload has the provider's shape (``{"status": "success", "message_batch": [<SQS message>, ...]}``), so
+``new_data_event`` reads either trigger's events. Switch to the provider's trigger once aiobotocore accepts the pinned
+botocore and its filter skips non-JSON.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from airflow.sdk import Asset, AssetWatcher
-from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from mlsteps.data.storage import is_s3, local_path
 from mlsteps.errors import ConfigError
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
 
 ASSET_NAME = "training_data"  # the asset of new training data
 WATCHER_NAME = "training_data_s3_notifications"
-_RECEIVE_MAX = 10  # the most messages one SQS receive returns
 _EXCERPT = 200  # characters of an unexpected message quoted in a reason
 
 
@@ -160,76 +158,6 @@ def _body(message: object) -> str:
     return body if isinstance(body, str) else json.dumps(message, default=str)
 
 
-class S3NotificationTrigger(BaseEventTrigger):
-    """Long-polls the SQS queue of the dataset bucket's S3 notifications; fires for new versions of the dataset.
-
-    Every received message is deleted, the ignored ones too (each logged with its reason), so a test event or a
-    stray message is not received again and again. Each event carries the batch's messages about the dataset.
-    """
-
-    def __init__(
-        self,
-        *,
-        queue_url: str,
-        dataset_uri: str,
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
-        wait_time_seconds: int = 20,
-        poll_seconds: int = 60,
-    ) -> None:
-        super().__init__()
-        self.queue_url = queue_url
-        self.dataset_uri = dataset_uri
-        self.aws_conn_id = aws_conn_id
-        self.region_name = region_name
-        self.wait_time_seconds = wait_time_seconds
-        self.poll_seconds = poll_seconds
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Class path and arguments: the triggerer rebuilds the trigger from them."""
-        return f"{type(self).__module__}.{type(self).__qualname__}", {
-            "queue_url": self.queue_url,
-            "dataset_uri": self.dataset_uri,
-            "aws_conn_id": self.aws_conn_id,
-            "region_name": self.region_name,
-            "wait_time_seconds": self.wait_time_seconds,
-            "poll_seconds": self.poll_seconds,
-        }
-
-    def _client(self) -> Any:
-        """A boto3 SQS client from the Airflow connection (credentials, region, ``endpoint_url`` in its extra)."""
-        from airflow.providers.amazon.aws.hooks.sqs import SqsHook  # boto3: not at DAG parse time
-
-        return SqsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn
-
-    def _is_new_data(self, message: dict[str, Any]) -> bool:
-        event, reason = classify_message(message["Body"], self.dataset_uri)
-        self.log.info("SQS message %s: %s", message["MessageId"], reason)
-        return event is not None
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Receive, keep the dataset's messages, delete all; yield one event per batch that has new data."""
-        client = await asyncio.to_thread(self._client)  # the connection lookup and boto3 block: not on the loop
-        while True:
-            response = await asyncio.to_thread(
-                client.receive_message,
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=_RECEIVE_MAX,
-                WaitTimeSeconds=self.wait_time_seconds,
-            )
-            messages = response.get("Messages", [])
-            if not messages:
-                await asyncio.sleep(self.poll_seconds)
-                continue
-            kept = [message for message in messages if self._is_new_data(message)]
-            entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
-            deleted = await asyncio.to_thread(client.delete_message_batch, QueueUrl=self.queue_url, Entries=entries)
-            if deleted.get("Failed"):
-                self.log.warning("could not delete SQS messages, they will be received again: %s", deleted["Failed"])
-            if kept:
-                yield TriggerEvent({"status": "success", "message_batch": kept})
-
-
 def training_data_asset(settings: Settings) -> Asset:
     """The ``<dataset>.training_data`` asset: the dataset URI, watched through SQS when ``runtime.new_data.queue_url``
     is set.
@@ -254,6 +182,8 @@ def training_data_asset(settings: Settings) -> Asset:
             "notification can announce a new version: point runtime.dataset_uri (or ML_DATASET_URI) at an s3:// "
             "object, or unset runtime.new_data.queue_url"
         )
+    from orchestration.s3_notifications import S3NotificationTrigger  # the triggers module: only with a queue
+
     trigger = S3NotificationTrigger(
         queue_url=new_data.queue_url,
         dataset_uri=dataset_uri,

@@ -30,11 +30,11 @@ from orchestration.new_data import (
     ASSET_NAME,
     WATCHER_NAME,
     NewDataEvent,
-    S3NotificationTrigger,
     classify_message,
     new_data_event,
     training_data_asset,
 )
+from orchestration.s3_notifications import S3NotificationTrigger
 from orchestration.settings import NewDataSettings, RuntimeSettings, Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -243,7 +243,7 @@ def test_training_data_has_a_watcher_only_with_a_queue(tmp_path: Path) -> None:
     assert watcher.name == WATCHER_NAME
     assert isinstance(watcher.trigger, BaseEventTrigger)  # what AssetWatcher requires
     assert watcher.trigger.serialize() == (
-        "orchestration.new_data.S3NotificationTrigger",
+        "orchestration.s3_notifications.S3NotificationTrigger",
         {
             "queue_url": queue_url,
             "dataset_uri": "s3://ml-datasets/churn/churn.csv",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import threading
@@ -21,7 +23,8 @@ from orchestration.contracts import PROMOTE_TASK, REJECT_TASK
 from orchestration.embedded import SETTINGS_FILE, settings_files
 from orchestration.failures import close_run
 from orchestration.local_step import LocalStepOperator
-from orchestration.pod_task import pod_task
+from orchestration.models import PURPOSES
+from orchestration.pod_task import attach_params, pod_task
 from orchestration.retrain import format_summary, promotion_branch, summarize
 from orchestration.settings import load_settings, parse_quantity
 from orchestration.templates import RUN_ROOT_TEMPLATE
@@ -153,6 +156,50 @@ def test_a_mapped_step_appends_each_instances_arguments_on_both_runtimes(monkeyp
         else:
             pod = gbdt.build_pod_request_obj(None, dry_run=True)
             assert pod.spec.containers[0].args[-4:] == ["--epochs", "3", "--model", "gbdt"]
+
+
+def test_a_models_priority_weight_offset_raises_every_task_of_its_dags(tmp_path: Path) -> None:
+    # Two models alike but for the offset, parsed in a fresh process as the dag-processor parses the DAG files.
+    config = CONFIG.parent
+    for name, port, runtime in (("plain", 9201, "{}"), ("urgent", 9202, "{priority_weight_offset: 5}")):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"extends: {config / 'pipeline.yaml'}\ndataset: {config / 'datasets' / 'churn.yaml'}\n"
+            f"registry: {{model_name: {name}}}\nserving: {{local: {{port: {port}}}}}\nruntime: {runtime}\n"
+        )
+    probe = (
+        "import sys, json; from airflow.dag_processing.dagbag import DagBag; bag = DagBag(sys.argv[1]); "
+        "print(json.dumps({dag_id: {task.task_id: task.priority_weight for task in dag.tasks} "
+        "for dag_id, dag in bag.dags.items()}))"
+    )
+    dags = Path(__file__).resolve().parents[2] / "dags"
+    env = {**os.environ, "ML_MODELS_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", probe, str(dags)], capture_output=True, text=True, env=env)
+    weights = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert sorted(weights) == sorted(f"{name}.{purpose}" for name in ("plain", "urgent") for purpose in PURPOSES)
+    for purpose in PURPOSES:
+        plain, urgent = weights[f"plain.{purpose}"], weights[f"urgent.{purpose}"]
+        assert urgent == {task_id: weight + 5 for task_id, weight in plain.items()}, purpose
+    # The base is each step's own priority_weight (train's is 10 in pipeline.yaml), else Airflow's default of 1.
+    assert (weights["plain.retrain"]["train"], weights["plain.retrain"]["gate"]) == (10, 1)
+    assert load_settings().runtime.priority_weight_offset == 0, "no offset unless a model config sets one"
+
+
+def test_run_params_are_validated_when_attached_after_the_tasks() -> None:
+    import pendulum
+    from airflow.sdk import DAG, Param
+    from airflow.sdk.definitions.param import process_params
+
+    with DAG("probe", schedule="@daily", start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+        task = _operator("pass")
+    attach_params(dag, {"epochs": Param(3, type="integer", minimum=1)})
+    assert dag.params.validate() == {"epochs": 3}
+    # A task holds no copy of the DAG's params: what a run of it sees is the DAG's, with the run's conf on top.
+    assert not task.params
+    assert process_params(dag, task, None, suppress_exception=False) == {"epochs": 3}
+    assert process_params(dag, task, {"epochs": 7}, suppress_exception=False) == {"epochs": 7}
+    with pytest.raises(ValueError, match="not allowed to define a Schedule"):
+        attach_params(dag, {"epochs": Param(0, type="integer", minimum=1)})
 
 
 def _operator(code: str) -> LocalStepOperator:
