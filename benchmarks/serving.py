@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http
 import json
 import math
@@ -52,7 +53,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from record import write_report
@@ -133,6 +134,10 @@ class LoadResult:
         self.errors[reason] += 1
         self.error_samples.setdefault(reason, sample[:300])
 
+    def answered(self, sent: float, latency: float) -> None:
+        """Record a good answer to a request sent at ``sent`` (perf_counter seconds)."""
+        self.latencies.append(latency)
+
     @property
     def requests(self) -> int:
         """Requests answered correctly."""
@@ -186,8 +191,17 @@ def check_answer(target: Target, status: int, body: bytes) -> str | None:
     return None if rows == target.rows else f"{rows} predictions for {target.rows} rows"
 
 
-async def _connection(target: Target, first: int, measure_from: float, stop_at: float, result: LoadResult) -> float:
-    """One keep-alive connection in a closed loop until ``stop_at``; returns when its last answer came."""
+class Answers(Protocol):
+    """Where a connection reports: a good answer (send time, latency) or a failure (reason, the answer)."""
+
+    def answered(self, sent: float, latency: float) -> None: ...
+
+    def fail(self, reason: str, sample: str = "") -> None: ...
+
+
+async def keep_sending(target: Target, first: int, measure_from: float, stop_at: float, result: Answers) -> float:
+    """One keep-alive connection in a closed loop until ``stop_at``, starting at request ``first`` of the target's;
+    what is sent from ``measure_from`` on is reported to ``result``. Returns when its last answer came."""
     requests = target.requests()
     sent_count = first
     writer: asyncio.StreamWriter | None = None
@@ -213,7 +227,7 @@ async def _connection(target: Target, first: int, measure_from: float, stop_at: 
             if problem:
                 result.fail(problem, body.decode(errors="replace"))
             else:
-                result.latencies.append(last - sent)
+                result.answered(sent, last - sent)
         if not keep_alive:
             writer.close()
             writer = None
@@ -232,7 +246,7 @@ async def generate_load(target: Target, concurrency: int, duration: float, warmu
     measure_from = time.perf_counter() + warmup
     stop_at = measure_from + duration
     ends = await asyncio.gather(
-        *(_connection(target, index, measure_from, stop_at, result) for index in range(concurrency))
+        *(keep_sending(target, index, measure_from, stop_at, result) for index in range(concurrency))
     )
     result.seconds = max(ends) - measure_from
     return result
@@ -417,13 +431,19 @@ def server_process(
             time.sleep(0.25)
         yield process
     finally:
-        if process.poll() is None:
+        stop_process_group(process)
+
+
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server started in its own session, workers included: SIGTERM, then SIGKILL after 20 s."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def wait_for_workers(log: Path, workers: int, timeout: float = 10.0) -> None:

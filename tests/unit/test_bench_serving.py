@@ -4,9 +4,7 @@ HTTP reader handles what servers send, and its request bodies carry the rows in 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from itertools import count
@@ -14,22 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from benchmark_modules import load_benchmark
 
 from mlsteps.data.datasets import generate_churn
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load_benchmark() -> Any:
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports its sibling `record`
-    spec = importlib.util.spec_from_file_location("bench_serving", BENCHMARKS / "serving.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmark()
+bench = load_benchmark("serving")
 
 
 class Answers:
