@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo stop-server loop airflow test test-images lint fmt render bench bench-parse bench-drift bench-quality bench-serving bench-estimation gpu-check clean constraints
+.PHONY: demo stop-server loop airflow test test-images lint fmt render bench bench-parse bench-drift bench-quality bench-serving bench-estimation bench-models-page bench-serving-layouts gpu-check clean constraints
 
 # The local runtime: the steps, training (torch's and XGBoost's CPU builds) and the model server in one environment.
 $(INSTALLED): requirements.txt requirements/steps.txt requirements/train.txt requirements/train-cpu.txt \
@@ -64,6 +64,12 @@ bench-quality: $(INSTALLED)  ## every family's holdout metric and fit time vs sc
 
 bench-serving: $(INSTALLED)  ## model server vs mlflow models serve: req/s, p50/p99 at batch 1/64, 1/2 workers (~5 min)
 	$(BIN)/python benchmarks/serving.py $(ARGS)
+
+bench-serving-layouts: $(INSTALLED)  ## one server process per model vs one for all, 2 and 5 models: memory, start, req/s, p99, reloads, crashes (~6 min)
+	$(BIN)/python benchmarks/serving_layouts.py $(ARGS)
+
+bench-models-page: $(INSTALLED)  ## the models page's reads vs reading the registry and every report, 100 versions, 1,000 monitor runs
+	$(BIN)/python benchmarks/models_page.py $(ARGS)
 
 # No .venv needed, nor installed: a GPU node with only Python, torch, numpy, pandas and scikit-learn runs it with
 # python3 (benchmarks/gpu_check.py imports nothing else); PYTHON_GPU_CHECK=/path/to/python picks the interpreter.

@@ -9,7 +9,6 @@ scikit-learn. About two minutes on 2 cores, most of it the main job's two passes
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from benchmark_modules import load_benchmark
 
 from mlsteps.config import load_pipeline_config
 from mlsteps.data.datasets import generate_churn
@@ -43,6 +43,7 @@ SMOKE_ARGS = {
     "performance_estimation": ["--smoke", *([] if NANNYML_PYTHON.exists() else ["--no-nannyml"])],
     "serving": ["--smoke"],
     "model_quality": ["--smoke"],
+    "models_page": ["--smoke"],
     "gpu_check": ["--rows", "20000", "--epochs", "2", "--rehearse"],
 }
 # Every import finder is wrapped so that it does not see these packages: they look absent, as on a GPU node, also to
@@ -66,16 +67,7 @@ sys.meta_path[:] = [_NotOnGpuNode(finder) for finder in sys.meta_path]
 """
 
 
-def _load_benchmark(name: str) -> Any:
-    sys.path.insert(0, str(BENCHMARKS))  # the scripts import their sibling `record`
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = _load_benchmark("gpu_check")
+gpu_check = load_benchmark("gpu_check")
 
 
 @dataclass
