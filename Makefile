@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo stop-server loop airflow test test-images lint fmt render bench bench-parse bench-drift bench-quality bench-serving bench-estimation bench-models-page bench-serving-layouts gpu-check clean constraints
+.PHONY: demo stop-server loop airflow airflow-stop test test-images lint fmt render bench bench-parse bench-drift bench-quality bench-serving bench-estimation bench-models-page bench-serving-layouts gpu-check clean constraints
 
 # The local runtime: the steps, training (torch's and XGBoost's CPU builds) and the model server in one environment.
 $(INSTALLED): requirements.txt requirements/steps.txt requirements/train.txt requirements/train-cpu.txt \
@@ -22,8 +22,13 @@ stop-server: $(INSTALLED)  ## stop the local model servers that make demo's depl
 loop: $(INSTALLED)  ## the closed loop through the real scheduler: drift in production retrains by itself
 	$(BIN)/python -m orchestration.loop $(ARGS)
 
-airflow: $(INSTALLED)  ## the real Airflow services on the demo's state: UI on http://localhost:8080 (user admin)
-	$(BIN)/python -m orchestration.embedded standalone
+# AIRFLOW_HOST (default 127.0.0.1: not the whole network), AIRFLOW_PORT (8080) and MLFLOW_PORT (5000) choose where.
+airflow: $(INSTALLED)  ## the real Airflow services (API server + UI, scheduler, DAG processor, triggerer) and the MLflow UI on the demo's state
+	$(BIN)/python -m orchestration.services start $(if $(AIRFLOW_HOST),--host $(AIRFLOW_HOST)) \
+		$(if $(AIRFLOW_PORT),--port $(AIRFLOW_PORT)) $(if $(MLFLOW_PORT),--mlflow-port $(MLFLOW_PORT))
+
+airflow-stop: $(INSTALLED)  ## stop everything make airflow started, the tasks they run included
+	$(BIN)/python -m orchestration.services stop
 
 test: lint .venv-checkov .venv-images .venv-bench-evidently .venv-bench-nannyml  ## lint, then every test, images and benchmark smoke runs included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,8 +1,15 @@
 """
-### ml_deploy: serve the champion, smoke-test it through the server, roll back when it fails
+### <model>.deploy: serve the champion, smoke-test it through the server, roll back when it fails
 
-Runs when `ml_retrain` promotes a model (the `model_promoted` asset), or from the UI with the params below to deploy
-another version or roll back by hand (`model` = an older version number).
+Runs when the model's `<model>.retrain` promotes a version (the `<model>.model_promoted` asset), or from the UI with
+the params below to deploy another version or roll back by hand (`model` = an older version number).
+
+| param | what it changes |
+| --- | --- |
+| `model` | what to serve: `champion` (the alias, default) or a version number of this model |
+| `strategy` | `rolling` replaces every server; `canary` (Kubernetes) serves a share of traffic first and watches it |
+| `canary_share` | the canary's share of requests while it is observed (`strategy` canary) |
+| `require_approval` | wait for a person to approve in the UI (*Required actions*) before rolling out |
 
 | task | what it does | output |
 | --- | --- | --- |
@@ -12,10 +19,11 @@ another version or roll back by hand (`model` = an older version number).
 | `summary` | the run's outcome: `deployed`, `unchanged`, `rolled_back`, `failed` or `skipped` | `summary.json` |
 
 The smoke test sends the bundle's known rows: every probability must match and the p99 latency stay within budget.
-The target follows the runtime: `local` serves from one `python -m mlsteps.serve` process on this machine (pid,
-port and log in `<state>/serving/`), `kubernetes` rolls out the `model-server` Deployment. A failed deploy ends with
-the previous version serving, `champion` pointing at it again (the alias history records the rollback), and the task
-failed with the reason; it is not retried. Deploying the version that already serves changes nothing (`unchanged`).
+The target follows the runtime: `local` serves from the model's own `python -m mlsteps.serve` process on this machine
+(pid, port and log in `<state>/serving/<model>/`), `kubernetes` rolls out the model's `model-server-<model>`
+Deployment. A failed deploy ends with the previous version serving, `champion` pointing at it again (the alias
+history records the rollback), and the task failed with the reason; it is not retried. Deploying the version that
+already serves changes nothing (`unchanged`).
 """
 
 from __future__ import annotations
@@ -56,12 +64,14 @@ def run_params(settings: Settings) -> dict[str, Param]:
             "champion",
             type="string",
             pattern=MODEL_PARAM_PATTERN,
+            title="Version to serve",
             description=f"What to serve: 'champion' (the alias) or a version number of {model_name}.",
         ),
         "strategy": Param(
             "rolling",
             type="string",
             enum=list(STRATEGIES),
+            title="Rollout strategy",
             description="rolling: replace every server; canary: a share of traffic first (Kubernetes only).",
         ),
         "canary_share": Param(
@@ -69,11 +79,13 @@ def run_params(settings: Settings) -> dict[str, Param]:
             type="number",
             exclusiveMinimum=0,
             maximum=1,
+            title="Canary share",
             description="Share of requests the canary gets while it is observed (strategy canary).",
         ),
         "require_approval": Param(
             False,
             type="boolean",
+            title="Require approval",
             description="Wait for a person to approve the deploy in the UI before rolling out.",
         ),
     }

@@ -1,5 +1,5 @@
 """
-### ml_model_monitor: watch the champion in production and start retraining when it no longer fits
+### <model>.monitor: watch the champion in production and start retraining when it no longer fits
 
 Runs hourly (`runtime.monitor_cron`); each run checks the window of prediction logs before it (or the window that
 ends at the `window_end` param) for the model version behind `monitoring.model_alias`, on three signals:
@@ -16,7 +16,7 @@ ends at the `window_end` param) for the model version behind `monitoring.model_a
 | `drift` | the window's features and scores against the package's reference profile | `drift/report.html` |
 | `performance` | realized (labels joined by request id) and estimated performance vs the holdout | `performance/` |
 | `decide` | hysteresis per signal, shared cooldown; the report over the recent windows | `monitor/report.html` |
-| `alert` | emits `monitor_alert` (the signal, its figures, the reports); `ml_retrain` starts | asset event |
+| `alert` | emits `<model>.monitor_alert` (signal, figures, reports); `<model>.retrain` starts | asset event |
 | `quiet` | no retraining (an estimated drop that only alerts ends `alert_only`); `decide` logs why | |
 | `summary` | the run's outcome: the decision (`alert`, `quiet`, `pending`, ...) or `failed` | `summary.json` |
 

@@ -1,11 +1,23 @@
 """
-### ml_retrain: snapshot, validate, train, evaluate and promote a model
+### <model>.retrain: snapshot, validate, train, evaluate and promote a model
 
-Runs weekly on its cron; when `ml_model_monitor` emits the `monitor_alert` asset (input drift, a realized or an
-estimated performance drop); when new training data arrives (the `training_data` asset: an upstream DAG's outlet,
-`POST /api/v2/assets/events`, or object-store notifications on a queue); or from the UI with the params below. The
-MLflow run and the model version record what started it (`trigger`: the signal, `new_data`, `scheduled` or
-`manual`; `trigger_reason` with its figures; `monitor_report`, `drifted_features`).
+Runs on the model's cron (`runtime.retrain_cron`); when `<model>.monitor` emits the `<model>.monitor_alert` asset
+(input drift, a realized or an estimated performance drop); when new training data arrives (the
+`<dataset>.training_data` asset: an upstream DAG's outlet, `POST /api/v2/assets/events`, or object-store
+notifications on a queue); or from the UI with the params below. The MLflow run and the model version record what
+started it (`trigger`: the signal, `new_data`, `scheduled` or `manual`; `trigger_reason` with its figures;
+`monitor_report`, `drifted_features`). Scheduled and asset-triggered runs use the defaults, which come from the
+model's config.
+
+| param | what it changes |
+| --- | --- |
+| `dataset_uri` | the CSV or Parquet file trained on (absolute path, `file://` or `s3://`) |
+| `candidates` | the model families trained, one pod each; the best on the holdout becomes the challenger |
+| `epochs`, `learning_rate` | the network's (`mlp`) training; other families ignore them |
+| `primary_metric` | the holdout metric that picks the challenger and that the gate judges (this model's task's) |
+| `threshold` | the bar the challenger must reach (at most, for a metric where lower is better); empty: none |
+| `max_degradation`, `degradation` | how much worse than the champion still promotes, absolute or relative |
+| `force_promotion` | promote even when the gate fails (recorded on the version) |
 
 | step | what it does | output (under the run folder) |
 | --- | --- | --- |
@@ -63,6 +75,7 @@ def run_params(settings: Settings) -> dict[str, Param]:
             type="string",
             minLength=1,
             pattern=r"^(s3://|file://|/).+\.(csv|parquet|pq)$",
+            title="Dataset",
             description="CSV or Parquet file to train on: an absolute path, file:// or s3:// URI.",
         ),
         "candidates": Param(
@@ -71,28 +84,37 @@ def run_params(settings: Settings) -> dict[str, Param]:
             minItems=1,
             uniqueItems=True,
             items={"type": "string", "enum": model_families(training)},
+            title="Model families",
             description="Model families to train, one pod each: mlp (the network), gbdt (XGBoost) or the "
             "configured own trainer. The best on the holdout's primary metric becomes the challenger.",
         ),
         "epochs": Param(
-            training.epochs, type="integer", minimum=1, maximum=1000, description="mlp: maximum training epochs."
+            training.epochs,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            title="Epochs (mlp)",
+            description="mlp: maximum training epochs.",
         ),
         "learning_rate": Param(
             training.learning_rate,
             type="number",
             exclusiveMinimum=0,
             maximum=1,
+            title="Learning rate (mlp)",
             description="mlp: AdamW learning rate.",
         ),
         "primary_metric": Param(
             settings.pipeline.primary_metric,
             type="string",
             enum=sorted(METRICS[target_task]),
+            title="Gate metric",
             description=f"The gate's holdout metric ({target_task} task).",
         ),
         "threshold": Param(
             evaluation.threshold,
             type=["number", "null"],
+            title="Gate threshold",
             description="The challenger's primary metric must reach this (at most this when lower is better); "
             "empty: no absolute bar.",
         ),
@@ -100,17 +122,20 @@ def run_params(settings: Settings) -> dict[str, Param]:
             evaluation.max_degradation,
             type="number",
             minimum=0,
+            title="Largest worsening",
             description="Largest worsening of the primary metric versus the champion that still promotes.",
         ),
         "degradation": Param(
             evaluation.degradation,
             type="string",
             enum=["absolute", "relative"],
+            title="Worsening measured as",
             description="max_degradation in the metric's units (absolute) or as a share of the champion's value.",
         ),
         "force_promotion": Param(
             False,
             type="boolean",
+            title="Force promotion",
             description="Promote even if the gate fails (recorded on the model version). Use with care.",
         ),
     }

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from mlsteps import results
-from orchestration.settings import PROJECT_ROOT, Settings, get_settings
+from orchestration.settings import PROJECT_ROOT, Settings
 
 SETTINGS_FILE = PROJECT_ROOT / "airflow_settings.yaml"
 _TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
@@ -207,16 +207,6 @@ def run(settings: Settings, purpose: str, conf: dict[str, Any], rows: int, seed:
     return run_dag(settings, env, dag_id(settings.pipeline.registry.model_name, purpose), conf)
 
 
-def standalone() -> None:
-    """Replace this process with ``airflow standalone`` (API server, scheduler, DAG processor, triggerer)."""
-    settings = get_settings()
-    env = {**os.environ, **prepare_airflow(settings)}
-    # standalone starts its components as `airflow ...` subprocesses: this environment's bin must come first
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    print(f"the admin password is in {env['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated", flush=True)
-    os.execvpe("airflow", ["airflow", "standalone"], env)
-
-
 def _report(purpose: str, outcome: dict[str, Any]) -> bool:
     """Print a run's summary (failed runs have one too) and its end; whether it succeeded."""
     from orchestration import deploy, monitor, retrain
@@ -277,7 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="when a retrain run promotes, run the model's deploy DAG next, as the scheduler does on its promotion",
     )
-    sub.add_parser("standalone", help="start the Airflow services (UI on http://localhost:8080) on the same state")
     sub.add_parser("stop-server", help="stop the local model servers that the deploy DAGs started")
     child = sub.add_parser("_dag-test", help=argparse.SUPPRESS)
     child.add_argument("dag_id")
@@ -285,8 +274,6 @@ def main(argv: list[str] | None = None) -> int:
     child.add_argument("outcome_file", type=Path)
     args = parser.parse_args(argv)
 
-    if args.command == "standalone":
-        standalone()
     if args.command == "stop-server":
         for settings in _chosen_models(None):
             local_server(settings).stop()

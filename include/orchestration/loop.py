@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 import yaml
 
 from mlsteps import results
+from orchestration import services
 from orchestration.embedded import local_server, prepare_airflow
 from orchestration.models import DEFAULT_MODELS_DIR, MODELS_DIR_ENV_VAR, dag_id, model_settings
 from orchestration.settings import PROJECT_ROOT, Settings
@@ -80,45 +80,31 @@ def _loop_models(state_dir: Path, epochs: int, min_rows: int) -> Path:
     return folder
 
 
-class Services:
-    """``airflow standalone`` on the loop's state, in its own process group, stopped as a whole."""
+# Airflow tuned for a loop compressed into minutes: DAGs run unpaused, the scheduler and the processor react quickly.
+LOOP_TUNING = {
+    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+    "AIRFLOW__CORE__PARALLELISM": "4",
+    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+}
 
-    def __init__(self, env: dict[str, str], log_file: Path) -> None:
-        port = _free_port()
-        self.env = {
-            **env,
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "loop:admin",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-        self.log_file = log_file
-        self.base_url = f"http://localhost:{port}"
-        self.process: subprocess.Popen | None = None
+
+class Services:
+    """The Airflow services (``orchestration.services``) on the loop's state and free ports, stopped as a whole."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        port, mlflow_port = _free_port(), _free_port()
+        self.running = services.Running(services.DEFAULT_HOST, port, mlflow_port, {}, "")
+        self.env = {**services.services_env(settings, services.DEFAULT_HOST, port, mlflow_port), **LOOP_TUNING}
 
     def __enter__(self) -> Services:
-        log = self.log_file.open("w")
-        self.process = subprocess.Popen(
-            ["airflow", "standalone"], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        running = self.running
+        self.running = services.start(self.settings, running.host, running.port, running.mlflow_port, LOOP_TUNING)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                continue
-            time.sleep(1)  # let the group's other members exit too
+        services.stop(self.settings)
 
     def airflow(self, *args: str) -> str:
         """Run an ``airflow`` CLI command against the same database; its stdout."""
@@ -128,11 +114,10 @@ class Services:
         return done.stdout
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """Call the REST API (``/api/v2/...``) as the loop's admin user, as a producer outside Airflow would."""
-        passwords = Path(self.env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
-        login = {"username": "loop", "password": json.loads(passwords.read_text())["loop"]}
-        token = _http("POST", f"{self.base_url}/auth/token", login)["access_token"]
-        return _http(method, f"{self.base_url}{path}", body, token)
+        """Call the REST API (``/api/v2/...``) as the admin user, as a producer outside Airflow would."""
+        login = {"username": services.ADMIN_USER, "password": services.admin_password(self.settings)}
+        token = _http("POST", f"{self.running.url}/auth/token", login)["access_token"]
+        return _http(method, f"{self.running.url}{path}", body, token)
 
 
 def _http(method: str, url: str, body: dict[str, Any] | None = None, token: str | None = None) -> Any:
@@ -223,13 +208,13 @@ def _stream(
     print(f"scored {rows} {kind}customers logged at {scored_at}; their labels arrived", flush=True)
 
 
-def _check(services: Services, settings: Settings, window_end: datetime) -> dict[str, Any]:
+def _check(airflow: Services, settings: Settings, window_end: datetime) -> dict[str, Any]:
     """Trigger ml_model_monitor for the window ending at ``window_end``; what it measured and decided."""
     from orchestration.monitor import read_decision
 
     run_id = f"loop__{window_end:%Y%m%dT%H}"
     conf = json.dumps({"window_end": window_end.isoformat()})
-    services.airflow("dags", "trigger", MONITOR, "-r", run_id, "-c", conf)
+    airflow.airflow("dags", "trigger", MONITOR, "-r", run_id, "-c", conf)
     run = _wait_for_run(MONITOR, run_id=run_id)
     run_root = settings.run_root(MONITOR, run_id)
     drift = results.read_result(run_root, "drift")
@@ -271,13 +256,13 @@ def _asset_events(name: str) -> list[dict[str, Any]]:
         return [{"extra": dict(row.extra or {}), "source_run_id": row.source_run_id} for row in rows]
 
 
-def _announce_new_data(services: Services, settings: Settings, uri: str) -> None:
+def _announce_new_data(airflow: Services, settings: Settings, uri: str) -> None:
     """Post a ``training_data`` asset event, as an export job outside Airflow does when it has written new data."""
     from orchestration.assets import model_assets
 
     name = model_assets(settings).training_data.name
-    (asset,) = services.api("GET", f"/api/v2/assets?name_pattern={name}")["assets"]
-    services.api("POST", "/api/v2/assets/events", {"asset_id": asset["id"], "extra": {"uri": uri, "producer": "loop"}})
+    (asset,) = airflow.api("GET", f"/api/v2/assets?name_pattern={name}")["assets"]
+    airflow.api("POST", "/api/v2/assets/events", {"asset_id": asset["id"], "extra": {"uri": uri, "producer": "loop"}})
     print(f"posted a training_data event for {uri}", flush=True)
 
 
@@ -312,14 +297,14 @@ def run_loop(state_dir: Path, rows: int, epochs: int, stream_rows: int) -> dict[
     _make_dataset(tiers, tiers.dataset_uri, rows, seed=7)
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     outcome: dict[str, Any] = {"state_dir": str(state_dir)}
-    with Services(dict(os.environ), settings.state_dir / "logs" / "loop-airflow.log") as services:
-        print(f"Airflow started (log: {services.log_file}); waiting for ml_retrain's scheduled run", flush=True)
+    with Services(settings) as airflow:
+        print(f"Airflow started (logs: {airflow.running.logs}); waiting for ml_retrain's scheduled run", flush=True)
         champion_run = _wait_for_run(RETRAIN, run_type="scheduled")
         outcome["champion_run"] = {"run_id": champion_run.run_id, "state": str(champion_run.state)}
         print(f"ml_retrain {champion_run.run_id}: {champion_run.state} (the first champion)", flush=True)
         try:
             _stream(settings, "steady", stream_rows, 101, hour - timedelta(hours=9), drift=0.0)
-            outcome["checks"] = [_check(services, settings, hour - timedelta(hours=8))]
+            outcome["checks"] = [_check(airflow, settings, hour - timedelta(hours=8))]
 
             # Input drift, before any label of the new customers arrived. The latest export holds them, with their
             # labels: what retraining reads.
@@ -327,22 +312,22 @@ def run_loop(state_dir: Path, rows: int, epochs: int, stream_rows: int) -> dict[
             for offset, seed in ((8, 102), (7, 103)):
                 hour_logged = hour - timedelta(hours=offset)
                 _stream(settings, f"drifted-{seed}", stream_rows, seed, hour_logged, drift=1.0, labelled=False)
-                outcome["checks"].append(_check(services, settings, hour - timedelta(hours=offset - 1)))
+                outcome["checks"].append(_check(airflow, settings, hour - timedelta(hours=offset - 1)))
             retrain, outcome["retrain_run"] = _retrain_after(settings, champion_run.id, "input drift")
             outcome["redeploy"] = _follow_redeploy(settings, after=retrain.id)
 
             # Concept drift: the same customers as the champion's training data, churning for other reasons.
             _make_dataset(settings, settings.dataset_uri, rows, seed=9, drift=1.0, concept=1.0)
             _stream(settings, "concept-104", stream_rows, 104, hour - timedelta(hours=5), drift=1.0, concept=1.0)
-            outcome["concept_checks"] = [_check(services, settings, hour - timedelta(hours=4))]
+            outcome["concept_checks"] = [_check(airflow, settings, hour - timedelta(hours=4))]
             concept, outcome["concept_retrain_run"] = _retrain_after(settings, retrain.id, "concept drift")
             outcome["concept_redeploy"] = _follow_redeploy(settings, after=concept.id)
 
             # New data: a duplicate notification for the champion's own data, then a new export.
-            _announce_new_data(services, settings, settings.dataset_uri)
+            _announce_new_data(airflow, settings, settings.dataset_uri)
             duplicate, outcome["duplicate_data_run"] = _retrain_after(settings, concept.id, "duplicate event")
             _make_dataset(settings, settings.dataset_uri, rows, seed=10, drift=1.0, concept=1.0)
-            _announce_new_data(services, settings, settings.dataset_uri)
+            _announce_new_data(airflow, settings, settings.dataset_uri)
             fresh, outcome["new_data_run"] = _retrain_after(settings, duplicate.id, "new data")
             if outcome["new_data_run"]["outcome"] == "promoted":
                 _follow_redeploy(settings, after=fresh.id)

@@ -229,6 +229,15 @@ def _check_model_quality(report: dict[str, Any], output: str) -> None:
     assert output.count("vs anchor") == 2 * len(datasets), "a verdict per dataset, printed and summarised"
 
 
+def _check_models_page(report: dict[str, Any], output: str) -> None:
+    """The page's reads and the naive anchor timed on the same state, which the page shows in full."""
+    for read in ("ours_function", "ours_api_model", "ours_page_model", "ours_api_index", "anchor_naive"):
+        assert report[read]["median_ms"] > 0, read
+    assert report["state"]["versions"] == report["config"]["versions"]
+    assert report["shown"]["monitor_windows"] > 0 and report["shown"]["training_runs"] > 0
+    assert report["anchor_read"]["versions"] == report["config"]["versions"]
+
+
 CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "main_job": _check_main_job,
     "dag_parse": _check_dag_parse,
@@ -237,6 +246,7 @@ CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "performance_estimation": _check_performance_estimation,
     "serving": _check_serving,
     "gpu_check": _check_gpu_check,
+    "models_page": _check_models_page,
 }
 
 
