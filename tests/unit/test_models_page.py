@@ -287,18 +287,34 @@ const posted = [];
 function form(conf) {
   const out = {textContent: "", replaceChildren(child) { this.child = child; }};
   return {
-    dataset: {endpoint: "/api/v2/dags/m.retrain/dagRuns", runs: "/dags/m.retrain/runs/", note: "from the page"},
+    dataset: {
+      check: "/ml-models/api/models/m/checks/retrain",
+      endpoint: "/api/v2/dags/m.retrain/dagRuns",
+      runs: "/dags/m.retrain/runs/",
+      note: "from the page",
+    },
     elements: {conf: {value: conf}},
     out: out,
     querySelector: () => out,
     addEventListener(kind, handler) { this.submit = handler; },
   };
 }
-const forms = [form('{"epochs": 5}'), form('{"epochs": 0}'), form("{not json")];
+const forms = [
+  form('{"epochs": 5}'),
+  form('{"epochs": 0}'),
+  form("{not json"),
+  form('{"dataset_uri": "/no/such.csv"}'),
+];
 globalThis.document = {querySelectorAll: () => forms, createElement: () => ({})};
+// The page's check refuses a missing dataset (422, a message per problem); Airflow refuses epochs below 1 (400).
 globalThis.fetch = async (url, options) => {
   const body = JSON.parse(options.body);
   posted.push({url, method: options.method, credentials: options.credentials, body});
+  if (url.includes("/checks/")) {
+    const ok = !body.conf.dataset_uri;
+    const answer = ok ? {problems: []} : {detail: ["dataset_uri: input file not found", "and another"]};
+    return {ok, status: ok ? 200 : 422, json: async () => answer};
+  }
   const ok = body.conf.epochs > 0;
   const answer = ok ? {dag_run_id: "manual__2026-11-30T10:00:00+00:00"} : {detail: "epochs: 0 is less than 1"};
   return {ok, status: ok ? 200 : 400, json: async () => answer};
@@ -313,7 +329,7 @@ SCRIPT
 """
 
 
-def test_the_trigger_buttons_post_to_airflows_api_and_show_its_answer(tmp_path: Path) -> None:
+def test_the_trigger_buttons_ask_the_pages_check_then_post_to_airflows_api_and_show_the_answer(tmp_path: Path) -> None:
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed: the page's script is run only where it is")
@@ -322,17 +338,31 @@ def test_the_trigger_buttons_post_to_airflows_api_and_show_its_answer(tmp_path: 
     done = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["posted"][0] == {
-        "url": "/api/v2/dags/m.retrain/dagRuns",
-        "method": "POST",
-        "credentials": "same-origin",  # the browser sends the UI's _token cookie itself
-        "body": {"logical_date": None, "conf": {"epochs": 5}, "note": "from the page"},
-    }
-    assert len(report["posted"]) == 2  # the third form's params are not JSON: nothing is posted
+    assert report["posted"][:2] == [
+        {
+            "url": "/ml-models/api/models/m/checks/retrain",  # the page's check first
+            "method": "POST",
+            "credentials": "same-origin",  # the browser sends the UI's _token cookie itself
+            "body": {"conf": {"epochs": 5}},
+        },
+        {
+            "url": "/api/v2/dags/m.retrain/dagRuns",  # then Airflow's trigger API
+            "method": "POST",
+            "credentials": "same-origin",
+            "body": {"logical_date": None, "conf": {"epochs": 5}, "note": "from the page"},
+        },
+    ]
+    # the third form's params are not JSON: nothing is posted; the fourth's check refuses: Airflow is not asked
+    assert [post["url"] for post in report["posted"][2:]] == [
+        "/ml-models/api/models/m/checks/retrain",
+        "/api/v2/dags/m.retrain/dagRuns",
+        "/ml-models/api/models/m/checks/retrain",
+    ]
     run_link = "/dags/m.retrain/runs/manual__2026-11-30T10%3A00%3A00%2B00%3A00"
     assert report["shown"][0] == [run_link, "_top", "started manual__2026-11-30T10:00:00+00:00"]
     assert report["shown"][1] == "Airflow refused (400): epochs: 0 is less than 1"
     assert report["shown"][2].startswith("the params are not valid JSON")
+    assert report["shown"][3] == "refused before starting (422): dataset_uri: input file not found; and another"
 
 
 def test_the_prefilled_runs_are_accepted_by_airflows_trigger_api_and_the_dags_params(
@@ -354,6 +384,7 @@ def test_the_prefilled_runs_are_accepted_by_airflows_trigger_api_and_the_dags_pa
     dags = DagBag(str(REPO_ROOT / "dags")).dags
     for action in actions.values():
         assert action["endpoint"] == f"/api/v2/dags/{action['dag_id']}/dagRuns"
+        assert action["check"] == f"/api/models/{CHURN}/checks/{action['purpose']}"
         body = TriggerDAGRunPostBody.model_validate({"logical_date": None, "conf": action["conf"]})
         params = ParamsDict(dags[action["dag_id"]].params)
         params.update(body.conf)
@@ -528,3 +559,46 @@ def test_the_plugin_adds_the_page_to_the_ui_navigation(airflow_client: Any) -> N
     assert ours["fastapi_apps"][0]["url_prefix"] == "/ml-models"
     view = ours["external_views"][0]
     assert (view["href"], view["url_route"], view["destination"]) == ("/ml-models/", "models", "nav")
+
+
+def test_a_run_is_checked_beyond_its_schema_before_it_is_posted(airflow_client: Any, state: Settings) -> None:
+    from mlsteps.data.datasets import generate_churn
+    from mlsteps.data.snapshots import write_table
+
+    headers = {"Authorization": f"Bearer {_admin_token(airflow_client)}"}
+    checks = f"/ml-models/api/models/{CHURN}/checks"
+    good = str(state.state_dir / "checks" / "churn.parquet")
+    write_table(generate_churn(50, seed=3), good)
+    lacking = str(state.state_dir / "checks" / "lacking.csv")
+    write_table(generate_churn(50, seed=3).drop(columns=["tenure_months", "churned"]), lacking)
+    broken = state.state_dir / "checks" / "broken.parquet"
+    broken.write_bytes(b"PAR1 not parquet")
+
+    def check(purpose: str, conf: dict[str, Any]) -> tuple[int, Any]:
+        answer = airflow_client.post(f"{checks}/{purpose}", headers=headers, json={"conf": conf})
+        return answer.status_code, answer.json()
+
+    assert check("retrain", {"dataset_uri": good}) == (200, {"dag_id": f"{CHURN}.retrain", "problems": []})
+    status, body = check("retrain", {"dataset_uri": "/no/such/file.csv"})
+    assert status == 422 and body["detail"] == [
+        "dataset_uri: input file not found: no such file: /no/such/file.csv; check the input URI"
+    ]
+    status, body = check("retrain", {"dataset_uri": lacking})
+    assert status == 422 and "lacks the columns ['tenure_months', 'churned']" in body["detail"][0]
+    status, body = check("retrain", {"dataset_uri": str(broken)})
+    assert status == 422 and "cannot read" in body["detail"][0] and "complete Parquet file" in body["detail"][0]
+    assert check("retrain", {"dataset_uri": 7})[0] == 200  # a wrong type is Airflow's schema check's to name
+    assert check("deploy", {"model": "champion"})[0] == 200
+    assert check("deploy", {"model": "2"})[0] == 200
+    assert check("deploy", {"model": "9"}) == (
+        422,
+        {"detail": [f"model: {CHURN} has no version 9; its newest versions are 3, 2, 1"]},
+    )
+    assert check("monitor", {})[0] == 200
+    assert check("serve", {})[0] == 404
+    assert airflow_client.post(f"{checks}/retrain", json={"conf": {}}).status_code == 401
+    tiers = airflow_client.post("/ml-models/api/models/tier-classifier/checks/deploy", headers=headers, json={})
+    assert tiers.status_code == 422
+    assert tiers.json()["detail"] == [
+        "model: tier-classifier has no champion yet; run tier-classifier.retrain first, or give a version number"
+    ]

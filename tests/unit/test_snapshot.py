@@ -14,7 +14,7 @@ import pytest
 from mlsteps import results
 from mlsteps.data import storage
 from mlsteps.data.datasets import generate_churn
-from mlsteps.data.snapshots import snapshot_id, write_table
+from mlsteps.data.snapshots import read_columns, snapshot_id, write_table
 from mlsteps.errors import DataError
 from mlsteps.steps import snapshot
 
@@ -252,6 +252,37 @@ def test_bad_input_raises_a_data_error_naming_the_file(tmp_path: Path, name: str
         run_snapshot(run_root, str(path), str(tmp_path / "store"))
     assert not storage.exists(results.result_uri(run_root, "snapshot"))
     assert storage.list_files(str(tmp_path / "store")) == []
+
+
+# What read_columns (the check before a run starts) can tell from a file's header line or Parquet footer alone.
+HEADER_CASES = ("missing.csv", "empty.csv", "cut.parquet", "binary.csv", "data.xlsx")
+
+
+@pytest.mark.parametrize(
+    ("name", "make_file", "message"),
+    [
+        case
+        for case in test_bad_input_raises_a_data_error_naming_the_file.pytestmark[0].args[1]
+        if case[0] in HEADER_CASES
+    ],
+)
+def test_reading_the_columns_refuses_what_the_snapshot_refuses_from_the_header_alone(
+    tmp_path: Path, name: str, make_file: Any, message: str
+) -> None:
+    path = tmp_path / name
+    if make_file is not None:
+        make_file(path)
+    with pytest.raises(DataError, match=message):
+        read_columns(str(path))
+
+
+@pytest.mark.parametrize("name", ["churn.csv", "churn.parquet"])
+def test_reading_the_columns_of_a_file_local_or_on_s3(
+    churn: pd.DataFrame, tmp_path: Path, s3_bucket: str, name: str
+) -> None:
+    for uri in (str(tmp_path / name), f"{s3_bucket}/in/{name}"):
+        write_table(churn, uri)
+        assert read_columns(uri) == list(churn.columns)
 
 
 def test_missing_s3_object_names_the_uri(tmp_path: Path, s3_bucket: str) -> None:

@@ -187,3 +187,20 @@ def test_missing_bucket_raises_file_not_found_naming_the_uri(s3_bucket: str) -> 
     with pytest.raises(FileNotFoundError, match=f"no such bucket for {uri}"):
         storage.read_bytes(uri)
     assert not storage.exists(uri)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_open_input_reads_only_what_a_reader_asks_for(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import pyarrow.parquet as pq
+
+    base = f"{request.getfixturevalue('s3_bucket')}/in" if where == "s3" else str(tmp_path)
+    frame = pd.DataFrame({"a": range(50_000), "b": [f"text {i}" for i in range(50_000)]})
+    uri = storage.join(base, "table.parquet")
+    storage.write_parquet(frame, uri)
+    with storage.open_input(uri) as source:
+        assert pq.read_schema(source).names == ["a", "b"]  # the footer, by seeking to the end
+        assert source.seek(0) == 0 and source.read(4) == b"PAR1"
+    with pytest.raises(FileNotFoundError, match="table.csv"):
+        storage.open_input(storage.join(base, "table.csv"))

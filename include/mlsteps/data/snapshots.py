@@ -7,6 +7,7 @@ Parquet, from local disk or S3, and work on an unchanged snapshot can be skipped
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -34,6 +35,7 @@ SNAPSHOT_ID_LENGTH = 16
 # pandas 3 parses date-time strings to microseconds; one fixed unit keeps the id independent of the source format.
 TIMESTAMP_UNIT = "us"
 _EXAMPLES_SHOWN = 5
+_CSV_HEADER_BYTES = 1 << 16  # enough for the header line of a table with thousands of columns
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,39 @@ def read_table(uri: str, text_columns: Collection[str] = ()) -> pd.DataFrame:
     if frame.empty:
         raise DataError(f"input file {uri} has no rows (columns: {list(frame.columns)}); it needs at least one row")
     return frame
+
+
+def read_columns(uri: str) -> list[str]:
+    """The column names of a CSV or Parquet file, from its header line or Parquet footer only: a cheap check that a
+    file exists and can be read, before a run starts.
+
+    Raises:
+        DataError: the extension is unknown, or the file is missing, empty or not readable as its format.
+    """
+    file_format = table_format(uri)
+    if file_format is None:
+        raise DataError(f"cannot read {uri}: {unknown_extension_message(uri)}")
+    try:
+        with storage.open_input(uri) as source:
+            if file_format == "parquet":
+                return list(pq.read_schema(source).names)
+            head = source.read(_CSV_HEADER_BYTES)
+    except FileNotFoundError as exc:
+        raise DataError(f"input file not found: {exc}; check the input URI") from None
+    except (ValueError, pa.ArrowException) as exc:
+        raise DataError(
+            f"cannot read {uri} as {file_format.upper()}: {exc}; check that it is {_WHAT_A_FILE_MUST_BE[file_format]}"
+        ) from None
+    if not head:
+        raise DataError(f"input file {uri} is empty (0 bytes); export the data again")
+    line, newline, _ = head.partition(b"\n")
+    try:
+        # a header line cut at the read's end may end mid-character: only a complete line must decode
+        cut = not newline and len(head) == _CSV_HEADER_BYTES
+        header = line.decode("utf-8", errors="ignore" if cut else "strict").rstrip("\r")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot read {uri} as CSV: {exc}; check that it is {_WHAT_A_FILE_MUST_BE['csv']}") from None
+    return next(csv.reader([header]))
 
 
 def _as_text(values: pd.Series) -> pd.Series:

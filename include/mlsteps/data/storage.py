@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from mlsteps.errors import StorageError
@@ -133,6 +134,65 @@ def read_bytes(uri: str) -> bytes:
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {uri}")
     return path.read_bytes()
+
+
+class _S3RangeReader(io.RawIOBase):
+    """A seekable, read-only S3 object: each read is one ranged GET, so a reader that needs only a file's head or its
+    Parquet footer fetches only those bytes."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.bucket, self.key = _split_s3(uri)
+        self.client = s3_client()
+        with _s3_access(uri):
+            try:
+                self.size = self.client.head_object(Bucket=self.bucket, Key=self.key)["ContentLength"]
+            except self.client.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                    raise FileNotFoundError(f"no such object: {uri}") from None
+                raise
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        end = min(self.position + len(buffer), self.size)
+        if end <= self.position:
+            return 0
+        with _s3_access(self.uri):
+            answer = self.client.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self.position}-{end - 1}")
+            data = answer["Body"].read()
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
+def open_input(uri: str) -> BinaryIO:
+    """A seekable binary reader of a file or object, for readers that need only part of it (a CSV's header line, a
+    Parquet footer); close it after use.
+
+    Raises:
+        FileNotFoundError: naming the URI, for local files and S3 keys alike.
+        StorageError: S3 has no credentials.
+    """
+    if is_s3(uri):
+        return io.BufferedReader(_S3RangeReader(uri), buffer_size=1 << 20)
+    path = local_path(uri)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {uri}")
+    return path.open("rb")
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -4,7 +4,9 @@ Routes (under the plugin's ``url_prefix``, ``/ml-models``):
 
 - ``GET /``: every model the user may see, one line each (HTML); ``GET /api/models`` the same as JSON;
 - ``GET /{model}``: one model's page; ``GET /api/models/{model}`` the same as JSON (``reads.model_overview``);
-- ``GET /{model}/runs/{purpose}/{run folder}/{report}``: a report of one of the model's runs (``reads.REPORTS``).
+- ``GET /{model}/runs/{purpose}/{run folder}/{report}``: a report of one of the model's runs (``reads.REPORTS``);
+- ``POST /api/models/{model}/checks/{purpose}`` with ``{"conf": {...}}``: what the params of a run cannot say in
+  their schema (``prechecks``), asked before the run is posted to Airflow; 422 with a message per problem.
 
 Airflow does not put the apps of plugins behind its login, so every route depends on Airflow's own authentication:
 ``airflow.api_fastapi.core_api.security.get_user`` (the ``Authorization: Bearer`` token, else the UI's ``_token``
@@ -29,12 +31,13 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlsteps import results
 from mlsteps.data import storage
 from orchestration.models import ModelEntry, dag_id, load_models
-from orchestration.models_page import reads, render
+from orchestration.models_page import prechecks, reads, render
 from orchestration.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ URL_PREFIX = "/ml-models"
 MLFLOW_UI_ENV_VAR = "ML_MLFLOW_UI_URL"
 CONFIGS_TTL_SECONDS = 30.0  # model configs are read again after this long: a new model appears without a restart
 PURPOSES_WITH_REPORTS = ("retrain", "monitor")
+RUN_PURPOSES = ("retrain", "deploy", "monitor")  # each model's DAGs that a person may start
 # A report is our own self-contained file (inline CSS and SVG): it may show nothing but itself.
 REPORT_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
@@ -51,6 +55,12 @@ REPORT_HEADERS = {
 }
 
 _bearer = HTTPBearer(auto_error=False)
+
+
+class RunCheck(BaseModel):
+    """The body of a run check: the params as they will be posted to Airflow's trigger API."""
+
+    conf: dict[str, Any] = {}
 
 
 async def airflow_user(
@@ -171,6 +181,20 @@ class _Pages:
         settings = self.one(user, model)
         return reads.model_overview(settings, mlflow_client(settings.mlflow_tracking_uri), _links(request, settings))
 
+    def check_run(self, user: Any, model: str, purpose: str, conf: dict[str, Any]) -> dict[str, Any]:
+        """The params of a run of one of the model's DAGs, checked beyond their schema (``prechecks``).
+
+        Raises:
+            HTTPException: 404 for a model the user may not see or a DAG it does not have, 422 listing each problem.
+        """
+        settings = self.one(user, model)
+        if purpose not in RUN_PURPOSES:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"{model} has no {purpose!r} DAG; it has {RUN_PURPOSES}")
+        problems = prechecks.run_problems(settings, mlflow_client(settings.mlflow_tracking_uri), purpose, conf)
+        if problems:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
+        return {"dag_id": dag_id(model, purpose), "problems": []}
+
     def report(self, user: Any, model: str, purpose: str, folder: str, report: str) -> Response:
         """One report of one of the model's runs: only the reports the page links to, only of its own DAGs' runs."""
         settings = self.one(user, model)
@@ -247,6 +271,11 @@ def create_app(
     def api_model(model: str, request: Request, user: Any = signed_in) -> dict[str, Any]:
         """One model: registry, serving, deploys, training runs, monitor windows and checks, the runs to start."""
         return pages.overview(request, user, model)
+
+    @app.post("/api/models/{model}/checks/{purpose}")
+    def api_run_check(model: str, purpose: str, body: RunCheck, user: Any = signed_in) -> dict[str, Any]:
+        """Check a run's params beyond their schema before it is posted to Airflow: 422 naming each problem."""
+        return pages.check_run(user, model, purpose, body.conf)
 
     @app.get("/", response_class=HTMLResponse)
     def index_page(request: Request, user: Any = signed_in) -> str:

@@ -81,6 +81,10 @@ class Links:
         """One report of one run, served by the page's app."""
         return f"{self.page}/{quote(model_name)}/runs/{purpose}/{quote(folder)}/{name}"
 
+    def run_check(self, model_name: str, purpose: str) -> str:
+        """The page's own check of a run's params (``prechecks``), asked before the run is posted to Airflow."""
+        return f"{self.page}/api/models/{quote(model_name)}/checks/{purpose}"
+
     def dag(self, dag: str) -> str:
         """The DAG's page in the Airflow UI (its Trigger button opens the form with every param)."""
         return f"{self.airflow}/dags/{quote(dag, safe='')}"
@@ -500,8 +504,9 @@ def monitor_view(settings: Settings, links: Links, count: int = MONITOR_RUNS_SHO
 def actions(settings: Settings, links: Links, registry_state: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs a person may start from the page, each with its prefilled params (the DAGs' own param names).
 
-    The page posts each to Airflow's REST API (``POST /api/v2/dags/{dag_id}/dagRuns``), so Airflow validates the
-    params against the DAG's and checks the user's permission, exactly as for its own trigger form.
+    The page first asks its own check of what the params' schema cannot say (``prechecks``: the dataset exists, the
+    version does), then posts the run to Airflow's REST API (``POST /api/v2/dags/{dag_id}/dagRuns``), so Airflow
+    validates the params against the DAG's and checks the user's permission, exactly as for its own trigger form.
     """
     model = settings.pipeline.registry.model_name
     training = settings.pipeline.training
@@ -511,11 +516,11 @@ def actions(settings: Settings, links: Links, registry_state: dict[str, Any]) ->
         "force_promotion": False,
     }
     found = [
-        {"name": "retrain", "label": "Retrain", "dag_id": dag_id(model, "retrain"), "conf": retrain_conf},
+        {"name": "retrain", "label": "Retrain", "purpose": "retrain", "conf": retrain_conf},
         {
             "name": "deploy_champion",
             "label": "Deploy the champion",
-            "dag_id": dag_id(model, "deploy"),
+            "purpose": "deploy",
             "conf": {"model": registry.CHAMPION, "strategy": "rolling", "require_approval": False},
         },
     ]
@@ -534,11 +539,13 @@ def actions(settings: Settings, links: Links, registry_state: dict[str, Any]) ->
             {
                 "name": "deploy_previous",
                 "label": f"Deploy v{previous} (the champion before)",
-                "dag_id": dag_id(model, "deploy"),
+                "purpose": "deploy",
                 "conf": {"model": str(previous), "strategy": "rolling", "require_approval": False},
             }
         )
     for action in found:
+        action["dag_id"] = dag_id(model, action["purpose"])
+        action["check"] = links.run_check(model, action["purpose"])
         action["endpoint"] = links.trigger(action["dag_id"])
         action["form"] = links.dag(action["dag_id"])
     return found

@@ -1,10 +1,11 @@
 """The models page as HTML: server-rendered from the reads' dicts, charts as inline SVG, nothing fetched from outside.
 
-The only script is the trigger buttons': each posts its form's params to Airflow's REST API
-(``POST /api/v2/dags/{dag_id}/dagRuns``) with the browser's Airflow session (the UI's ``_token`` cookie, sent by the
-browser itself: the cookie is HttpOnly and no script reads it), so Airflow validates the params and checks the
-user's permission as for its own trigger form, and the answer (the new run, or Airflow's refusal) is shown beside
-the button. Links into the Airflow UI open in the top window, since Airflow shows the page in a frame.
+The only script is the trigger buttons': each asks the page's check of its form's params (the dataset exists, the
+version does: ``prechecks``), then posts them to Airflow's REST API (``POST /api/v2/dags/{dag_id}/dagRuns``), both
+with the browser's Airflow session (the UI's ``_token`` cookie, sent by the browser itself: the cookie is HttpOnly and
+no script reads it), so Airflow validates the params and checks the user's permission as for its own trigger form;
+the answer (the new run, or why the check or Airflow refused) is shown beside the button. Links into the Airflow UI
+open in the top window, since Airflow shows the page in a frame.
 """
 
 from __future__ import annotations
@@ -29,8 +30,16 @@ form.trigger output { display: block; margin-top: 0.3rem; }
 td.reason { max-width: 40rem; }
 """
 
-# Posts a trigger form's params to Airflow's REST API and shows the run it started or why Airflow refused.
+# Asks the page's check of a trigger form's params, then posts them to Airflow's REST API; shows the run it started,
+# or why the check or Airflow refused.
 SCRIPT = """
+async function detail(response) {
+  const body = await response.json().catch(() => ({}));
+  if (typeof body.detail === "string") return body.detail;
+  const lines = Array.isArray(body.detail) && body.detail.every((item) => typeof item === "string");
+  if (lines) return body.detail.join("; ");
+  return JSON.stringify(body.detail ?? body);
+}
 document.querySelectorAll("form.trigger").forEach((form) => {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -42,6 +51,17 @@ document.querySelectorAll("form.trigger").forEach((form) => {
       out.textContent = "the params are not valid JSON: " + error.message;
       return;
     }
+    out.textContent = "checking...";
+    const check = await fetch(form.dataset.check, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({conf: conf}),
+    });
+    if (!check.ok) {
+      out.textContent = "refused before starting (" + check.status + "): " + (await detail(check));
+      return;
+    }
     out.textContent = "starting...";
     const response = await fetch(form.dataset.endpoint, {
       method: "POST",
@@ -49,16 +69,15 @@ document.querySelectorAll("form.trigger").forEach((form) => {
       headers: {"Content-Type": "application/json"},
       body: JSON.stringify({logical_date: null, conf: conf, note: form.dataset.note}),
     });
-    const body = await response.json().catch(() => ({}));
     if (response.ok) {
+      const body = await response.json();
       const link = document.createElement("a");
       link.href = form.dataset.runs + encodeURIComponent(body.dag_run_id);
       link.target = "_top";
       link.textContent = "started " + body.dag_run_id;
       out.replaceChildren(link);
     } else {
-      const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail ?? body);
-      out.textContent = "Airflow refused (" + response.status + "): " + detail;
+      out.textContent = "Airflow refused (" + response.status + "): " + (await detail(response));
     }
   });
 });
@@ -211,7 +230,7 @@ def _actions(actions: list[dict[str, Any]], runs_base: dict[str, str]) -> str:
     for action in actions:
         conf = json.dumps(action["conf"], indent=1)
         forms.append(
-            f'<form class="trigger" data-endpoint="{_e(action["endpoint"])}" '
+            f'<form class="trigger" data-check="{_e(action["check"])}" data-endpoint="{_e(action["endpoint"])}" '
             f'data-runs="{_e(runs_base[action["dag_id"]])}" data-note="{_e("started from the models page")}">'
             f"<strong>{_e(action['label'])}</strong> <code>{_e(action['dag_id'])}</code> "
             f"({_link(action['form'], 'every param in Airflow', top=True)})"
