@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo stop-server loop airflow airflow-stop test test-images lint fmt render bench bench-parse bench-drift bench-quality bench-serving bench-estimation bench-models-page bench-serving-layouts gpu-check clean constraints
+.PHONY: demo stop-server loop airflow airflow-stop test chromium test-images lint fmt render bench bench-parse bench-drift bench-quality bench-serving bench-estimation bench-models-page bench-serving-layouts gpu-check clean constraints
 
 # The local runtime: the steps, training (torch's and XGBoost's CPU builds) and the model server in one environment.
 $(INSTALLED): requirements.txt requirements/steps.txt requirements/train.txt requirements/train-cpu.txt \
@@ -30,8 +30,19 @@ airflow: $(INSTALLED)  ## the real Airflow services (API server + UI, scheduler,
 airflow-stop: $(INSTALLED)  ## stop everything make airflow started, the tasks they run included
 	$(BIN)/python -m orchestration.services stop
 
-test: lint .venv-checkov .venv-images .venv-bench-evidently .venv-bench-nannyml  ## lint, then every test, images and benchmark smoke runs included
+test: lint .venv-checkov .venv-images .venv-bench-evidently .venv-bench-nannyml chromium  ## lint, then every test, images and benchmark smoke runs included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The browser test (tests/e2e/test_control_room.py) drives Debian's chromium with Playwright, no browser download. As
+# root (CI) a missing chromium is installed from Debian's packages; elsewhere the test says what to install and skips.
+CHROMIUM_PACKAGES := chromium fonts-liberation
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing $(CHROMIUM_PACKAGES) (apt-get) for the browser test"; \
+		$(APT_INSTALL) $(CHROMIUM_PACKAGES) >/dev/null || \
+			{ apt-get update -q >/dev/null && $(APT_INSTALL) $(CHROMIUM_PACKAGES) >/dev/null; }; \
+	fi
 
 test-images: $(INSTALLED) .venv-checkov .venv-images  ## only the image builds and their smoke tests (root, buildah)
 	$(BIN)/python -m pytest -m images tests/images $(PYTEST_ARGS)

@@ -9,10 +9,12 @@ it finishes and, at the end, the run's summary. All state lives in ``.local/`` (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ from mlsteps import results
 from orchestration.settings import PROJECT_ROOT, Settings
 
 SETTINGS_FILE = PROJECT_ROOT / "airflow_settings.yaml"
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
 _TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
 
 
@@ -36,7 +39,9 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        # A writer waits up to 30 s for another's transaction (SQLite's default, 5 s, fails UI requests while the
+        # scheduler writes); the database file itself is in write-ahead-log mode (_write_ahead_logging).
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}?timeout={SQLITE_BUSY_TIMEOUT_SECONDS}",
         "ML_STATE_DIR": str(settings.state_dir),
     }
 
@@ -93,6 +98,16 @@ def _create_tracking_store(tracking_uri: str) -> None:
         MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
 
 
+def _write_ahead_logging(database: Path) -> None:
+    """Put the local Airflow database in write-ahead-log mode, which the file keeps for every process that opens it.
+
+    With SQLite's default rollback journal a reader blocks writers: while the scheduler and running tasks read, a
+    UI or REST request that writes (a trigger, its audit log line) waits 5 s and fails with "database is locked".
+    """
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+
+
 def prepare_airflow(settings: Settings) -> dict[str, str]:
     """Create or migrate the local Airflow database and apply ``airflow_settings.yaml`` when it changed."""
     env = airflow_env(settings)
@@ -105,9 +120,11 @@ def prepare_airflow(settings: Settings) -> dict[str, str]:
     stamp = home / ".applied"
     fingerprint = hashlib.sha256(SETTINGS_FILE.read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text() == fingerprint and (home / "airflow.db").exists():
+        _write_ahead_logging(home / "airflow.db")  # a state folder prepared before it was set
         return env
     print(f"preparing the local Airflow in {home} (first run takes a minute)", flush=True)
     _airflow(["db", "migrate"], env, setup_log)
+    _write_ahead_logging(home / "airflow.db")
     for kind, path in settings_files(SETTINGS_FILE, home).items():
         extra = ["--overwrite"] if kind == "connections" else []
         _airflow([kind, "import", *extra, str(path)], env, setup_log)

@@ -56,12 +56,15 @@ class RetrainTriggers:
         return str(getattr(run_type, "value", run_type))
 
     def reason(self, dag_run: Any, triggering_asset_events: Any) -> str:
-        """The trigger in one sentence, with its figures: the monitor's reason, or the new data's events."""
+        """The trigger in one sentence, with its figures: the monitor's reason, the new data's events, or the run
+        type with the person who started it (``manual by <user>``) when Airflow knows them."""
         if alert := self.monitor_alert(triggering_asset_events):
             return alert["reason"]
         if events := self.data_events(triggering_asset_events):
             return "training_data: " + "; ".join(describe_data_event(extra, self.dataset_uri)[1] for extra in events)
-        return self.run_trigger(dag_run, triggering_asset_events)
+        user = getattr(dag_run, "triggering_user_name", None)
+        trigger = self.run_trigger(dag_run, triggering_asset_events)
+        return f"{trigger} by {user}" if user else trigger
 
     def macros(self) -> dict[str, Any]:
         """The template macros ``TRIGGER_TAG_ARGS`` use."""

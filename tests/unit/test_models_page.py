@@ -24,7 +24,7 @@ from benchmark_modules import load_benchmark
 from mlsteps import registry, results
 from mlsteps.data import storage
 from orchestration.models import dag_id, load_models
-from orchestration.models_page import reads, render
+from orchestration.models_page import prechecks, reads, render
 from orchestration.settings import Settings
 
 page_benchmark = load_benchmark("models_page")
@@ -602,3 +602,15 @@ def test_a_run_is_checked_beyond_its_schema_before_it_is_posted(airflow_client: 
     assert tiers.json()["detail"] == [
         "model: tier-classifier has no champion yet; run tier-classifier.retrain first, or give a version number"
     ]
+
+
+def test_a_param_the_dag_does_not_have_is_refused_naming_the_ones_it_has(state: Settings) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=state.mlflow_tracking_uri)
+    known = ["dataset_uri", "epochs"]
+    assert prechecks.run_problems(state, client, "monitor", {"epoch": 5}, known) == [
+        f"unknown params ['epoch']: {CHURN}.monitor has ['dataset_uri', 'epochs']; check the spelling"
+    ]
+    assert prechecks.run_problems(state, client, "monitor", {"epochs": 5}, known) == []
+    assert prechecks.run_problems(state, client, "monitor", {"epoch": 5}, None) == []  # not parsed yet: Airflow 404s

@@ -396,6 +396,11 @@ def test_the_monitor_alert_payload_is_what_ml_retrain_tags_its_run_with() -> Non
         t.render(**context, triggering_asset_events={assets.alert: [SimpleNamespace(extra=extra)]}) for t in templates
     ]
     on_cron = [t.render(**context, triggering_asset_events={}) for t in templates]
+    by_hand = {**context, "dag_run": SimpleNamespace(run_type="manual", triggering_user_name="ana")}
+    assert [t.render(**by_hand, triggering_asset_events={}) for t in templates][:2] == [
+        "trigger=manual",
+        "trigger_reason=manual by ana",
+    ]
 
     assert on_alert == [
         "trigger=realized_performance",

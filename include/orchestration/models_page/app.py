@@ -89,6 +89,16 @@ def _airflow_sees_import_errors(user: Any) -> bool:
     return get_auth_manager().is_authorized_view(access_view=AccessView.IMPORT_ERRORS, user=user)
 
 
+def _airflow_dag_params(dag: str) -> list[str] | None:
+    """The params of the DAG as Airflow validates a triggered run against them: its latest serialized version."""
+    from airflow.models.dagbag import DBDagBag
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        serialized = DBDagBag().get_latest_version_of_dag(dag, session=session)
+        return None if serialized is None else list(serialized.params.keys())
+
+
 def _airflow_login_url(next_url: str) -> str:
     from airflow.api_fastapi.app import get_auth_manager
 
@@ -97,12 +107,14 @@ def _airflow_login_url(next_url: str) -> str:
 
 @dataclass(frozen=True)
 class Auth:
-    """Who may see what: Airflow's authentication and the auth manager's permissions (the defaults)."""
+    """Who may see what, and what Airflow knows: its authentication, the auth manager's permissions and the parsed
+    DAGs (the defaults)."""
 
     user: Callable[..., Awaitable[Any]] = airflow_user  # a FastAPI dependency: the user, or an HTTPException
     visible_dags: Callable[[Any, set[str]], set[str]] = _airflow_visible_dags  # the DAG ids the user may read
     sees_config_errors: Callable[[Any], bool] = _airflow_sees_import_errors
     login_url: Callable[[str], str] = _airflow_login_url
+    dag_params: Callable[[str], list[str] | None] = _airflow_dag_params  # what Airflow knows of a DAG's params
 
 
 class _ModelConfigs:
@@ -190,7 +202,8 @@ class _Pages:
         settings = self.one(user, model)
         if purpose not in RUN_PURPOSES:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"{model} has no {purpose!r} DAG; it has {RUN_PURPOSES}")
-        problems = prechecks.run_problems(settings, mlflow_client(settings.mlflow_tracking_uri), purpose, conf)
+        client = mlflow_client(settings.mlflow_tracking_uri)
+        problems = prechecks.run_problems(settings, client, purpose, conf, self.auth.dag_params(dag_id(model, purpose)))
         if problems:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
         return {"dag_id": dag_id(model, purpose), "problems": []}

@@ -6,7 +6,8 @@ in a path or a version is refused in the page (or the API answer) instead of fai
 
 - ``retrain``: ``dataset_uri`` names a CSV or Parquet file that exists, can be read (its header line or Parquet
   footer, nothing more) and has every column the model's dataset config needs;
-- ``deploy``: ``model`` is ``champion`` while the model has one, or a version number the registry has.
+- ``deploy``: ``model`` is ``champion`` while the model has one, or a version number the registry has;
+- every DAG: no param the DAG does not have (Airflow would add it silently, a misspelt name running the default).
 
 A check the page's own identity cannot make (no S3 credentials, access denied where the steps' identity is allowed)
 does not refuse: the run's first step checks again with the steps' identity.
@@ -15,6 +16,7 @@ does not refuse: the run's first step checks again with the steps' identity.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from mlsteps import registry
@@ -73,15 +75,23 @@ def _version_problems(settings: Settings, client: Any, conf: dict[str, Any]) -> 
     return [f"model: {model_name} has no version {wanted}; its newest versions are {known}"]
 
 
-def run_problems(settings: Settings, client: Any, purpose: str, conf: dict[str, Any]) -> list[str]:
+def run_problems(
+    settings: Settings, client: Any, purpose: str, conf: dict[str, Any], known_params: Collection[str] | None
+) -> list[str]:
     """What is wrong with the params of a run of one of the model's DAGs that their schema cannot say; [] when fine.
 
     Args:
         settings: the model's settings.
         client: an MLflow client of the deployment's tracking server.
-        purpose: ``retrain`` or ``deploy`` (other DAGs have nothing to check beyond their schema).
+        purpose: ``retrain``, ``deploy`` or ``monitor`` (which has nothing to check beyond its schema).
         conf: the run's params as they will be posted to Airflow.
+        known_params: the DAG's params as Airflow has them (None when Airflow has not parsed the DAG yet). Airflow
+            takes a param it does not know as a new one, so a misspelt name would run with the default silently.
     """
+    unknown = sorted(set(conf) - set(known_params)) if known_params is not None else []
+    if unknown:
+        dag = dag_id(settings.pipeline.registry.model_name, purpose)
+        return [f"unknown params {unknown}: {dag} has {sorted(known_params or [])}; check the spelling"]
     if purpose == "retrain":
         return _dataset_problems(settings, conf)
     if purpose == "deploy":
