@@ -83,7 +83,7 @@ def run_params(settings: Settings) -> dict[str, Param]:
             type="array",
             minItems=1,
             uniqueItems=True,
-            items={"type": "string", "enum": model_families(training)},
+            items={"type": "string", "enum": model_families(training, settings.step("train").nodes)},
             title="Model families",
             description="Model families to train, one pod each: mlp (the network), gbdt (XGBoost) or the "
             "configured own trainer. The best on the holdout's primary metric becomes the challenger.",

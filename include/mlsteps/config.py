@@ -164,6 +164,8 @@ class SplitConfig(_Strict):
 
 
 FAMILIES = ("mlp", "gbdt")
+# The families that train data-parallel over several processes (several GPUs, several pods); the others train in one.
+DISTRIBUTED_FAMILIES = ("mlp",)
 
 
 def check_family(model: str) -> str:

@@ -8,6 +8,12 @@ torchrun itself exits 1 whenever a worker fails, which would hide a ``StepError`
 orchestrator (a retry cannot fix bad input). Run it through this module instead, with torchrun's own arguments::
 
     python -m mlsteps.distributed --standalone --nnodes=1 --nproc-per-node=4 -m mlsteps train --run-root ...
+
+On several nodes (the pods of an Indexed Job), every node runs the same command with a c10d rendezvous at the first
+node; the node whose ``JOB_COMPLETION_INDEX`` is 0 hosts the rendezvous store (``rendezvous_conf``)::
+
+    python -m mlsteps.distributed --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d \
+        --rdzv-endpoint=<first node>:29400 --rdzv-id=<run> -m mlsteps train --run-root ...
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from mlsteps.errors import EXIT_USER_ERROR, ConfigError
 if TYPE_CHECKING:
     import torch
 
+# Set by Kubernetes in every pod of an Indexed Job: the pod's place in the Job, 0 to completions - 1.
+NODE_INDEX_ENV_VAR = "JOB_COMPLETION_INDEX"
+
 # Long enough for rank 0 to start the MLflow run before the first epoch and to log the model after the last
 # one while the other ranks wait in a collective; a rank that dies is noticed sooner, as torchrun stops the rest.
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
@@ -33,7 +42,7 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the training processes of one pod."""
+    """This process's place among the training processes of one pod, or of every pod of a multi-node run."""
 
     rank: int = 0
     local_rank: int = 0
@@ -157,6 +166,28 @@ def pod_exit_code(exit_codes: dict[int, int], first_failed_rank: int) -> int:
     return code if code > 0 else 128 - code
 
 
+def rendezvous_conf(backend: str, conf: str, node_index: str | None) -> str:
+    """torchrun's ``--rdzv-conf`` with ``is_host`` set from this node's index: the first node hosts the c10d store.
+
+    Without it torch guesses, matching the endpoint's host name against this machine's names and addresses; on
+    Kubernetes the first pod's DNS record may not be published yet when it starts, the guess says no on every node,
+    and no node hosts the store. An ``is_host`` already in ``conf`` is kept; without an index (not a Job's pod) or
+    with another backend, ``conf`` is returned as it is.
+
+    Args:
+        backend: torchrun's ``--rdzv-backend``.
+        conf: torchrun's ``--rdzv-conf``, ``key=value`` pairs separated by commas.
+        node_index: ``JOB_COMPLETION_INDEX`` of this pod, if any.
+
+    Returns:
+        The configuration to start torchrun with.
+    """
+    keys = {item.split("=", 1)[0].strip() for item in conf.split(",")}
+    if backend != "c10d" or node_index is None or "is_host" in keys:
+        return conf
+    return ",".join(filter(None, [conf.strip(), f"is_host={int(node_index) == 0}"]))
+
+
 def launch(argv: list[str]) -> int:
     """Run torchrun and return the exit code the pod should end with; torchrun's own is 1 for any failure.
 
@@ -170,8 +201,10 @@ def launch(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    args = parse_args(argv)
+    args.rdzv_conf = rendezvous_conf(args.rdzv_backend, args.rdzv_conf, os.environ.get(NODE_INDEX_ENV_VAR))
     try:
-        run(parse_args(argv))
+        run(args)
     except ChildFailedError as failed:
         print(failed.format_msg(), file=sys.stderr, flush=True)
         first_rank, _ = failed.get_first_failure()

@@ -6,7 +6,7 @@ with "Pod took too long to be scheduled ... Check the pod events in kubernetes".
 container waiting reasons, scheduling gates) and turns it into one cause and a message that names the resource,
 taint, image, claim or quota with the numbers Kubernetes reported, and says what to do. ``container_exit`` reads how
 a container that ran has ended. Both are pure functions of the API's objects; ``StepPodOperator`` makes them the
-task's error.
+task's error. ``diagnose_job`` does the same for a Job whose pods were never created (a multi-node training run).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -401,6 +401,43 @@ def diagnose_pod(pod: k8s.V1Pod, events: Sequence[k8s.CoreV1Event]) -> PodDiagno
     return None
 
 
+def diagnose_job(job: k8s.V1Job, events: Sequence[k8s.CoreV1Event]) -> PodDiagnosis | None:
+    """Explain why a Job has not created its pods, from its spec and its events.
+
+    Its pods' own troubles (no node, no image) are ``diagnose_pod``'s; before they exist, the Job is either held back
+    (``spec.suspend``, which is how Kueue keeps a Job until its queue admits all of its pods at once) or the API
+    server refuses to create them, which only the Job's events say (``FailedCreate``: a quota, a missing Secret). The
+    newest Warning event that ``diagnose_pod``'s explanations understand wins, said of the Job's pods.
+
+    Args:
+        job: the Job as read from the API server.
+        events: the Job's events (``involvedObject.name`` = the Job), in any order.
+
+    Returns:
+        The diagnosis, or None when nothing explains the missing pods.
+    """
+    namespace, name = job.metadata.namespace, job.metadata.name
+    labels = job.metadata.labels or {}
+    if job.spec and job.spec.suspend:
+        queue = labels.get(KUEUE_QUEUE_LABEL)
+        waiting_for = f"queue {queue} admits all of its pods at once" if queue else "whoever suspended it resumes it"
+        message = (
+            f"Job {namespace}/{name} is waiting for admission: it is suspended, so it creates no pods until "
+            f"{waiting_for}. To fix: the queue's quota is probably in use; see kubectl get workloads -n {namespace}, "
+            "wait, or lower the step's resources or nodes."
+        )
+        return PodDiagnosis(StartFailure.AWAITING_ADMISSION, message, "spec.suspend: true")
+    template = job.spec.template if job.spec and job.spec.template else k8s.V1PodTemplateSpec()
+    # The Job's pod as the explanations read it: its requests, claims and affinity, under the Job's name.
+    stand_in = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels=labels), spec=template.spec)
+    for text in _event_texts(events, scheduled=True):
+        diagnosis = _explain(text, stand_in)
+        if diagnosis:
+            subject = f"Pod {_pod_ref(stand_in)}"
+            return replace(diagnosis, message=diagnosis.message.replace(subject, f"A pod of Job {namespace}/{name}", 1))
+    return None
+
+
 @dataclass(frozen=True)
 class ContainerExit:
     """How a container ended, from ``status.containerStatuses[].state.terminated``.
@@ -410,11 +447,13 @@ class ContainerExit:
         reason: Kubernetes' reason: ``Completed``, ``Error``, ``OOMKilled``, ...
         message: the termination message: with ``terminationMessagePolicy: FallbackToLogsOnError`` the last lines of
             a failed container's log.
+        finished_at: when it ended, if Kubernetes says.
     """
 
     exit_code: int
     reason: str | None
     message: str
+    finished_at: datetime | None = None
 
 
 def container_exit(pod: k8s.V1Pod, container_name: str) -> ContainerExit | None:
@@ -424,4 +463,5 @@ def container_exit(pod: k8s.V1Pod, container_name: str) -> ContainerExit | None:
     terminated = status.state.terminated if status and status.state else None
     if terminated is None or terminated.exit_code is None:
         return None
-    return ContainerExit(terminated.exit_code, terminated.reason, (terminated.message or "").rstrip())
+    message = (terminated.message or "").rstrip()
+    return ContainerExit(terminated.exit_code, terminated.reason, message, terminated.finished_at)

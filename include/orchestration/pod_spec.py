@@ -9,6 +9,9 @@ when a DAG really builds pods. Rules every step pod follows:
   label, a memory-backed ``/dev/shm`` (data loaders die with "Bus error" on the container default of 64 MiB), the
   Kueue queue label when configured, and one process per GPU (torchrun through ``mlsteps.distributed``) when there
   are several;
+- several nodes (``nodes > 1``, training only): the same pod, ``nodes`` times, as an Indexed Job
+  (``job_operator_kwargs``); each pod runs a torchrun agent that meets the others at the first pod, found by its
+  stable name behind the model's headless Service (``make render`` writes it);
 - security: fixed non-root UID/GID, read-only root filesystem with ``emptyDir`` ``/tmp`` (also ``HOME`` and caches),
   no privilege escalation, all capabilities dropped, seccomp ``RuntimeDefault``, no ServiceAccount token unless the
   step needs the Kubernetes API;
@@ -29,13 +32,15 @@ import math
 from decimal import Decimal
 from typing import Any
 
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.pod_generator import make_safe_label_value
 from airflow.providers.cncf.kubernetes.secret import Secret
 from kubernetes.client import models as k8s
 
+from mlsteps.errors import EXIT_USER_ERROR
 from mlsteps.registry import IMAGE_ENV_VAR
 from orchestration.settings import KubernetesSettings, Settings, StepSettings, parse_quantity
-from orchestration.templates import KUEUE_QUEUE_LABEL, RUN_ROOT_TEMPLATE
+from orchestration.templates import JOB_NAME_LABEL, KUEUE_QUEUE_LABEL, RUN_ROOT_TEMPLATE
 
 CONFIG_MOUNT = "/etc/mlsteps"  # the ConfigMap's keys: one resolved config per model, <model name>.yaml
 PART_OF = "continuous-training"
@@ -47,6 +52,13 @@ API_TOKEN_JUSTIFICATION = {
     "checkov.io/skip1": "CKV_K8S_38=the deploy step rolls the model server out through the Kubernetes API"
 }
 MEBIBYTE = Decimal(1024**2)
+# Several nodes: the c10d rendezvous (torchrun's default port) on the Job's first pod, which each pod finds through
+# the Job's name, read from the label the Job controller puts on its pods and expanded by Kubernetes in the command.
+RENDEZVOUS_PORT = 29400
+JOB_NAME_ENV_VAR = "TRAIN_JOB_NAME"
+TRAIN_SERVICE_PREFIX = "ml-train-"
+# A finished Job and the failed pods it keeps for kubectl logs go after a week (succeeded pods at once).
+JOB_TTL_SECONDS = 7 * 24 * 3600
 
 
 def torchrun_command(gpus: int) -> list[str]:
@@ -59,11 +71,55 @@ def torchrun_command(gpus: int) -> list[str]:
     return [*launcher, "-m", "mlsteps", "train"]
 
 
+def multi_node_command(nodes: int, gpus: int, service: str, wait_seconds: int) -> list[str]:
+    """The training entrypoint of each pod of a multi-node run: a torchrun agent with one process per GPU (one on
+    CPU), all agents meeting at a c10d rendezvous on the Job's first pod.
+
+    Kubernetes expands ``$(TRAIN_JOB_NAME)``, the Job's name, so every pod names the first pod by its stable DNS name
+    ``<job>-0.<service>`` and the Job as the rendezvous id, unique per attempt; ``mlsteps.distributed`` makes the pod
+    of index 0 host the store. The agents wait for each other (``join_timeout``) and for the store (``read_timeout``)
+    as long as Airflow waits for the pods to be scheduled and started.
+    """
+    endpoint = f"$({JOB_NAME_ENV_VAR})-0.{service}:{RENDEZVOUS_PORT}"
+    launcher = [
+        *("python", "-m", "mlsteps.distributed", f"--nnodes={nodes}", f"--nproc-per-node={max(gpus, 1)}"),
+        *("--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id=$({JOB_NAME_ENV_VAR})"),
+        f"--rdzv-conf=join_timeout={wait_seconds},read_timeout={wait_seconds}",
+    ]
+    return [*launcher, "-m", "mlsteps", "train"]
+
+
+def train_service_name(model_name: str) -> str:
+    """The headless Service of a model's multi-node training pods: the pods' subdomain, so that each pod has the
+    DNS name ``<job>-<index>.<service>`` (``make render`` writes it from ``include/k8s/train-multinode.yaml``)."""
+    return f"{TRAIN_SERVICE_PREFIX}{model_name}"
+
+
+def _multi_node(step: StepSettings, settings: Settings) -> dict[str, Any]:
+    """What each pod of a multi-node run adds: the agent's command, the subdomain, the Job's name in the env."""
+    kube = settings.runtime.kubernetes
+    service = train_service_name(settings.pipeline.registry.model_name)
+    job_name = k8s.V1EnvVarSource(
+        field_ref=k8s.V1ObjectFieldSelector(field_path=f"metadata.labels['{JOB_NAME_LABEL}']")
+    )
+    return {
+        "cmds": multi_node_command(
+            step.nodes, step.gpus, service, kube.schedule_timeout_seconds + kube.startup_timeout_seconds
+        ),
+        "subdomain": service,
+        "pod_runtime_info_envs": [k8s.V1EnvVar(name=JOB_NAME_ENV_VAR, value_from=job_name)],
+    }
+
+
 def _command(step_name: str, step: StepSettings, settings: Settings, common: dict[str, Any]) -> dict[str, Any]:
-    """Training in a pod: one process per GPU, and checkpoints on the data volume when there is one."""
+    """Training in a pod: one process per GPU (on each of several pods), and checkpoints on the data volume when
+    there is one."""
     if step_name != "train":
         return {}
-    command = {"cmds": torchrun_command(step.gpus)} if step.gpus > 1 else {}
+    if step.nodes > 1:
+        command = _multi_node(step, settings)
+    else:
+        command = {"cmds": torchrun_command(step.gpus)} if step.gpus > 1 else {}
     volume = settings.runtime.kubernetes.data_volume
     if volume:
         folder = f"{volume.checkpoints_path}/{{{{ dag.dag_id }}}}/{{{{ run_id }}}}"
@@ -192,6 +248,45 @@ def _security(kube: KubernetesSettings) -> dict[str, Any]:
             capabilities=k8s.V1Capabilities(drop=["ALL"]),
             seccomp_profile=seccomp,
         ),
+    }
+
+
+def job_operator_kwargs(step_name: str, settings: Settings) -> dict[str, Any]:
+    """The KubernetesJobOperator arguments of a step that runs on several nodes, on top of its pod's
+    (``pod_operator_kwargs``): an Indexed Job of ``nodes`` pods that all run at once and fails as a whole.
+
+    ``backoff_limit`` 0: one pod's failure fails the Job, and the Job controller stops the other pods (they would
+    wait in a collective for the lost rank until its timeout); Airflow's retry starts a new Job. The pod failure
+    policy fails the Job on exit code 2 as well, so the Job's own status (reason ``PodFailurePolicy``) says that a
+    step stopped on bad input even when that pod is gone; ``StepJobOperator`` then fails the task without retry.
+    The provider's operator (cncf-kubernetes 10.25) has no argument for the policy: it goes in ``full_job_spec``,
+    which the operator merges under the Job it builds from its arguments.
+
+    Args:
+        step_name: the step (``train``; the settings allow no other on several nodes).
+        settings: the deployment's settings (runtime ``kubernetes``).
+
+    Returns:
+        Keyword arguments for ``KubernetesJobOperator``.
+    """
+    nodes = settings.step(step_name).nodes
+    bad_input = k8s.V1PodFailurePolicyRule(
+        action="FailJob",
+        on_exit_codes=k8s.V1PodFailurePolicyOnExitCodesRequirement(
+            container_name=KubernetesPodOperator.BASE_CONTAINER_NAME, operator="In", values=[EXIT_USER_ERROR]
+        ),
+    )
+    policy = k8s.V1JobSpec(
+        template=k8s.V1PodTemplateSpec(), pod_failure_policy=k8s.V1PodFailurePolicy(rules=[bad_input])
+    )
+    return {
+        "completion_mode": "Indexed",
+        "completions": nodes,
+        "parallelism": nodes,
+        "backoff_limit": 0,
+        "full_job_spec": k8s.V1Job(spec=policy),
+        "wait_until_job_complete": True,
+        "ttl_seconds_after_finished": JOB_TTL_SECONDS,
     }
 
 

@@ -127,8 +127,8 @@ def pod_task(
         operator_kwargs: passed on to the operator (``outlets``, ``trigger_rule``, ...).
 
     Returns:
-        A ``StepPodOperator`` (runtime ``kubernetes``) or a ``LocalStepOperator`` (runtime ``local``); mapped over
-        ``expand_over`` when given.
+        A ``StepPodOperator`` (runtime ``kubernetes``; a ``StepJobOperator`` for a step on several nodes) or a
+        ``LocalStepOperator`` (runtime ``local``, one process); mapped over ``expand_over`` when given.
     """
     settings = settings or get_settings()
     limits = settings.step(step)
@@ -152,10 +152,12 @@ def pod_task(
         operator: type[BaseOperator] = LocalStepOperator
         kwargs = common
     else:
-        from orchestration.pod_operator import StepPodOperator
-        from orchestration.pod_spec import pod_operator_kwargs
+        from orchestration.pod_operator import StepJobOperator, StepPodOperator
+        from orchestration.pod_spec import job_operator_kwargs, pod_operator_kwargs
 
         operator, kwargs = StepPodOperator, {**common, **pod_operator_kwargs(step, settings, common)}
+        if limits.nodes > 1:  # the same pod on each node, as one Indexed Job
+            operator, kwargs = StepJobOperator, {**kwargs, **job_operator_kwargs(step, settings)}
     if expand_over is None:
         return operator(**kwargs)
     return operator.partial(**kwargs).expand(extra_arguments=expand_over)

@@ -4,12 +4,15 @@
         python -m orchestration.render --out build/k8s
 
 Pods come from the real ``KubernetesPodOperator.build_pod_request_obj`` after rendering each task's templates for
-an example run, so what is written is what the provider would submit. The manifests are ``include/k8s`` (the
-resources its ``kustomization.yaml`` lists, in the configured namespace), each model's own objects made from the
-templates ``MODEL_TEMPLATES`` of that folder (its model server and its deploy step's identity, named after the model),
-and the ConfigMap that carries every model's config into the pods. Output: ``<out>/pods/<dag_id>/<task_id>.yaml`` and
-``<out>/manifests/*.yaml`` (``model-server-<model>.yaml``, ``rbac-ml-deploy-<model>.yaml``). Nothing is written
-unless everything renders: a bad config or DAG, or two models naming one object, exits with code 2 and one message.
+an example run, so what is written is what the provider would submit; a step on several nodes is the Job that
+``KubernetesJobOperator.build_job_request_obj`` would submit. The manifests are ``include/k8s`` (the resources its
+``kustomization.yaml`` lists, in the configured namespace), each model's own objects made from the templates
+``MODEL_TEMPLATES`` of that folder (its model server, its deploy step's identity and, when it trains on several nodes,
+its training pods' headless Service and network policy; named after the model), and the ConfigMap that carries every
+model's config into the pods. Output: ``<out>/pods/<dag_id>/<task_id>.yaml`` and ``<out>/manifests/*.yaml``
+(``model-server-<model>.yaml``, ``rbac-ml-deploy-<model>.yaml``, ``train-multinode-<model>.yaml``). Nothing is
+written unless everything renders: a bad config or DAG, or two models naming one object, exits with code 2 and one
+message.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ MANIFESTS_FOLDER = PROJECT_ROOT / "include" / "k8s"
 # The files of MANIFESTS_FOLDER that its kustomization leaves out: templates of each model's own objects.
 MODEL_SERVER_TEMPLATE = "model-server.yaml"
 DEPLOY_RBAC_TEMPLATE = "rbac-ml-deploy.yaml"
-MODEL_TEMPLATES = (MODEL_SERVER_TEMPLATE, DEPLOY_RBAC_TEMPLATE)
+TRAIN_MULTINODE_TEMPLATE = "train-multinode.yaml"
+MODEL_TEMPLATES = (MODEL_SERVER_TEMPLATE, DEPLOY_RBAC_TEMPLATE, TRAIN_MULTINODE_TEMPLATE)
 # A template's placeholder: a whole string value such as ``<model>`` (Kubernetes names and labels have no '<').
 PLACEHOLDER = re.compile(r"^<[a-z-]+>$")
 EXAMPLE_RUN_AFTER = datetime(2026, 1, 5, 3, tzinfo=UTC)
@@ -74,7 +78,8 @@ def _example_context(dag: Any, task: Any) -> dict[str, Any]:
 
 
 def render_pods(dags_folder: Path = DAGS_FOLDER) -> dict[str, dict[str, dict]]:
-    """The pod of every KubernetesPodOperator task, as Kubernetes JSON objects by DAG id and task id.
+    """The pod of every KubernetesPodOperator task (the Job of a step on several nodes), as Kubernetes JSON objects by
+    DAG id and task id.
 
     A mapped task (the train step, one pod per candidate family) is rendered once, without the arguments each
     mapped instance adds (``--model <family>``): every instance's pod is that pod with them.
@@ -86,6 +91,8 @@ def render_pods(dags_folder: Path = DAGS_FOLDER) -> dict[str, dict[str, dict]]:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from airflow.sdk.definitions.mappedoperator import MappedOperator
     from kubernetes.client import ApiClient
+
+    from orchestration.pod_operator import StepJobOperator
 
     dagbag = DagBag(str(dags_folder))
     if dagbag.import_errors:
@@ -99,7 +106,10 @@ def render_pods(dags_folder: Path = DAGS_FOLDER) -> dict[str, dict[str, dict]]:
             if isinstance(task, KubernetesPodOperator):
                 context = _example_context(dag, task)
                 task.render_template_fields(context)
-                pod = task.build_pod_request_obj(context, dry_run=True)
+                if isinstance(task, StepJobOperator):
+                    pod = task.build_job_request_obj(context, dry_run=True)
+                else:
+                    pod = task.build_pod_request_obj(context, dry_run=True)
                 pods.setdefault(dag_id, {})[task.task_id] = serializer.sanitize_for_serialization(pod)
     return pods
 
@@ -269,6 +279,28 @@ def deploy_rbac_manifests(model: Settings, folder: Path = MANIFESTS_FOLDER) -> l
     return documents
 
 
+def train_multinode_manifests(model: Settings, folder: Path = MANIFESTS_FOLDER) -> list[dict[str, Any]]:
+    """What a model that trains on several nodes needs around its Job, from the template ``train-multinode.yaml``:
+    the headless Service that gives each training pod its DNS name, the network policy that lets those pods reach
+    each other, and the Role that lets Airflow's workers run Jobs. Nothing for a model that trains on one node."""
+    from orchestration.pod_spec import train_service_name
+
+    if model.step("train").nodes == 1:
+        return []
+    kube = model.runtime.kubernetes
+    name = model.pipeline.registry.model_name
+    values = {
+        "<model>": name,
+        "<namespace>": kube.namespace,
+        "<train-service>": train_service_name(name),
+        "<worker-jobs-role>": f"airflow-worker-jobs-{name}",
+    }
+    documents = _instantiate(folder / TRAIN_MULTINODE_TEMPLATE, values)
+    for doc in documents:
+        doc["metadata"]["labels"] = _with_labels(doc["metadata"]["labels"], kube.labels)
+    return documents
+
+
 def _refuse_shared_objects(manifests: dict[str, list[dict]]) -> None:
     """Two files naming one object would overwrite each other on apply: refuse, naming both files."""
     owners: dict[tuple[str, str, str], str] = {}
@@ -290,7 +322,8 @@ def load_manifests(
     settings: Settings, models: list[Settings], folder: Path = MANIFESTS_FOLDER
 ) -> dict[str, list[dict]]:
     """The documents of every resource file ``kustomization.yaml`` lists, moved to the configured namespace; each
-    model's own objects (``model-server-<model>.yaml``, ``rbac-ml-deploy-<model>.yaml``); and the ConfigMap.
+    model's own objects (``model-server-<model>.yaml``, ``rbac-ml-deploy-<model>.yaml``, and
+    ``train-multinode-<model>.yaml`` for a model that trains on several nodes); and the ConfigMap.
 
     Raises:
         ConfigError: a model's objects do not render, or two files name one object.
@@ -312,6 +345,9 @@ def load_manifests(
         rbac = deploy_rbac_manifests(model, folder)
         if rbac:
             manifests[f"{Path(DEPLOY_RBAC_TEMPLATE).stem}-{name}.yaml"] = rbac
+        multinode = train_multinode_manifests(model, folder)
+        if multinode:
+            manifests[f"{Path(TRAIN_MULTINODE_TEMPLATE).stem}-{name}.yaml"] = multinode
     manifests["configmap-mlsteps-config.yaml"] = [config_map(settings, models)]
     _refuse_shared_objects(manifests)
     return manifests

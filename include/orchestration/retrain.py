@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlsteps import results
-from mlsteps.config import FAMILIES, TrainingConfig
+from mlsteps.config import DISTRIBUTED_FAMILIES, FAMILIES, TrainingConfig
 from mlsteps.evaluation.tasks import METRICS
 from orchestration.assets import ModelAssets
 from orchestration.contracts import DATA_CHECK_TASK as DATA_CHECK
@@ -189,9 +189,11 @@ def summarize(run_root: str, run_id: str) -> dict[str, Any]:
     }
 
 
-def model_families(training: TrainingConfig) -> list[str]:
-    """The families a run may choose: the built-in ones, and the configured own trainers."""
-    return list(dict.fromkeys([*FAMILIES, training.model, *training.candidates]))
+def model_families(training: TrainingConfig, nodes: int = 1) -> list[str]:
+    """The families a run may choose: the built-in ones, and the configured own trainers; only those that train
+    data-parallel when training spans several nodes (``runtime.steps.train.nodes``)."""
+    families = list(dict.fromkeys([*FAMILIES, training.model, *training.candidates]))
+    return families if nodes == 1 else [family for family in families if family in DISTRIBUTED_FAMILIES]
 
 
 # Every task's metrics in one order, for the summary's metric lines.

@@ -27,7 +27,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlsteps import results
-from mlsteps.config import CONFIG_ENV_VAR, PipelineConfig, load_pipeline_config, resolve_config_uri
+from mlsteps.config import (
+    CONFIG_ENV_VAR,
+    DISTRIBUTED_FAMILIES,
+    PipelineConfig,
+    load_pipeline_config,
+    resolve_config_uri,
+)
 from mlsteps.data.storage import S3_ENDPOINT_ENV_VAR
 from mlsteps.errors import ConfigError
 from mlsteps.steps import STEPS
@@ -35,6 +41,9 @@ from mlsteps.steps import STEPS
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATASET_URI_ENV_VAR = "ML_DATASET_URI"
 GPU_POOL = "gpu"  # the Airflow pool (airflow_settings.yaml) that caps concurrent GPU steps
+# Most pods one training run may span (runtime.steps.train.nodes): the c10d store on the first pod serves each
+# process of every pod, and a Job this wide already takes a whole GPU node pool.
+MAX_TRAIN_NODES = 32
 
 
 _QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:([eE][+-]?[0-9]+)|([KMGTPE]i|[numkMGTPE]))?$")
@@ -121,6 +130,13 @@ class StepSettings(BaseModel):
     service_account: str = Field("ml-steps", description="ServiceAccount of the pod (one per step class)")
     needs_kubernetes_api: bool = Field(False, description="mount a ServiceAccount token (only the deploy step)")
     gpus: int = Field(0, ge=0, description="GPUs of the pod; more than 1 runs one training process per GPU")
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=MAX_TRAIN_NODES,
+        description="pods that train together, each with `gpus` GPUs on its own node (train only, mlp only): an "
+        "Indexed Job on Kubernetes; the local runtime runs one process",
+    )
     resources: Resources = Resources()
 
     @property
@@ -310,6 +326,9 @@ class RuntimeSettings(BaseModel):
         multi = sorted(name for name, step in self.steps.items() if step.gpus > 1 and name != "train")
         if multi:
             raise ValueError(f"steps {multi} ask for several GPUs; only train runs one process per GPU (use 0 or 1)")
+        spread = {name: step.nodes for name, step in self.steps.items() if step.nodes > 1 and name != "train"}
+        if spread:
+            raise ValueError(f"steps {spread} ask for several nodes; only train runs on several pods (use 1)")
         return self
 
 
@@ -389,6 +408,21 @@ def _check_reachable_from_pods(
         raise ConfigError(f"{config_uri}: runtime kubernetes: " + "; ".join(problems))
 
 
+def _check_multi_node_families(config_uri: str, pipeline: PipelineConfig, runtime: RuntimeSettings) -> None:
+    """Training on several pods is data-parallel, which only the network families do: refuse the others at load
+    time rather than start a Job whose every pod would stop with the same error."""
+    nodes = runtime.steps["train"].nodes
+    families = pipeline.training.candidate_families
+    single = [family for family in families if family not in DISTRIBUTED_FAMILIES]
+    if nodes > 1 and single:
+        raise ConfigError(
+            f"{config_uri}: runtime.steps.train.nodes={nodes} trains one model data-parallel over {nodes} pods, "
+            f"which only the {list(DISTRIBUTED_FAMILIES)} family does; training.model/candidates {families} include "
+            f"{single}, which train in one process on one node: set runtime.steps.train.nodes to 1 for this model, "
+            f"or train only {list(DISTRIBUTED_FAMILIES)}"
+        )
+
+
 def load_settings(config_uri: str | None = None) -> Settings:
     """Resolve settings from the pipeline config and the environment.
 
@@ -406,6 +440,7 @@ def load_settings(config_uri: str | None = None) -> Settings:
     if mode not in ("local", "kubernetes"):
         raise ConfigError(f"ML_RUNTIME={mode!r}: use 'local' or 'kubernetes'")
     runtime = runtime.model_copy(update={"mode": mode})
+    _check_multi_node_families(config_uri, pipeline, runtime)
     state_dir = Path(os.environ.get("ML_STATE_DIR", PROJECT_ROOT / ".local")).resolve()
     artifact_root = os.environ.get("ML_ARTIFACT_ROOT") or runtime.artifact_root or str(state_dir / "artifacts")
     dataset_name = pipeline.dataset.name

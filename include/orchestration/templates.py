@@ -21,6 +21,9 @@ RUN_CONTEXT_ENV = {
 # The label Kueue reads to admit a pod against its LocalQueue's quota.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
+# The label the Job controller gives each pod of a Job: the Job's name.
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
 
 def _run_root_macro(dag_id: str, run_id: str) -> str:
     return get_settings().run_root(dag_id, run_id)

@@ -1,11 +1,12 @@
 """Every pod of every DAG task, rendered by the real provider code through ``python -m orchestration.render``, is one
 a cluster accepts (strict schemas of the oldest and newest supported Kubernetes) and follows the GPU, security,
-secret and label rules. Variants of the pipeline config show CPU-only training, several GPUs, a data volume and
-Kueue, and a model config's own images, resources, labels, priority and model server reaching that model's pods
-only; bad configs render nothing."""
+secret and label rules. Variants of the pipeline config show CPU-only training, several GPUs, several nodes (an
+Indexed Job and its headless Service), a data volume and Kueue, and a model config's own images, resources, labels,
+priority and model server reaching that model's pods only; bad configs render nothing."""
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +18,20 @@ import yaml
 from mlsteps.config import PipelineConfig
 from mlsteps.steps import STEPS
 from orchestration.models import load_models
-from orchestration.pod_spec import service_account
+from orchestration.pod_spec import JOB_NAME_ENV_VAR, RENDEZVOUS_PORT, service_account
 from orchestration.settings import GPU_POOL, ModelServerSettings, Settings, load_settings, parse_quantity
 
-from .policy import K8S_VERSIONS, RUN_AS_ID, load_documents, pod_security_violations, validate_schema
+from .policy import (
+    K8S_VERSIONS,
+    RUN_AS_ID,
+    allowed_ports,
+    load_documents,
+    pod_security_violations,
+    run_checkov,
+    selects,
+    validate_schema,
+    write_documents,
+)
 from .rendering import CLUSTER_ENV, REPO, add_model, render, rendered_pods, variant_config
 
 CREDENTIAL_WORDS = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY")
@@ -247,6 +258,98 @@ def test_cluster_variant_several_gpus_kueue_product_affinity_and_data_volume(tmp
     for pod in pods.values():
         for version in K8S_VERSIONS:
             validate_schema(pod, version)
+
+
+def _without_multi_node(pod: dict[str, Any]) -> dict[str, Any]:
+    """A pod's spec without what a multi-node run adds: the agent's command, the Job's name, the subdomain."""
+    spec = copy.deepcopy(pod["spec"])
+    spec.pop("subdomain", None)
+    (container,) = spec["containers"]
+    container.pop("command")
+    container["env"] = [item for item in container["env"] if item["name"] != JOB_NAME_ENV_VAR]
+    return spec
+
+
+def test_cluster_variant_training_on_several_nodes_is_an_indexed_job_beside_its_headless_service(
+    tmp_path: Path,
+) -> None:
+    train = {"gpus": 4, "image": "train", "service_account": "ml-train"}
+    renders = {}
+    for nodes in (1, 2):
+        folder = tmp_path / f"nodes-{nodes}"
+        folder.mkdir()
+        runtime = {"steps": {"train": {**train, "nodes": nodes}}, "kubernetes": {"kueue_queue": "team-a-gpu"}}
+        done = render(folder / "k8s", folder, variant_config(folder, runtime))
+        assert done.returncode == 0, done.stderr
+        renders[nodes] = folder / "k8s"
+    single = rendered_pods(renders[1])["churn-classifier.retrain.train"]
+    job = rendered_pods(renders[2])["churn-classifier.retrain.train"]
+    multinode = load_documents(renders[2] / "manifests" / "train-multinode-churn-classifier.yaml")
+    service, policy, role, binding = multinode
+
+    assert job["kind"] == "Job" and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-gpu"
+    spec, pod = job["spec"], job["spec"]["template"]
+    # Two pods at once; one failure fails the Job, exit code 2 by its pod failure policy too, never retried there.
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == (
+        "Indexed",
+        2,
+        2,
+        0,
+    )
+    exit_2 = {"containerName": "base", "operator": "In", "values": [2]}
+    assert spec["podFailurePolicy"] == {"rules": [{"action": "FailJob", "onExitCodes": exit_2}]}
+    # Each node's pod is the one-node pod (GPUs, scheduling, resources, security, volumes, identity, labels) ...
+    assert _without_multi_node(pod) == _without_multi_node(single)
+    assert pod["metadata"]["labels"] == single["metadata"]["labels"]
+    # ... started as a torchrun agent that finds the first pod by its name behind the headless Service.
+    (container,) = pod["spec"]["containers"]
+    endpoint = f"$({JOB_NAME_ENV_VAR})-0.{service['metadata']['name']}:{RENDEZVOUS_PORT}"
+    assert container["command"] == [
+        *("python", "-m", "mlsteps.distributed", "--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d"),
+        *(f"--rdzv-endpoint={endpoint}", f"--rdzv-id=$({JOB_NAME_ENV_VAR})"),
+        "--rdzv-conf=join_timeout=1500,read_timeout=1500",  # schedule + startup timeouts: Airflow waits as long
+        *("-m", "mlsteps", "train"),
+    ]
+    [job_name] = [item for item in container["env"] if item["name"] == JOB_NAME_ENV_VAR]
+    assert job_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}
+    assert pod["spec"]["subdomain"] == service["metadata"]["name"] == "ml-train-churn-classifier"
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["ports"][0]["port"] == RENDEZVOUS_PORT
+    labels = pod["metadata"]["labels"]
+    assert selects({"matchLabels": service["spec"]["selector"]}, labels)
+    # The model's training pods reach each other on any TCP port, in both directions, and no other pod.
+    manifests = [doc for path in sorted((renders[2] / "manifests").glob("*.yaml")) for doc in load_documents(path)]
+    policies = [doc for doc in manifests if doc["kind"] == "NetworkPolicy"]
+    assert allowed_ports(policies, labels, "Ingress") == {("TCP", 1)}
+    assert ("TCP", 1) in allowed_ports(policies, labels, "Egress")
+    assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 1, "endPort": 65535}]
+    other_model = {**labels, "continuous-training/model": "tier-classifier"}
+    for peer in [*policy["spec"]["ingress"][0]["from"], *policy["spec"]["egress"][0]["to"]]:
+        assert selects(peer["podSelector"], labels) and not selects(peer["podSelector"], other_model)
+    # Airflow's workers may run the Job: create, follow and delete it, nothing more.
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "airflow-worker", "namespace": "airflow"}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert role["rules"] == [
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "delete"]},
+        {"apiGroups": ["batch"], "resources": ["jobs/status"], "verbs": ["get"]},
+    ]
+    assert not (renders[1] / "manifests" / "train-multinode-churn-classifier.yaml").exists(), "one node: no Service"
+    for document in [job, *multinode]:
+        assert pod_security_violations(document) == []
+        for version in K8S_VERSIONS:
+            validate_schema(document, version)
+    rendered = [doc for path in sorted(renders[2].rglob("*.yaml")) for doc in load_documents(path)]
+    write_documents(rendered, tmp_path / "checkov")
+    assert [str(failed) for failed in run_checkov(tmp_path / "checkov").failed] == []
+
+
+def test_a_model_that_trains_gbdt_on_several_nodes_renders_nothing(tmp_path: Path) -> None:
+    config = variant_config(tmp_path, {})
+    add_model(config, "tiers.yaml", {"runtime": {"steps": {"train": {"nodes": 2}}}})  # candidates: [mlp, gbdt]
+    done = render(tmp_path / "k8s", tmp_path, config)
+    assert done.returncode == 2
+    assert re.search(r"tiers\.yaml: runtime\.steps\.train\.nodes=2 .* include \['gbdt'\]", done.stderr), done.stderr
+    assert not (tmp_path / "k8s").exists()
 
 
 def test_cpu_only_training_has_no_gpu_scheduling(tmp_path: Path) -> None:

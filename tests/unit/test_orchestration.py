@@ -25,7 +25,7 @@ from orchestration.failures import close_run
 from orchestration.local_step import LocalStepOperator
 from orchestration.models import PURPOSES
 from orchestration.pod_task import attach_params, pod_task
-from orchestration.retrain import format_summary, promotion_branch, summarize
+from orchestration.retrain import format_summary, model_families, promotion_branch, summarize
 from orchestration.settings import load_settings, parse_quantity
 from orchestration.templates import RUN_ROOT_TEMPLATE
 
@@ -71,12 +71,48 @@ def _config_with_runtime(tmp_path: Path, runtime: dict) -> str:
         ({"steps": {"train": {"gpus": 16}}}, r"\{'train': 16\} ask for more GPUs than a node has.*per_node=8"),
         ({"steps": {"train": {"gpus": -1}}}, r"runtime\.steps\.train\.gpus"),
         ({"steps": {"evaluate": {"gpus": 2}}}, r"\['evaluate'\] ask for several GPUs; only train"),
+        (
+            {"steps": {"train": {"nodes": 0}}},
+            r"runtime\.steps\.train\.nodes: Input should be greater than or equal to 1",
+        ),
+        (
+            {"steps": {"train": {"nodes": 33}}},
+            r"runtime\.steps\.train\.nodes: Input should be less than or equal to 32",
+        ),
+        ({"steps": {"evaluate": {"nodes": 2}}}, r"\{'evaluate': 2\} ask for several nodes; only train runs on several"),
         ({"steps": {"train": {"image": "cuda"}}}, r"runtime\.steps\.train\.image"),
     ],
 )
 def test_bad_runtime_config_names_the_field(tmp_path: Path, runtime: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(_config_with_runtime(tmp_path, runtime))
+
+
+def test_training_on_several_nodes_needs_a_family_that_trains_data_parallel(tmp_path: Path) -> None:
+    raw = yaml.safe_load(
+        Path(_config_with_runtime(tmp_path, {"steps": {"train": {"nodes": 4, "gpus": 8}}})).read_text()
+    )
+    raw["training"]["candidates"] = ["mlp", "gbdt"]
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+
+    with pytest.raises(ConfigError) as raised:
+        load_settings(str(tmp_path / "pipeline.yaml"))
+
+    assert str(raised.value) == (
+        f"{tmp_path / 'pipeline.yaml'}: runtime.steps.train.nodes=4 trains one model data-parallel over 4 pods, which "
+        "only the ['mlp'] family does; training.model/candidates ['mlp', 'gbdt'] include ['gbdt'], which train in one "
+        "process on one node: set runtime.steps.train.nodes to 1 for this model, or train only ['mlp']"
+    )
+    raw["training"]["candidates"] = ["mlp"]
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    settings = load_settings(str(tmp_path / "pipeline.yaml"))
+    assert settings.step("train").nodes == 4
+    # The retrain DAG's trigger form offers only the families that can run on the model's nodes.
+    assert model_families(settings.pipeline.training, settings.step("train").nodes) == ["mlp"]
+    assert model_families(settings.pipeline.training) == ["mlp", "gbdt"]
+    # The local runtime trains in one process, whatever nodes and gpus say.
+    local = pod_task("train", settings=settings)
+    assert isinstance(local, LocalStepOperator) and local.cmds == ["python", "-m", "mlsteps", "train"]
 
 
 def test_kubernetes_runtime_needs_storage_and_mlflow_that_pods_reach(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,5 @@
 """Why a step pod did not start or its step failed: diagnoses from real-shaped pods and events, and the operator that
-reports them the way the local runtime does."""
+reports them the way the local runtime does; the same for a step on several nodes, an Indexed Job of such pods."""
 
 from __future__ import annotations
 
@@ -8,16 +8,25 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from airflow.providers.cncf.kubernetes.kubernetes_helper_functions import PodLaunchFailedException
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import models as k8s
 from kubernetes.client.rest import ApiException
 
+from orchestration import pod_operator
 from orchestration.failures import StepExitError, StepUserError
 from orchestration.local_step import LocalStepOperator
-from orchestration.pod_diagnosis import ContainerExit, PodDiagnosis, StartFailure, container_exit, diagnose_pod
-from orchestration.pod_operator import StepPodOperator
+from orchestration.pod_diagnosis import (
+    ContainerExit,
+    PodDiagnosis,
+    StartFailure,
+    container_exit,
+    diagnose_job,
+    diagnose_pod,
+)
+from orchestration.pod_operator import StepJobOperator, StepPodOperator
 
 NOW = datetime(2026, 3, 2, 3, 4, 5, tzinfo=UTC)
 NAMESPACE = "ml"
@@ -704,7 +713,7 @@ def ended_pod(exit_code: int, reason: str = "Error", message: str = STEP_TAIL) -
 
 
 def test_container_exit_reads_the_step_containers_terminated_state() -> None:
-    assert container_exit(ended_pod(2), "base") == ContainerExit(2, "Error", STEP_TAIL)
+    assert container_exit(ended_pod(2), "base") == ContainerExit(2, "Error", STEP_TAIL, NOW + timedelta(minutes=2))
     assert container_exit(ended_pod(2), "istio-proxy") is None
     assert container_exit(make_pod(phase="Running", running=True), "base") is None
 
@@ -784,3 +793,311 @@ def test_both_runtimes_fail_alike_on_each_exit_code(exit_code: int, reason: str)
     assert isinstance(from_pod.value, AirflowFailException) is (exit_code == 2)
     assert from_local.value.step_message == from_pod.value.step_message == tail
     assert str(from_local.value) == str(from_pod.value)
+
+
+# ---- a step on several nodes: the Indexed Job and its pods ----------------------------------------------------------
+
+JOB_NAME = "job-train-k3v9q2za"
+QUOTA_REFUSAL = (
+    f'Error creating: pods "{JOB_NAME}-1-x8r2t" is forbidden: exceeded quota: ml-quota, requested: '
+    "requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu=8, limited: requests.nvidia.com/gpu=8"
+)
+
+
+def job_pod(index: int, pod: k8s.V1Pod | None = None) -> k8s.V1Pod:
+    """Pod ``index`` of the Job, as the Job controller names, labels and annotates it; running unless ``pod`` says."""
+    pod = pod or make_pod(phase="Running", node_name=f"gpu-node-{index}", conditions=[scheduled()], running=True)
+    pod.metadata.name = f"{JOB_NAME}-{index}-x8r2t"
+    pod.metadata.labels["batch.kubernetes.io/job-name"] = JOB_NAME
+    pod.metadata.annotations = {"batch.kubernetes.io/job-completion-index": str(index)}
+    return pod
+
+
+def make_job(*, failed: str | None = None, suspend: bool = False) -> k8s.V1Job:
+    """The Job as the API server returns it: Complete, Failed with ``failed`` as its reason, or not finished."""
+    message = f"Container base for pod {NAMESPACE}/{JOB_NAME}-1-x8r2t failed with exit code 2 matching FailJob rule"
+    condition = k8s.V1JobCondition(
+        type="Failed" if failed else "Complete",
+        status="True",
+        reason=failed,
+        message=message if failed == "PodFailurePolicy" else None,
+    )
+    labels = {"kueue.x-k8s.io/queue-name": "team-a-gpu", "continuous-training/step": "train"}
+    return k8s.V1Job(
+        metadata=k8s.V1ObjectMeta(name=JOB_NAME, namespace=NAMESPACE, labels=labels),
+        spec=k8s.V1JobSpec(
+            suspend=suspend,
+            completions=2,
+            parallelism=2,
+            template=k8s.V1PodTemplateSpec(spec=make_pod().spec),
+        ),
+        status=k8s.V1JobStatus(conditions=[condition]),
+    )
+
+
+class FakeJobCluster:
+    """The API the Job operator talks to (core and batch clients, the hook and the pod manager in one), with no
+    cluster: the Job controller creates the pods over successive lists; each pod starts unless it is stuck; at the
+    end every pod is in ``ended`` (or gone) and the Job ends as ``final_job`` says."""
+
+    is_in_cluster = False
+    is_job_failed = staticmethod(KubernetesHook.is_job_failed)
+
+    def __init__(
+        self,
+        listed: list[list[k8s.V1Pod]],
+        *,
+        final_job: k8s.V1Job | None = None,
+        ended: list[k8s.V1Pod] = (),
+        stuck: dict[str, tuple[k8s.V1Pod, list[k8s.CoreV1Event]]] | None = None,
+        job_now: k8s.V1Job | None = None,
+        job_events: list[k8s.CoreV1Event] = (),
+    ) -> None:
+        self.listed = list(listed)
+        self.final_job = final_job or make_job()
+        self.ended = {pod.metadata.name: pod for pod in ended}
+        self.stuck = stuck or {}
+        self.job_now = job_now or make_job()
+        self.job_events = list(job_events)
+        self.selectors: list[str] = []
+        self.deleted_jobs: list[str] = []
+        self.deleted_pods: list[str] = []
+        self.logged: list[str] = []
+        self.awaited: list[str] = []
+
+    # the hook
+    def create_job(self, job: k8s.V1Job) -> k8s.V1Job:
+        return job
+
+    def wait_until_job_complete(self, job_name: str, namespace: str, job_poll_interval: float) -> k8s.V1Job:
+        return self.final_job
+
+    def get_pod(self, name: str, namespace: str) -> k8s.V1Pod:
+        if name not in self.ended:
+            raise ApiException(status=404, reason="Not Found")
+        return self.ended[name]
+
+    # CoreV1Api and BatchV1Api
+    def list_namespaced_pod(self, namespace: str, label_selector: str) -> k8s.V1PodList:
+        self.selectors.append(label_selector)
+        return k8s.V1PodList(items=self.listed.pop(0) if len(self.listed) > 1 else self.listed[0])
+
+    def list_namespaced_event(self, namespace: str, field_selector: str) -> k8s.CoreV1EventList:
+        assert field_selector == f"involvedObject.kind=Job,involvedObject.name={JOB_NAME}"
+        return k8s.CoreV1EventList(items=self.job_events)
+
+    def patch_namespaced_pod(self, name: str, namespace: str, body: dict) -> None:
+        return None
+
+    def read_namespaced_job(self, name: str, namespace: str) -> k8s.V1Job:
+        return self.job_now
+
+    def delete_namespaced_job(self, name: str, namespace: str, propagation_policy: str) -> None:
+        self.deleted_jobs.append(name)
+
+    # the pod manager
+    async def watch_pod_events(self, pod: k8s.V1Pod, check_interval: float) -> None:
+        return None
+
+    async def await_pod_start(self, pod: k8s.V1Pod, **timeouts: Any) -> None:
+        self.awaited.append(pod.metadata.name)
+        if pod.metadata.name in self.stuck:
+            raise schedule_timeout()
+
+    def read_pod(self, pod: k8s.V1Pod) -> k8s.V1Pod:
+        return self.stuck[pod.metadata.name][0] if pod.metadata.name in self.stuck else pod
+
+    def read_pod_events(self, pod: k8s.V1Pod, resource_version: str | None = None) -> k8s.CoreV1EventList:
+        events = self.stuck[pod.metadata.name][1] if pod.metadata.name in self.stuck else []
+        return k8s.CoreV1EventList(items=events)
+
+    def fetch_requested_container_logs(self, pod: k8s.V1Pod, containers: Any, follow_logs: bool) -> list:
+        self.logged.append(pod.metadata.name)
+        return []
+
+    def delete_pod(self, pod: k8s.V1Pod) -> None:
+        self.deleted_pods.append(pod.metadata.name)
+
+
+def make_job_operator(cluster: FakeJobCluster, **kwargs: Any) -> StepJobOperator:
+    operator = StepJobOperator(
+        task_id="train",
+        step="train",
+        name=JOB_NAME.removeprefix("job-"),  # the provider prefixes Job names with job-
+        random_name_suffix=False,
+        namespace=NAMESPACE,
+        image=TRAIN_IMAGE,
+        cmds=["python", "-m", "mlsteps.distributed", "--nnodes=2"],
+        completion_mode="Indexed",
+        completions=2,
+        parallelism=2,
+        backoff_limit=0,
+        wait_until_job_complete=True,
+        log_events_on_failure=True,
+        on_finish_action="delete_succeeded_pod",
+        schedule_timeout_seconds=600,
+        do_xcom_push=False,
+        **kwargs,
+    )
+    operator.hook = operator.client = operator.job_client = operator.pod_manager = cluster
+    return operator
+
+
+class FakeClock:
+    """Stands in for the ``time`` module of the operator: sleeping moves the clock on at once."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(pod_operator, "time", fake)
+    return fake
+
+
+def test_a_job_that_runs_is_awaited_pod_by_pod_once_all_exist_and_succeeds(clock: FakeClock) -> None:
+    done = [job_pod(index, ended_pod(0, "Completed", "")) for index in (0, 1)]
+    # The Job controller creates its pods after the Job: none, one, then both.
+    cluster = FakeJobCluster([[], [job_pod(1)], [job_pod(1), job_pod(0)]], ended=done)
+    operator = make_job_operator(cluster)
+
+    assert operator.execute(task_context()) is None
+
+    assert cluster.selectors == [f"batch.kubernetes.io/job-name={JOB_NAME}"] * 3, "this Job's pods, no earlier try's"
+    assert clock.now == 1010.0, "a list every startup_check_interval_seconds (5 s)"
+    assert [pod.metadata.name for pod in operator.pods] == [f"{JOB_NAME}-0-x8r2t", f"{JOB_NAME}-1-x8r2t"]
+    assert cluster.awaited == [f"{JOB_NAME}-0-x8r2t", f"{JOB_NAME}-1-x8r2t"], "each pod waited for until it runs"
+    assert cluster.logged == cluster.awaited, "node 0's log first"
+    assert cluster.deleted_pods == cluster.logged and cluster.deleted_jobs == []
+
+
+def test_a_job_pod_that_does_not_start_fails_with_its_diagnosis_and_the_job_is_deleted() -> None:
+    pending = job_pod(1, make_pod(conditions=[unschedulable(GPU_SHORTAGE)]))
+    stuck = {pending.metadata.name: (pending, [scheduler_event(GPU_SHORTAGE)])}
+    cluster = FakeJobCluster([[job_pod(0), job_pod(1)]], stuck=stuck)
+
+    with pytest.raises(AirflowException, match=rf"^insufficient_gpu: Pod ml/{JOB_NAME}-1-x8r2t cannot be sched"):
+        make_job_operator(cluster).execute(task_context())
+
+    # Pod 0 started and would hold its GPU while it waits for pod 1 at the rendezvous.
+    assert cluster.deleted_jobs == [JOB_NAME]
+
+
+@pytest.mark.parametrize(
+    ("job", "events", "expected"),
+    [
+        pytest.param(
+            make_job(suspend=True),
+            [],
+            rf"^awaiting_admission: Job ml/{JOB_NAME} is waiting for admission: .*until queue team-a-gpu admits",
+            id="held-by-kueue",
+        ),
+        pytest.param(
+            make_job(),
+            [kubelet_event("FailedCreate", QUOTA_REFUSAL, kind="Job")],
+            rf'^quota_exceeded: A pod of Job ml/{JOB_NAME} exceeds ResourceQuota "ml-quota" in namespace ml: it '
+            r"requests requests.nvidia.com/gpu=8 with requests.nvidia.com/gpu=8 already used",
+            id="refused-by-quota",
+        ),
+        pytest.param(make_job(), [], rf"^Job ml/{JOB_NAME} created 0 of its 2 pods in 600 s; see kubectl", id="silent"),
+    ],
+)
+def test_a_job_without_its_pods_fails_with_the_jobs_diagnosis(
+    job: k8s.V1Job, events: list[k8s.CoreV1Event], expected: str
+) -> None:
+    cluster = FakeJobCluster([[]], job_now=job, job_events=events)
+
+    with pytest.raises(AirflowException, match=expected):
+        make_job_operator(cluster).execute(task_context())
+
+    assert cluster.deleted_jobs == [JOB_NAME]
+
+
+def test_diagnose_job_leaves_the_pods_own_troubles_to_diagnose_pod() -> None:
+    assert diagnose_job(make_job(), [scheduler_event(GPU_SHORTAGE)]) is None
+
+
+def failed_job_pod(index: int, exit_code: int, reason: str, tail: str, minutes: float) -> k8s.V1Pod:
+    pod = job_pod(index, ended_pod(exit_code, reason, tail))
+    pod.status.container_statuses[0].state.terminated.finished_at = NOW + timedelta(minutes=minutes)
+    return pod
+
+
+def test_exit_code_2_on_any_node_fails_the_job_task_without_retry() -> None:
+    # Node 1's step stops on bad input; node 0's rank loses its peer and fails after it.
+    ended = [
+        failed_job_pod(0, 1, "Error", "RuntimeError: Connection closed by peer", minutes=3),
+        failed_job_pod(1, 2, "Error", STEP_TAIL, minutes=2),
+    ]
+    cluster = FakeJobCluster([[job_pod(0), job_pod(1)]], ended=ended, final_job=make_job(failed="PodFailurePolicy"))
+
+    with pytest.raises(StepUserError) as raised:
+        make_job_operator(cluster).execute(task_context())
+
+    assert isinstance(raised.value, AirflowFailException)
+    assert str(raised.value).startswith("train stopped on bad input, bad config or a failed check (exit code 2)")
+    assert f"pod {JOB_NAME}-1-x8r2t (node 1 of 2):" in str(raised.value)
+    assert raised.value.step_message.startswith("train failed: the validation split has one class only")
+    assert cluster.deleted_pods == [], "failed pods are kept for kubectl logs"
+
+
+def test_a_failed_job_task_is_retried_with_the_failure_of_the_node_that_ended_first() -> None:
+    ended = [
+        failed_job_pod(0, 1, "Error", "RuntimeError: Connection closed by peer", minutes=3),
+        failed_job_pod(1, 137, "OOMKilled", "epoch 3/20", minutes=2),
+    ]
+    cluster = FakeJobCluster([[job_pod(0), job_pod(1)]], ended=ended, final_job=make_job(failed="BackoffLimitExceeded"))
+
+    with pytest.raises(StepExitError) as raised:
+        make_job_operator(cluster).execute(task_context())
+
+    assert not isinstance(raised.value, AirflowFailException)
+    assert raised.value.exit_code == 137 and raised.value.reason == "OOMKilled"
+    assert f"pod {JOB_NAME}-1-x8r2t (node 1 of 2):" in str(raised.value)
+
+
+def test_the_jobs_pod_failure_policy_says_exit_code_2_when_the_pods_are_gone() -> None:
+    cluster = FakeJobCluster([[job_pod(0), job_pod(1)]], final_job=make_job(failed="PodFailurePolicy"))
+
+    with pytest.raises(StepUserError) as raised:
+        make_job_operator(cluster).execute(task_context())
+
+    assert str(raised.value).startswith("train stopped on bad input, bad config or a failed check (exit code 2)")
+    assert (
+        f"Job {JOB_NAME} failed on its pod failure policy (exit code 2 of a train container): Container base for pod "
+        f"ml/{JOB_NAME}-1-x8r2t failed with exit code 2 matching FailJob rule; the pod could not be read"
+    ) in str(raised.value)
+
+
+def test_a_failed_job_that_no_pod_explains_keeps_the_providers_error() -> None:
+    cluster = FakeJobCluster([[job_pod(0), job_pod(1)]], final_job=make_job(failed="DeadlineExceeded"))
+
+    with pytest.raises(AirflowException, match=rf"Kubernetes job '{JOB_NAME}' is failed with error 'DeadlineExc"):
+        make_job_operator(cluster).execute(task_context())
+
+
+def test_deferrable_mode_fails_a_job_with_exit_code_2_without_retry_too() -> None:
+    ended = [failed_job_pod(1, 2, "Error", STEP_TAIL, minutes=2)]
+    cluster = FakeJobCluster([[]], ended=ended)
+    job = make_job(failed="PodFailurePolicy").to_dict()
+    event = {
+        "name": JOB_NAME,
+        "namespace": NAMESPACE,
+        "pod_names": [f"{JOB_NAME}-0-x8r2t", f"{JOB_NAME}-1-x8r2t"],
+        "pod_namespace": NAMESPACE,
+        "status": "error",
+        "message": "Job failed with error: PodFailurePolicy",
+        "job": job,
+        "xcom_result": None,
+    }
+
+    with pytest.raises(StepUserError, match=rf"(?s)exit code 2.*pod {JOB_NAME}-1-x8r2t \(node 1 of 2\)"):
+        make_job_operator(cluster, deferrable=True).execute_complete(task_context(), event)

@@ -11,9 +11,9 @@ run id is stored in mlflow_run.json there before training, so a retried pod cont
 mlp family also writes a checkpoint every epoch under checkpoints/ there (or --checkpoint-dir/<family>) and continues
 at the next epoch. Seeds and deterministic kernels make a run repeatable on the same hardware.
 
-Started by torchrun with several processes (one per GPU of the pod), the mlp family trains data-parallel: each rank
-trains on its shard of every epoch's shuffled rows, and only rank 0 talks to MLflow and writes checkpoints and the
-result. Other families run as one process.
+Started by torchrun with several processes (one per GPU, in one pod or in each pod of a multi-node Job), the mlp family
+trains data-parallel: each rank trains on its shard of every epoch's shuffled rows, and only rank 0 talks to MLflow
+and writes checkpoints and the result. Other families run as one process.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import typer
 import mlsteps
 from mlsteps import tracking
 from mlsteps.cli_options import ConfigUri, RunRoot, above_zero
-from mlsteps.config import DatasetConfig, PipelineConfig, load_pipeline_config
+from mlsteps.config import DISTRIBUTED_FAMILIES, DatasetConfig, PipelineConfig, load_pipeline_config
 from mlsteps.data import storage
 from mlsteps.data.features import TabularPreprocessor
 from mlsteps.distributed import World
@@ -165,10 +165,10 @@ def run(
     family = config.training.model
     trainer_class = load_trainer(family)
     world = World.from_env()
-    if world.size > 1 and family != "mlp":
+    if world.size > 1 and family not in DISTRIBUTED_FAMILIES:
         raise ConfigError(
             f"training.model {family!r} trains in one process, but torchrun started {world.size}: set "
-            "runtime.steps.train.gpus to 0 or 1, or train the mlp family"
+            f"runtime.steps.train.gpus to 0 or 1 and runtime.steps.train.nodes to 1, or train {DISTRIBUTED_FAMILIES}"
         )
     device = world.place(select_device(config.training.device))
     with world.process_group(device):
@@ -385,6 +385,10 @@ def main(
 
         python -m mlsteps.distributed --standalone --nnodes=1 --nproc-per-node=4 -m mlsteps train
             --run-root s3://ml-artifacts/runs/ml_retrain/m-1 --checkpoint-dir /checkpoints/ml_retrain/m-1
+
+        JOB_COMPLETION_INDEX=0 python -m mlsteps.distributed --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d
+            --rdzv-endpoint=node-0:29400 --rdzv-id=m-1 -m mlsteps train --run-root s3://ml-artifacts/runs/m-1
+            (and the same with JOB_COMPLETION_INDEX=1 on the second node)
     """
     overrides = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "model": model}
     tags = parse_tags(tag or [])
