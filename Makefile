@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo stop-server loop airflow airflow-stop test chromium test-images lint fmt render bench bench-parse bench-drift bench-quality bench-serving bench-estimation bench-models-page bench-serving-layouts gpu-check clean constraints
+.PHONY: demo stop-server loop airflow airflow-stop test chromium test-images lint fmt render bench bench-parse bench-drift bench-quality bench-serving bench-estimation bench-models-page bench-serving-layouts bench-soak gpu-check clean constraints
 
 # The local runtime: the steps, training (torch's and XGBoost's CPU builds) and the model server in one environment.
 $(INSTALLED): requirements.txt requirements/steps.txt requirements/train.txt requirements/train-cpu.txt \
@@ -83,6 +83,9 @@ bench-serving: $(INSTALLED)  ## model server vs mlflow models serve: req/s, p50/
 
 bench-serving-layouts: $(INSTALLED)  ## one server process per model vs one for all, 2 and 5 models: memory, start, req/s, p99, reloads, crashes (~6 min)
 	$(BIN)/python benchmarks/serving_layouts.py $(ARGS)
+
+bench-soak: $(INSTALLED)  ## model server under 5 min of load with a reload every minute: failures, RSS, p50/p99 vs unloaded (~6 min)
+	$(BIN)/python benchmarks/soak.py $(ARGS)
 
 bench-models-page: $(INSTALLED)  ## the models page's reads vs reading the registry and every report, 100 versions, 1,000 monitor runs
 	$(BIN)/python benchmarks/models_page.py $(ARGS)

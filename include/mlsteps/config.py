@@ -105,6 +105,23 @@ class TargetSpec(_Strict):
         return self
 
 
+class LeakageConfig(_Strict):
+    """When one feature on its own predicts the target so well that it must carry the answer (target leakage).
+
+    A feature's score is its ROC AUC (classification, best class one-vs-rest, direction-free: 0.5 to 1) or its absolute
+    Spearman correlation with the target (regression, 0 to 1); categorical features are scored through their mean
+    target per category, learnt on another half of the sample. 0.99 leaves room for strong honest features (the best
+    of the built-in datasets score below 0.9) while a copied, renamed or rescaled target scores 1.
+    """
+
+    max_single_feature_score: float = Field(
+        0.99, gt=0, le=1, description="a feature scoring above this alone fails validation; 1 turns the check off"
+    )
+    allowed_columns: list[str] = Field(
+        default_factory=list, description="features known to predict the target this well on purpose; not checked"
+    )
+
+
 class DatasetConfig(_Strict):
     """Schema and data-quality limits of one dataset."""
 
@@ -117,6 +134,14 @@ class DatasetConfig(_Strict):
     min_rows: int = Field(100, ge=1, description="fewest rows a snapshot may have")
     max_rows: int | None = Field(None, ge=1, description="most rows a snapshot may have")
     slice_columns: list[str] = Field(default_factory=list, description="categorical columns for per-slice metrics")
+    leakage: LeakageConfig = Field(
+        default_factory=LeakageConfig, description="limit on how well one feature alone may predict the target"
+    )
+    # Source clocks drift and exports round; an hour absorbs that, while local times written as UTC from zones two or
+    # more hours east of it, or dates typed wrong, still fail.
+    future_tolerance_seconds: float = Field(
+        3600, ge=0, description="how far past the validation time an event time may lie (clock skew between systems)"
+    )
 
     @model_validator(mode="after")
     def _check_columns(self) -> DatasetConfig:
@@ -132,6 +157,12 @@ class DatasetConfig(_Strict):
         unknown_slices = [s for s in self.slice_columns if s not in categorical]
         if unknown_slices:
             raise ValueError(f"slice_columns {unknown_slices} are not categorical features")
+        unknown_allowed = [c for c in self.leakage.allowed_columns if c not in names]
+        if unknown_allowed:
+            raise ValueError(
+                f"leakage.allowed_columns {unknown_allowed} are not features (features: {names}); "
+                "list feature names only"
+            )
         if self.max_rows is not None and self.max_rows < self.min_rows:
             raise ValueError(f"max_rows {self.max_rows} is below min_rows {self.min_rows}")
         return self

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import mlsteps
+from mlsteps import locks
 from mlsteps.data import storage
 from mlsteps.errors import ConfigError
 
@@ -37,6 +39,10 @@ _EVENT_KEY_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 # (registered_model_tags.value VARCHAR(5000)); MySQL and PostgreSQL refuse longer values.
 MAX_EVENT_VALUE_CHARS = 5000
 _TRUNCATED = " [truncated]"
+# A champion move is a few registry calls; waiting two minutes covers a slow server, and a lease of ten minutes
+# outlasts any holder that is still alive.
+CHAMPION_LOCK_WAIT_S = 120.0
+CHAMPION_LOCK_LEASE_S = 600.0
 
 
 def model_uri(model_name: str, version: int) -> str:
@@ -234,6 +240,21 @@ def move_alias(
     else:
         client.set_registered_model_alias(model_name, alias, str(version))
     return event
+
+
+def champion_lock(run_root: str, model_name: str, actor: str) -> AbstractContextManager[locks.Holder]:
+    """The lock held around every check-then-move of ``champion``: MLflow has no compare-and-set on aliases.
+
+    Args:
+        run_root: this run's root; with the tracking URI it says where the locks live (``locks.lock_root``).
+        model_name: registered model name; each model has its own lock.
+        actor: who moves it, shown to whoever waits.
+
+    Raises:
+        ConfigError: no place shared by every writer of the registry is known (``locks.lock_root``).
+    """
+    uri = locks.lock_uri(locks.lock_root(run_root), model_name, CHAMPION)
+    return locks.held(uri, actor, wait_s=CHAMPION_LOCK_WAIT_S, lease_s=CHAMPION_LOCK_LEASE_S)
 
 
 def alias_history(client: Any, model_name: str, alias: str) -> list[AliasEvent]:

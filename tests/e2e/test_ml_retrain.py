@@ -3,6 +3,8 @@
 All runs share one state folder: the first trains and promotes a champion, the second trains a challenger and
 compares it with that champion on the same holdout, then a broken file must stop the run at `snapshot` (unreadable)
 or at `validate` (a missing column) with a message naming the problem, and the registry and the champion unchanged.
+Every run has recognisable secrets in its environment (inert here: MLflow is on SQLite, S3 is not used); none of them
+may appear in anything the runs leave or the models page shows.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ pytestmark = pytest.mark.e2e
 
 CONF: dict[str, Any] = {}  # the defaults, as `make demo` runs them (early stopping keeps training short)
 DAG_ID = "churn-classifier.retrain"
+# Values that cannot occur by chance, in the credentials every process of a run inherits.
+PLANTED_SECRETS = {
+    "AWS_SECRET_ACCESS_KEY": "planted-e2e-aws-secret-4c8e1f6a2b9d",
+    "MLFLOW_TRACKING_TOKEN": "planted-e2e-mlflow-token-7b3d5a9e1c0f",
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +38,8 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run_main_job(state_dir: Path, conf: dict[str, Any]) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    env = {**os.environ, "ML_STATE_DIR": str(state_dir)}
+    """One run of the retrain DAG on the embedded runtime; its console output and its outcome file."""
+    env = {**os.environ, "ML_STATE_DIR": str(state_dir), **PLANTED_SECRETS}
     done = subprocess.run(
         [sys.executable, "-m", "orchestration.embedded", "run", "--model", "churn-classifier", "--rows", "10000"]
         + ["--conf", json.dumps(conf)],
@@ -153,3 +161,33 @@ def test_bad_input_stops_early_with_its_message_and_changes_nothing(
     assert outcome["tasks"][stopping_task]["try_number"] == 1, "bad input is not retried"
     assert {v.version for v in registry.search_model_versions(f"name='{model_name}'")} == versions_before
     assert registry.get_model_version_by_alias(model_name, "champion").version == champion_before
+
+
+def test_no_planted_secret_leaks_into_what_the_runs_leave_or_the_models_page(
+    state_dir: Path, first_run: Any, second_run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from orchestration.models import load_models
+    from orchestration.models_page import reads, render
+
+    # Every file of the state folder as bytes: the runs' task logs, step logs, reports, result and summary JSON, the
+    # MLflow SQLite database (tags, params, metrics) and its artifacts, the Airflow database, the snapshots.
+    files = [path for path in sorted(state_dir.rglob("*")) if path.is_file()]
+    assert len(list((state_dir / "logs").glob(f"{DAG_ID}-*.log"))) >= 2, "no run's task log was scanned"
+    assert (state_dir / "mlflow" / "mlflow.db") in files
+    monkeypatch.setenv("ML_STATE_DIR", str(state_dir))
+    settings = next(entry.settings for entry in load_models() if entry.name == "churn-classifier")
+    links = reads.Links.for_tracking_uri(settings.mlflow_tracking_uri, page="/ml-models")
+    overview = reads.model_overview(settings, MlflowClient(tracking_uri=settings.mlflow_tracking_uri), links)
+    assert overview["champion"] is not None, "the page shows nothing of the runs"
+    page = render.render_model(overview, "/ml-models/")
+    consoles = [done.stdout + done.stderr for done, _ in (first_run, second_run)]
+
+    for name, value in PLANTED_SECRETS.items():
+        secret = value.encode()
+        leaked = [str(path.relative_to(state_dir)) for path in files if secret in path.read_bytes()]
+        assert not leaked, f"{name}'s value is in {leaked}"
+        assert not any(value in console for console in consoles), f"{name}'s value is on a run's console"
+        assert value not in json.dumps(overview, default=str), f"{name}'s value is in the models page's data"
+        assert value not in page, f"{name}'s value is on the models page"

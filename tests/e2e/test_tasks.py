@@ -1,9 +1,9 @@
 """Every task end to end on the embedded default, as `make demo` runs a model config of include/config/models/.
 
 For the multiclass model (tiers.yaml: two candidates, mlp and gbdt, trained as mapped tasks) and the regression
-model (claims.yaml: gbdt): ml_retrain runs (twice for regression: the second run is gated against the champion the
-first promoted), then ml_deploy serves the champion, and the server answers for the task through the Open Inference
-Protocol and MLflow's scoring format with the values the model package gives.
+model (claims.yaml: gbdt): ml_retrain runs, its best candidate becomes the champion, then ml_deploy serves it, and
+the server answers for the task through the Open Inference Protocol and MLflow's scoring format with the values the
+model package gives.
 """
 
 from __future__ import annotations
@@ -84,39 +84,27 @@ def loop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         state.server.stop()
 
 
-# The second run, gated against the first's champion, for the regression model only: its metric is lower-is-better
-# and its gate relative, the path that differs most from the binary model's (tests/e2e/test_ml_retrain.py); how each
-# task's gate decides is covered case by case in tests/unit/test_evaluation.py.
-SECOND_RUN = {"regression"}
-
-
 @pytest.fixture(scope="module")
 def runs(loop: TaskLoop) -> dict[str, Any]:
-    """One or two retraining runs and one deploy, in order."""
-    first = loop.run("retrain")
-    second = loop.run("retrain") if loop.pipeline.dataset.target.task in SECOND_RUN else None
-    return {"first": first, "second": second, "deploy": loop.run("deploy")}
+    """One retraining run and one deploy, in order. (A second run gated against the first's champion is the binary
+    model's, tests/e2e/test_ml_retrain.py; how each task's gate decides is covered case by case in
+    tests/unit/test_evaluation.py.)"""
+    return {"retrain": loop.run("retrain"), "deploy": loop.run("deploy")}
 
 
-def test_each_retraining_run_trains_every_candidate_and_gates_the_best(loop: TaskLoop, runs: dict[str, Any]) -> None:
+def test_a_retraining_run_trains_every_candidate_and_gates_the_best(loop: TaskLoop, runs: dict[str, Any]) -> None:
     task, metric = loop.pipeline.dataset.target.task, loop.pipeline.primary_metric
     families = loop.pipeline.training.candidate_families
-    for name in ("first", "second") if runs["second"] else ("first",):
-        done, outcome = runs[name]
-        assert outcome["state"] == "success", done.stdout[-3000:] + done.stderr[-3000:]
-        evaluation = results.read_result(loop.run_root("retrain", outcome["run_id"]), "evaluate")
-        assert evaluation["task"] == task and evaluation["gate"]["primary_metric"] == metric
-        assert sorted(candidate["family"] for candidate in evaluation["candidates"]) == sorted(families)
-        assert evaluation["challenger"]["family"] in families
-        for candidate in evaluation["candidates"]:
-            train = results.read_result(loop.run_root("retrain", outcome["run_id"]), f"train/{candidate['family']}")
-            assert train["task"] == task and train["export_check"]["rows"] > 0
-    first = results.read_result(loop.run_root("retrain", runs["first"][1]["run_id"]), "evaluate")
-    assert first["champion"] is None and first["gate"]["passed"]
-    if runs["second"]:
-        second = results.read_result(loop.run_root("retrain", runs["second"][1]["run_id"]), "evaluate")
-        assert second["champion"]["version"] == 1, "the second run is judged against the first run's champion"
-        assert any(metric in reason for reason in second["gate"]["reasons"])
+    done, outcome = runs["retrain"]
+    assert outcome["state"] == "success", done.stdout[-3000:] + done.stderr[-3000:]
+    evaluation = results.read_result(loop.run_root("retrain", outcome["run_id"]), "evaluate")
+    assert evaluation["task"] == task and evaluation["gate"]["primary_metric"] == metric
+    assert sorted(candidate["family"] for candidate in evaluation["candidates"]) == sorted(families)
+    assert evaluation["challenger"]["family"] in families
+    for candidate in evaluation["candidates"]:
+        train = results.read_result(loop.run_root("retrain", outcome["run_id"]), f"train/{candidate['family']}")
+        assert train["task"] == task and train["export_check"]["rows"] > 0
+    assert evaluation["champion"] is None and evaluation["gate"]["passed"]
 
 
 def test_the_champion_serves_the_task_through_both_protocols(loop: TaskLoop, runs: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ SMOKE_ARGS = {
     # NannyML's side needs its own virtualenv (make .venv-bench-nannyml); without it, ours alone.
     "performance_estimation": ["--smoke", *([] if NANNYML_PYTHON.exists() else ["--no-nannyml"])],
     "serving": ["--smoke"],
+    "soak": ["--smoke"],
     "model_quality": ["--smoke"],
     "models_page": ["--smoke"],
     "gpu_check": ["--rows", "20000", "--epochs", "2", "--rehearse"],
@@ -210,6 +211,18 @@ def _check_serving(report: dict[str, Any], output: str) -> None:
     assert "binary tensors / JSON on v2, batch 64" in output
 
 
+def _check_soak(report: dict[str, Any], output: str) -> None:
+    """Load through the whole run with no failed request, the RSS samples, the unloaded baseline beside the loaded
+    latencies, and both reloads done, each to the version not served (the smoke run's latencies are not judged)."""
+    assert report["requests_sent"] > 0 and report["failed_requests"] == 0, report["failures_by_reason"]
+    assert set(report["rss_mb"]) == {"start", "end", "max"} and report["rss_mb"]["max"] >= report["rss_mb"]["end"] > 0
+    assert report["unloaded"]["requests"] > 0 and report["unloaded"]["errors"] == 0
+    assert report["p99_ms"] >= report["p50_ms"] > 0 and report["p99_over_unloaded_p99"] > 0
+    assert [(reload["version"], reload["problem"]) for reload in report["reloads"]] == [(2, ""), (1, "")]
+    assert report["reloads_done"] == 2
+    assert "reloads done" in output and "p99 ms under load" in output
+
+
 def _check_gpu_check(report: dict[str, Any], output: str) -> None:
     """No CUDA here: it says so, trains on CPU twice, rehearses the GPU checks and DDP on CPU; nothing failed."""
     assert "no CUDA device present" in output
@@ -245,6 +258,7 @@ CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "drift": _check_drift,
     "performance_estimation": _check_performance_estimation,
     "serving": _check_serving,
+    "soak": _check_soak,
     "gpu_check": _check_gpu_check,
     "models_page": _check_models_page,
 }

@@ -46,8 +46,9 @@ def dataset(pipeline_config: PipelineConfig) -> DatasetConfig:
 
 @pytest.fixture
 def suite_size(dataset: DatasetConfig) -> int:
-    """How many expectations the churn suite has."""
-    return len(validation.build_suite(dataset).expectations)
+    """How many checks validate runs on churn: the suite's expectations, a leakage check per feature, one on the
+    timestamp column's future values."""
+    return len(validation.build_suite(dataset).expectations) + len(dataset.features) + 1
 
 
 def _with_feature(dataset: DatasetConfig, name: str, **changes: Any) -> DatasetConfig:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,8 +79,9 @@ def read_table(uri: str, text_columns: Collection[str] = ()) -> pd.DataFrame:
         text_columns: CSV columns to read as strings, so that codes such as ``007`` stay as written.
 
     Raises:
-        DataError: the URI is a folder, the extension is unknown, or the file is missing, empty, unreadable or has
-            no rows.
+        DataError: the URI is a folder, the extension is unknown, or the file is missing, empty, unreadable, has
+            no rows, or is a CSV whose last record has fewer fields than the header (cut off; a missing final
+            newline after a complete record is fine).
     """
     if not storage.is_s3(uri) and storage.local_path(uri).is_dir():
         tables = [path for path in storage.list_files(uri) if table_format(path)]
@@ -105,7 +107,36 @@ def read_table(uri: str, text_columns: Collection[str] = ()) -> pd.DataFrame:
         ) from None
     if frame.empty:
         raise DataError(f"input file {uri} has no rows (columns: {list(frame.columns)}); it needs at least one row")
+    if file_format == "csv":
+        _refuse_a_cut_last_record(data, uri)
     return frame
+
+
+def _refuse_a_cut_last_record(data: bytes, uri: str) -> None:
+    """Refuse a CSV whose last record has fewer fields than its header: the export was cut off mid-record.
+
+    pandas would fill the missing fields with NaN and the cut would pass unnoticed. A last record that is complete
+    but lacks the final newline is accepted, since many tools write files that way. A record cut inside its last
+    value, or right after a comma, still has every field and cannot be told from a complete one here; validation's
+    range and null checks are what catch those values.
+
+    Raises:
+        DataError: naming the file, the line of the last record and how many fields it has of how many.
+    """
+    # Trailing blank lines are no record (pandas skips them too); without them the reader ends on the last record.
+    reader = csv.reader(io.StringIO(data.decode("utf-8").rstrip("\r\n"), newline=""))
+    header = next(reader)
+    last = deque(reader, maxlen=1)  # consumed in C: the check costs a fraction of the parse
+    if not last:
+        return
+    record, line = last[0], reader.line_num
+    if len(record) < len(header):
+        missing = header[len(record) :]
+        raise DataError(
+            f"{uri}: line {line}, the last record, has {len(record)} of {len(header)} fields (no values for "
+            f"{missing[:_EXAMPLES_SHOWN]}{' ...' if len(missing) > _EXAMPLES_SHOWN else ''}): the file was cut off "
+            "while being written or copied; export it again"
+        )
 
 
 def read_columns(uri: str) -> list[str]:

@@ -4,19 +4,27 @@ The suite is derived from ``DatasetConfig`` alone, so every snapshot of a datase
 expectations and the limits live in the dataset YAML, not in code. ``validate_frame`` runs it on a pandas
 DataFrame in an ephemeral GX context (nothing is written to disk) and turns each GX result into one line a
 person can act on, such as ``12 of 2000 non-null values (0.6%) outside [18, 100], e.g. -5, 130``.
+
+Two checks live beside the suite, because they are not limits on one column's values: target leakage (a feature
+that predicts the target almost perfectly on its own) compares columns, and event times in the future depend on the
+clock at validation time. Their outcomes join the suite's in the same report, counts and failure lines.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mlsteps import html_report
 from mlsteps.config import DatasetConfig
-from mlsteps.evaluation.tasks import is_classification
+from mlsteps.data.snapshots import utc_column
+from mlsteps.errors import DataError
+from mlsteps.evaluation.tasks import class_positions, finite_numbers, is_classification
 
 # Dtypes that hold numbers: numpy ints, uints and floats, pandas' nullable variants, and Python int/float for
 # object columns (there GX checks value by value). A numeric column read as strings ("str" in pandas 3) fails.
@@ -36,6 +44,13 @@ NUMERIC_TYPES: list[str] = [
 ]
 EXAMPLE_COUNT = 5
 TABLE_LABEL = "(table)"
+# The checks beside the GX suite, named like expectations so the report reads the same.
+LEAKAGE = "expect_column_to_not_predict_the_target_alone"
+FUTURE = "expect_column_values_to_not_be_in_the_future"
+# Scores on more rows change in the third decimal at most; this keeps the check under a second on any snapshot.
+LEAKAGE_SAMPLE_ROWS = 20_000
+# Below this many rows with both values a near-perfect score can be chance, so the feature is not scored.
+LEAKAGE_MIN_ROWS = 50
 
 
 @dataclass(frozen=True)
@@ -160,10 +175,11 @@ def _target_expectations(dataset: DatasetConfig) -> list[Any]:
 
 
 def validate_frame(frame: pd.DataFrame, dataset: DatasetConfig) -> ValidationReport:
-    """Run the dataset's suite on a DataFrame.
+    """Run the dataset's suite and the checks beside it (target leakage, future event times) on a DataFrame.
 
     A missing column does not stop the run: its ``expect_column_to_exist`` fails with "column is missing" and
-    the other expectations on it fail with "skipped: column is missing".
+    the other expectations on it fail with "skipped: column is missing". A check beside the suite that cannot run
+    (a missing column, too few rows) passes with "not checked: <why>", since the suite already fails on the cause.
 
     Args:
         frame: the data, as read from a snapshot.
@@ -191,20 +207,183 @@ def validate_frame(frame: pd.DataFrame, dataset: DatasetConfig) -> ValidationRep
     column_order = {name: i for i, name in enumerate(dataset.required_columns)}
     suite_order = {(e.expectation_type, getattr(e, "column", None)): i for i, e in enumerate(suite.expectations)}
     outcomes = [_outcome(item, frame) for item in gx_result["results"]]
+    outcomes += [*leakage_outcomes(frame, dataset), *future_outcomes(frame, dataset, datetime.now(UTC))]
+    # The checks beside the suite come after the suite's on their column.
     outcomes.sort(
-        key=lambda o: (o.success, column_order.get(o.column, -1), suite_order.get((o.expectation, o.column), 0))
+        key=lambda o: (
+            o.success,
+            column_order.get(o.column, -1),
+            suite_order.get((o.expectation, o.column), len(suite_order)),
+        )
     )
-    stats = gx_result["statistics"]
+    successful = sum(outcome.success for outcome in outcomes)
     return ValidationReport(
-        success=bool(gx_result["success"]),
-        statistics={
-            "evaluated": int(stats["evaluated_expectations"]),
-            "successful": int(stats["successful_expectations"]),
-            "unsuccessful": int(stats["unsuccessful_expectations"]),
-        },
+        success=successful == len(outcomes),
+        statistics={"evaluated": len(outcomes), "successful": successful, "unsuccessful": len(outcomes) - successful},
         outcomes=outcomes,
         gx_result=gx_result,
     )
+
+
+def leakage_outcomes(frame: pd.DataFrame, dataset: DatasetConfig) -> list[Outcome]:
+    """Score every feature alone against the target on a bounded sample; one outcome per feature.
+
+    The score is the ROC AUC (classification: the best class one-vs-rest, either direction, 0.5 to 1) or the
+    absolute Spearman correlation (regression, 0 to 1) of the feature's values, so a copied, renamed, rescaled or
+    reversed target scores 1. A categorical feature is scored through each row's mean target for its category,
+    learnt on the other half of the sample (alternate rows), so a category seen once cannot look predictive.
+
+    Args:
+        frame: the data; at most ``LEAKAGE_SAMPLE_ROWS`` rows of it (a fixed random sample) are scored.
+        dataset: names the features and the target, and holds ``leakage`` (the limit and the allowed columns).
+
+    Returns:
+        One outcome per feature: failed when the score is above ``leakage.max_single_feature_score`` and the
+        feature is not in ``leakage.allowed_columns``.
+    """
+    target = dataset.target
+    if target.name not in frame.columns:
+        return [
+            Outcome(spec.name, LEAKAGE, True, "not checked: the target column is missing") for spec in dataset.features
+        ]
+    sample = frame.sample(LEAKAGE_SAMPLE_ROWS, random_state=0) if len(frame) > LEAKAGE_SAMPLE_ROWS else frame
+    if is_classification(target.task):
+        labels = class_positions(sample[target.name], list(target.classes or []), match_text=True)
+        known = labels >= 0
+    else:
+        labels = finite_numbers(sample[target.name])
+        known = ~np.isnan(labels)
+    outcomes = []
+    for spec in dataset.features:
+        if spec.name not in sample.columns:
+            outcomes.append(Outcome(spec.name, LEAKAGE, True, "not checked: column is missing"))
+            continue
+        values = sample[spec.name][known]
+        signal = (
+            _out_of_fold_means(values, labels[known], len(target.classes or []))
+            if spec.type == "categorical"
+            else [pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)]
+        )
+        outcomes.append(_leakage_outcome(spec.name, signal, labels[known], dataset))
+    return outcomes
+
+
+def _out_of_fold_means(values: pd.Series, labels: np.ndarray, class_count: int) -> list[np.ndarray]:
+    """Each row's mean target for its category, learnt on the other fold of alternate rows; NaN where the other fold
+    lacks the category. Classification gives one array per class (the class's share), regression one (the mean)."""
+    keys = pd.Series(values.astype("str").where(values.notna()).to_numpy())
+    targets = [(labels == code).astype(np.float64) for code in range(class_count)] if class_count else [labels]
+    fold = np.arange(len(keys)) % 2
+    encoded = [np.full(len(keys), np.nan) for _ in targets]
+    for held_out in (0, 1):
+        rows = fold == held_out
+        for target, out in zip(targets, encoded, strict=True):
+            means = pd.Series(target[~rows]).groupby(keys[~rows].to_numpy()).mean()
+            out[rows] = keys[rows].map(means).to_numpy(dtype=np.float64, na_value=np.nan)
+    return encoded
+
+
+def _leakage_outcome(column: str, signals: list[np.ndarray], labels: np.ndarray, dataset: DatasetConfig) -> Outcome:
+    """The outcome of one feature's score: the best of its signals, as ROC AUC per class or |Spearman|."""
+    target, limits = dataset.target, dataset.leakage
+    classification = is_classification(target.task)
+    classes = list(target.classes or [])
+    scores: list[tuple[float, str]] = []
+    for position, signal in enumerate(signals):
+        scored = ~np.isnan(signal)
+        if scored.sum() < LEAKAGE_MIN_ROWS:
+            continue
+        if classification:
+            # A categorical feature's signal for class i is its share of class i; a numeric feature is one signal
+            # scored against every class.
+            for code in [position] if len(signals) > 1 else range(len(classes)):
+                auc = _roc_auc(signal[scored], labels[scored] == code)
+                if auc is not None:
+                    scores.append((auc, f"ROC AUC for {target.name!r} = {_format_value(classes[code])} vs the rest"))
+        else:
+            correlation = _spearman(signal[scored], labels[scored])
+            if correlation is not None:
+                scores.append((abs(correlation), f"|Spearman correlation| with {target.name!r}"))
+    if not scores:
+        return Outcome(column, LEAKAGE, True, f"not checked: fewer than {LEAKAGE_MIN_ROWS} rows with a varying target")
+    score, measure = max(scores)
+    limit = limits.max_single_feature_score
+    text = f"alone scores {score:.4f} ({measure}); at most {_format_value(limit)} allowed"
+    if score <= limit:
+        return Outcome(column, LEAKAGE, True, text)
+    if column in limits.allowed_columns:
+        return Outcome(column, LEAKAGE, True, f"{text}, but the column is in leakage.allowed_columns")
+    return Outcome(
+        column,
+        LEAKAGE,
+        False,
+        f"{text}: it likely holds the target (leakage); drop it from features, or list it in "
+        "leakage.allowed_columns if it is known when predicting",
+    )
+
+
+def _roc_auc(signal: np.ndarray, positive: np.ndarray) -> float | None:
+    """ROC AUC of a score for a yes/no label in either direction (0.5 to 1), from average ranks; None without both."""
+    positives = int(positive.sum())
+    negatives = len(positive) - positives
+    if not positives or not negatives:
+        return None
+    ranks = pd.Series(signal).rank().to_numpy()
+    auc = (ranks[positive].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    return max(auc, 1 - auc)
+
+
+def _spearman(signal: np.ndarray, labels: np.ndarray) -> float | None:
+    """Spearman's rank correlation; None when either side is constant."""
+    ranks = [pd.Series(values).rank().to_numpy() for values in (signal, labels)]
+    if any(np.ptp(r) == 0 for r in ranks):
+        return None
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
+def future_outcomes(frame: pd.DataFrame, dataset: DatasetConfig, now: datetime) -> list[Outcome]:
+    """Check that no event time lies after ``now`` plus ``future_tolerance_seconds``.
+
+    Rows from the future mean a wrong clock or time zone at the source, and a time split would put them in the
+    holdout, judging the model on rows that cannot exist yet.
+
+    Args:
+        frame: the data.
+        dataset: names the timestamp column (no column, no outcome) and holds the tolerance.
+        now: the validation time (UTC).
+
+    Returns:
+        One outcome for the timestamp column, or none when the dataset has no timestamp column.
+    """
+    column = dataset.timestamp_column
+    if column is None:
+        return []
+    if column not in frame.columns:
+        return [Outcome(column, FUTURE, True, "not checked: column is missing")]
+    try:
+        times = utc_column(frame[column], column, "the data").dropna()
+    except DataError as exc:
+        return [Outcome(column, FUTURE, False, f"could not be evaluated: {exc}")]
+    tolerance = timedelta(seconds=dataset.future_tolerance_seconds)
+    limit = pd.Timestamp(now + tolerance)
+    if times.empty:
+        return [Outcome(column, FUTURE, True, "not checked: no event times")]
+    late = times[times > limit]
+    latest = times.max().isoformat()
+    if late.empty:
+        return [Outcome(column, FUTURE, True, f"latest {latest}; none after the validation time plus {tolerance}")]
+    share = _format_percent(len(late) / len(times))
+    return [
+        Outcome(
+            column,
+            FUTURE,
+            False,
+            f"{len(late)} of {len(times)} values ({share}) are after the validation time "
+            f"{pd.Timestamp(now).isoformat(timespec='seconds')} plus the tolerance of {tolerance} "
+            f"(future_tolerance_seconds: {_format_value(dataset.future_tolerance_seconds)}), latest {latest}; "
+            "fix the clock or time zone at the source, or raise future_tolerance_seconds",
+        )
+    ]
 
 
 def _outcome(item: dict[str, Any], frame: pd.DataFrame) -> Outcome:

@@ -8,9 +8,11 @@ raise ``DeployFailed`` naming the reason."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
@@ -156,6 +158,7 @@ def run_deploy(
     canary_share: float,
     settings: ServingConfig,
     actor: str,
+    champion_lock: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> dict[str, Any]:
     """Deploy one model version to a target, smoke-test it, and roll back on failure.
 
@@ -168,6 +171,8 @@ def run_deploy(
         canary_share: share of the capacity the canary gets (strategy canary).
         settings: the ``serving:`` config (smoke test, canary limits).
         actor: who deploys (DAG run id or ``cli``); recorded when ``champion`` moves back.
+        champion_lock: makes the lock held while ``champion`` is checked and moved back, so a promotion in between
+            is never undone (the deploy step passes ``registry.champion_lock``).
 
     Returns:
         The deploy result: model_name, version, previous_version, target, strategy, outcome (``deployed`` or
@@ -224,7 +229,8 @@ def run_deploy(
             if not isinstance(failure, DeployFailed):
                 # Not the version's fault (infrastructure, permissions, config): champion stays for the retry or fix.
                 raise
-            champion = _restore_champion(client, model_name, version, previous, actor=actor, reason=reason)
+            with champion_lock():
+                champion = _restore_champion(client, model_name, version, previous, actor=actor, reason=reason)
             failed = {**result, **reports, "outcome": "rolled_back", "reason": reason, "champion_moved": champion}
             raise DeployFailed(
                 f"{model_name} v{version} was rolled back on {target.name}, {_label(previous)} serves again: {reason}",

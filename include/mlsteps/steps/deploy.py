@@ -4,17 +4,20 @@ The flow is ``mlsteps.deploy.run_deploy``; this step resolves what to serve, bui
 ``model-server-<model>`` Deployment, or a server process on this machine) and records the outcome in
 ``deploy/result.json``.
 Deploying the version that already serves changes nothing, so a re-run for the same run root reports ``unchanged``.
+Deploys of one model to one kind of target take turns (``locks``): a second waits for the first, then resolves
+``--model`` and deploys, so what serves in the end is what the last deploy asked for.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 
-from mlsteps import results, tracking
+from mlsteps import locks, registry, results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot, above_zero
 from mlsteps.config import PipelineConfig, load_pipeline_config
 from mlsteps.deploy import Strategy
@@ -23,6 +26,10 @@ from mlsteps.steps.promote import DAG_RUN_ENV_VAR
 
 STEP = "deploy"
 TargetKind = Literal["kubernetes", "local"]
+# A deploy (rollout, canary, smoke test) takes minutes; a waiting deploy gives up after half an hour, and a lock on
+# S3 whose holder crashed expires after an hour (a local one is released as soon as its holder exits).
+DEPLOY_LOCK_WAIT_S = 1800.0
+DEPLOY_LOCK_LEASE_S = 3600.0
 
 
 def build_target(
@@ -75,35 +82,42 @@ def run(
         The payload written to ``result.json`` (outcome ``deployed`` or ``unchanged``).
 
     Raises:
-        ConfigError: target local without ``state_dir``, or strategy canary on a target that cannot run one.
+        ConfigError: target local without ``state_dir``, strategy canary on a target that cannot run one, or no
+            shared place for the locks (``locks.lock_root``).
         StepError: the model or alias does not exist or the version has no serving bundle.
         DeployFailed: the deploy failed and was rolled back (or the rollback failed too); ``result.json`` records
             what happened before it is raised.
+        LockTimeout: another deploy of the model to this kind of target held the lock longer than this one waits.
     """
     from mlsteps.deploy import DeployFailed, run_deploy
     from mlsteps.serving_bundle import resolve_version
 
     model_name = config.registry.model_name
     serving_target = build_target(target, config, state_dir, prediction_store)
-    client = tracking.client()
-    version = resolve_version(client, model_name, model)
-    print(f"{STEP}: {model_name} {model} is v{version}; target {target}, strategy {strategy}", flush=True)
-    share = config.serving.canary.share if canary_share is None else canary_share
-    try:
-        outcome = run_deploy(
-            serving_target,
-            client,
-            model_name,
-            version,
-            strategy=strategy,
-            canary_share=share,
-            settings=config.serving,
-            actor=os.environ.get(DAG_RUN_ENV_VAR) or "cli",
-        )
-    except DeployFailed as failure:
-        if "outcome" in failure.details:  # rolled back (or the rollback failed too): record what happened
-            results.write_result(run_root, STEP, failure.details)
-        raise
+    actor = os.environ.get(DAG_RUN_ENV_VAR) or "cli"
+    deploy_lock = locks.lock_uri(locks.lock_root(run_root), model_name, f"{STEP}-{target}")
+    # Resolved under the lock: a deploy that waited serves what --model names after the one before it finished.
+    with locks.held(deploy_lock, actor, wait_s=DEPLOY_LOCK_WAIT_S, lease_s=DEPLOY_LOCK_LEASE_S):
+        client = tracking.client()
+        version = resolve_version(client, model_name, model)
+        print(f"{STEP}: {model_name} {model} is v{version}; target {target}, strategy {strategy}", flush=True)
+        share = config.serving.canary.share if canary_share is None else canary_share
+        try:
+            outcome = run_deploy(
+                serving_target,
+                client,
+                model_name,
+                version,
+                strategy=strategy,
+                canary_share=share,
+                settings=config.serving,
+                actor=actor,
+                champion_lock=functools.partial(registry.champion_lock, run_root, model_name, actor),
+            )
+        except DeployFailed as failure:
+            if "outcome" in failure.details:  # rolled back (or the rollback failed too): record what happened
+                results.write_result(run_root, STEP, failure.details)
+            raise
     results.write_result(run_root, STEP, outcome)
     print(f"{STEP}: {model_name} v{version} {outcome['outcome']} on {target}", flush=True)
     return outcome

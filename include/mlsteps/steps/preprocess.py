@@ -21,11 +21,12 @@ from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import DatasetConfig, PipelineConfig, SplitConfig, load_pipeline_config
 from mlsteps.data import storage
 from mlsteps.data.features import TabularPreprocessor, require_columns
-from mlsteps.errors import ConfigError, DataError
+from mlsteps.errors import ConfigError, DataError, ValidationFailed
 from mlsteps.evaluation.tasks import encode_target, is_classification
-from mlsteps.results import read_result, step_dir, write_result
+from mlsteps.results import optional_result, read_result, result_uri, step_dir, write_result
 
 STEP = "preprocess"
+VALIDATE_STEP = "validate"
 SPLITS = ("train", "validation", "holdout")
 PREPROCESSOR_FILE = "preprocessor.json"
 
@@ -140,6 +141,32 @@ def target_summary(splits: dict[str, pd.DataFrame], dataset: DatasetConfig) -> d
     return {"target_stats": {name: {"mean": float(v.mean()), "std": float(v.std())} for name, v in encoded.items()}}
 
 
+def refuse_unvalidated(run_root: str, snapshot: dict[str, Any]) -> None:
+    """Refuse a snapshot that the validate step of this run failed, or validated as another snapshot.
+
+    A run whose validate step did not run at all is accepted, so a snapshot can be split on its own by hand.
+
+    Raises:
+        ValidationFailed: the validate result of this run root failed, or names another snapshot id.
+    """
+    validated = optional_result(run_root, VALIDATE_STEP)
+    if validated is None:
+        return
+    where = f"{result_uri(run_root, VALIDATE_STEP)} (report: {validated.get('report_html_uri', 'none')})"
+    if validated.get("snapshot_id") != snapshot.get("snapshot_id"):
+        raise ValidationFailed(
+            f"run {run_root}: validation in {where} is of snapshot {validated.get('snapshot_id')}, but the snapshot "
+            f"is now {snapshot.get('snapshot_id')}: run `{VALIDATE_STEP}` for this --run-root again first"
+        )
+    if not validated.get("success"):
+        failed = len(validated.get("failures") or [])
+        raise ValidationFailed(
+            f"run {run_root}: snapshot {snapshot.get('snapshot_id')} failed validation ({failed} failed "
+            f"expectation(s)) in {where}: fix the data and run `snapshot` and `{VALIDATE_STEP}` again, "
+            "or adjust the dataset config's limits if the data is right"
+        )
+
+
 def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
     """Split the snapshot, fit the preprocessor on train, and write the splits, the preprocessor and the result.
 
@@ -150,10 +177,12 @@ def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
         ConfigError: the split method needs a column the dataset config does not name.
         DataError: the snapshot lacks columns, has bad target/time/id values, or a split lacks a class
             (classification) or a varying target (regression).
+        ValidationFailed: the validate step of this run failed, or validated another snapshot.
     """
     dataset, split = config.dataset, config.split
     column = split_column(dataset, split)
     snapshot = read_result(run_root, "snapshot")
+    refuse_unvalidated(run_root, snapshot)
     frame = storage.read_parquet(snapshot["snapshot_uri"])
     require_columns(frame, dataset.required_columns, f"snapshot {snapshot['snapshot_uri']}")
     target = dataset.target
@@ -196,7 +225,8 @@ def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
 def main(run_root: RunRoot, config: ConfigUri = None) -> None:
     """Split the snapshot into train, validation and holdout and fit the feature preprocessing on train.
 
-    Reads the snapshot step's result. split.method "time" puts the latest rows in the holdout (validation just
+    Reads the snapshot step's result, and refuses (exit 2) when this run's validate step failed or validated
+    another snapshot. split.method "time" puts the latest rows in the holdout (validation just
     before it); "hash" assigns rows by a hash of the id column, the same id always to the same split. Every split
     must hold every class (classification) or two distinct target values (regression). Writes
     train/validation/holdout.parquet (raw columns) and preprocessor.json under <run-root>/preprocess/.

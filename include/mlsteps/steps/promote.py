@@ -1,7 +1,9 @@
 """promote: move the ``champion`` alias to this run's registered version when the gate passed (or when forced).
 
 The gate is judged against the champion that was current at evaluation; if another run moved ``champion``
-since, the comparison is stale and the step refuses with ``RegistryConflict``.
+since, the comparison is stale and the step refuses with ``RegistryConflict``. The check and the move happen under
+the model's champion lock (``registry.champion_lock``), so of two runs that evaluated against the same champion
+exactly one promotes.
 """
 
 from __future__ import annotations
@@ -65,6 +67,52 @@ def _previous_promotion(tags: dict[str, str]) -> tuple[int | None, bool]:
     return (None if previous == "none" else int(previous)), tags.get("forced") == "true"
 
 
+def _promote_under_lock(
+    client: Any, model_name: str, version: int, evaluation: dict[str, Any], decision: GateDecision, actor: str
+) -> tuple[int | None, bool]:
+    """Check that ``champion`` is still what evaluation saw, then move it; the caller holds the champion lock.
+
+    Returns:
+        previous_champion and forced, as recorded on the version (an earlier attempt's when it already promoted).
+    """
+    current = registry.alias_version_number(client, model_name, registry.CHAMPION)
+    if current == version:
+        previous, forced = _previous_promotion(client.get_model_version(model_name, str(version)).tags)
+        print(f"{STEP}: v{version} is already {registry.CHAMPION} of {model_name}: nothing to change", flush=True)
+        return previous, forced
+    evaluated = evaluation["champion"]["version"] if evaluation["champion"] else None
+    if current != evaluated:
+        raise RegistryConflict(
+            f"cannot promote v{version}: {registry.CHAMPION} of {model_name} moved from {_version_label(evaluated)} "
+            f"to {_version_label(current)} since evaluation; re-run evaluate so the gate compares against it"
+        )
+    if not decision.passed:
+        raise StepError(
+            f"gate failed for {model_name} v{version}, {registry.CHAMPION} stays {_version_label(current)}: "
+            f"{'; '.join(decision.reasons)}. Improve the model, or re-run promote with --force to override"
+        )
+    promotion = {
+        "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "promoted_by": actor,
+        "previous_champion": current,
+        "forced": decision.forced,
+    }
+    # Tags before the alias: a crash in between leaves the alias unmoved, so the retry promotes again.
+    registry.set_version_tags(client, model_name, version, promotion)
+    verdict = "forced" if decision.forced else "gate passed"
+    registry.move_alias(
+        client,
+        model_name,
+        registry.CHAMPION,
+        version,
+        actor=actor,
+        reason=f"promote ({verdict}): {'; '.join(decision.reasons)}",
+    )
+    suffix = " (forced)" if decision.forced else ""
+    print(f"{STEP}: {registry.CHAMPION} of {model_name}: {_version_label(current)} -> v{version}{suffix}", flush=True)
+    return current, decision.forced
+
+
 def run(run_root: str, config: PipelineConfig, force: bool = False) -> dict[str, Any]:
     """Move ``champion`` to this run's registered version when the recorded gate passed (or ``force``).
 
@@ -80,6 +128,7 @@ def run(run_root: str, config: PipelineConfig, force: bool = False) -> dict[str,
         ConfigError: the config names another model than the evaluate or register result.
         StepError: the gate failed and ``force`` is not set.
         RegistryConflict: ``champion`` is no longer the version evaluate compared against.
+        LockTimeout: another process held the champion lock longer than promote waits (a retry may pass).
     """
     evaluation = results.read_result(run_root, "evaluate")
     registered = results.read_result(run_root, "register")
@@ -88,45 +137,10 @@ def run(run_root: str, config: PipelineConfig, force: bool = False) -> dict[str,
     decision = _recorded_gate(config, evaluation, force)
 
     client = tracking.client()
-    current = registry.alias_version_number(client, model_name, registry.CHAMPION)
-    if current == version:
-        previous, forced = _previous_promotion(client.get_model_version(model_name, str(version)).tags)
-        print(f"{STEP}: v{version} is already {registry.CHAMPION} of {model_name}: nothing to change", flush=True)
-    else:
-        evaluated = evaluation["champion"]["version"] if evaluation["champion"] else None
-        if current != evaluated:
-            raise RegistryConflict(
-                f"{registry.CHAMPION} of {model_name} moved from {_version_label(evaluated)} to "
-                f"{_version_label(current)} since evaluation; re-run evaluate so the gate compares against it"
-            )
-        if not decision.passed:
-            raise StepError(
-                f"gate failed for {model_name} v{version}, {registry.CHAMPION} stays {_version_label(current)}: "
-                f"{'; '.join(decision.reasons)}. Improve the model, or re-run promote with --force to override"
-            )
-        previous, forced = current, decision.forced
-        actor = os.environ.get(DAG_RUN_ENV_VAR) or "cli"
-        promotion = {
-            "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "promoted_by": actor,
-            "previous_champion": previous,
-            "forced": forced,
-        }
-        # Tags before the alias: a crash in between leaves the alias unmoved, so the retry promotes again.
-        registry.set_version_tags(client, model_name, version, promotion)
-        verdict = "forced" if forced else "gate passed"
-        registry.move_alias(
-            client,
-            model_name,
-            registry.CHAMPION,
-            version,
-            actor=actor,
-            reason=f"promote ({verdict}): {'; '.join(decision.reasons)}",
-        )
-        suffix = " (forced)" if forced else ""
-        print(
-            f"{STEP}: {registry.CHAMPION} of {model_name}: {_version_label(previous)} -> v{version}{suffix}", flush=True
-        )
+    actor = os.environ.get(DAG_RUN_ENV_VAR) or "cli"
+    # The check and the move under one lock: two runs evaluated against the same champion cannot both move it.
+    with registry.champion_lock(run_root, model_name, actor):
+        previous, forced = _promote_under_lock(client, model_name, version, evaluation, decision, actor)
     payload = {
         "model_name": model_name,
         "version": version,

@@ -71,13 +71,15 @@ def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
             f"snapshot {snapshot_id} failed {stats['unsuccessful']} of {stats['evaluated']} expectations:\n"
             f"{failures}\n"
             f"Report: {html_uri}. Fix the source data, or if the data is right, adjust the limits in the "
-            f"dataset config of {dataset.name!r} (min/max, categories, max_null_fraction, max_unknown_fraction)."
+            f"dataset config of {dataset.name!r} (min/max, categories, max_null_fraction, max_unknown_fraction, "
+            "leakage, future_tolerance_seconds)."
         )
     return payload
 
 
 def main(run_root: RunRoot, config: ConfigUri = None) -> None:
-    """Validate the run's snapshot: row count, required columns, types, ranges, categories, nulls, target, ids.
+    """Validate the run's snapshot: row count, required columns, types, ranges, categories, nulls, target, ids,
+    target leakage (one feature predicting the target almost perfectly) and event times in the future.
 
     Always writes gx_result.json, report.html and result.json under <run-root>/validate/.
     Exits with code 2 and lists every failed expectation when the data does not pass.
