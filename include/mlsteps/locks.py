@@ -171,7 +171,7 @@ def _s3_current(client: Any, bucket: str, key: str) -> tuple[Holder | None, str]
 
 def _s3_acquire(client: Any, uri: str, holder: Holder, wait_s: float, lease_s: float) -> str:
     """Create the lock object, or take over an expired one; the ETag of the lock now held."""
-    bucket, key = storage._split_s3(uri)
+    bucket, key = storage.split_s3(uri)
     deadline = time.monotonic() + wait_s
     while True:
         etag = _s3_put(client, bucket, key, holder, {"IfNoneMatch": "*"})
@@ -201,13 +201,13 @@ def _s3_acquire(client: Any, uri: str, holder: Holder, wait_s: float, lease_s: f
 def _s3_lock(uri: str, owner: str, wait_s: float, lease_s: float) -> Iterator[Holder]:
     client = storage.s3_client()
     holder = Holder.me(owner)
-    with storage._s3_access(uri):
+    with storage.s3_access(uri):
         etag = _s3_acquire(client, uri, holder, wait_s, lease_s)
     try:
         yield holder
     finally:
-        bucket, key = storage._split_s3(uri)
-        with storage._s3_access(uri):
+        bucket, key = storage.split_s3(uri)
+        with storage.s3_access(uri):
             current = _s3_current(client, bucket, key)
             if current is not None and current[1] == etag:
                 client.delete_object(Bucket=bucket, Key=key)

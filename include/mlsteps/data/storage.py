@@ -55,7 +55,8 @@ def parent(uri: str) -> str:
     return head or separator or "."
 
 
-def _split_s3(uri: str) -> tuple[str, str]:
+def split_s3(uri: str) -> tuple[str, str]:
+    """Bucket and key of an ``s3://`` URI."""
     parsed = urlparse(uri)
     return parsed.netloc, parsed.path.lstrip("/")
 
@@ -77,7 +78,7 @@ def s3_client() -> Any:
 
 
 @contextlib.contextmanager
-def _s3_access(uri: str) -> Iterator[None]:
+def s3_access(uri: str) -> Iterator[None]:
     """Say what to set when boto3 finds no credentials; its own "Unable to locate credentials" names neither.
 
     Raises:
@@ -121,9 +122,9 @@ def read_bytes(uri: str) -> bytes:
         StorageError: S3 has no credentials.
     """
     if is_s3(uri):
-        bucket, key = _split_s3(uri)
+        bucket, key = split_s3(uri)
         client = s3_client()
-        with _s3_access(uri):
+        with s3_access(uri):
             try:
                 return client.get_object(Bucket=bucket, Key=key)["Body"].read()
             except client.exceptions.NoSuchKey as exc:
@@ -142,9 +143,9 @@ class _S3RangeReader(io.RawIOBase):
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.bucket, self.key = _split_s3(uri)
+        self.bucket, self.key = split_s3(uri)
         self.client = s3_client()
-        with _s3_access(uri):
+        with s3_access(uri):
             try:
                 self.size = self.client.head_object(Bucket=self.bucket, Key=self.key)["ContentLength"]
             except self.client.exceptions.ClientError as exc:
@@ -171,7 +172,7 @@ class _S3RangeReader(io.RawIOBase):
         end = min(self.position + len(buffer), self.size)
         if end <= self.position:
             return 0
-        with _s3_access(self.uri):
+        with s3_access(self.uri):
             answer = self.client.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self.position}-{end - 1}")
             data = answer["Body"].read()
         buffer[: len(data)] = data
@@ -202,8 +203,8 @@ def write_bytes(uri: str, data: bytes) -> None:
         StorageError: a file lies where a parent folder belongs, or S3 has no credentials.
     """
     if is_s3(uri):
-        bucket, key = _split_s3(uri)
-        with _s3_access(uri):
+        bucket, key = split_s3(uri)
+        with s3_access(uri):
             s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         return
     path = local_path(uri)
@@ -242,9 +243,9 @@ def write_json(uri: str, payload: Any) -> None:
 def exists(uri: str) -> bool:
     """Whether a file or object exists."""
     if is_s3(uri):
-        bucket, key = _split_s3(uri)
+        bucket, key = split_s3(uri)
         client = s3_client()
-        with _s3_access(uri):
+        with s3_access(uri):
             try:
                 client.head_object(Bucket=bucket, Key=key)
             except client.exceptions.ClientError as exc:
@@ -258,10 +259,10 @@ def exists(uri: str) -> bool:
 def list_files(prefix: str) -> list[str]:
     """URIs of every file under a folder prefix, sorted."""
     if is_s3(prefix):
-        bucket, key = _split_s3(prefix)
+        bucket, key = split_s3(prefix)
         key = key.rstrip("/") + "/"
         paginator = s3_client().get_paginator("list_objects_v2")
-        with _s3_access(prefix):
+        with s3_access(prefix):
             found = [
                 f"s3://{bucket}/{item['Key']}"
                 for page in paginator.paginate(Bucket=bucket, Prefix=key)
@@ -277,8 +278,8 @@ def list_files(prefix: str) -> list[str]:
 def delete(uri: str) -> None:
     """Remove a file or object; one that is not there is no error (S3's delete is idempotent too)."""
     if is_s3(uri):
-        bucket, key = _split_s3(uri)
-        with _s3_access(uri):
+        bucket, key = split_s3(uri)
+        with s3_access(uri):
             s3_client().delete_object(Bucket=bucket, Key=key)
         return
     local_path(uri).unlink(missing_ok=True)
@@ -287,8 +288,8 @@ def delete(uri: str) -> None:
 def upload_file(path: Path, uri: str) -> None:
     """Copy a local file to a URI (streamed for S3, atomic for local targets)."""
     if is_s3(uri):
-        bucket, key = _split_s3(uri)
-        with _s3_access(uri):
+        bucket, key = split_s3(uri)
+        with s3_access(uri):
             s3_client().upload_file(str(path), bucket, key)
         return
     write_bytes(uri, path.read_bytes())
@@ -300,8 +301,8 @@ def download_file(uri: str, path: Path) -> Path:
     if is_s3(uri):
         if not exists(uri):
             raise FileNotFoundError(f"no such object: {uri}")
-        bucket, key = _split_s3(uri)
-        with _s3_access(uri):
+        bucket, key = split_s3(uri)
+        with s3_access(uri):
             s3_client().download_file(bucket, key, str(path))
         return path
     path.write_bytes(read_bytes(uri))
