@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from ports import free_port
 
-from mlsteps.config import PipelineConfig, load_pipeline_config
+from mlsteps.config import DatasetConfig, PipelineConfig, load_pipeline_config
 from mlsteps.data import storage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +36,12 @@ for _name in ("ML_RUNTIME", "ML_ARTIFACT_ROOT", "ML_DATASET_URI", "MLFLOW_TRACKI
 def pipeline_config() -> PipelineConfig:
     """The bundled pipeline config (built-in churn dataset)."""
     return load_pipeline_config()
+
+
+@pytest.fixture
+def dataset(pipeline_config: PipelineConfig) -> DatasetConfig:
+    """The bundled churn dataset config."""
+    return pipeline_config.dataset
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlsteps.config import DatasetConfig, PipelineConfig, load_dataset_config
+from mlsteps.config import DatasetConfig, load_dataset_config
 from mlsteps.data import storage, validation
 from mlsteps.data.datasets import BUILT_IN, generate_churn
 from mlsteps.errors import DataError, StepError, ValidationFailed
@@ -36,12 +36,6 @@ CONTAIN_SET = "expect_column_distinct_values_to_contain_set"
 def churn() -> pd.DataFrame:
     """Clean generated data, 1000 rows; the mutators below return broken copies and leave it intact."""
     return generate_churn(1000, seed=11)
-
-
-@pytest.fixture
-def dataset(pipeline_config: PipelineConfig) -> DatasetConfig:
-    """The bundled churn dataset config."""
-    return pipeline_config.dataset
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mlsteps.cli import app
-from mlsteps.config import DatasetConfig, PipelineConfig, load_dataset_config
+from mlsteps.config import DatasetConfig, load_dataset_config
 from mlsteps.data import storage, validation
 from mlsteps.data.datasets import BUILT_IN, generate_churn
 from mlsteps.data.snapshots import read_table, write_table
@@ -30,12 +30,6 @@ FUTURE = validation.FUTURE
 def churn() -> pd.DataFrame:
     """Clean generated churn data, 1000 rows; tests change copies."""
     return generate_churn(1000, seed=5)
-
-
-@pytest.fixture
-def dataset(pipeline_config: PipelineConfig) -> DatasetConfig:
-    """The bundled churn dataset config."""
-    return pipeline_config.dataset
 
 
 def _with(dataset: DatasetConfig, **changes: Any) -> DatasetConfig:
