@@ -51,52 +51,80 @@ def _run_id(kind: str, hours: float) -> str:
     return f"{kind}__{(START + timedelta(hours=hours)).isoformat()}"
 
 
-def _register(client: Any, experiment_id: str, number: int, roc_auc: float) -> None:
+def register_version(
+    client: Any, experiment_id: str, roc_auc: float, trigger: str = "scheduled", reason: str | None = None
+) -> int:
+    """A training run with holdout metrics (as evaluate logs them) registered as the next version (as register
+    does); returns the version number."""
     from mlflow.entities import Metric
 
-    run_id = client.create_run(experiment_id, tags={"trigger": "scheduled"}).info.run_id
-    metrics = {"roc_auc": roc_auc, "pr_auc": roc_auc - 0.35, "accuracy": 0.85, "log_loss": 0.36, "rows": 3000}
+    run_id = client.create_run(experiment_id, tags={"trigger": trigger}).info.run_id
+    metrics = {"roc_auc": roc_auc, "pr_auc": roc_auc - 0.35, "accuracy": roc_auc + 0.05, "log_loss": 0.36, "rows": 3000}
     client.log_batch(run_id, metrics=[Metric(f"holdout_{key}", value, 0, 0) for key, value in metrics.items()])
     client.set_terminated(run_id)
-    tags = {"family": "mlp", "primary_metric": "roc_auc", "trigger": "scheduled", "trigger_reason": "scheduled"}
-    client.create_model_version(MODEL, f"runs:/{run_id}/model", run_id=run_id, tags=tags)
+    tags = {"family": "mlp", "primary_metric": "roc_auc", "trigger": trigger, "trigger_reason": reason or trigger}
+    return int(client.create_model_version(MODEL, f"runs:/{run_id}/model", run_id=run_id, tags=tags).version)
 
 
-def _retrain_run(
-    settings: Any, run_id: str, version: int, roc_auc: float, promoted: bool, champion: int | None
+def write_retrain_run(
+    settings: Any,
+    run_id: str,
+    *,
+    trigger: str = "scheduled",
+    version: int | None = None,
+    roc_auc: float | None = None,
+    champion: int | None = None,
+    promoted: bool = False,
+    failed_task: str | None = None,
 ) -> None:
+    """The step results of one retrain run as its steps leave them (with ``failed_task``'s failure record: the run
+    stopped at validate), summarized by the retrain DAG's own ``summarize`` into summary.json. Evaluation, register
+    and promote are there when ``roc_auc`` is given."""
     from mlsteps import results
     from mlsteps.data import storage
     from orchestration.models import dag_id
     from orchestration.retrain import summarize
 
     root = settings.run_root(dag_id(MODEL, "retrain"), run_id)
-    results.write_result(root, "snapshot", {"snapshot_id": f"{version:016x}", "rows": 20000})
-    results.write_result(root, "data_check", {"proceed": True, "trigger": "scheduled", "message": None})
-    reasons = [f"challenger roc_auc={roc_auc:.4f} {'>=' if promoted else '<'} threshold"]
-    evaluated = {
-        "challenger": {"family": "mlp", "metrics": {"roc_auc": roc_auc}, "mlflow_run_id": f"run-{version}"},
-        "candidates": [{"family": "mlp", "metrics": {"roc_auc": roc_auc}}],
-        "champion": champion and {"version": champion, "metrics": {"roc_auc": 0.78}},
-        "gate": {"primary_metric": "roc_auc", "passed": promoted, "reasons": reasons},
-        "report_uri": storage.join(root, "evaluate", "report.json"),
-        "report_html_uri": storage.join(root, "evaluate", "report.html"),
-    }
-    results.write_result(root, "evaluate", evaluated)
-    results.write_result(root, "register", {"model_name": MODEL, "version": version})
-    if promoted:
-        results.write_result(root, "promote", {"version": version})
+    results.write_result(root, "snapshot", {"snapshot_id": f"{version or 0:016x}", "rows": 20000})
+    results.write_result(root, "data_check", {"proceed": True, "trigger": trigger, "message": None})
+    validate_html = storage.join(root, "validate", "report.html")
+    storage.write_text(validate_html, f"<html><body>validation of {run_id}</body></html>")
+    statistics = {"evaluated": 69, "successful": 65 if failed_task else 69, "unsuccessful": 4 if failed_task else 0}
+    validated = {"success": not failed_task, "statistics": statistics, "report_html_uri": validate_html}
+    results.write_result(root, "validate", validated)
+    if failed_task:
+        message = "validate failed: snapshot 42aa7213c6654f1d failed 4 of 69 expectations"
+        record = {"task_id": failed_task, "failed_at": START.isoformat(), "message": message, "exit_code": 2}
+        storage.write_json(storage.join(root, "failures", f"{failed_task}.json"), record)
+    if roc_auc is not None:
+        reasons = [f"challenger roc_auc={roc_auc} {'>=' if promoted else '<'} champion roc_auc=0.78 - 0.01"]
+        evaluated = {
+            "challenger": {"family": "mlp", "metrics": {"roc_auc": roc_auc}, "mlflow_run_id": f"run-{version}"},
+            "candidates": [{"family": "mlp", "metrics": {"roc_auc": roc_auc}}],
+            "champion": champion and {"version": champion, "metrics": {"roc_auc": 0.78}},
+            "gate": {"primary_metric": "roc_auc", "passed": promoted, "reasons": reasons},
+            "report_uri": storage.join(root, "evaluate", "report.json"),
+            "report_html_uri": storage.join(root, "evaluate", "report.html"),
+        }
+        storage.write_text(evaluated["report_html_uri"], "<html><body>evaluation</body></html>")
+        results.write_result(root, "evaluate", evaluated)
+        results.write_result(root, "register", {"model_name": MODEL, "version": version})
+        if promoted:
+            results.write_result(root, "promote", {"version": version})
     storage.write_json(results.summary_uri(root), summarize(root, run_id))
 
 
-def _deploy_run(settings: Any, run_id: str, version: int, previous: int | None, rolled_back: bool) -> None:
+def write_deploy_run(settings: Any, run_id: str, version: int, previous: int | None, outcome: str) -> None:
+    """The deploy step's result of one deploy run (``deployed`` or ``rolled_back``, with its failure record),
+    summarized by the deploy DAG's own ``summarize``."""
     from mlsteps import results
     from mlsteps.data import storage
     from orchestration.deploy import summarize
     from orchestration.models import dag_id
 
     root = settings.run_root(dag_id(MODEL, "deploy"), run_id)
-    outcome = "rolled_back" if rolled_back else "deployed"
+    reason = f"{MODEL} v{version} serves on local" if outcome == "deployed" else "smoke test failed: p99 900 ms"
     result = {
         "model_name": MODEL,
         "version": version,
@@ -104,9 +132,13 @@ def _deploy_run(settings: Any, run_id: str, version: int, previous: int | None, 
         "target": "local",
         "strategy": "rolling",
         "outcome": outcome,
-        "reason": "smoke test failed" if rolled_back else f"{MODEL} v{version} serves on local",
+        "reason": reason,
+        "smoke": {"p99_ms": 2.5},
     }
     results.write_result(root, "deploy", result)
+    if outcome == "rolled_back":
+        record = {"task_id": "deploy", "failed_at": START.isoformat(), "message": reason, "exit_code": 2}
+        storage.write_json(storage.join(root, "failures", "deploy.json"), record)
     storage.write_json(results.summary_uri(root), summarize(root, run_id))
 
 
@@ -123,15 +155,18 @@ def build_registry_and_runs(settings: Any, versions: int) -> dict[str, int]:
     for number in range(1, versions + 1):
         hours = 24.0 * number
         roc_auc = 0.75 + 0.0002 * number
-        _register(client, experiment_id, number, roc_auc)
+        register_version(client, experiment_id, roc_auc)
         promoted = number % 3 == 1
-        _retrain_run(settings, _run_id("scheduled", hours), number, roc_auc, promoted, champion)
+        write_retrain_run(
+            settings, _run_id("scheduled", hours), version=number, roc_auc=roc_auc, promoted=promoted, champion=champion
+        )
         if not promoted:
             continue
         registry.move_alias(client, MODEL, "champion", number, actor=_run_id("scheduled", hours), reason="promote")
         moves += 1
         rolled_back = champion is not None and moves % 5 == 0
-        _deploy_run(settings, _run_id("asset_triggered", hours + 1), number, champion, rolled_back)
+        outcome = "rolled_back" if rolled_back else "deployed"
+        write_deploy_run(settings, _run_id("asset_triggered", hours + 1), number, champion, outcome)
         deploys += 1
         if rolled_back:  # the deploy puts the champion back, as run_deploy does
             reason = "rollback: smoke test failed"

@@ -22,7 +22,6 @@ import pytest
 from benchmark_modules import load_benchmark
 
 from mlsteps import registry, results
-from mlsteps.data import storage
 from orchestration.models import dag_id, load_models
 from orchestration.models_page import prechecks, reads, render
 from orchestration.settings import Settings
@@ -45,89 +44,6 @@ def _root(settings: Settings, purpose: str, run_id: str) -> str:
     return settings.run_root(dag_id(CHURN, purpose), run_id)
 
 
-def _register(client: Any, experiment_id: str, roc_auc: float, trigger: str, reason: str) -> int:
-    """A training run with holdout metrics (as evaluate logs them) registered as the next version (as register)."""
-    from mlflow.entities import Metric
-
-    run = client.create_run(experiment_id, tags={"trigger": trigger})
-    run_id = run.info.run_id
-    metrics = {"roc_auc": roc_auc, "accuracy": roc_auc + 0.05, "rows": 3000}
-    client.log_batch(run_id, metrics=[Metric(f"holdout_{k}", v, 0, 0) for k, v in metrics.items()])
-    client.set_terminated(run_id)
-    tags = {"family": "mlp", "primary_metric": "roc_auc", "trigger": trigger, "trigger_reason": reason}
-    version = client.create_model_version(CHURN, f"runs:/{run_id}/model", run_id=run_id, tags=tags)
-    return int(version.version)
-
-
-def _retrain_run(
-    settings: Settings,
-    run_id: str,
-    trigger: str,
-    *,
-    version: int | None = None,
-    roc_auc: float | None = None,
-    champion: int | None = None,
-    promoted: bool = False,
-    failed_task: str | None = None,
-) -> None:
-    """The step results of one retrain run, summarized by the retrain DAG's own ``summarize`` into summary.json."""
-    from orchestration.retrain import summarize
-
-    root = _root(settings, "retrain", run_id)
-    results.write_result(root, "snapshot", {"snapshot_id": "73171ba34b750113", "rows": 20000})
-    results.write_result(root, "data_check", {"proceed": True, "trigger": trigger, "message": None})
-    validate_html = storage.join(root, "validate", "report.html")
-    storage.write_text(validate_html, "<html><body>validation of " + run_id + "</body></html>")
-    statistics = {"evaluated": 69, "successful": 65 if failed_task else 69, "unsuccessful": 4 if failed_task else 0}
-    validated = {"success": not failed_task, "statistics": statistics, "report_html_uri": validate_html}
-    results.write_result(root, "validate", validated)
-    if failed_task:
-        message = "validate failed: snapshot 42aa7213c6654f1d failed 4 of 69 expectations"
-        record = {"task_id": failed_task, "failed_at": START.isoformat(), "message": message, "exit_code": 2}
-        storage.write_json(storage.join(root, "failures", f"{failed_task}.json"), record)
-    if roc_auc is not None:
-        champion_entry = champion and {"version": champion, "metrics": {"roc_auc": 0.78}}
-        passed = promoted
-        reasons = [f"challenger roc_auc={roc_auc} {'>=' if passed else '<'} champion roc_auc=0.78 - 0.01"]
-        evaluated = {
-            "challenger": {"family": "mlp", "metrics": {"roc_auc": roc_auc}, "mlflow_run_id": f"run-{version}"},
-            "candidates": [{"family": "mlp", "metrics": {"roc_auc": roc_auc}}],
-            "champion": champion_entry,
-            "gate": {"primary_metric": "roc_auc", "passed": passed, "reasons": reasons},
-            "report_uri": storage.join(root, "evaluate", "report.json"),
-            "report_html_uri": storage.join(root, "evaluate", "report.html"),
-        }
-        storage.write_text(evaluated["report_html_uri"], "<html><body>evaluation</body></html>")
-        results.write_result(root, "evaluate", evaluated)
-        results.write_result(root, "register", {"model_name": CHURN, "version": version})
-        if promoted:
-            results.write_result(root, "promote", {"version": version})
-    storage.write_json(results.summary_uri(root), summarize(root, run_id))
-
-
-def _deploy_run(settings: Settings, run_id: str, version: int, previous: int | None, outcome: str) -> None:
-    """The deploy step's result of one deploy run, summarized by the deploy DAG's own ``summarize``."""
-    from orchestration.deploy import summarize
-
-    root = _root(settings, "deploy", run_id)
-    reason = f"{CHURN} v{version} serves on local" if outcome == "deployed" else "smoke test failed: p99 900 ms"
-    result = {
-        "model_name": CHURN,
-        "version": version,
-        "previous_version": previous,
-        "target": "local",
-        "strategy": "rolling",
-        "outcome": outcome,
-        "reason": reason,
-        "smoke": {"p99_ms": 2.5},
-    }
-    results.write_result(root, "deploy", result)
-    if outcome == "rolled_back":
-        record = {"task_id": "deploy", "failed_at": START.isoformat(), "message": reason, "exit_code": 2}
-        storage.write_json(storage.join(root, "failures", "deploy.json"), record)
-    storage.write_json(results.summary_uri(root), summarize(root, run_id))
-
-
 def _monitor_runs(settings: Settings, hours: int) -> None:
     """Hourly monitor checks of v1: realized roc_auc falls from 0.80 by 0.02 an hour, drift from the 4th hour on."""
     for hour in range(hours):
@@ -146,22 +62,24 @@ def _build(settings: Settings) -> None:
     experiment_id = client.create_experiment("churn-retraining")
     client.create_registered_model(CHURN)
     r1, r2, r3 = _run_id("manual", 0), _run_id("asset_triggered", 24), _run_id("scheduled", 48)
-    v1 = _register(client, experiment_id, 0.78, "manual", "manual")
+    v1 = page_benchmark.register_version(client, experiment_id, 0.78, "manual")
     registry.move_alias(client, CHURN, "champion", v1, actor=r1, reason="promote (gate passed): roc_auc 0.78 >= 0.7")
-    v2 = _register(client, experiment_id, 0.80, "drift", "input drift in 2 consecutive window(s) of v1 (age)")
+    drifted = "input drift in 2 consecutive window(s) of v1 (age)"
+    v2 = page_benchmark.register_version(client, experiment_id, 0.80, "drift", drifted)
     registry.move_alias(client, CHURN, "champion", v2, actor=r2, reason="promote (gate passed): roc_auc 0.80")
     d2 = _run_id("asset_triggered", 25)
     registry.move_alias(client, CHURN, "champion", v1, actor=d2, reason="rollback: smoke test failed: p99 900 ms")
-    v3 = _register(client, experiment_id, 0.74, "scheduled", "scheduled")
+    v3 = page_benchmark.register_version(client, experiment_id, 0.74)
     client.set_registered_model_alias(CHURN, "challenger", str(v3))
 
-    _retrain_run(settings, r1, "manual", version=v1, roc_auc=0.78, promoted=True)
-    _retrain_run(settings, r2, "drift", version=v2, roc_auc=0.80, champion=v1, promoted=True)
-    _retrain_run(settings, r3, "scheduled", version=v3, roc_auc=0.74, champion=v1)
-    _retrain_run(settings, _run_id("manual", 50), "manual", failed_task="validate")
+    retrain_run, deploy_run = page_benchmark.write_retrain_run, page_benchmark.write_deploy_run
+    retrain_run(settings, r1, trigger="manual", version=v1, roc_auc=0.78, promoted=True)
+    retrain_run(settings, r2, trigger="drift", version=v2, roc_auc=0.80, champion=v1, promoted=True)
+    retrain_run(settings, r3, version=v3, roc_auc=0.74, champion=v1)
+    retrain_run(settings, _run_id("manual", 50), trigger="manual", failed_task="validate")
     results.write_result(_root(settings, "retrain", _run_id("manual", 51)), "snapshot", {"snapshot_id": "x"})
-    _deploy_run(settings, _run_id("asset_triggered", 1), v1, None, "deployed")
-    _deploy_run(settings, d2, v2, v1, "rolled_back")
+    deploy_run(settings, _run_id("asset_triggered", 1), v1, None, "deployed")
+    deploy_run(settings, d2, v2, v1, "rolled_back")
     _monitor_runs(settings, hours=6)
 
 
