@@ -129,7 +129,7 @@ clean:  ## remove all local state (Airflow DB, MLflow, artifacts, datasets)
 # report go to build/images. Where python:3.11-slim cannot be pulled, build a local base first (docker/README.md):
 #   .venv/bin/python docker/build.py base && make images ARGS='--base-image localhost/python-base:3.11'
 .PHONY: images
-images: $(INSTALLED) .venv-images  ## build the steps, train and serve images, print their sizes (ARGS='--image serve')
+images: $(INSTALLED) .venv-images  ## build the steps, train, serve and airflow images, print their sizes (ARGS='--image serve')
 	$(BIN)/python docker/build.py build $(ARGS)
 
 # hadolint, cyclonedx-py and pip-audit (make images, tests/images) pin their own dependencies: their own virtualenv;

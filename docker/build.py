@@ -6,7 +6,8 @@
 
 `build` checks its input before building anything: every file a Dockerfile copies, the optional wheel folder and CA
 bundle, and the base image (pinned, present or pullable, with Python 3.11). It tags each image with the name that the
-step pods (include/config/pipeline.yaml) and the model server (include/k8s/model-server.yaml) run, writes the SBOM of
+step pods (include/config/pipeline.yaml), the model server (include/k8s/model-server.yaml) and the Airflow chart
+(include/k8s/cluster/airflow-values.yaml) run, writes the SBOM of
 the image's Python environment to build/images/<image>.cdx.json and its size, largest layers and largest packages to
 build/images/<image>.json, and prints them. Bad input exits with code 2 and one message that says what to change.
 """
@@ -33,7 +34,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCKER_DIR = REPO_ROOT / "docker"
 OUTPUT_DIR = REPO_ROOT / "build" / "images"
 TOOLS_VENV = REPO_ROOT / ".venv-images"
-IMAGES = ("steps", "train", "serve")
+AIRFLOW_VALUES = REPO_ROOT / "include" / "k8s" / "cluster" / "airflow-values.yaml"  # names the Airflow image
+IMAGES = ("steps", "train", "serve", "airflow")
 PYTHON_VERSION = "3.11"  # constraints.txt pins the packages of a Python 3.11 environment
 LOCAL_BASE = f"localhost/python-base:{PYTHON_VERSION}"
 DEBIAN_SUITE = "bookworm"  # its python3 is 3.11, like python:3.11-slim-bookworm
@@ -151,12 +153,15 @@ def build_arg_defaults(path: Path) -> dict[str, str]:
 
 
 def image_references() -> dict[str, str]:
-    """The name each image is tagged with: the one its pods (pipeline.yaml) or the model server's Deployment run."""
+    """The name each image is tagged with: the one its pods (pipeline.yaml), the model server's Deployment or the
+    Airflow chart's values (``defaultAirflowRepository`` and ``defaultAirflowTag``, which every Airflow pod runs)."""
     pipeline = yaml.safe_load((REPO_ROOT / "include" / "config" / "pipeline.yaml").read_text())
     references = dict(pipeline["runtime"]["kubernetes"]["images"])
     for document in yaml.safe_load_all((REPO_ROOT / "include" / "k8s" / "model-server.yaml").read_text()):
         if document and document.get("kind") == "Deployment":
             references["serve"] = document["spec"]["template"]["spec"]["containers"][0]["image"]
+    values = yaml.safe_load(AIRFLOW_VALUES.read_text())
+    references["airflow"] = f"{values['defaultAirflowRepository']}:{values['defaultAirflowTag']}"
     return references
 
 
@@ -621,7 +626,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("cuda", "cpu"),
         default="cuda",
         help="build of the train image: cuda (torch and XGBoost with CUDA) or cpu (their CPU builds), where the CUDA "
-        "wheels cannot be had (CI); the steps and serving images have neither",
+        "wheels cannot be had (CI); the steps, serving and Airflow images have neither",
     )
     images.add_argument(
         "--torch-cpu-index-url",

@@ -13,6 +13,12 @@ import pytest
 from .containers import REPO_ROOT, BuiltImages, install_tools, load_build_script
 
 TOOLS_VENV = REPO_ROOT / ".venv-images"
+# The images these tests build and run. Not the Airflow image (docker/airflow.Dockerfile): pip installs Airflow, its
+# providers and the models page's stack for about 5 minutes from an empty cache, past what the suite's time budget
+# leaves; test_dockerfiles.py checks it statically (lint, base, user, name, what it copies and installs). Build and
+# smoke-test it by hand (docker/README.md):
+#   .venv/bin/python docker/build.py build --image airflow --base-image localhost/python-base:3.11
+BUILT_IN_TESTS = ("steps", "train", "serve")
 
 
 @pytest.fixture(scope="session")
@@ -59,16 +65,19 @@ def _local_torch_cpu_wheel() -> bool:
 def built(
     build_script: Any, buildah: Any, base_image: str, tools_venv: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> BuiltImages:
-    """Every image built as CI builds them: on the local base, the train image with torch's CPU build, with SBOMs.
+    """The images of BUILT_IN_TESTS built as CI builds them: on the local base, the train image with torch's CPU build,
+    with SBOMs.
 
     The build takes torch's CPU build from PyTorch's index, or from the wheel folder in $PIP_FIND_LINKS where that
     holds one (machines that cannot reach the index); the CA bundle in $PIP_CERT, if any.
     """
     output = tmp_path_factory.mktemp("images")
     command = [sys.executable, str(build_script.__file__), "build", "--base-image", base_image]
+    command += [f"--image={image}" for image in BUILT_IN_TESTS]
     command += ["--torch-variant", "cpu", "--output", str(output)]
     if _local_torch_cpu_wheel():
         command += ["--torch-cpu-index-url", ""]
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, f"{done.stdout[-5000:]}\n{done.stderr[-3000:]}"
-    return BuiltImages(output, done.stdout, build_script.image_references())
+    references = build_script.image_references()
+    return BuiltImages(output, done.stdout, {image: references[image] for image in BUILT_IN_TESTS})

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from orchestration.settings import load_settings
 
@@ -26,6 +27,15 @@ CANARY_DOCKERFILE = "FROM debian\nADD https://example.com/tool.tar.gz /opt/\nRUN
 # What the train image alone has (requirements/train*.txt), and what the serving image leaves out besides.
 TRAIN_IMAGE_ONLY = {"torch", "xgboost", "xgboost-cpu", "onnx", "onnxscript", "onnxmltools", "skl2onnx"}
 TRAINING_ONLY = TRAIN_IMAGE_ONLY | {"great-expectations", "scikit-learn", "scipy", "tqdm"}
+AIRFLOW_VALUES = REPO_ROOT / "include" / "k8s" / "cluster" / "airflow-values.yaml"
+# What the Airflow image runs from this repository: the DAGs, the plugins, and the packages and config they import.
+AIRFLOW_CODE = {
+    "dags": "/opt/airflow/dags",
+    "plugins": "/opt/airflow/plugins",
+    "include/orchestration": "/opt/airflow/include/orchestration",
+    "include/mlsteps": "/opt/airflow/include/mlsteps",
+    "include/config": "/opt/airflow/include/config",
+}
 
 
 def _build(*args: str, cwd: Path = REPO_ROOT, script: Path = BUILD_SCRIPT) -> subprocess.CompletedProcess[str]:
@@ -66,8 +76,16 @@ def test_checkov_dockerfile_checks_pass_with_the_skips_of_checkov_yaml(tmp_path:
     assert len(results["passed_checks"]) > 20 * len(DOCKERFILES)
 
 
+def _airflow_pod_user() -> str:
+    """UID:GID every Airflow container runs as: the chart's pod security context in our values."""
+    pod = yaml.safe_load(AIRFLOW_VALUES.read_text())["securityContexts"]["pod"]
+    return f"{pod['runAsUser']}:{pod['runAsGroup']}"
+
+
 def test_every_image_builds_on_the_pinned_python_base_and_runs_as_the_pod_user(build_script: Any) -> None:
     kube = load_settings().runtime.kubernetes
+    # The step pods and the model server run as 10001:10001; the Airflow chart runs its image as 50000 with group 0.
+    pod_users = {"airflow": _airflow_pod_user()}
     for path in DOCKERFILES:
         instructions = build_script.instructions(path)
         assert build_script.build_arg_defaults(path)["BASE_IMAGE"] == "python:3.11-slim-bookworm", path.name
@@ -76,7 +94,8 @@ def test_every_image_builds_on_the_pinned_python_base_and_runs_as_the_pod_user(b
         ]
         assert set(bases) == {"${BASE_IMAGE}"}, path.name
         users = [i.arguments for i in instructions if i.keyword == "USER"]
-        assert users[-1] == f"{kube.run_as_user}:{kube.run_as_group}", path.name
+        image = path.name.removesuffix(".Dockerfile")
+        assert users[-1] == pod_users.get(image, f"{kube.run_as_user}:{kube.run_as_group}"), path.name
         # Only the virtualenv comes from the builder stage; code and config from the build context.
         copies = [i.arguments for i in instructions if i.keyword == "COPY" and "--from=" in i.arguments]
         assert copies == ["--from=builder /opt/venv /opt/venv"], path.name
@@ -133,15 +152,44 @@ def test_torch_and_xgboost_are_pinned_for_the_train_image_alone() -> None:
     assert {name: version for name, version in local.items() if constraints.get(name) != version} == {}
 
 
-def test_images_are_named_as_the_pods_and_the_model_server_run_them(build_script: Any) -> None:
+def test_images_are_named_as_the_pods_the_model_server_and_the_airflow_chart_run_them(build_script: Any) -> None:
     kube = load_settings().runtime.kubernetes
     manifest = (REPO_ROOT / "include" / "k8s" / "model-server.yaml").read_text()
+    values = yaml.safe_load(AIRFLOW_VALUES.read_text())
     assert build_script.image_references() == {
         "steps": kube.images["steps"],
         "train": kube.images["train"],
         "serve": re.search(r"image: (\S+mlsteps-serve\S*)", manifest).group(1),
+        "airflow": f"{values['defaultAirflowRepository']}:{values['defaultAirflowTag']}",
     }
     assert all(build_script.is_pinned(reference) for reference in build_script.image_references().values())
+
+
+def test_airflow_image_bakes_in_dags_plugins_and_include_and_installs_no_torch_or_xgboost(build_script: Any) -> None:
+    path = REPO_ROOT / "docker" / "airflow.Dockerfile"
+    copies = [i.arguments.split() for i in build_script.instructions(path) if i.keyword == "COPY"]
+    code = {words[0]: words[1] for words in copies if len(words) == 2 and words[0] in AIRFLOW_CODE}
+    assert code == AIRFLOW_CODE
+    copied, builder_run = _builder(build_script, "airflow")
+    assert copied == ["requirements/airflow.txt", "constraints.txt"]
+    assert "--requirement /tmp/requirements/airflow.txt" in builder_run and "torch" not in builder_run.lower()
+    # The .dockerignore lets every copied folder into the build context.
+    allowed = [line.rstrip("/") for line in (REPO_ROOT / ".dockerignore").read_text().split() if line.startswith("!")]
+    assert {f"!{source}" for source in AIRFLOW_CODE} <= set(allowed)
+    # Airflow and its providers, as the local runtime pins them; the steps' heavy stack stays in the step images.
+    airflow = requirement_pins(REPO_ROOT / "requirements" / "airflow.txt")
+    local = requirement_pins(REPO_ROOT / "requirements.txt")
+    assert {name: airflow.get(name) for name in local if name.startswith("apache-airflow")} == {
+        name: version for name, version in local.items() if name.startswith("apache-airflow")
+    }
+    assert "apache-airflow-providers-fab" in airflow
+    assert not (TRAINING_ONLY | {"onnxruntime", "fastapi", "uvicorn"}) & set(airflow)
+    constraints = requirement_pins(REPO_ROOT / "constraints.txt")
+    assert {name: version for name, version in airflow.items() if constraints.get(name, version) != version} == {}
+    # The chart's user and home: runAsUser/runAsGroup of the values, AIRFLOW_HOME its default airflowHome.
+    environment = " ".join(i.arguments for i in build_script.instructions(path) if i.keyword == "ENV")
+    assert "AIRFLOW_HOME=/opt/airflow " in environment and "PYTHONPATH=/opt/airflow/include " in environment
+    assert _airflow_pod_user() == "50000:0"
 
 
 def test_serving_requirements_leave_training_out_and_agree_with_the_constraints() -> None:

@@ -3,7 +3,8 @@ writable, UID/GID 10001, no network but loopback. The steps image runs the data 
 batch, gradient-boosted trees and the worked example's trainer, the steps image then evaluates and registers the model
 that the train image logged, and the serving image serves a real bundle, from a folder and from an MLflow server
 behind the registry alias: its own health check passes, both protocols answer with the bundle's expected
-probabilities, and it writes its prediction log."""
+probabilities, and it writes its prediction log. The Airflow image is not built here: conftest.BUILT_IN_TESTS says
+why and how to build it by hand."""
 
 from __future__ import annotations
 
