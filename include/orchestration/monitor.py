@@ -14,7 +14,7 @@ while a retraining is under way, again and again. So the monitor remembers recen
 A window where a signal was not judged (too few rows or labels, no labels source) neither counts for that signal nor
 breaks its streak; a data-quality problem in the logs breaks the drift streak and never counts as drift. A retraining
 signal alerts only when at least ``monitoring.cooldown_hours`` passed since the champion was trained and since the
-last alert (0: no cooldown).
+last alert (0: no cooldown); a window that already started a retraining never starts another.
 Times are the windows' ends, not the wall clock, so a re-run or a backfill decides the same way.
 
 Every decision also writes the monitor's report (``monitor/report.json`` and ``report.html`` in the run folder):
@@ -176,7 +176,12 @@ def decide(
     explained = "; ".join(_explain(s, entry[s], streaks[s], version) for s in confirmed)
     if retraining:
         now = datetime.fromisoformat(window_end)
-        last_alert = (state.get("last_alert") or {}).get("window_end")
+        previous_alert = state.get("last_alert") or {}
+        last_alert = previous_alert.get("window_end")
+        if last_alert == window_end and previous_alert.get("model_version") == version:
+            # the same window decided again (a cleared task, a rerun): one window starts one retraining, cooldown or not
+            reason = f"{explained}, but this window of v{version} already started a retraining"
+            return MonitorDecision("cooldown", reason, **details), new_state
         since = min(_hours_since(drift.get("model_trained_at"), now), _hours_since(last_alert, now))
         if monitoring.cooldown_hours and since < monitoring.cooldown_hours:
             reason = (

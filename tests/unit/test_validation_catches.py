@@ -18,7 +18,7 @@ from mlsteps.config import DatasetConfig, load_dataset_config
 from mlsteps.data import storage, validation
 from mlsteps.data.datasets import BUILT_IN, generate_churn
 from mlsteps.data.snapshots import read_table, write_table
-from mlsteps.errors import ConfigError, DataError, ValidationFailed
+from mlsteps.errors import ConfigError, ValidationFailed
 from mlsteps.results import read_result, result_uri, step_dir, write_result
 from mlsteps.steps import preprocess, validate
 
@@ -157,20 +157,6 @@ def test_future_rows_and_leakage_fail_the_step_beside_the_suite(
 
 
 # --- a cut CSV file ---
-
-
-def test_a_csv_cut_inside_its_last_record_is_refused_naming_the_line(churn: pd.DataFrame, tmp_path: Path) -> None:
-    path = tmp_path / "churn.csv"
-    write_table(churn.head(20), str(path))
-    text = path.read_text()
-    last_line = text.rstrip("\n").rsplit("\n", 1)[1]
-    path.write_text(text.rstrip("\n")[: -len(last_line) // 2])
-    with pytest.raises(DataError) as refused:
-        read_table(str(path))
-    message = str(refused.value)
-    assert message.startswith(f"{path}: line 21, the last record, has ")
-    assert f"of {len(churn.columns)} fields" in message
-    assert message.endswith("the file was cut off while being written or copied; export it again")
 
 
 def test_a_csv_without_a_final_newline_or_with_quoted_line_breaks_is_read(churn: pd.DataFrame, tmp_path: Path) -> None:

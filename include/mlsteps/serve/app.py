@@ -13,6 +13,7 @@ more run in the thread pool instead, so one large request does not stall the oth
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -49,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 SERVER_NAME = "mlsteps-serve"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+# A body not received in this time is refused with 408: a client that stalls mid-body would otherwise hold its
+# connection and its buffered bytes for as long as it likes (uvicorn has no body timeout of its own).
+DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
 THREADPOOL_ROWS = 2048
 JSON = "application/json"
 BINARY = "application/octet-stream"  # v2 answers with binary outputs (a JSON header, then the tensors' bytes)
@@ -114,17 +118,21 @@ _Renderer = Callable[[ServedModel, ParsedRequest, np.ndarray], "tuple[bytes, str
 class _Endpoints:
     """The request handlers, sharing the handle, the metrics and the body limit."""
 
-    def __init__(self, handle: ModelHandle, loader: ModelLoader | None, max_body_bytes: int) -> None:
+    def __init__(
+        self, handle: ModelHandle, loader: ModelLoader | None, max_body_bytes: int, body_timeout_seconds: float
+    ) -> None:
         self.handle = handle
         self.loader = loader
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_seconds = body_timeout_seconds
         self.metrics = ServerMetrics(lambda: handle.current.log_writer if handle.current else None)
         if handle.current is not None:
             current = handle.current
             self.metrics.model_loaded(current.name, current.version, current.bundle.sha256, None)
 
     async def read_body(self, request: Request) -> bytes:
-        """The body, refused with 413 once Content-Length or the bytes received pass the limit."""
+        """The body, refused with 413 once Content-Length or the bytes received pass the limit, and with 408 when it
+        has not all arrived within the body timeout."""
         declared = request.headers.get("content-length")
         too_large = RequestError(
             f"request body of {declared or 'more'} bytes is over the limit of {self.max_body_bytes} bytes: "
@@ -135,11 +143,20 @@ class _Endpoints:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
             raise too_large
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise too_large
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.body_timeout_seconds):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        raise too_large
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestError(
+                f"request body not received within {self.body_timeout_seconds:g} s ({size} bytes came): send the "
+                "whole body at once",
+                408,
+                "body_timeout",
+            ) from None
         return b"".join(chunks)
 
     def serving(self, request: Request) -> ServedModel:
@@ -300,6 +317,7 @@ def create_app(
     *,
     loader: ModelLoader | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
 ) -> FastAPI:
     """Build the server's ASGI app around a model handle.
 
@@ -308,12 +326,13 @@ def create_app(
         loader: loads a version or alias for ``POST /v2/repository/models/{name}/load``; None disables reloads
             (the endpoint answers 403).
         max_body_bytes: larger request bodies are refused with 413 (by Content-Length and by the bytes read).
+        body_timeout_seconds: a request body not received in this time is refused with 408 (a stalled client).
 
     Returns:
         The app; ``app.state.metrics`` holds its ``ServerMetrics`` and ``app.state.handle`` the handle. Its
         lifespan shutdown flushes the prediction log.
     """
-    endpoints = _Endpoints(handle, loader, max_body_bytes)
+    endpoints = _Endpoints(handle, loader, max_body_bytes, body_timeout_seconds)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
