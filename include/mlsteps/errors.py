@@ -29,3 +29,14 @@ class RegistryConflict(StepError):
 
 class StorageError(StepError):
     """A path or URI cannot be used as given: a file where a folder belongs, or no credentials for S3."""
+
+
+class RegistryError(StepError):
+    """The MLflow tracking server refused a request for good: an unknown model or version, no permission, or
+    credentials it does not accept. The message names the tracking URI and what to change."""
+
+
+class StoreUnavailable(RuntimeError):
+    """An object store or the MLflow server did not answer through every retry (connection refused or reset,
+    timeouts, 5xx, throttling). Not a ``StepError``: the failure is transient, so the orchestrator's retry of the
+    task may succeed. The message names the store and how many attempts were made."""

@@ -1,8 +1,9 @@
 """MLflow model registry helpers: idempotent registration, alias lookups, alias history and version tags.
 
 Versions carry ``run_root`` and ``source_model_uri`` tags, so a retried ``register`` finds the version its first
-attempt created instead of adding a second one. Aliases name roles: ``challenger`` is the latest registered
-candidate, ``champion`` the model that serves.
+attempt created instead of adding a second one; a create request that MLflow's client re-sent after a lost answer
+(see ``mlsteps.tracking`` for its retries) leaves a twin, which ``register_once`` removes. Aliases name roles:
+``challenger`` is the latest registered candidate, ``champion`` the model that serves.
 
 Every move of an alias made through ``move_alias`` is also recorded as a tag of the registered model
 (``alias_history.<alias>.<UTC time>``, a compact JSON value), so the history of an alias and "which version served
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import mlsteps
-from mlsteps import locks
+from mlsteps import locks, tracking
 from mlsteps.data import storage
 from mlsteps.errors import ConfigError
 
@@ -103,12 +104,15 @@ def _filter_literal(value: str) -> str:
     raise ConfigError(f"cannot search the registry for {value!r}: it contains both quote characters; rename it")
 
 
-def version_with_tags(client: Any, model_name: str, tags: dict[str, str]) -> Any | None:
-    """The newest version of a model that carries all the given tags, or None."""
+def _versions_with_tags(client: Any, model_name: str, tags: dict[str, str]) -> list[Any]:
     conditions = [f"name={_filter_literal(model_name)}"]
     conditions += [f"tags.{key}={_filter_literal(value)}" for key, value in tags.items()]
-    found = client.search_model_versions(" and ".join(conditions))
-    return max(found, key=lambda version: int(version.version), default=None)
+    return list(client.search_model_versions(" and ".join(conditions)))
+
+
+def version_with_tags(client: Any, model_name: str, tags: dict[str, str]) -> Any | None:
+    """The newest version of a model that carries all the given tags, or None."""
+    return max(_versions_with_tags(client, model_name, tags), key=lambda version: int(version.version), default=None)
 
 
 def run_root_tag(run_root: str) -> str:
@@ -120,7 +124,9 @@ def register_once(client: Any, model_name: str, source_uri: str, run_root: str) 
     """Register ``source_uri`` as a version of ``model_name`` unless this run root already registered it.
 
     The identifying tags are set when the version is created, so a retry after any later failure finds it. A model
-    re-trained within the same run root has another source URI and becomes a new version.
+    re-trained within the same run root has another source URI and becomes a new version. When the create request
+    was answered twice (MLflow's client re-sends it when the answer is lost), the oldest version is kept and its
+    twins, which nothing points at yet, are deleted.
 
     Args:
         client: an MLflow client.
@@ -130,6 +136,10 @@ def register_once(client: Any, model_name: str, source_uri: str, run_root: str) 
 
     Returns:
         The model version and whether it was created now (False: reused from an earlier attempt).
+
+    Raises:
+        RegistryError: the server refused (``tracking.mlflow_errors``).
+        StoreUnavailable: the server did not answer through every retry.
     """
     import mlflow
 
@@ -137,7 +147,35 @@ def register_once(client: Any, model_name: str, source_uri: str, run_root: str) 
     existing = version_with_tags(client, model_name, identity)
     if existing is not None:
         return existing, False
-    return mlflow.register_model(source_uri, model_name, tags=identity), True
+    with tracking.mlflow_errors():
+        created = mlflow.register_model(source_uri, model_name, tags=identity)
+    twins = sorted(_versions_with_tags(client, model_name, identity), key=lambda version: int(version.version))
+    for twin in twins[1:]:
+        if not twin.aliases:
+            client.delete_model_version(model_name, str(twin.version))
+    return (twins[0] if twins else created), True
+
+
+def delete_unfinished(client: Any, model_name: str, version: int) -> bool:
+    """Delete a version whose registration failed for good, so that no version is left without its serving bundle.
+
+    A version that has a bundle or an alias is kept. Best effort: when the registry cannot be reached either, the
+    version stays, and its missing ``serving_bundle_sha256`` tag marks it unfinished (a re-run of ``register``
+    completes it; ``serving_bundle.fetch_bundle`` refuses it).
+
+    Returns:
+        Whether the version was deleted.
+    """
+    from mlsteps.serving_bundle import BUNDLE_SHA256_TAG
+
+    try:
+        found = client.get_model_version(model_name, str(version))
+        if found.aliases or found.tags.get(BUNDLE_SHA256_TAG):
+            return False
+        client.delete_model_version(model_name, str(version))
+    except Exception:  # the failure being handled matters more than this clean-up's
+        return False
+    return True
 
 
 def tag_text(value: Any) -> str:

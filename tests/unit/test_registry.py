@@ -205,6 +205,34 @@ def test_register_refuses_a_model_that_was_not_evaluated(new_run: NewRun, holdou
         register.main(run_root=run_root)
 
 
+def test_a_version_whose_bundle_cannot_be_made_is_deleted_and_a_rerun_registers_it_whole(
+    new_run: NewRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlsteps import serving_bundle
+
+    run_root = new_run("no-bundle", GOOD)
+    evaluate.main(run_root=run_root)
+    export = serving_bundle.export_bundle
+
+    def refuse(*args: object, **kwargs: object) -> str:
+        raise serving_bundle.BundleError("the ONNX model gives non-finite outputs on the smoke rows")
+
+    monkeypatch.setattr(serving_bundle, "export_bundle", refuse)
+    with pytest.raises(StepError, match="non-finite outputs"):
+        register.main(run_root=run_root)
+    client = tracking.client()
+    assert client.search_model_versions(f"name='{MODEL_NAME}'") == []  # no version without its bundle
+    assert results.optional_result(run_root, "register") is None
+
+    monkeypatch.setattr(serving_bundle, "export_bundle", export)
+    register.main(run_root=run_root)
+    (version,) = client.search_model_versions(f"name='{MODEL_NAME}'")
+    assert (
+        version.tags[serving_bundle.BUNDLE_SHA256_TAG]
+        == results.read_result(run_root, "register")["serving_bundle_sha256"]
+    )
+
+
 def test_promote_sets_champion_and_the_next_run_compares_against_it(
     new_run: NewRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from mlsteps.data import storage
+from mlsteps.errors import StorageError
 
 
 class StorageContract:
@@ -181,12 +182,16 @@ def test_parent(uri: str, expected: str) -> None:
 # S3 only: missing buckets.
 
 
-def test_missing_bucket_raises_file_not_found_naming_the_uri(s3_bucket: str) -> None:
+def test_missing_bucket_is_a_storage_error_naming_the_store_and_the_fix(s3_bucket: str, moto_server: str) -> None:
     uri = "s3://no-such-bucket-for-storage-tests/key.json"
+    store = f"S3 store {moto_server}, bucket no-such-bucket-for-storage-tests"
 
-    with pytest.raises(FileNotFoundError, match=f"no such bucket for {uri}"):
+    refused = rf"^{store} refused {uri} \(NoSuchBucket\): bucket \S+ does not exist: create"
+    with pytest.raises(StorageError, match=refused):
         storage.read_bytes(uri)
-    assert not storage.exists(uri)
+    with pytest.raises(StorageError, match="NoSuchBucket"):
+        storage.write_text(uri, "x")
+    assert not storage.exists(uri), "a HEAD request cannot tell a missing bucket from a missing key"
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])

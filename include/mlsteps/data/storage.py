@@ -5,6 +5,21 @@ come from boto3's usual chain (environment, web identity, instance profile), nev
 Local writes are atomic (write to a temporary file, then rename), so a crashed step never leaves half a file
 where a good artifact was. No S3 credentials, or a file where a folder belongs, is a ``StorageError`` that says
 what to set or give instead: the step exits 2, as a retry would fail the same way.
+
+Transient S3 faults are retried by botocore itself, configured once in ``s3_client`` from the environment:
+
+- ``AWS_MAX_ATTEMPTS`` (default 12): attempts per request, the first included;
+- ``AWS_RETRY_MODE`` (default ``standard``; ``adaptive`` also rate-limits the client when throttled);
+- ``S3_CONNECT_TIMEOUT`` (default 10) and ``S3_READ_TIMEOUT`` (default 60): seconds per attempt.
+
+Standard mode retries connection errors (refused, reset, closed), connect and read timeouts, HTTP 500/502/503/504,
+``RequestTimeout`` and throttling (``SlowDown``, HTTP 429), waiting ``rand(0, 1) * min(0.05 s * 2**i, 20 s)`` before
+retry ``i`` (1 s instead of 0.05 s when throttled): about half a minute of retries with the defaults, at most a
+minute. A fault that outlasts them is ``StoreUnavailable``, naming the endpoint, the bucket and the attempts: the
+step fails as a retryable task, not as a user error. A refusal no retry can change fails at once as a
+``StorageError`` naming the endpoint, the bucket and the fix: a missing bucket (``NoSuchBucket``), access denied
+(``AccessDenied``, HTTP 403), an unknown access key (``InvalidAccessKeyId``) or a wrong secret
+(``SignatureDoesNotMatch``).
 """
 
 from __future__ import annotations
@@ -16,13 +31,45 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
-from mlsteps.errors import StorageError
+from mlsteps.errors import ConfigError, StorageError, StoreUnavailable
 
 S3_ENDPOINT_ENV_VAR = "S3_ENDPOINT_URL"
+# botocore reads the first two itself too; they are read here so that this module's defaults apply when unset.
+S3_MAX_ATTEMPTS_ENV_VAR = "AWS_MAX_ATTEMPTS"
+S3_RETRY_MODE_ENV_VAR = "AWS_RETRY_MODE"
+S3_CONNECT_TIMEOUT_ENV_VAR = "S3_CONNECT_TIMEOUT"
+S3_READ_TIMEOUT_ENV_VAR = "S3_READ_TIMEOUT"
+# Enough to ride out a store restart of about half a minute (see the module docstring for the waits).
+DEFAULT_S3_MAX_ATTEMPTS = 12
+DEFAULT_S3_RETRY_MODE = "standard"
+DEFAULT_S3_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_S3_READ_TIMEOUT_S = 60.0
+_RETRY_MODES = ("standard", "adaptive", "legacy")
+_ACCESS_DENIED = (
+    "access denied to {uri}: give these credentials s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket on "
+    "bucket {bucket} (IAM or bucket policy), or use credentials that have them"
+)
+# Refusals that no retry changes, by error code (HEAD requests carry only the HTTP status), with their fix.
+_S3_REFUSALS = {
+    "NoSuchBucket": "bucket {bucket} does not exist: create it (aws s3 mb s3://{bucket}) or fix the URI {uri}",
+    "AccessDenied": _ACCESS_DENIED,
+    "AllAccessDisabled": _ACCESS_DENIED,
+    "403": _ACCESS_DENIED,
+    "InvalidAccessKeyId": (
+        "the store knows no access key AWS_ACCESS_KEY_ID gives: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to "
+        "a key of this store"
+    ),
+    "SignatureDoesNotMatch": (
+        "the secret key does not match the access key: set AWS_SECRET_ACCESS_KEY to the secret of AWS_ACCESS_KEY_ID"
+    ),
+    "ExpiredToken": "the session token has expired: refresh the credentials (AWS_SESSION_TOKEN, or the pod identity)",
+    "InvalidToken": "the session token is not valid: refresh the credentials (AWS_SESSION_TOKEN, or the pod identity)",
+}
 
 
 def is_s3(uri: str) -> bool:
@@ -69,22 +116,127 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
+@dataclass(frozen=True)
+class S3RetrySettings:
+    """How the S3 client retries and how long each attempt may take (see the module docstring)."""
+
+    max_attempts: int
+    mode: str
+    connect_timeout_s: float
+    read_timeout_s: float
+
+
+def _env_number(name: str, default: float, kind: type[int] | type[float]) -> Any:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise ConfigError(f"{name}={text!r} is not a {kind.__name__} >= 1: set one (default {default}) or unset it")
+    return value
+
+
+def s3_retry_settings() -> S3RetrySettings:
+    """The retry settings the environment gives, with this module's defaults.
+
+    Raises:
+        ConfigError: a variable is set to something other than a number >= 1 or a known retry mode.
+    """
+    mode = os.environ.get(S3_RETRY_MODE_ENV_VAR) or DEFAULT_S3_RETRY_MODE
+    if mode not in _RETRY_MODES:
+        raise ConfigError(f"{S3_RETRY_MODE_ENV_VAR}={mode!r} is not a botocore retry mode: use one of {_RETRY_MODES}")
+    return S3RetrySettings(
+        max_attempts=_env_number(S3_MAX_ATTEMPTS_ENV_VAR, DEFAULT_S3_MAX_ATTEMPTS, int),
+        mode=mode,
+        connect_timeout_s=_env_number(S3_CONNECT_TIMEOUT_ENV_VAR, DEFAULT_S3_CONNECT_TIMEOUT_S, float),
+        read_timeout_s=_env_number(S3_READ_TIMEOUT_ENV_VAR, DEFAULT_S3_READ_TIMEOUT_S, float),
+    )
+
+
 @functools.cache
 def s3_client() -> Any:
-    """A boto3 S3 client, honouring ``S3_ENDPOINT_URL`` for S3-compatible stores."""
+    """A boto3 S3 client, honouring ``S3_ENDPOINT_URL`` for S3-compatible stores and retrying as
+    ``s3_retry_settings`` says: the one place where S3 retries are configured."""
     import boto3
+    from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=os.environ.get(S3_ENDPOINT_ENV_VAR) or None)
+    settings = s3_retry_settings()
+    config = Config(
+        retries={"mode": settings.mode, "max_attempts": settings.max_attempts},
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+    )
+    # A session of its own: it reads the credentials when the client is made, not when the process first used boto3.
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=os.environ.get(S3_ENDPOINT_ENV_VAR) or None, config=config)
+
+
+def _store(bucket: str) -> str:
+    """The store a message names: the endpoint (or AWS S3) and the bucket."""
+    endpoint = os.environ.get(S3_ENDPOINT_ENV_VAR)
+    where = f"S3 store {endpoint}" if endpoint else f"AWS S3 ({S3_ENDPOINT_ENV_VAR} is not set)"
+    return f"{where}, bucket {bucket}"
+
+
+def _root_error(exc: BaseException) -> BaseException:
+    """The botocore error inside boto3's transfer wrappers (``S3UploadFailedError`` keeps it as its context)."""
+    from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+
+    if isinstance(exc, RetriesExceededError) and exc.last_exception is not None:
+        return exc.last_exception
+    if isinstance(exc, S3UploadFailedError) and exc.__context__ is not None:
+        return exc.__context__
+    return exc
+
+
+def _s3_failure(uri: str, exc: BaseException) -> Exception | None:
+    """The package's error for a failed S3 call, or None to let the caller's own handling see the original.
+
+    A refusal in ``_S3_REFUSALS`` is a ``StorageError``. A connection error, or an error response botocore retried
+    (or would retry: 5xx, 429) until it gave up, is ``StoreUnavailable``. Anything else (a missing key, a failed
+    precondition) stays as botocore raised it.
+    """
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    bucket = split_s3(uri)[0]
+    error = _root_error(exc)
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        metadata = error.response.get("ResponseMetadata", {})
+        if code in _S3_REFUSALS:
+            reason = _S3_REFUSALS[code].format(uri=uri, bucket=bucket)
+            return StorageError(f"{_store(bucket)} refused {uri} ({code}): {reason}")
+        status = int(metadata.get("HTTPStatusCode") or 0)
+        if not (metadata.get("RetryAttempts") or status >= 500 or status == 429):
+            return None
+        attempts, cause = int(metadata.get("RetryAttempts", 0)) + 1, f"{code}, HTTP {status}"
+    elif isinstance(error, BotoConnectionError | HTTPClientError):
+        attempts, cause = s3_retry_settings().max_attempts, str(error)
+    else:
+        return None
+    return StoreUnavailable(
+        f"{_store(bucket)} was unreachable after {attempts} attempts for {uri} ({cause}): check that the store is up "
+        f"and reachable from here, or raise {S3_MAX_ATTEMPTS_ENV_VAR} to ride out longer outages; the task can be "
+        "retried as it is"
+    )
 
 
 @contextlib.contextmanager
 def s3_access(uri: str) -> Iterator[None]:
-    """Say what to set when boto3 finds no credentials; its own "Unable to locate credentials" names neither.
+    """Turn S3 failures into errors that name the store and the fix; boto3's own name neither.
 
     Raises:
-        StorageError: no credentials anywhere in boto3's chain, naming the URI and the variables to set.
+        StorageError: no credentials anywhere in boto3's chain, or a refusal no retry changes (missing bucket,
+            access denied, unknown key, wrong secret), naming the URI, the store and what to set or do.
+        StoreUnavailable: the store did not answer through every retry (connection errors, timeouts, 5xx,
+            throttling).
     """
-    from botocore.exceptions import NoCredentialsError
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     try:
         yield
@@ -96,6 +248,13 @@ def s3_access(uri: str) -> Iterator[None]:
             "AWS_PROFILE, or give the pod a workload identity (web identity token or instance profile); "
             f"for an S3-compatible store (MinIO, Ceph) set {S3_ENDPOINT_ENV_VAR} to its URL too"
         ) from None
+    except (ClientError, BotoCoreError, Boto3Error) as exc:
+        failure = _s3_failure(uri, exc)
+        if failure is None:
+            raise
+        if isinstance(failure, StorageError):
+            raise failure from None
+        raise failure from exc
 
 
 def _make_folder(folder: Path, uri: str) -> None:
@@ -119,7 +278,8 @@ def read_bytes(uri: str) -> bytes:
 
     Raises:
         FileNotFoundError: naming the URI, for local files and S3 keys alike.
-        StorageError: S3 has no credentials.
+        StorageError: S3 has no credentials, the bucket does not exist or access is denied (``s3_access``).
+        StoreUnavailable: S3 did not answer through every retry.
     """
     if is_s3(uri):
         bucket, key = split_s3(uri)
@@ -129,8 +289,6 @@ def read_bytes(uri: str) -> bytes:
                 return client.get_object(Bucket=bucket, Key=key)["Body"].read()
             except client.exceptions.NoSuchKey as exc:
                 raise FileNotFoundError(f"no such object: {uri}") from exc
-            except client.exceptions.NoSuchBucket as exc:
-                raise FileNotFoundError(f"no such bucket for {uri}") from exc
     path = local_path(uri)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {uri}")
@@ -186,7 +344,8 @@ def open_input(uri: str) -> BinaryIO:
 
     Raises:
         FileNotFoundError: naming the URI, for local files and S3 keys alike.
-        StorageError: S3 has no credentials.
+        StorageError: S3 has no credentials, the bucket does not exist or access is denied (``s3_access``).
+        StoreUnavailable: S3 did not answer through every retry.
     """
     if is_s3(uri):
         return io.BufferedReader(_S3RangeReader(uri), buffer_size=1 << 20)
@@ -200,7 +359,8 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole object or file, atomically for local files; parent folders are created.
 
     Raises:
-        StorageError: a file lies where a parent folder belongs, or S3 has no credentials.
+        StorageError: a file lies where a parent folder belongs, or S3 refuses (``s3_access``).
+        StoreUnavailable: S3 did not answer through every retry.
     """
     if is_s3(uri):
         bucket, key = split_s3(uri)
@@ -286,7 +446,12 @@ def delete(uri: str) -> None:
 
 
 def upload_file(path: Path, uri: str) -> None:
-    """Copy a local file to a URI (streamed for S3, atomic for local targets)."""
+    """Copy a local file to a URI (streamed for S3, atomic for local targets).
+
+    Raises:
+        StorageError: S3 refuses (``s3_access``).
+        StoreUnavailable: S3 did not answer through every retry.
+    """
     if is_s3(uri):
         bucket, key = split_s3(uri)
         with s3_access(uri):

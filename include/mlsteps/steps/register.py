@@ -1,6 +1,11 @@
 """register: add the evaluated challenger to the MLflow model registry and point the ``challenger`` alias at it.
 
-Registration is idempotent per run root: a retry reuses the version its first attempt created.
+Registration is idempotent per run root: a retry reuses the version its first attempt created. Nothing is left
+half-written: the serving bundle is uploaded before its sha256 tag (set last of the version's tags), the alias moves
+only to a version with a bundle, and ``result.json`` is written last. A version whose registration failed for good
+(a ``StepError``) is deleted; one cut short by an unreachable registry (``StoreUnavailable``, retried by MLflow's
+client first: see ``mlsteps.tracking``) stays without a bundle tag, which marks it unfinished, and the task's retry
+completes it.
 """
 
 from __future__ import annotations
@@ -16,35 +21,17 @@ from mlsteps.errors import StepError
 STEP = "register"
 
 
-def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
-    """Register the challenger evaluate chose, publish its serving bundle and point ``challenger`` at it.
-
-    Args:
-        run_root: folder of this run's artifacts; snapshot, evaluate and the challenger's train must have run.
-        config: the pipeline config (``registry.model_name`` names the model).
-
-    Returns:
-        The payload written to ``result.json``.
-
-    Raises:
-        StepError: the challenger's train result no longer names the model evaluate judged.
-    """
-    model_name = config.registry.model_name
-    snapshot = results.read_result(run_root, "snapshot")
-    evaluation = results.read_result(run_root, "evaluate")
+def _complete(
+    client: Any,
+    model_name: str,
+    number: int,
+    snapshot: dict[str, Any],
+    evaluation: dict[str, Any],
+    train: dict[str, Any],
+) -> str:
+    """Tag a registered version, publish its serving bundle and point ``challenger`` at it; returns the bundle's
+    sha256. Every call is idempotent, so a retry after a failure anywhere here completes the version."""
     challenger = evaluation["challenger"]
-    # The challenger is the candidate evaluate chose; its train result must still name the model evaluate judged.
-    train = results.read_result(run_root, results.candidate_step(challenger["family"]))
-    model_uri = train["model_uri"]
-    if model_uri != challenger["model_uri"]:
-        raise StepError(
-            f"train result model_uri {model_uri} is not the model evaluate judged ({challenger['model_uri']}): "
-            "re-run evaluate for this --run-root, then register"
-        )
-
-    client = tracking.client()
-    version, created = registry.register_once(client, model_name, model_uri, run_root)
-    number = int(version.version)
     tags = {
         "snapshot_id": snapshot["snapshot_id"],
         "dataset": snapshot["dataset"],
@@ -63,8 +50,52 @@ def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
     tags |= {key: run_tags[key] for key in registry.TRIGGER_TAGS if key in run_tags}
     registry.set_version_tags(client, model_name, number, tags)
     # The bundle before the alias: a version that is a challenger can always be served.
-    bundle_sha256 = serving_bundle.publish_bundle(client, model_name, number, model_uri, train["mlflow_run_id"])
+    run_id, model_uri = train["mlflow_run_id"], train["model_uri"]
+    bundle_sha256 = serving_bundle.publish_bundle(client, model_name, number, model_uri, run_id)
     client.set_registered_model_alias(model_name, registry.CHALLENGER, str(number))
+    return bundle_sha256
+
+
+def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
+    """Register the challenger evaluate chose, publish its serving bundle and point ``challenger`` at it.
+
+    Args:
+        run_root: folder of this run's artifacts; snapshot, evaluate and the challenger's train must have run.
+        config: the pipeline config (``registry.model_name`` names the model).
+
+    Returns:
+        The payload written to ``result.json``.
+
+    Raises:
+        StepError: the challenger's train result no longer names the model evaluate judged, or the version's
+            bundle cannot be made (the version is then deleted).
+        RegistryError: the registry refused for good (no permission, credentials it does not accept).
+        StoreUnavailable: the registry or its artifact store did not answer through every retry; the version, if
+            created, is completed by a re-run.
+    """
+    model_name = config.registry.model_name
+    snapshot = results.read_result(run_root, "snapshot")
+    evaluation = results.read_result(run_root, "evaluate")
+    challenger = evaluation["challenger"]
+    # The challenger is the candidate evaluate chose; its train result must still name the model evaluate judged.
+    train = results.read_result(run_root, results.candidate_step(challenger["family"]))
+    model_uri = train["model_uri"]
+    if model_uri != challenger["model_uri"]:
+        raise StepError(
+            f"train result model_uri {model_uri} is not the model evaluate judged ({challenger['model_uri']}): "
+            "re-run evaluate for this --run-root, then register"
+        )
+
+    client = tracking.client()
+    version, created = registry.register_once(client, model_name, model_uri, run_root)
+    number = int(version.version)
+    try:
+        with tracking.mlflow_errors():
+            bundle_sha256 = _complete(client, model_name, number, snapshot, evaluation, train)
+    except StepError:
+        if registry.delete_unfinished(client, model_name, number):
+            print(f"{STEP}: deleted {model_name} v{number}: its registration failed", flush=True)
+        raise
     aliases = sorted(client.get_model_version(model_name, str(number)).aliases)
     action = "registered" if created else "reused (registered by an earlier attempt)"
     print(f"{STEP}: {action} {model_name} v{number} from {model_uri}; aliases {aliases}", flush=True)
