@@ -600,6 +600,17 @@ class ServingConfig(_Strict):
         return self
 
 
+class ProcessingConfig(_Strict):
+    """How the data steps hold data: in batches, so their memory is set here and not by the size of the data."""
+
+    batch_rows: int = Field(
+        100_000,
+        ge=1_000,
+        description="rows a data step (snapshot, validate, preprocess, evaluate, score, drift) and training's input "
+        "hold in memory at a time; peak memory grows with it and with the number of columns, not with the rows",
+    )
+
+
 class PipelineConfig(_Strict):
     """Everything the steps need besides their input URIs."""
 
@@ -611,6 +622,7 @@ class PipelineConfig(_Strict):
     monitoring: MonitoringConfig = MonitoringConfig()
     serving: ServingConfig = ServingConfig()
     registry: RegistryConfig
+    processing: ProcessingConfig = ProcessingConfig()
     runtime: dict[str, Any] = Field(default_factory=dict, description="read by the orchestration side only")
 
     @model_validator(mode="after")

@@ -313,6 +313,23 @@ def metric_value(
     return _METRIC_FUNCTIONS[task][metric](truth, values, calibration_bins)
 
 
+def _slice_codes(column: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Each row's slice as a code, and the key (the value as text, missing ones ``MISSING_SLICE``) of every code
+    that occurs, in the order of the codes.
+
+    A categorical column is used as it is, its categories being the keys (the evaluate step keeps slice columns so,
+    a few bytes a row); any other column is read as text first.
+    """
+    if not isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.astype("string").fillna(MISSING_SLICE).astype("category")
+    keys = [*(str(key) for key in column.cat.categories), MISSING_SLICE]
+    codes = np.where(column.cat.codes.to_numpy() < 0, len(keys) - 1, column.cat.codes.to_numpy())
+    # one code per key text (a category may read like another, or like MISSING_SLICE), only keys that occur
+    first = {key: position for position, key in reversed(list(enumerate(keys)))}
+    codes = np.array([first[key] for key in keys])[codes]
+    return codes, [keys[code] for code in np.unique(codes)]
+
+
 def slice_metrics(
     frame: pd.DataFrame,
     slice_columns: list[str],
@@ -327,7 +344,8 @@ def slice_metrics(
     """Metrics per value of each slice column, so a model that is worse for one segment is visible.
 
     Args:
-        frame: holds the slice columns, one row per prediction (other columns are ignored).
+        frame: holds the slice columns, one row per prediction (other columns are ignored); a categorical column
+            is sliced by its categories' text.
         slice_columns: categorical columns to slice by; missing values form the ``(missing)`` slice.
         task: the model's task.
         classes: ``target.classes`` (classification).
@@ -342,10 +360,11 @@ def slice_metrics(
     truth, values = checked_output(task, classes, y_true, output)
     result: dict[str, dict[str, dict[str, Any]]] = {}
     for column in slice_columns:
-        keys = frame[column].astype("string").fillna(MISSING_SLICE).to_numpy(dtype=str)
+        codes, keys = _slice_codes(frame[column])
+        code_of = {key: code for code, key in zip(np.unique(codes), keys, strict=True)}
         result[column] = {}
-        for value in sorted(set(keys)):
-            in_slice = keys == value
+        for value in sorted(keys):
+            in_slice = codes == code_of[value]
             if in_slice.sum() >= min_rows:
                 result[column][str(value)] = task_metrics(
                     task, classes, truth[in_slice], values[in_slice], calibration_bins

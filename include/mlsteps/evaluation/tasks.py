@@ -228,26 +228,68 @@ def encode_target(values: pd.Series, task: str, classes: Sequence[Any] | None, w
         DataError: a missing target, a class the config does not declare, or a regression target that is not a
             finite number; the message names the column, counts the rows, gives examples and the fix.
     """
-    import numpy as np
+    encoding = TargetEncoding(task, classes, what)
+    encoded = encoding.encode(values)
+    encoding.check()
+    return encoded
 
-    if not is_classification(task):
-        numbers = finite_numbers(values)
-        bad = np.isnan(numbers)
+
+class TargetEncoding:
+    """``encode_target`` over a column read in batches: ``encode`` each batch, then ``check`` once at the end.
+
+    The codes are those ``encode_target`` gives the whole column; ``check`` raises its error with the bad values of
+    every batch counted and the first five distinct ones as examples, so reading in batches changes no message.
+    """
+
+    _EXAMPLES = 5
+
+    def __init__(self, task: str, classes: Sequence[Any] | None, what: str) -> None:
+        """Start an encoding.
+
+        Args:
+            task: the model's task.
+            classes: ``target.classes`` (classification).
+            what: what the data is (named in the message).
+        """
+        self.task, self.classes, self.what = task, list(classes or []), what
+        self.name: Any = None
+        self.bad = 0
+        self.examples: list[Any] = []
+
+    def encode(self, values: pd.Series) -> np.ndarray:
+        """One batch's codes (-1 or NaN where a value is bad; ``check`` then raises)."""
+        import numpy as np
+        import pandas as pd
+
+        self.name = values.name
+        if is_classification(self.task):
+            encoded = class_positions(values, self.classes)
+            bad = encoded < 0
+        else:
+            encoded = finite_numbers(values)
+            bad = np.isnan(encoded)
         if bad.any():
-            examples = values[bad].drop_duplicates().head(5).tolist()
+            self.bad += int(bad.sum())
+            if len(self.examples) < self._EXAMPLES:
+                seen = pd.concat([pd.Series(self.examples, dtype=object), values[bad].astype(object)])
+                self.examples = seen.drop_duplicates().head(self._EXAMPLES).tolist()
+        return encoded
+
+    def check(self) -> None:
+        """Raise what ``encode_target`` raises on all the batches encoded so far, if anything was bad.
+
+        Raises:
+            DataError: as ``encode_target``.
+        """
+        if not self.bad:
+            return
+        if not is_classification(self.task):
             raise DataError(
-                f"{what}: regression target column {values.name!r} has {int(bad.sum())} value(s) that are not finite "
-                f"numbers (missing, text or inf), e.g. {examples}. Drop or fix those rows, or declare the right "
+                f"{self.what}: regression target column {self.name!r} has {self.bad} value(s) that are not finite "
+                f"numbers (missing, text or inf), e.g. {self.examples}. Drop or fix those rows, or declare the right "
                 "target.task in the dataset config."
             )
-        return numbers
-    declared = list(classes or [])
-    codes = class_positions(values, declared)
-    unexpected = codes < 0
-    if unexpected.any():
-        examples = values[unexpected].drop_duplicates().head(5).tolist()
         raise DataError(
-            f"{what}: {task} target column {values.name!r} has {int(unexpected.sum())} value(s) outside the declared "
-            f"classes {declared}, e.g. {examples}. Fix the data, or add the class to dataset.target.classes."
+            f"{self.what}: {self.task} target column {self.name!r} has {self.bad} value(s) outside the declared "
+            f"classes {self.classes}, e.g. {self.examples}. Fix the data, or add the class to dataset.target.classes."
         )
-    return codes

@@ -25,7 +25,8 @@ One record per scored row:
 - ``model_name`` (string), ``model_version`` (int64) and ``scored_at`` (UTC timestamp, microseconds; it decides
   the partition).
 
-Reading is task-agnostic: a window returns every column its files hold. Read one ``model_version`` at a time when
+Reading is task-agnostic: a window returns every column its files hold, whole (``read_window``) or a bounded number
+of rows at a time (``WindowReader``). Read one ``model_version`` at a time when
 the versions of a model name predict differently typed labels.
 """
 
@@ -38,7 +39,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mlsteps.data import storage
+from mlsteps.data import batches, storage
 from mlsteps.errors import ConfigError, DataError
 from mlsteps.evaluation.tasks import (
     PREDICTION,
@@ -410,11 +411,7 @@ def read_window(
     try:
         table = pa.concat_tables(tables, promote_options="permissive").sort_by(SCORED_AT)
     except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
-        raise DataError(
-            f"prediction log files of {model_name!r} in {files[0]} .. {files[-1]} store a column with types that "
-            f"do not merge ({exc}): log each feature with one type (numbers as float64, categories as strings), and "
-            "read one model_version at a time when versions predict labels of different types"
-        ) from None
+        raise _type_conflict(model_name, files, exc) from None
     logger.info(
         "read %d prediction record(s) of %s scored in [%s, %s) from %d file(s)",
         table.num_rows,
@@ -424,6 +421,123 @@ def read_window(
         len(files),
     )
     return _select(table, wanted).to_pandas()
+
+
+class WindowReader:
+    """The records of one model scored in ``[start, end)``, read a bounded number of rows at a time.
+
+    ``read_window`` returns the whole window as one DataFrame; this reads it file by file and ``batch_rows`` rows at
+    a time (``mlsteps.data.batches``: only the wanted columns, ranged reads on S3), so memory follows the batch and
+    not the window. Each batch is what ``read_window`` gives for its rows: filtered on ``scored_at`` (and the model
+    version), every column in the type of the whole window (the files' types merged as one table merges them, a
+    column a file lacks read as nulls). Batches come in file order, not sorted by ``scored_at``.
+    """
+
+    def __init__(
+        self,
+        store_uri: str,
+        model_name: str,
+        start: TimeLike,
+        end: TimeLike,
+        model_version: int | None = None,
+        batch_rows: int = 100_000,
+    ) -> None:
+        """List the window's files and merge their schemas (footers only).
+
+        Args:
+            store_uri: the prediction log's root folder (path or URI).
+            model_name: registered model name.
+            start: first instant of the window (inclusive); no offset means UTC.
+            end: end of the window (exclusive).
+            model_version: only rows scored by this version; None for all versions.
+            batch_rows: most rows read from a file at a time (``processing.batch_rows``).
+
+        Raises:
+            ValueError: start is not before end, or either is not a date-time.
+            DataError: the window's files store one column with types that cannot be merged (number and text).
+        """
+        self.model_name = model_name
+        self.start, self.end = _window_bounds(start, end)
+        self.model_version = model_version
+        self.batch_rows = batch_rows
+        self.files = sorted(window_files(store_uri, model_name, self.start, self.end))
+        with ThreadPoolExecutor(max_workers=min(_READ_THREADS, max(len(self.files), 1))) as pool:
+            self._schemas = list(pool.map(batches.parquet_schema, self.files))
+        self.schema: pa.Schema = RECORD_SCHEMA
+        if self.files:
+            try:
+                self.schema = pa.unify_schemas(
+                    [schema.remove_metadata() for schema in self._schemas], promote_options="permissive"
+                )
+            except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+                raise _type_conflict(model_name, self.files, exc) from None
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column some file of the window has."""
+        return list(self.schema.names)
+
+    def _tables(self, columns: Sequence[str]) -> Iterator[pa.Table]:
+        """The window's rows, at most ``batch_rows`` at a time, with ``columns`` (those the window has)."""
+        wanted = [column for column in dict.fromkeys(columns) if column in self.schema.names]
+        start = pa.scalar(self.start.to_pydatetime(), TIMESTAMP_TYPE)
+        end = pa.scalar(self.end.to_pydatetime(), TIMESTAMP_TYPE)
+        for uri, file_schema in zip(self.files, self._schemas, strict=True):
+            needed = dict.fromkeys([*wanted, SCORED_AT, MODEL_VERSION])
+            present = [column for column in needed if column in file_schema.names]
+            for batch in batches.iter_record_batches(uri, self.batch_rows, present):
+                table = pa.Table.from_batches([batch]).replace_schema_metadata(None)
+                keep = pc.and_(pc.greater_equal(table[SCORED_AT], start), pc.less(table[SCORED_AT], end))
+                if self.model_version is not None:
+                    keep = pc.and_(keep, pc.equal(table[MODEL_VERSION], self.model_version))
+                table = table.filter(keep)
+                if table.num_rows:
+                    yield self._typed(table, wanted)
+
+    def _typed(self, table: pa.Table, columns: list[str]) -> pa.Table:
+        """The columns in the window's types; one this file lacks is all null."""
+        arrays = []
+        for column in columns:
+            kind = self.schema.field(column).type
+            if column in table.column_names:
+                arrays.append(table[column].cast(kind))
+            else:
+                arrays.append(pa.nulls(table.num_rows, kind))
+        return pa.table(arrays, schema=pa.schema([self.schema.field(column) for column in columns]))
+
+    def rows(self) -> int:
+        """The number of records in the window (reads only ``scored_at`` and ``model_version``)."""
+        return sum(table.num_rows for table in self._tables([SCORED_AT]))
+
+    def frames(self, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
+        """The window's records as DataFrames of at most ``batch_rows`` rows.
+
+        Args:
+            columns: the columns to read, in this order, where the window has them (``columns``); None: all.
+
+        An integer column that holds a null somewhere in the window is float64 in every batch, as pandas makes it
+        when the whole window is read (it has no null integers there): a batch without nulls reads the same. That
+        takes one more pass over those columns, only when there are some.
+        """
+        wanted = self.columns if columns is None else [c for c in dict.fromkeys(columns) if c in self.schema.names]
+        integers = [c for c in wanted if pa.types.is_integer(self.schema.field(c).type)]
+        with_nulls = set()
+        if integers:
+            for table in self._tables(integers):
+                with_nulls.update(column for column in integers if table[column].null_count)
+        for table in self._tables(wanted):
+            frame = table.to_pandas()
+            for column in with_nulls:
+                frame[column] = frame[column].astype("float64")
+            yield frame
+
+
+def _type_conflict(model_name: str, files: Sequence[str], exc: Exception) -> DataError:
+    return DataError(
+        f"prediction log files of {model_name!r} in {files[0]} .. {files[-1]} store a column with types that "
+        f"do not merge ({exc}): log each feature with one type (numbers as float64, categories as strings), and "
+        "read one model_version at a time when versions predict labels of different types"
+    )
 
 
 # A batch's features or predictions: a DataFrame (``log``) or columns of equal length (``log_columns``).

@@ -7,6 +7,11 @@ model behind the alias yet, is skipped and says so; a data-quality problem (a mi
 reported as such and never counts as drift. Deciding whether to retrain (hysteresis, cooldown) is the
 orchestrator's job; this step only measures.
 
+The window is read ``processing.batch_rows`` rows at a time (``prediction_log.WindowReader``) and its statistics are
+added up batch by batch (``mlsteps.monitoring.drift.WindowDrift``): memory follows the batch, not the window, and the
+report is the whole window's, except a Wasserstein distance of a column with more values than ``batch_rows``, which is
+exact up to a bound its message states.
+
 Besides the features, the model's prediction signals of its task are compared with those on the training data
 (``mlsteps.monitoring.drift.profile.prediction_signals``): binary the positive-class probability; multiclass each
 class's probability and the predicted-class mix; regression the predicted value. They are reported as prediction drift
@@ -18,7 +23,7 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pandas as pd
 import typer
@@ -28,8 +33,13 @@ from mlsteps.cli_options import ConfigUri, PredictionStore, RunRoot, WindowEnd
 from mlsteps.config import PipelineConfig, load_pipeline_config
 from mlsteps.data import storage
 from mlsteps.errors import DataError
+from mlsteps.evaluation.tasks import output_columns
 from mlsteps.monitoring import prediction_log
 from mlsteps.results import read_result, result_uri, step_dir, write_result
+
+if TYPE_CHECKING:
+    from mlsteps.inference import TaskInfo
+    from mlsteps.monitoring.drift import DriftReport, ReferenceProfile
 
 STEP = "drift"
 OK, SKIPPED, DATA_QUALITY_FAILED = "ok", "skipped", "data_quality_failed"
@@ -90,7 +100,7 @@ def run(run_root: str, config: PipelineConfig, prediction_store: str, window_end
             log's files disagree on a column type, or the logged rows lack the model's output columns.
     """
     from mlsteps.model import download_package, read_package, reference_profile_path
-    from mlsteps.monitoring.drift import detect_drift, load_profile, prediction_signals, render_html
+    from mlsteps.monitoring.drift import load_profile, render_html
 
     monitoring, model_name = config.monitoring, config.registry.model_name
     start, end = prediction_log.window_before(window_end, monitoring.window_hours)
@@ -105,13 +115,15 @@ def run(run_root: str, config: PipelineConfig, prediction_store: str, window_end
         print(f"{STEP}: window {window['start']} .. {window['end']} already checked; nothing to do", flush=True)
         return previous
 
-    logged = prediction_log.read_window(prediction_store, model_name, start, end, model_version=model_version)
-    payload["rows"] = len(logged)
-    if len(logged) < monitoring.min_rows:
+    logged = prediction_log.WindowReader(
+        prediction_store, model_name, start, end, model_version=model_version, batch_rows=config.processing.batch_rows
+    )
+    rows = payload["rows"] = logged.rows()
+    if rows < monitoring.min_rows:
         return _skip(
             run_root,
             payload,
-            f"{len(logged)} predictions of {model_name} v{model_version} logged in {window['start']} .. "
+            f"{rows} predictions of {model_name} v{model_version} logged in {window['start']} .. "
             f"{window['end']}, fewer than monitoring.min_rows={monitoring.min_rows}: window skipped",
         )
 
@@ -125,8 +137,7 @@ def run(run_root: str, config: PipelineConfig, prediction_store: str, window_end
         except FileNotFoundError as exc:
             raise DataError(str(exc)) from None
         profile = load_profile(str(profile_path))
-        signals = prediction_signals(info.task, info.classes, logged)
-        report = detect_drift(profile, logged, predictions=signals, config=config.drift).to_dict()
+        report = _measure_window(logged, profile, info, config).to_dict()
         title = f"Drift of {model_name} v{model_version}, {window['start']} .. {window['end']}"
         files = [Path(tmp) / "report.json", Path(tmp) / "report.html"]
         storage.write_json(str(files[0]), report)
@@ -149,8 +160,28 @@ def run(run_root: str, config: PipelineConfig, prediction_store: str, window_end
         }
         payload["mlflow_run_id"] = _log_to_mlflow(config, payload, report, files)
     write_result(run_root, STEP, payload)
-    print(f"{STEP}: {model_name} v{model_version}, {len(logged)} rows: {payload['message']}", flush=True)
+    print(f"{STEP}: {model_name} v{model_version}, {rows} rows: {payload['message']}", flush=True)
     return payload
+
+
+def _measure_window(
+    logged: prediction_log.WindowReader, profile: ReferenceProfile, info: TaskInfo, config: PipelineConfig
+) -> DriftReport:
+    """Compare the window with the profile, ``processing.batch_rows`` logged rows at a time.
+
+    Only the profile's features and the task's outputs are read. Every statistic is the whole window's, except a
+    Wasserstein distance of a column with more values than ``batch_rows``: that one comes from counts and sums
+    (``WindowDrift``) and its message states how far from the exact one it may be.
+
+    Raises:
+        DataError: the logged rows lack the model's output columns, or those hold text.
+    """
+    from mlsteps.monitoring.drift import WindowDrift, prediction_signals
+
+    window = WindowDrift(profile, config.drift, keep_values=config.processing.batch_rows)
+    for batch in logged.frames([*profile.features, *output_columns(info.task, info.classes)]):
+        window.add(batch, predictions=prediction_signals(info.task, info.classes, batch))
+    return window.report()
 
 
 def _iso_millis(milliseconds: int) -> str:

@@ -2,12 +2,18 @@
 challenger (on the primary metric of the dataset's task) and judge the promotion gate.
 
 A failed gate is a decision, not an error: the step exits 0 and the orchestrator branches on ``gate.passed``.
+
+The holdout is read ``processing.batch_rows`` rows at a time: once for the target and the slice columns, then once
+per model, which is loaded once and predicts batch by batch. What is kept for every row is only what the metrics need
+(the encoded target, each model's output and a category code per slice column), so the raw columns never sit in
+memory whole, and the results are those of reading the holdout in one piece.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,76 +24,165 @@ import typer
 from mlsteps import registry, results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import DatasetConfig, PipelineConfig, load_pipeline_config
-from mlsteps.data import storage
+from mlsteps.data import batches, storage
 from mlsteps.data.features import require_columns
 from mlsteps.errors import DataError
-from mlsteps.evaluation.metrics import best_candidate, gate_decision, slice_metrics, task_metrics
+from mlsteps.evaluation.metrics import MISSING_SLICE, best_candidate, gate_decision, slice_metrics, task_metrics
 from mlsteps.evaluation.predictions import check_predictions
 from mlsteps.evaluation.report import curves, render_report_html
-from mlsteps.evaluation.tasks import PREDICTION, encode_target, is_classification, probabilities_of
+from mlsteps.evaluation.tasks import PREDICTION, TargetEncoding, is_classification, probabilities_of
 
 STEP = "evaluate"
 REPORT_FILE = "report.json"
 REPORT_HTML_FILE = "report.html"
 
 
-def _read_holdout(holdout_uri: str, dataset: DatasetConfig) -> tuple[pd.DataFrame, np.ndarray]:
-    """The holdout's feature columns (config order, typed) and its encoded target (``tasks.encode_target``)."""
-    holdout = storage.read_parquet(holdout_uri)
+@dataclass(frozen=True)
+class _Holdout:
+    """What the metrics need of the holdout, kept for all its rows; the feature columns are read batch by batch.
+
+    Per row that is the encoded target (8 bytes) and one category code per slice column (4 bytes each), against
+    hundreds of bytes for the raw columns: memory follows ``processing.batch_rows``, plus a few numbers per row.
+    """
+
+    uri: str
+    rows: int
+    y_true: np.ndarray
+    slices: pd.DataFrame  # one categorical column per slice column (codes + the keys of ``slice_metrics``)
+    feature_types: dict[str, str]  # the dtype each feature is cast to, as the model signature types it
+    nullable_integers: list[str]  # integer columns with a null somewhere: read as float64 whole, so in every batch
+
+
+def _features_of(batch: pd.DataFrame, holdout: _Holdout) -> pd.DataFrame:
+    """A batch's feature columns typed as serving sends rows: numbers as float64, categories as strings.
+
+    An integer column with a null anywhere in the file is float64 when the whole file is read (pandas has no null
+    integer there), so its categories read ``"1.0"``; a batch without nulls is cast to float64 first to match.
+    """
+    for column in holdout.nullable_integers:
+        batch[column] = batch[column].astype("float64")
+    return batch[list(holdout.feature_types)].astype(holdout.feature_types)
+
+
+def _slice_codes(keys: pd.Series, categories: dict[str, int]) -> np.ndarray:
+    """Category codes of one batch's slice keys, in the order keys were first seen over all batches."""
+    batch = pd.Categorical(keys)
+    for key in batch.categories:
+        categories.setdefault(str(key), len(categories))
+    to_global = np.array([categories[str(key)] for key in batch.categories], dtype=np.int32)
+    return to_global[batch.codes] if to_global.size else np.zeros(len(keys), dtype=np.int32)
+
+
+def _slice_keys(categories: dict[str, int], float_integers: bool) -> list[str]:
+    """The slice keys in code order; an integer column with a null somewhere reads as float64 (``"1.0"``)."""
+    keys = list(categories)
+    if not float_integers:
+        return keys
+    return [key if key == MISSING_SLICE else str(float(int(key))) for key in keys]
+
+
+def _read_holdout(holdout_uri: str, dataset: DatasetConfig, batch_rows: int) -> _Holdout:
+    """The holdout's encoded target (``tasks.encode_target``) and slice keys, read ``batch_rows`` rows at a time.
+
+    Raises:
+        DataError: the holdout lacks a feature or the target column, has no rows, or its target does not fit
+            ``dataset.target`` (counting the bad values of all rows).
+    """
+    import pyarrow as pa
+
     feature_names = [column.name for column in dataset.features]
     target = dataset.target
     what = f"holdout {holdout_uri}"
-    require_columns(holdout, [*feature_names, target.name], what)
-    if holdout.empty:
+    schema = batches.parquet_schema(holdout_uri)
+    require_columns(schema.empty_table().to_pandas(), [*feature_names, target.name], what)
+    rows = batches.parquet_rows(holdout_uri)
+    if rows == 0:
         raise DataError(f"{holdout_uri}: holdout has no rows: raise split.holdout_fraction or use a larger snapshot")
+    integers = [name for name in feature_names if pa.types.is_integer(schema.field(name).type)]
+    slice_columns = list(dataset.slice_columns)
+    encoding = TargetEncoding(target.task, target.classes, what)
+    codes: dict[str, list[np.ndarray]] = {column: [] for column in slice_columns}
+    categories: dict[str, dict[str, int]] = {column: {} for column in slice_columns}
+    y_true, with_nulls = [], set()
+    columns = list(dict.fromkeys([target.name, *slice_columns, *integers]))
+    for batch in batches.iter_frames(holdout_uri, batch_rows, columns):
+        y_true.append(encoding.encode(batch[target.name]))
+        with_nulls.update(column for column in integers if batch[column].isna().any())
+        for column in slice_columns:
+            keys = batch[column].astype("Int64") if column in integers else batch[column].astype("str")
+            codes[column].append(_slice_codes(keys.astype("string").fillna(MISSING_SLICE), categories[column]))
+    encoding.check()
+    slices = pd.DataFrame(
+        {
+            column: pd.Categorical.from_codes(
+                np.concatenate(codes[column]), categories=_slice_keys(categories[column], column in with_nulls)
+            )
+            for column in slice_columns
+        },
+        index=pd.RangeIndex(rows),
+    )
     # Typed as serving sends rows (the model signature's types): numbers as float64, categories as strings.
     types = {**dict.fromkeys(dataset.numeric_features, "float64"), **dict.fromkeys(dataset.categorical_features, "str")}
-    return holdout[feature_names].astype(types), encode_target(holdout[target.name], target.task, target.classes, what)
+    return _Holdout(
+        uri=holdout_uri,
+        rows=rows,
+        y_true=np.concatenate(y_true),
+        slices=slices,
+        feature_types={name: types[name] for name in feature_names},
+        nullable_integers=[column for column in integers if column in with_nulls],
+    )
 
 
-def _model_output(model_uri: str, features: pd.DataFrame, dataset: DatasetConfig) -> np.ndarray:
+def _model_output(model_uri: str, holdout: _Holdout, dataset: DatasetConfig, batch_rows: int) -> np.ndarray:
     """The model's raw output on the holdout: class probabilities (rows x classes) or predicted values.
 
-    The package is loaded as any consumer loads it (MLflow pyfunc, the predict contract), so evaluation judges
-    exactly what serving and scoring will run.
+    The package is loaded once, as any consumer loads it (MLflow pyfunc, the predict contract), so evaluation judges
+    exactly what serving and scoring will run; it then predicts ``batch_rows`` holdout rows at a time. Only the
+    output is kept: rows x classes float64, small next to the raw feature columns.
+
+    Raises:
+        StepError: the output of a batch breaks the predict contract of the task (counted in that batch).
     """
     import mlflow
 
     task, classes = dataset.target.task, dataset.target.classes
-    output = mlflow.pyfunc.load_model(model_uri).predict(features)
-    checked = check_predictions(output, len(features), model_uri, task, classes)
-    if is_classification(task):
-        return probabilities_of(task, classes or [], checked)
-    return checked[PREDICTION].to_numpy(dtype=np.float64)
+    model = mlflow.pyfunc.load_model(model_uri)
+    outputs = []
+    for batch in batches.iter_frames(holdout.uri, batch_rows, list(holdout.feature_types)):
+        features = _features_of(batch, holdout)
+        checked = check_predictions(model.predict(features), len(features), model_uri, task, classes)
+        if is_classification(task):
+            outputs.append(probabilities_of(task, classes or [], checked))
+        else:
+            outputs.append(checked[PREDICTION].to_numpy(dtype=np.float64))
+    return np.concatenate(outputs)
 
 
-def _score_model(
-    model_uri: str, features: pd.DataFrame, y_true: np.ndarray, config: PipelineConfig
-) -> tuple[dict[str, Any], np.ndarray]:
+def _score_model(model_uri: str, holdout: _Holdout, config: PipelineConfig) -> tuple[dict[str, Any], np.ndarray]:
     """One model's holdout metrics (with its URI) and its raw output, for the details of the models reported."""
     target = config.dataset.target
-    output = _model_output(model_uri, features, config.dataset)
-    metrics = task_metrics(target.task, target.classes, y_true, output, config.evaluation.calibration_bins)
+    output = _model_output(model_uri, holdout, config.dataset, config.processing.batch_rows)
+    metrics = task_metrics(target.task, target.classes, holdout.y_true, output, config.evaluation.calibration_bins)
     print(f"{STEP}: {model_uri} on {metrics['rows']} holdout rows: {_summary(metrics)}", flush=True)
     return {"model_uri": model_uri, "metrics": metrics}, output
 
 
 def _with_details(
-    model: dict[str, Any], output: np.ndarray, features: pd.DataFrame, y_true: np.ndarray, config: PipelineConfig
+    model: dict[str, Any], output: np.ndarray, holdout: _Holdout, config: PipelineConfig
 ) -> dict[str, Any]:
     """A reported model (challenger or champion) with its slices and the data of its plots."""
     target, evaluation = config.dataset.target, config.evaluation
     slices = slice_metrics(
-        features,
+        holdout.slices,
         config.dataset.slice_columns,
         target.task,
         target.classes,
-        y_true,
+        holdout.y_true,
         output,
         min_rows=evaluation.slice_min_rows,
         calibration_bins=evaluation.calibration_bins,
     )
-    plots = curves(target.task, target.classes, y_true, output, evaluation.calibration_bins)
+    plots = curves(target.task, target.classes, holdout.y_true, output, evaluation.calibration_bins)
     return {**model, "slices": slices, "curves": plots}
 
 
@@ -117,7 +212,7 @@ def _log_performance_reference(run_id: str, y_true: np.ndarray, output: np.ndarr
 
 
 def _challenger(
-    run_root: str, features: pd.DataFrame, y_true: np.ndarray, config: PipelineConfig
+    run_root: str, holdout: _Holdout, config: PipelineConfig
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score every candidate family's model and pick the best on the primary metric as the challenger.
 
@@ -128,18 +223,18 @@ def _challenger(
     scored = {}
     for family in config.training.candidate_families:
         trained = results.read_result(run_root, results.candidate_step(family))
-        model, output = _score_model(trained["model_uri"], features, y_true, config)
+        model, output = _score_model(trained["model_uri"], holdout, config)
         scored[family] = ({"family": family, "mlflow_run_id": trained["mlflow_run_id"], **model}, output)
     candidates = [model for model, _ in scored.values()]
     primary = config.primary_metric
     chosen = best_candidate(
         {family: model["metrics"] for family, (model, _) in scored.items()}, primary, config.dataset.target.task
     )
-    _log_performance_reference(scored[chosen][0]["mlflow_run_id"], y_true, scored[chosen][1], config)
+    _log_performance_reference(scored[chosen][0]["mlflow_run_id"], holdout.y_true, scored[chosen][1], config)
     if len(scored) > 1:
         ranking = ", ".join(f"{model['family']} {primary}={model['metrics'][primary]}" for model in candidates)
         print(f"{STEP}: candidates {ranking}: {chosen} is the challenger", flush=True)
-    return _with_details(*scored[chosen], features, y_true, config), candidates
+    return _with_details(*scored[chosen], holdout, config), candidates
 
 
 def _record_on_training_runs(candidates: list[dict[str, Any]], challenger: str) -> None:
@@ -172,9 +267,9 @@ def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
     """
     model_name, target = config.registry.model_name, config.dataset.target
     preprocess = results.read_result(run_root, "preprocess")
-    features, y_true = _read_holdout(preprocess["holdout_uri"], config.dataset)
+    holdout = _read_holdout(preprocess["holdout_uri"], config.dataset, config.processing.batch_rows)
 
-    challenger, candidates = _challenger(run_root, features, y_true, config)
+    challenger, candidates = _challenger(run_root, holdout, config)
     _record_on_training_runs(candidates, challenger["family"])
     champion_version = registry.alias_version(tracking.client(), model_name, registry.CHAMPION)
     champion = None
@@ -182,8 +277,8 @@ def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
         print(f"{STEP}: {model_name} has no {registry.CHAMPION} yet: the gate judges the threshold only", flush=True)
     else:
         version = int(champion_version.version)
-        model, output = _score_model(registry.model_uri(model_name, version), features, y_true, config)
-        details = _with_details(model, output, features, y_true, config)
+        model, output = _score_model(registry.model_uri(model_name, version), holdout, config)
+        details = _with_details(model, output, holdout, config)
         champion = {"version": version, "run_id": champion_version.run_id, **details}
 
     gate = gate_decision(

@@ -13,7 +13,7 @@ Typical use (training time, then every monitoring window)::
     storage.write_text(html_uri, render_html(report, "churn window 2025-06-01"))
 """
 
-from mlsteps.monitoring.drift.decide import DatasetDrift, DriftReport, FeatureDrift, detect_drift
+from mlsteps.monitoring.drift.decide import DatasetDrift, DriftReport, FeatureDrift, WindowDrift, detect_drift
 from mlsteps.monitoring.drift.profile import (
     ReferenceProfile,
     build_profile,
@@ -28,6 +28,7 @@ __all__ = [
     "DriftReport",
     "FeatureDrift",
     "ReferenceProfile",
+    "WindowDrift",
     "build_profile",
     "detect_drift",
     "load_profile",

@@ -15,6 +15,9 @@ Bad input never raises: a feature missing from the window, holding text where nu
 categories the reference never saw is a data-quality problem (``data_quality_failed``) and never counts as drift;
 too few values, or a constant reference under the normalised Wasserstein distance, leave a feature unjudged. Each
 feature's ``status`` and ``message`` say which and why.
+
+``detect_drift`` judges a window held in one DataFrame; ``WindowDrift`` the same window added batch by batch, with
+memory that does not grow with the window and the same report (see its docstring for the one bounded exception).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from mlsteps.monitoring.drift.profile import (
     NumericProfile,
     ReferenceProfile,
     category_counts,
-    numeric_values,
+    not_numbers_error,
+    numbers_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -166,54 +170,127 @@ def _bin_labels(edges: np.ndarray) -> list[str]:
     return [f"< {edges[0]:.4g}", *inner, f">= {edges[-1]:.4g}"]
 
 
-def _measure_numeric(
-    feature: FeatureDrift,
-    reference: NumericProfile,
-    series: pd.Series,
-    override: FeatureDriftConfig,
-    config: DriftConfig,
-) -> None:
-    values, null_count = numeric_values(series)
-    feature.current_count = int(values.size)
-    feature.current_null_share = null_count / series.size
-    feature.reference_count = int(reference.sample.size)
-    if values.size == 0:
-        feature.status = "all_null"
-        feature.message = f"all {series.size} values of the window are missing or not finite: check the logging"
-        return
-    settings = _resolve("numeric", override, min(values.size, reference.sample.size), config)
-    if _too_few(feature, settings.min_samples):
-        return
-    _apply(feature, settings)
-    current = np.sort(values)
-    current_bins = stats.bin_counts(current, reference.bin_edges)
-    feature.histogram = _share_histogram(_bin_labels(reference.bin_edges), reference.bin_counts, current_bins)
-    if settings.method == "ks":
-        feature.statistic, feature.p_value = stats.ks_test(reference.sample, current)
-        feature.effect_size = feature.statistic
-    elif settings.method == "wasserstein":
-        if not reference.std:
-            feature.status = "constant_reference"
-            feature.message = (
-                f"every reference value is {reference.sample[0]:.6g} (std 0), so the Wasserstein distance cannot be "
-                "normalised: not judged (set this feature's method to ks or psi in the drift config)"
-            )
+class _NumericWindow:
+    """What drift detection needs of one numeric column of the window, added up batch by batch.
+
+    Exact over any number of batches: the counts (rows, missing, finite values, values per reference bin) and the
+    KS statistic (``stats.EcdfCounts``). The values themselves are kept while there are at most ``keep_values``
+    (None: no limit): the KS p-value's exact distribution (up to ``stats.KS_EXACT_MAX_SIZE`` values a side) and the
+    Wasserstein distance then come from them, exactly as from the whole window. Beyond that they are dropped and the
+    Wasserstein distance comes from counts and sums between the reference sample's values, exact but for the
+    intervals where the two CDFs cross, within a bound the feature's message states (``EcdfCounts.wasserstein``).
+    """
+
+    def __init__(self, reference: NumericProfile, keep_values: int | None, rows_before: int = 0) -> None:
+        self.reference = reference
+        self.keep_values = keep_values
+        self.size = self.null_count = rows_before
+        self.bins = np.zeros(reference.bin_edges.size + 1, dtype=np.int64)
+        self.ecdf = stats.EcdfCounts(reference.sample)
+        self.not_numbers = 0
+        self.not_number_example: tuple[Any, Any] | None = None  # (value, dtype of its column)
+        self.values: list[np.ndarray] | None = []  # None once there are more than keep_values
+
+    @property
+    def count(self) -> int:
+        return self.ecdf.count
+
+    def add_nulls(self, rows: int) -> None:
+        self.size += rows
+        self.null_count += rows
+
+    def add(self, series: pd.Series) -> None:
+        """Count a batch of the column."""
+        values, not_numbers = numbers_of(series)
+        self.size += int(values.size)
+        if not_numbers.any():
+            if self.not_number_example is None:
+                self.not_number_example = (series[not_numbers].iloc[0], series.dtype)
+            self.not_numbers += int(not_numbers.sum())
+        if self.not_numbers:
+            return  # the column is reported as wrong_type; only the counts of its message go on
+        current = values[np.isfinite(values)]
+        self.null_count += int(values.size - current.size)
+        self.bins += np.bincount(
+            np.searchsorted(self.reference.bin_edges, current, side="right"), minlength=self.bins.size
+        )
+        self.ecdf.add(current)
+        if self.values is not None:
+            self.values.append(current)
+            if self.keep_values is not None and self.count > self.keep_values:
+                self.values = None
+
+    def current(self) -> np.ndarray | None:
+        """Every finite value of the window, sorted; None once there were too many to keep."""
+        return None if self.values is None else np.sort(np.concatenate([np.empty(0), *self.values]))
+
+    def _wasserstein(self, feature: FeatureDrift) -> None:
+        reference = self.reference
+        assert reference.std
+        current = self.current()
+        if current is not None:
+            feature.statistic = stats.wasserstein_distance(reference.sample, current) / reference.std
             return
-        feature.statistic = stats.wasserstein_distance(reference.sample, current) / reference.std
-    else:
-        feature.statistic = stats.psi(reference.bin_counts, current_bins, config.psi_epsilon)
+        distance, bound = self.ecdf.wasserstein()
+        feature.statistic = distance / reference.std
+        accuracy = f"within {bound / reference.std:.2g} of the exact distance" if bound else "exact"
+        feature.message = (
+            f"the window's {self.count} values are more than processing.batch_rows keeps: distance from their counts "
+            f"and sums between the reference's {self.ecdf.points.size} distinct values, {accuracy}"
+        )
+
+    def measure(self, feature: FeatureDrift, override: FeatureDriftConfig, config: DriftConfig) -> None:
+        """Fill in the feature's statistic, or the status that says why it is not judged.
+
+        Raises:
+            DataError: the column holds values that are not numbers.
+        """
+        if self.not_number_example is not None:
+            example, dtype = self.not_number_example
+            raise not_numbers_error(feature.name, self.not_numbers, self.size, example, dtype)
+        reference = self.reference
+        feature.current_count = self.count
+        feature.current_null_share = self.null_count / self.size
+        feature.reference_count = int(reference.sample.size)
+        if self.count == 0:
+            feature.status = "all_null"
+            feature.message = f"all {self.size} values of the window are missing or not finite: check the logging"
+            return
+        settings = _resolve("numeric", override, min(self.count, reference.sample.size), config)
+        if _too_few(feature, settings.min_samples):
+            return
+        _apply(feature, settings)
+        feature.histogram = _share_histogram(_bin_labels(reference.bin_edges), reference.bin_counts, self.bins)
+        if settings.method == "ks":
+            feature.statistic = self.ecdf.statistic()
+            exact = max(reference.sample.size, self.count) <= stats.KS_EXACT_MAX_SIZE
+            feature.p_value = stats.ks_p_value(
+                feature.statistic, reference.sample, self.current() if exact else None, self.count
+            )
+            feature.effect_size = feature.statistic
+        elif settings.method == "wasserstein":
+            if not reference.std:
+                feature.status = "constant_reference"
+                feature.message = (
+                    f"every reference value is {reference.sample[0]:.6g} (std 0), so the Wasserstein distance cannot "
+                    "be normalised: not judged (set this feature's method to ks or psi in the drift config)"
+                )
+                return
+            self._wasserstein(feature)
+        else:
+            feature.statistic = stats.psi(reference.bin_counts, self.bins, config.psi_epsilon)
 
 
-def _aligned_counts(reference: CategoricalProfile, series: pd.Series) -> tuple[list[str], np.ndarray, np.ndarray, int]:
-    """Reference and current counts over the union of categories (the reference's first), and the null count."""
-    categories, counts, null_count = category_counts(series)
-    current_by_category = dict(zip(categories, counts.tolist(), strict=True))
+def _aligned_counts(
+    reference: CategoricalProfile, current_by_category: Mapping[str, int]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Reference and current counts over the union of categories (the reference's first, then new ones sorted)."""
     known = set(reference.categories)
-    new = sorted(c for c in categories if c not in known)
+    new = sorted(c for c in current_by_category if c not in known)
     union = [*reference.categories, *new]
     reference_counts = np.concatenate([reference.counts, np.zeros(len(new), dtype=np.int64)])
     current_counts = np.array([current_by_category.get(c, 0) for c in union], dtype=np.int64)
-    return union, reference_counts, current_counts, null_count
+    return union, reference_counts, current_counts
 
 
 def _plotted(labels: list[str], reference: np.ndarray, current: np.ndarray) -> dict[str, list[Any]]:
@@ -230,74 +307,95 @@ def _plotted(labels: list[str], reference: np.ndarray, current: np.ndarray) -> d
     )
 
 
-def _measure_categorical(
-    feature: FeatureDrift,
-    reference: CategoricalProfile,
-    series: pd.Series,
-    override: FeatureDriftConfig,
-    config: DriftConfig,
-) -> None:
-    union, reference_counts, current_counts, null_count = _aligned_counts(reference, series)
-    current_total = int(current_counts.sum())
-    feature.current_count = current_total
-    feature.current_null_share = null_count / series.size
-    feature.reference_count = reference.count
-    if current_total == 0:
-        feature.status = "all_null"
-        feature.message = f"all {series.size} values of the window are missing: check the logging"
-        return
-    new = union[len(reference.categories) :]
-    unseen = int(current_counts[len(reference.categories) :].sum())
-    feature.unseen_share = unseen / current_total
-    if unseen == current_total:
-        feature.status = "unseen_only"
-        feature.message = (
-            f"every current value is a category the reference lacks ({new[:5]}; reference has "
-            f"{reference.categories[:5]}): labels renamed or re-encoded? check the logging"
-        )
-        return
-    settings = _resolve("categorical", override, min(current_total, reference.count), config)
-    if _too_few(feature, settings.min_samples):
-        return
-    _apply(feature, settings)
-    feature.histogram = _plotted(union, reference_counts, current_counts)
-    if settings.method == "chisquare":
-        feature.statistic, feature.p_value, feature.effect_size = stats.chi_square_test(
-            reference_counts, current_counts
-        )
-    elif settings.method == "jensenshannon":
-        feature.statistic = stats.jensen_shannon_distance(reference_counts, current_counts)
-    else:
-        feature.statistic = stats.psi(reference_counts, current_counts, config.psi_epsilon)
-    if unseen:
-        feature.message = f"{feature.unseen_share:.2%} of current values are categories the reference lacks: {new[:5]}"
+class _CategoricalWindow:
+    """The count of every category of one categorical column of the window, added up batch by batch (exact)."""
+
+    def __init__(self, reference: CategoricalProfile, rows_before: int = 0) -> None:
+        self.reference = reference
+        self.size = self.null_count = rows_before
+        self.counts: dict[str, int] = {}
+
+    def add_nulls(self, rows: int) -> None:
+        self.size += rows
+        self.null_count += rows
+
+    def add(self, series: pd.Series) -> None:
+        """Count a batch of the column."""
+        categories, counts, null_count = category_counts(series)
+        for category, count in zip(categories, counts.tolist(), strict=True):
+            self.counts[category] = self.counts.get(category, 0) + count
+        self.size += int(series.size)
+        self.null_count += null_count
+
+    def measure(self, feature: FeatureDrift, override: FeatureDriftConfig, config: DriftConfig) -> None:
+        """Fill in the feature's statistic, or the status that says why it is not judged."""
+        reference = self.reference
+        union, reference_counts, current_counts = _aligned_counts(reference, self.counts)
+        current_total = int(current_counts.sum())
+        feature.current_count = current_total
+        feature.current_null_share = self.null_count / self.size
+        feature.reference_count = reference.count
+        if current_total == 0:
+            feature.status = "all_null"
+            feature.message = f"all {self.size} values of the window are missing: check the logging"
+            return
+        new = union[len(reference.categories) :]
+        unseen = int(current_counts[len(reference.categories) :].sum())
+        feature.unseen_share = unseen / current_total
+        if unseen == current_total:
+            feature.status = "unseen_only"
+            feature.message = (
+                f"every current value is a category the reference lacks ({new[:5]}; reference has "
+                f"{reference.categories[:5]}): labels renamed or re-encoded? check the logging"
+            )
+            return
+        settings = _resolve("categorical", override, min(current_total, reference.count), config)
+        if _too_few(feature, settings.min_samples):
+            return
+        _apply(feature, settings)
+        feature.histogram = _plotted(union, reference_counts, current_counts)
+        if settings.method == "chisquare":
+            feature.statistic, feature.p_value, feature.effect_size = stats.chi_square_test(
+                reference_counts, current_counts
+            )
+        elif settings.method == "jensenshannon":
+            feature.statistic = stats.jensen_shannon_distance(reference_counts, current_counts)
+        else:
+            feature.statistic = stats.psi(reference_counts, current_counts, config.psi_epsilon)
+        if unseen:
+            feature.message = (
+                f"{feature.unseen_share:.2%} of current values are categories the reference lacks: {new[:5]}"
+            )
 
 
-def _window_column(current: pd.DataFrame, name: str) -> pd.Series | None:
-    """The window's column, an empty one when the window has no rows at all, or None when it lacks the column."""
-    if name in current.columns:
-        return current[name]
-    return pd.Series([], dtype="float64", name=name) if len(current) == 0 else None
+_ColumnWindow = _NumericWindow | _CategoricalWindow
+
+
+def _window_of(reference: ColumnProfile, keep_values: int | None, rows_before: int) -> _ColumnWindow:
+    if isinstance(reference, NumericProfile):
+        return _NumericWindow(reference, keep_values, rows_before)
+    return _CategoricalWindow(reference, rows_before)
 
 
 def _measure(
-    reference: ColumnProfile, series: pd.Series | None, override: FeatureDriftConfig, config: DriftConfig
+    reference: ColumnProfile, window: _ColumnWindow | None, rows: int, override: FeatureDriftConfig, config: DriftConfig
 ) -> FeatureDrift:
-    """Compute the feature's statistic, or the status that says why it cannot be judged."""
+    """Compute the feature's statistic, or the status that says why it cannot be judged.
+
+    ``window`` is None when no batch had the column: with no rows at all that is too little data, else the column
+    is missing.
+    """
     feature = FeatureDrift(name=reference.name, kind=reference.kind, status=OK)
-    if series is None:
+    if window is None and rows:
         feature.status = "missing"
         feature.message = f"the window has no column {reference.name!r}: check the prediction logging"
         return feature
-    if series.size == 0:
+    if window is None or window.size == 0:
         feature.status = "insufficient_data"
         feature.message = "the window has no rows: nothing to judge"
         return feature
     try:
-        if isinstance(reference, NumericProfile):
-            _measure_numeric(feature, reference, series, override, config)
-        else:
-            _measure_categorical(feature, reference, series, override, config)
+        window.measure(feature, override, config)
     except DataError as exc:
         feature.status = "wrong_type"
         feature.message = str(exc)
@@ -392,24 +490,115 @@ def _check_overrides(profile: ReferenceProfile, config: DriftConfig) -> None:
         raise ConfigError("drift config does not fit the reference profile:\n- " + "\n- ".join(problems))
 
 
-def _prediction_drift(
-    profile: ReferenceProfile, predictions: Mapping[str, Any], config: DriftConfig
-) -> list[FeatureDrift]:
-    """Judge every prediction signal of the profile; one the window's predictions lack is reported missing."""
-    signals = []
-    for name, reference in profile.predictions.items():
-        if name in predictions:
-            signals.append(
-                _measure(reference, pd.Series(np.asarray(predictions[name]), name=name), config.score, config)
-            )
-        else:
-            message = (
-                f"the profile has a reference of prediction signal {name!r} but the window's predictions lack it "
-                f"(they have {sorted(predictions)}): pass prediction_signals of the window's model outputs"
-            )
-            signals.append(FeatureDrift(name=name, kind=reference.kind, status="missing", message=message))
-    _decide(signals)
-    return signals
+class WindowDrift:
+    """``detect_drift`` over a window read in batches: ``add`` each batch, then ``report`` once.
+
+    Memory does not grow with the window: per numeric column the reference bins, four numbers per distinct value of
+    the profile's sample, and its values only while there are at most ``keep_values``; per categorical column one
+    count per category. Every count, PSI, chi-square, Jensen-Shannon and KS statistic (and its p-value) is what the
+    whole window gives. So is the Wasserstein distance while the column has at most ``keep_values`` values; beyond,
+    it is exact but for a bound the feature's message states (``stats.EcdfCounts.wasserstein``).
+
+    Batches need not share columns: a column a batch lacks counts as missing values in it, as when the window's
+    files are read as one table.
+    """
+
+    def __init__(
+        self, profile: ReferenceProfile, config: DriftConfig | None = None, keep_values: int | None = None
+    ) -> None:
+        """Start a window.
+
+        Args:
+            profile: the training snapshot's profile (``build_profile`` / ``load_profile``).
+            config: methods, thresholds and the dataset rule; default ``DriftConfig()``.
+            keep_values: most values of a numeric column kept (at least ``stats.KS_EXACT_MAX_SIZE``, so the exact
+                KS p-value always has its values); None keeps all.
+
+        Raises:
+            ConfigError: a per-feature override names an unknown feature or a method that does not fit its type.
+        """
+        self.profile = profile
+        self.config = config or DriftConfig()
+        _check_overrides(profile, self.config)
+        self.keep_values = None if keep_values is None else max(keep_values, stats.KS_EXACT_MAX_SIZE)
+        self.rows = 0
+        self.features: dict[str, _ColumnWindow] = {}
+        self.predictions: dict[str, _ColumnWindow] = {}
+        self._signal_names: set[str] = set()
+
+    def add(self, current: pd.DataFrame, predictions: Mapping[str, Any] | None = None) -> None:
+        """Count one batch of the window.
+
+        Args:
+            current: the batch's rows, one column per feature; extra columns are ignored.
+            predictions: the model's prediction signals on these rows, name -> values (``prediction_signals``).
+        """
+        rows = len(current)
+        columns = {name: current[name] for name in self.profile.features if name in current.columns}
+        self._add(self.features, self.profile.features, columns, rows)
+        signals = {
+            name: pd.Series(np.asarray(values), name=name)
+            for name, values in (predictions or {}).items()
+            if name in self.profile.predictions
+        }
+        self._add(self.predictions, self.profile.predictions, signals, rows)
+        self._signal_names.update(predictions or {})
+        self.rows += rows
+
+    def _add(
+        self,
+        windows: dict[str, _ColumnWindow],
+        references: Mapping[str, ColumnProfile],
+        columns: Mapping[str, pd.Series],
+        rows: int,
+    ) -> None:
+        for name, series in columns.items():
+            if name not in windows:
+                windows[name] = _window_of(references[name], self.keep_values, self.rows)
+            windows[name].add(series)
+        for name, window in windows.items():
+            if name not in columns:
+                window.add_nulls(rows)
+
+    def report(self) -> DriftReport:
+        """The per-feature verdicts, the dataset decision, prediction drift and data-quality problems."""
+        config, no_override = self.config, FeatureDriftConfig()
+        features = [
+            _measure(reference, self.features.get(name), self.rows, config.features.get(name, no_override), config)
+            for name, reference in self.profile.features.items()
+        ]
+        _decide(features)
+        prediction = self._prediction_drift()
+        every = [*features, *prediction]
+        problems = [f"{f.name}: {f.status}: {f.message}" for f in every if f.data_quality_problem]
+        counts = {"features": len(features), "drifted": sum(f.drifted for f in features)}
+        for feature in features:
+            counts[feature.status] = counts.get(feature.status, 0) + 1
+        return DriftReport(
+            features=features,
+            prediction=prediction,
+            dataset=_dataset_decision(features, config.drift_share),
+            data_quality_failed=bool(problems),
+            data_quality_problems=problems,
+            reference_rows=self.profile.rows,
+            current_rows=self.rows,
+            counts=counts,
+        )
+
+    def _prediction_drift(self) -> list[FeatureDrift]:
+        """Judge every prediction signal of the profile; one the window's predictions lack is reported missing."""
+        signals = []
+        for name, reference in self.profile.predictions.items():
+            if name in self.predictions:
+                signals.append(_measure(reference, self.predictions[name], self.rows, self.config.score, self.config))
+            else:
+                message = (
+                    f"the profile has a reference of prediction signal {name!r} but the window's predictions lack it "
+                    f"(they have {sorted(self._signal_names)}): pass prediction_signals of the window's model outputs"
+                )
+                signals.append(FeatureDrift(name=name, kind=reference.kind, status="missing", message=message))
+        _decide(signals)
+        return signals
 
 
 def detect_drift(
@@ -419,6 +608,8 @@ def detect_drift(
     config: DriftConfig | None = None,
 ) -> DriftReport:
     """Compare a window of data (and the model's prediction signals on it) with the reference profile.
+
+    The whole window is one batch of ``WindowDrift`` keeping every value, so every statistic is exact.
 
     Args:
         profile: the training snapshot's profile (``build_profile`` / ``load_profile``).
@@ -434,27 +625,6 @@ def detect_drift(
     Raises:
         ConfigError: a per-feature override names an unknown feature or a method that does not fit its type.
     """
-    config = config or DriftConfig()
-    _check_overrides(profile, config)
-    no_override = FeatureDriftConfig()
-    features = [
-        _measure(reference, _window_column(current, name), config.features.get(name, no_override), config)
-        for name, reference in profile.features.items()
-    ]
-    _decide(features)
-    prediction = _prediction_drift(profile, predictions or {}, config)
-    every = [*features, *prediction]
-    problems = [f"{f.name}: {f.status}: {f.message}" for f in every if f.data_quality_problem]
-    counts = {"features": len(features), "drifted": sum(f.drifted for f in features)}
-    for feature in features:
-        counts[feature.status] = counts.get(feature.status, 0) + 1
-    return DriftReport(
-        features=features,
-        prediction=prediction,
-        dataset=_dataset_decision(features, config.drift_share),
-        data_quality_failed=bool(problems),
-        data_quality_problems=problems,
-        reference_rows=profile.rows,
-        current_rows=len(current),
-        counts=counts,
-    )
+    window = WindowDrift(profile, config)
+    window.add(current, predictions)
+    return window.report()

@@ -89,19 +89,30 @@ def numeric_values(series: pd.Series) -> tuple[np.ndarray, int]:
     Raises:
         DataError: some values are not numbers; the message shows one and how many.
     """
-    if not pd.api.types.is_numeric_dtype(series):
-        converted = pd.to_numeric(series, errors="coerce")
-        not_numbers = converted.isna() & series.notna()
-        if not_numbers.any():
-            example = series[not_numbers].iloc[0]
-            raise DataError(
-                f"column {series.name!r} should be numeric but {int(not_numbers.sum())} of {len(series)} values "
-                f"are not numbers (e.g. {example!r}, dtype {series.dtype}): fix the data or declare it categorical"
-            )
-        series = converted
-    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    values, not_numbers = numbers_of(series)
+    if not_numbers.any():
+        raise not_numbers_error(
+            series.name, int(not_numbers.sum()), len(series), series[not_numbers].iloc[0], series.dtype
+        )
     finite = values[np.isfinite(values)]
     return finite, int(values.size - finite.size)
+
+
+def numbers_of(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A column as float64 (NaN where missing or not a number) and which values are not numbers (text)."""
+    if pd.api.types.is_numeric_dtype(series):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(series), dtype=bool)
+    converted = pd.to_numeric(series, errors="coerce")
+    not_numbers = (converted.isna() & series.notna()).to_numpy(dtype=bool)
+    return converted.to_numpy(dtype=np.float64, na_value=np.nan), not_numbers
+
+
+def not_numbers_error(name: Any, count: int, total: int, example: Any, dtype: Any) -> DataError:
+    """The error of a numeric column holding ``count`` values (of ``total``) that are not numbers."""
+    return DataError(
+        f"column {name!r} should be numeric but {count} of {total} values are not numbers (e.g. {example!r}, dtype "
+        f"{dtype}): fix the data or declare it categorical"
+    )
 
 
 def category_counts(series: pd.Series) -> tuple[list[str], np.ndarray, int]:

@@ -4,7 +4,8 @@ The reference side always comes from a profile: numeric values sorted once when 
 as counts. The current window is sorted once per feature; the two sorted arrays are then merged in linear time
 (no sort of the concatenation, unlike ``scipy.stats.ks_2samp`` and ``wasserstein_distance``), which is what keeps a
 10-million-row window fast. p-values come from scipy's distributions (``kstwo``) or from scipy itself where the
-input is only a few counts (``chi2_contingency``, ``jensenshannon``).
+input is only a few counts (``chi2_contingency``, ``jensenshannon``). A window read in batches is counted against the
+reference's values instead (``EcdfCounts``), so it need not be held whole.
 """
 
 from __future__ import annotations
@@ -47,17 +48,111 @@ def ks_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
         The statistic (largest gap between the two empirical CDFs) and its p-value: exact while both samples
         have at most 10,000 values, else Smirnov's asymptotic distribution (``scipy.stats.kstwo``).
     """
-    from scipy import stats
-
     merged, gaps = _merged_ecdf_gaps(reference, current)
     last_of_run = np.append(merged[1:] != merged[:-1], True)
     statistic = float(np.abs(gaps[last_of_run]).max())
-    if max(reference.size, current.size) <= KS_EXACT_MAX_SIZE:
-        # the exact distribution is scipy-internal; at this size running scipy's whole test costs microseconds
-        return statistic, float(stats.ks_2samp(reference, current).pvalue)
-    larger, smaller = sorted([float(reference.size), float(current.size)], reverse=True)
+    return statistic, ks_p_value(statistic, reference, current, current.size)
+
+
+def ks_p_value(statistic: float, reference: np.ndarray, current: np.ndarray | None, current_size: int) -> float:
+    """The p-value of a two-sample KS statistic, as ``scipy.stats.ks_2samp`` (method "auto") gives it.
+
+    Args:
+        statistic: the KS statistic of the two samples.
+        reference: the reference's sorted values.
+        current: the current sample's sorted values; needed only while both samples have at most 10,000 values
+            (the exact distribution is scipy-internal, so scipy's whole test runs, in microseconds at that size).
+        current_size: the number of current values.
+
+    Returns:
+        The exact p-value up to 10,000 values a side, else Smirnov's asymptotic one (``scipy.stats.kstwo``).
+    """
+    from scipy import stats
+
+    if max(reference.size, current_size) <= KS_EXACT_MAX_SIZE:
+        if current is None or current.size != current_size:
+            raise ValueError(f"the exact KS p-value needs all {current_size} current values")
+        return float(stats.ks_2samp(reference, current).pvalue)
+    larger, smaller = sorted([float(reference.size), float(current_size)], reverse=True)
     effective_size = np.round(larger * smaller / (larger + smaller))
-    return statistic, float(np.clip(stats.kstwo.sf(statistic, effective_size), 0.0, 1.0))
+    return float(np.clip(stats.kstwo.sf(statistic, effective_size), 0.0, 1.0))
+
+
+class EcdfCounts:
+    """The KS statistic and the Wasserstein distance of a current sample against a fixed sorted reference, from
+    numbers that add up over batches.
+
+    The reference's empirical CDF is flat between two neighbouring distinct reference values, where the current one
+    only rises. So the largest gap there lies at one of the two ends, and the number of current values at or below
+    each reference value and below it give the KS statistic exactly (the very numbers ``ks_test`` compares).
+    Between those values the area between the two CDFs is exact from the count and the sum of the current values
+    inside, unless the current CDF crosses the reference's level there. Only those crossing intervals are estimated
+    (as if their values were spread evenly), and ``wasserstein`` returns how far off the sum can be: in each, at most
+    twice its width times the smaller of the two CDF gaps at its ends. With a dense reference sample that is small
+    (below 1e-3 of a std with 20,000 reference values; the profile keeps up to 100,000), and 0 when no current value
+    lies strictly between reference values (a discrete feature whose values the reference has). Memory is four
+    numbers per distinct reference value, whatever the number of current values.
+    """
+
+    def __init__(self, reference: np.ndarray) -> None:
+        """Start counting against ``reference`` (sorted finite values)."""
+        self.reference = reference
+        self.points = np.unique(reference)
+        self.reference_seen = np.searchsorted(reference, self.points, side="right")
+        # per region (below the first point, between two points, above the last):
+        size = self.points.size + 1
+        self.at_or_below = np.zeros(size, dtype=np.int64)  # values by the first point not below them
+        self.below = np.zeros(size, dtype=np.int64)  # values by the first point above them
+        self.inside = np.zeros(size, dtype=np.int64)  # values equal to no point, by the region they lie in
+        self.inside_sum = np.zeros(size, dtype=np.float64)  # and their sum
+        self.count = 0
+
+    def add(self, values: np.ndarray) -> None:
+        """Count a batch of finite current values (any order)."""
+        size = self.points.size + 1
+        first_not_below = np.searchsorted(self.points, values, side="left")
+        first_above = np.searchsorted(self.points, values, side="right")
+        inside = first_not_below == first_above
+        self.at_or_below += np.bincount(first_not_below, minlength=size)
+        self.below += np.bincount(first_above, minlength=size)
+        self.inside += np.bincount(first_above[inside], minlength=size)
+        self.inside_sum += np.bincount(first_above[inside], weights=values[inside], minlength=size)
+        self.count += int(values.size)
+
+    def _shares(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """At each point: the reference's CDF, the current CDF, and the current share strictly below it."""
+        at_or_below = np.cumsum(self.at_or_below)[:-1]
+        below = np.cumsum(self.below)[:-1]
+        return self.reference_seen / self.reference.size, at_or_below / self.count, below / self.count
+
+    def statistic(self) -> float:
+        """The KS statistic of every value added against the reference, equal to ``ks_test``'s."""
+        reference_share, current_share, current_below = self._shares()
+        gaps = [
+            np.abs(reference_share - current_share),  # at each point
+            np.abs(reference_share[:-1] - current_below[1:]),  # the largest current value before the next point
+            current_below[:1],  # the largest current value below every point
+        ]
+        return float(max(gap.max(initial=0.0) for gap in gaps))
+
+    def wasserstein(self) -> tuple[float, float]:
+        """The Wasserstein distance of every value added to the reference (``wasserstein_distance``), and how far
+        from it the value returned may be at most (0: exact; see the class docstring)."""
+        points, count = self.points, self.count
+        reference_share, current_share, current_below = self._shares()
+        # outside the reference's range one CDF is 0 or 1: the area is exact
+        outside = self.inside[0] * points[0] - self.inside_sum[0] + self.inside_sum[-1] - self.inside[-1] * points[-1]
+        width = np.diff(points)
+        start_gap = current_share[:-1] - reference_share[:-1]  # current minus reference CDF after each point
+        end_gap = current_below[1:] - reference_share[:-1]  # ... just before the next point
+        signed_area = width * start_gap + (self.inside[1:-1] * points[1:] - self.inside_sum[1:-1]) / count
+        crossing = (start_gap < 0) & (end_gap > 0)
+        smallest = np.abs(signed_area)
+        largest = np.minimum(signed_area - 2 * width * start_gap, 2 * width * end_gap - signed_area)
+        spread_evenly = width * (start_gap**2 + end_gap**2) / np.where(crossing, 2 * (end_gap - start_gap), 1.0)
+        area = np.where(crossing, np.clip(spread_evenly, smallest, np.maximum(smallest, largest)), smallest)
+        bound = float(np.sum(np.where(crossing, np.maximum(largest - smallest, 0.0), 0.0)))
+        return float(outside / count + area.sum()), bound
 
 
 def wasserstein_distance(reference: np.ndarray, current: np.ndarray) -> float:
