@@ -92,6 +92,9 @@ class World:
     def shard(self, order: torch.Tensor) -> torch.Tensor:
         """This rank's rows of ``order``: every ``size``-th entry from position ``rank``.
 
+        For work split by rows over a whole epoch; the mlp training loop instead splits every global batch over the
+        ranks (``mlsteps.training.mlp.GlobalBatches``), so that its steps are those of one process.
+
         Ranks get disjoint rows that together cover ``order``. As in ``DistributedSampler``, the first entries
         are repeated until every rank has ``share(len(order))`` rows, because DDP needs every rank to take the
         same number of optimizer steps.

@@ -12,26 +12,39 @@ mlp family also writes a checkpoint every epoch under checkpoints/ there (or --c
 at the next epoch. Seeds and deterministic kernels make a run repeatable on the same hardware.
 
 Started by torchrun with several processes (one per GPU, in one pod or in each pod of a multi-node Job), the mlp family
-trains data-parallel: each rank trains on its shard of every epoch's shuffled rows, and only rank 0 talks to MLflow
-and writes checkpoints and the result. Other families run as one process.
+trains data-parallel: each rank trains on its part of every global batch of the epoch's shuffled rows, and only rank 0
+talks to MLflow and writes checkpoints and the result. Other families run as one process.
+
+Memory follows ``processing.batch_rows``, not the size of the splits: they are read and encoded that many rows at a
+time into memory-mapped arrays in the step's work folder (``mlsteps.training.streaming``), which the families read in
+blocks; the raw tables are never in memory whole. The drift reference profile reads one raw feature column at a time.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import pandas as pd
 import typer
+from pandas.api.types import union_categoricals
 
 import mlsteps
 from mlsteps import tracking
 from mlsteps.cli_options import ConfigUri, RunRoot, above_zero
-from mlsteps.config import DISTRIBUTED_FAMILIES, DatasetConfig, PipelineConfig, load_pipeline_config
-from mlsteps.data import storage
+from mlsteps.config import (
+    DISTRIBUTED_FAMILIES,
+    ColumnSpec,
+    DatasetConfig,
+    DriftConfig,
+    PipelineConfig,
+    load_pipeline_config,
+)
+from mlsteps.data import batches, storage
 from mlsteps.data.features import TabularPreprocessor
 from mlsteps.distributed import World
 from mlsteps.errors import ConfigError
@@ -40,6 +53,7 @@ from mlsteps.results import candidate_step, read_result, result_uri, safe_name, 
 from mlsteps.training.api import TrainingData
 from mlsteps.training.checkpoints import CHECKPOINT_DIR
 from mlsteps.training.families import load_trainer, trainer_context
+from mlsteps.training.streaming import encode_split, read_rows
 from mlsteps.training.trainer import select_device
 
 STEP = "train"
@@ -69,7 +83,11 @@ def default_checkpoint_dir(run_root: str, family: str) -> str:
 def training_data(
     frame: pd.DataFrame, preprocessor: TabularPreprocessor, dataset: DatasetConfig, what: str
 ) -> TrainingData:
-    """One split as the families see it: the preprocessor's matrices and the target encoded for the task."""
+    """One split as the families see it: the preprocessor's matrices and the target encoded for the task.
+
+    The step itself encodes its splits batch by batch into files (``mlsteps.training.streaming.encode_split``),
+    with the same values as this gives for the whole table in memory.
+    """
     numeric, categories = preprocessor.transform(frame)
     target = dataset.target
     return TrainingData(numeric, categories, encode_target(frame[target.name], target.task, target.classes, what))
@@ -93,10 +111,15 @@ def _log_params_once(run_id: str, params: dict[str, Any]) -> None:
         mlflow.set_tags({f"resumed_with.{key}": value for key, value in changed.items()})
 
 
-def _example_rows(frame: pd.DataFrame, dataset: DatasetConfig, rows: int = 5) -> pd.DataFrame:
-    """Raw feature rows typed as serving sends them: numbers as float64 (nulls allowed), categories as strings."""
+def _example_rows(uri: str, dataset: DatasetConfig, rows: int = 5) -> pd.DataFrame:
+    """The split's first raw feature rows typed as serving sends them: numbers as float64 (nulls allowed), categories
+    as strings. Only the first batch of ``rows`` rows is read."""
     types = {**dict.fromkeys(dataset.numeric_features, "float64"), **dict.fromkeys(dataset.categorical_features, "str")}
-    return frame[[column.name for column in dataset.features]].head(rows).reset_index(drop=True).astype(types)
+    columns = [column.name for column in dataset.features]
+    frame = next(batches.iter_frames(uri, rows, columns), None)
+    if frame is None:
+        frame = pd.DataFrame({column: pd.Series(dtype="float64") for column in columns})
+    return frame[columns].head(rows).reset_index(drop=True).astype(types)
 
 
 def _finished_result(run_root: str, run_id: str | None, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -112,7 +135,7 @@ def _finished_result(run_root: str, run_id: str | None, params: dict[str, Any]) 
     return previous if previous.get("mlflow_run_id") == run_id and same_params else None
 
 
-def _reference_profile(config: PipelineConfig, train: pd.DataFrame, outputs: pd.DataFrame, folder: Path) -> Path:
+def _reference_profile(config: PipelineConfig, train_uri: str, outputs: pd.DataFrame, folder: Path) -> Path:
     """Profile the train split's features and the model's validation outputs once, for every later drift check.
 
     Validation outputs, not train outputs: they are what the model gives on rows it did not fit, as in production.
@@ -123,10 +146,60 @@ def _reference_profile(config: PipelineConfig, train: pd.DataFrame, outputs: pd.
 
     target = config.dataset.target
     signals = prediction_signals(target.task, target.classes or [], outputs)
-    profile = build_profile(train, config.dataset.features, predictions=signals, config=config.drift)
+    rows, features = feature_profiles(train_uri, config.dataset.features, config.processing.batch_rows, config.drift)
+    profile = build_profile(pd.DataFrame(), [], predictions=signals, config=config.drift)
     path = folder / REFERENCE_PROFILE_FILE
-    save_profile(profile, str(path))
+    save_profile(replace(profile, rows=rows, features=features), str(path))
     return path
+
+
+def feature_profiles(
+    uri: str, features: list[ColumnSpec], batch_rows: int, drift: DriftConfig
+) -> tuple[int, dict[str, Any]]:
+    """The rows of a Parquet split and the drift profile of each feature, as ``build_profile`` makes them of the
+    whole table, reading one raw column at a time.
+
+    Parquet is columnar, so each pass reads that column only; a categorical column is held as category codes (one
+    copy of each distinct value), a numeric one as its values, which its exact quantiles need.
+    """
+    from mlsteps.monitoring.drift import build_profile
+
+    profiles: dict[str, Any] = {}
+    rows = 0
+    for spec in features:
+        # Each batch's categories become codes as it is read, so its strings are freed with the batch.
+        as_read = (lambda part: part) if spec.type == "numeric" else (lambda part: part.astype("category"))
+        frames = batches.iter_frames(uri, batch_rows, [spec.name])
+        parts = [as_read(frame[spec.name]) for frame in frames if spec.name in frame]
+        if not parts:
+            column = pd.Series(dtype="float64", name=spec.name)
+        elif spec.type == "numeric":
+            column = pd.concat(parts, ignore_index=True)
+        else:
+            try:
+                column = pd.Series(union_categoricals(parts), name=spec.name)
+            except TypeError:  # batches whose categories differ in type (text in one, numbers in another)
+                column = pd.concat(parts, ignore_index=True)
+        profiles |= build_profile(column.to_frame(), [spec], config=drift).features
+        rows = len(column)
+    return rows, profiles
+
+
+def _predict_in_batches(session: Any, data: TrainingData, task: str, batch_rows: int) -> np.ndarray:
+    """``predict_raw`` of a split's rows, ``batch_rows`` at a time: memory holds one batch of features."""
+    from mlsteps.inference import predict_raw
+
+    return np.concatenate(
+        [
+            predict_raw(
+                session,
+                read_rows(data.numeric, start, start + batch_rows),
+                read_rows(data.categories, start, start + batch_rows),
+                task,
+            )
+            for start in range(0, max(len(data), 1), batch_rows)
+        ]
+    )
 
 
 def _calibrator(task: str, classes: list[Any], y_true: Any, probabilities: Any) -> dict[str, Any] | None:
@@ -197,7 +270,7 @@ def _train(
     """The body of ``run`` on one rank, inside its process group."""
     import mlflow
 
-    from mlsteps.inference import TaskInfo, onnx_session, predict_raw
+    from mlsteps.inference import TaskInfo, onnx_session
     from mlsteps.model import log_model_package
     from mlsteps.training.onnx_export import check_export, to_contract
 
@@ -206,11 +279,8 @@ def _train(
     upstream = read_result(run_root, "preprocess")
     snapshot_id = upstream["snapshot_id"]
     preprocessor = TabularPreprocessor.from_dict(storage.read_json(upstream["preprocessor_uri"]))
-    frames = {name: storage.read_parquet(upstream[f"{name}_uri"]) for name in ("train", "validation")}
-    train, validation = (
-        training_data(frames[name], preprocessor, dataset, f"{name} split {upstream[f'{name}_uri']}")
-        for name in ("train", "validation")
-    )
+    split_uris = {name: upstream[f"{name}_uri"] for name in ("train", "validation")}
+    batch_rows = config.processing.batch_rows
     out = step_dir(run_root, candidate_step(family))
     run_id = _stored_run_id(out)
     params = {
@@ -222,14 +292,18 @@ def _train(
         "world_size": world.size,
         "dataset": dataset.name,
         "snapshot_id": snapshot_id,
-        "train_rows": len(train),
-        "validation_rows": len(validation),
+        "train_rows": batches.parquet_rows(split_uris["train"]),
+        "validation_rows": batches.parquet_rows(split_uris["validation"]),
     }
     if world.is_main and (previous := _finished_result(run_root, run_id, params)) is not None:
         print(f"{STEP}: already finished for this run root (MLflow run {run_id}); nothing to do", flush=True)
         return previous
 
     with tempfile.TemporaryDirectory(prefix="train-") as work_dir:
+        train, validation = (
+            encode_split(uri, preprocessor, dataset, f"{name} split {uri}", Path(work_dir) / "data" / name, batch_rows)
+            for name, uri in split_uris.items()
+        )
         context = trainer_context(
             training,
             family,
@@ -239,7 +313,14 @@ def _train(
             work_dir=work_dir,
             log_metrics=mlflow.log_metrics if world.is_main else lambda metrics, step=None: None,
             checkpoint_dir=checkpoints,
-            resume_key={"run_root": run_root, "snapshot_id": snapshot_id, "preprocessor": preprocessor.to_dict()},
+            # batch_rows sets the windows of the epoch's order: another value trains on other batches.
+            resume_key={
+                "run_root": run_root,
+                "snapshot_id": snapshot_id,
+                "preprocessor": preprocessor.to_dict(),
+                "processing.batch_rows": batch_rows,
+            },
+            batch_rows=batch_rows,
         )
         if not world.is_main:
             trainer_class(context).fit(train, validation)
@@ -259,8 +340,9 @@ def _train(
             mlflow.log_metrics(
                 {f"best_{key}" if key.startswith("val_") else key: value for key, value in fit_metrics.items()}
             )
-            rows = slice(0, EXPORT_CHECK_ROWS)
-            numeric, categories = validation.numeric[rows], validation.categories[rows]
+            numeric, categories = (
+                read_rows(values, 0, EXPORT_CHECK_ROWS) for values in (validation.numeric, validation.categories)
+            )
             exported = to_contract(
                 trainer.to_onnx(numeric, categories), target.task, numeric.shape[1], categories.shape[1]
             )
@@ -286,18 +368,17 @@ def _train(
                 trainer.save(native)
                 mlflow.log_artifacts(str(native), "native_model")
             # The validation split's outputs of the exported model, from the matrices training already made.
-            raw = predict_raw(
-                onnx_session(exported.SerializeToString()), validation.numeric, validation.categories, target.task
-            )
+            session = onnx_session(exported.SerializeToString())
+            raw = _predict_in_batches(session, validation, target.task, batch_rows)
             outputs = output_frame(target.task, info.classes, raw)
-            profile = _reference_profile(config, frames["train"], outputs, Path(work_dir))
+            profile = _reference_profile(config, split_uris["train"], outputs, Path(work_dir))
             model_info = log_model_package(
                 preprocessor,
                 exported,
                 info,
-                _example_rows(frames["train"], dataset),
+                _example_rows(split_uris["train"], dataset),
                 profile,
-                _calibrator(target.task, info.classes, validation.target, raw),
+                _calibrator(target.task, info.classes, read_rows(validation.target, 0, len(validation)), raw),
             )
 
     payload = {

@@ -21,6 +21,11 @@ skl2onnx and onnxmltools make). Its first output of the right kind is taken (``p
 rank-2 float output for classification, the first float output for regression) and renamed to the contract's name;
 the train step then checks it against ``predict`` on the validation rows and refuses it when they differ.
 
+The train step hands over its splits as memory-mapped arrays (``numpy.memmap`` of ``.npy`` files it encoded batch
+by batch, ``mlsteps.training.streaming``): they behave as ``numpy.ndarray`` does, and a trainer that reads them in
+slices of ``context.batch_rows`` rows keeps its memory bounded whatever the size of the split, as the built-in
+families do; ``TrainingData.features`` and ``np.asarray`` read a split whole into memory.
+
 No torch, MLflow or Airflow here: a custom trainer imports only what it needs. ``examples/trainers/`` has one.
 """
 
@@ -81,6 +86,8 @@ class TrainerContext:
             checkpoints (mlp does).
         resume_key: what identifies this run's inputs (``run_root``, ``snapshot_id``, ``preprocessor``): a resumed
             checkpoint must carry the same, or two different models would mix.
+        batch_rows: rows to hold in memory at a time (``processing.batch_rows``), for a trainer that reads its
+            splits in blocks rather than whole.
     """
 
     task: str
@@ -95,6 +102,7 @@ class TrainerContext:
     log_metrics: Callable[..., None] = lambda metrics, step=None: None
     checkpoint_dir: str = ""
     resume_key: dict[str, Any] = field(default_factory=dict)
+    batch_rows: int = 100_000
 
     @property
     def num_classes(self) -> int:

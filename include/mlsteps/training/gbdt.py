@@ -4,6 +4,13 @@ Trees take the preprocessor's matrices as one float matrix (``TrainingData.featu
 category indices), grow with the ``hist`` method on the device the train step chose (``cuda`` on a GPU node), and
 stop early on the validation split. Only the best rounds are kept, so ``predict``, the saved booster and the ONNX
 export (onnxmltools) are the same model.
+
+The splits reach XGBoost through an ``xgboost.DataIter`` that reads ``context.batch_rows`` rows at a time (from the
+train step's memory-mapped files, see ``mlsteps.training.streaming``) into a ``QuantileDMatrix``: XGBoost sketches
+the feature quantiles batch by batch and keeps only the rows' histogram bins (about one byte per value), never a
+float copy of the whole split. The validation matrix takes the train matrix's bins (``ref=``), as one built from a
+whole table would. With several batches the merged sketch may put a few bin edges slightly elsewhere than one built
+from the whole table at once; the trees are otherwise grown as before.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import xgboost
 
 from mlsteps.errors import DataError
 from mlsteps.training.api import TrainerContext, TrainingData
+from mlsteps.training.streaming import read_rows
 
 # Validation loss per task: what early stopping watches and what fit() reports as val_<metric>.
 EVAL_METRIC = {"binary": "logloss", "multiclass": "mlogloss", "regression": "rmse"}
@@ -26,8 +34,35 @@ ONNX_OPSET = 15
 NATIVE_MODEL_FILE = "xgboost_model.json"
 
 
+class SplitBatches(xgboost.DataIter):
+    """A split's rows for XGBoost, ``batch_rows`` at a time, as ``TrainingData.features`` lays them out."""
+
+    def __init__(self, data: TrainingData, batch_rows: int) -> None:
+        super().__init__()
+        self.data, self.batch_rows, self.start = data, batch_rows, 0
+
+    def next(self, input_data: Any) -> bool:
+        """Hand XGBoost the next batch; False when the split is done."""
+        if self.start >= len(self.data):
+            return False
+        stop = self.start + self.batch_rows
+        input_data(
+            data=_features(
+                read_rows(self.data.numeric, self.start, stop), read_rows(self.data.categories, self.start, stop)
+            ),
+            label=np.asarray(read_rows(self.data.target, self.start, stop)),
+        )
+        self.start = stop
+        return True
+
+    def reset(self) -> None:
+        """Start again from the first row (XGBoost passes over the data more than once)."""
+        self.start = 0
+
+
 class GbdtTrainer:
-    """XGBoost through its scikit-learn API (``mlsteps.training.api.TabularTrainer``).
+    """XGBoost (``mlsteps.training.api.TabularTrainer``), trained with ``xgboost.train`` on ``QuantileDMatrix``es
+    streamed from the splits and kept as the scikit-learn estimator that ``predict`` and the ONNX converter take.
 
     ``context.params`` holds the fields of ``training.gbdt``: n_estimators, learning_rate, max_depth,
     min_child_weight, subsample, colsample_bytree, reg_lambda and early_stopping_rounds.
@@ -52,28 +87,44 @@ class GbdtTrainer:
         """
         task = self.context.task
         self._check_classes(train)
-        params: dict[str, Any] = dict(self.context.params)
+        settings: dict[str, Any] = dict(self.context.params)
         # save_best drops the rounds after the best one, so the booster, predict and the export agree.
-        rounds = params.pop("early_stopping_rounds", None)
+        rounds = settings.pop("early_stopping_rounds", None)
         callbacks = [xgboost.callback.EarlyStopping(rounds=rounds, save_best=True)] if rounds else []
+        metric = EVAL_METRIC[task]
+        params = {
+            **settings,
+            "objective": OBJECTIVE[task],
+            "eval_metric": metric,
+            "tree_method": "hist",
+            "device": self.context.device,
+            "seed": self.context.seed,
+            **({"num_class": self.context.num_classes} if task == "multiclass" else {}),
+        }
+        rounds_at_most = params.pop("n_estimators")
+        dtrain = xgboost.QuantileDMatrix(SplitBatches(train, self.context.batch_rows))
+        dvalidation = xgboost.QuantileDMatrix(SplitBatches(validation, self.context.batch_rows), ref=dtrain)
+        evals_result: dict[str, dict[str, list[float]]] = {}
+        booster = xgboost.train(
+            params,
+            dtrain,
+            num_boost_round=rounds_at_most,
+            evals=[(dvalidation, "validation_0")],
+            evals_result=evals_result,
+            callbacks=callbacks,
+            verbose_eval=False,
+        )
         estimator = xgboost.XGBRegressor if task == "regression" else xgboost.XGBClassifier
         self.model = estimator(
-            **params,
-            objective=OBJECTIVE[task],
-            eval_metric=EVAL_METRIC[task],
-            tree_method="hist",
-            device=self.context.device,
-            random_state=self.context.seed,
-            callbacks=callbacks,
+            **settings, objective=OBJECTIVE[task], tree_method="hist", random_state=self.context.seed
         )
-        self.model.fit(train.features, train.target, eval_set=[(validation.features, validation.target)], verbose=False)
+        self.model.load_model(booster.save_raw("json"))
         # predict takes rows on the host: predicting there spares XGBoost's host-to-device fallback (and its warning).
         self.model.set_params(device="cpu")
-        metric = EVAL_METRIC[task]
-        history = self.model.evals_result()["validation_0"][metric]
+        history = evals_result["validation_0"][metric]
         for round_, loss in enumerate(history):
             self.context.log_metrics({f"val_{metric}": loss}, step=round_)
-        best = self.model.best_iteration if rounds else len(history) - 1
+        best = booster.best_iteration if rounds else len(history) - 1
         return {"best_iteration": float(best), f"val_{metric}": float(history[best])}
 
     def predict(self, numeric: np.ndarray, categories: np.ndarray) -> np.ndarray:
@@ -108,7 +159,7 @@ class GbdtTrainer:
 
     def _check_classes(self, train: TrainingData) -> None:
         classes = list(self.context.classes)
-        absent = sorted(set(range(len(classes))) - set(np.unique(train.target).tolist()))
+        absent = sorted(set(range(len(classes))) - set(np.unique(read_rows(train.target, 0, len(train))).tolist()))
         if absent:
             raise DataError(
                 f"the train split has no rows of class(es) {[classes[position] for position in absent]} of "

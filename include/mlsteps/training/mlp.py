@@ -4,21 +4,36 @@ The network has one logit (binary: the positive class; regression: the standardi
 (multiclass). ``MlpTrainer`` is the family's ``mlsteps.training.api.TabularTrainer``: it resumes from its epoch
 checkpoints, trains data-parallel under torchrun, and exports the network with its output head (sigmoid, softmax or
 the target's scale) to ONNX. Torch only (no MLflow): ``benchmarks/gpu_check.py`` builds the network from here too.
+
+The network is fed from ``GlobalBatches``, a ``torch.utils.data.IterableDataset`` that streams the split's arrays
+(memory-mapped files in the train step, see ``mlsteps.training.streaming``) window by window in a seeded order, so
+training holds about ``processing.batch_rows`` rows of features at a time whatever the size of the split, and one
+process and N data-parallel ranks step on the same global batches.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import IterableDataset
 
 from mlsteps.training.api import TrainerContext, TrainingData
+from mlsteps.training.streaming import DEFAULT_BATCH_ROWS, BlockShuffle, rank_part, read_rows
+
+if TYPE_CHECKING:
+    from mlsteps.distributed import World
 
 PREDICT_BATCH_ROWS = 65536
+# One training step's rows on this rank: numeric, categories, labels, and the factor that makes the mean loss of
+# this rank's part count as its share of the global batch (see GlobalBatches).
+Step = tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]
 
 
 def embedding_width(cardinality: int, max_embedding_dim: int) -> int:
@@ -62,6 +77,97 @@ class TabularNet(nn.Module):
         embedded = [embedding(categories[:, position]) for position, embedding in enumerate(self.embeddings)]
         logits = self.mlp(torch.cat([numeric, *embedded], dim=1))
         return logits.squeeze(1) if self.spec.outputs == 1 else logits
+
+
+def as_tensor(rows: Any) -> torch.Tensor:
+    """Rows read from a split (numpy or torch) as a torch tensor, without a copy where one is not needed (a
+    read-only memory map's rows are copied: torch tensors are writable)."""
+    if isinstance(rows, torch.Tensor):
+        return rows
+    return torch.from_numpy(np.ascontiguousarray(rows) if rows.flags.writeable else np.array(rows))
+
+
+def _take(rows: Any, positions: np.ndarray) -> Any:
+    """``rows[positions]`` for numpy and torch rows (torch indexes on the rows' own device)."""
+    if isinstance(rows, torch.Tensor):
+        return rows[torch.from_numpy(positions).to(rows.device)]
+    return rows[positions]
+
+
+def _concatenate(parts: list[Any]) -> Any:
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
+
+
+class GlobalBatches(IterableDataset):
+    """This rank's part of every global batch of one epoch, streamed from the split's arrays window by window.
+
+    The epoch's rows come in ``BlockShuffle``'s order (a function of the seed and the epoch alone), cut into global
+    batches of ``batch_size`` rows; rank r takes the r-th contiguous part of each (``rank_part``). One process and N
+    ranks therefore step on the same global batches, every rank takes the same number of steps (the last, shorter
+    batch included: no rank runs out of data while another waits in a collective), and a resumed run repeats the
+    epoch exactly. Each part comes with the factor ``len(part) * ranks / len(batch)`` for its mean loss: the
+    gradients DistributedDataParallel averages over the ranks are then those of the global batch's mean loss, also
+    when the batch does not split evenly. A rank whose part is empty (a batch of fewer rows than ranks) steps on one
+    row with factor 0, as DDP needs every rank in every backward pass.
+
+    Features are read a window of blocks at a time (``read_rows``: sequential file reads of a memory-mapped split);
+    ``labels`` is the split's target as a tensor, one number per row, held whole.
+    """
+
+    def __init__(
+        self,
+        numeric: Any,
+        categories: Any,
+        labels: torch.Tensor,
+        batch_size: int,
+        world: World,
+        seed: int,
+        epoch: int = 1,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+    ) -> None:
+        super().__init__()
+        self.numeric, self.categories, self.labels = numeric, categories, labels
+        self.batch_size, self.world, self.epoch = batch_size, world, epoch
+        self.order = BlockShuffle.for_memory(len(labels), batch_rows, seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Stream the order of epoch ``epoch`` (1-based) next."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Steps per epoch, the same on every rank."""
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self) -> Iterator[Step]:
+        pending: list[tuple[Any, Any, np.ndarray]] = []
+        pending_rows = 0
+        for ranges, positions in self.order.windows(self.epoch):
+            numeric = _take(_concatenate([read_rows(self.numeric, *rows) for rows in ranges]), positions)
+            categories = _take(_concatenate([read_rows(self.categories, *rows) for rows in ranges]), positions)
+            row_ids = np.concatenate([np.arange(start, stop) for start, stop in ranges])[positions]
+            pending.append((numeric, categories, row_ids))
+            pending_rows += len(row_ids)
+            if pending_rows < self.batch_size:
+                continue
+            numeric, categories, row_ids = (_concatenate([part[field] for part in pending]) for field in range(3))
+            full = len(row_ids) - len(row_ids) % self.batch_size
+            for start in range(0, full, self.batch_size):
+                stop = start + self.batch_size
+                yield self._part(numeric[start:stop], categories[start:stop], row_ids[start:stop])
+            pending = [(numeric[full:], categories[full:], row_ids[full:])]
+            pending_rows = len(row_ids) - full
+        if pending_rows:
+            numeric, categories, row_ids = (_concatenate([part[field] for part in pending]) for field in range(3))
+            yield self._part(numeric, categories, row_ids)
+
+    def _part(self, numeric: Any, categories: Any, row_ids: np.ndarray) -> Step:
+        """This rank's rows of one global batch, and their loss factor."""
+        start, stop = rank_part(len(row_ids), self.world.rank, self.world.size)
+        factor = (stop - start) * self.world.size / len(row_ids)
+        if stop == start:
+            stop = start + 1  # one row (of another rank's part) with factor 0: a backward pass that changes nothing
+        labels = self.labels[torch.from_numpy(row_ids[start:stop]).to(self.labels.device)]
+        return as_tensor(numeric[start:stop]), as_tensor(categories[start:stop]), labels, factor
 
 
 def save_network(network: TabularNet, path: Path) -> Path:
@@ -155,19 +261,17 @@ class MlpTrainer:
         self.network: TabularNet | None = None
         self.history: dict[str, Any] = {}
 
-    def _tensors(self, data: TrainingData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _split(self, data: TrainingData, target: np.ndarray) -> tuple[Any, Any, torch.Tensor]:
+        """The split as the loop reads it: the feature arrays as they are (read a block at a time, never copied
+        whole) and the labels, one number per row, as a tensor on the device."""
         task = self.context.task
         if task == "multiclass":
-            labels = torch.from_numpy(data.target).long()
+            labels = torch.from_numpy(target).long()
         elif task == "regression":
-            labels = torch.from_numpy((data.target - self.target_mean) / self.target_std).float()
+            labels = torch.from_numpy((target - self.target_mean) / self.target_std).float()
         else:
-            labels = torch.from_numpy(data.target).float()
-        return (
-            torch.from_numpy(data.numeric).to(self.device),
-            torch.from_numpy(data.categories).to(self.device),
-            labels.to(self.device),
-        )
+            labels = torch.from_numpy(target).float()
+        return data.numeric, data.categories, labels.to(self.device)
 
     def fit(self, train: TrainingData, validation: TrainingData) -> dict[str, float]:
         """Train (or resume) until the epoch budget is spent or validation loss stops improving; keep the best."""
@@ -175,16 +279,22 @@ class MlpTrainer:
         from mlsteps.training.trainer import Trainer
 
         context, training = self.context, self.training
+        train_target, validation_target = (
+            np.asarray(read_rows(data.target, 0, len(data))) for data in (train, validation)
+        )
         if context.task == "regression":
-            self.target_mean = float(np.mean(train.target))
-            self.target_std = float(np.std(train.target)) or 1.0
+            self.target_mean = float(np.mean(train_target))
+            self.target_std = float(np.std(train_target)) or 1.0
         outputs = context.num_classes if context.task == "multiclass" else 1
         shape = _Shape(list(context.numeric_columns), list(context.cardinalities))
-        trainer = Trainer(shape, training, self.device, self.world, outputs=outputs, task=context.task)
+        trainer = Trainer(
+            shape, training, self.device, self.world, outputs=outputs, task=context.task, batch_rows=context.batch_rows
+        )
         expected = fingerprint(training, context.resume_key)
         self._resume(trainer, expected)
         criterion = {"binary": nn.BCEWithLogitsLoss, "multiclass": nn.CrossEntropyLoss}.get(context.task, nn.MSELoss)()
-        train_split, validation_split = self._tensors(train), self._tensors(validation)
+        train_split = self._split(train, train_target)
+        validation_split = self._split(validation, validation_target)
         print(
             f"train: mlp rank {self.world.rank}/{self.world.size} trains on {self.world.share(len(train))} of "
             f"{len(train)} train rows per epoch, {self.world.share(training.batch_size)} rows per step on "
@@ -258,8 +368,8 @@ class MlpTrainer:
         with torch.no_grad():
             chunks = [
                 head(
-                    torch.from_numpy(numeric[start : start + PREDICT_BATCH_ROWS]).to(device),
-                    torch.from_numpy(categories[start : start + PREDICT_BATCH_ROWS]).to(device),
+                    as_tensor(read_rows(numeric, start, start + PREDICT_BATCH_ROWS)).to(device),
+                    as_tensor(read_rows(categories, start, start + PREDICT_BATCH_ROWS)).to(device),
                 )
                 for start in range(0, len(numeric), PREDICT_BATCH_ROWS)
             ]
@@ -270,9 +380,7 @@ class MlpTrainer:
         from mlsteps.evaluation.tasks import onnx_output
 
         head = self._head()
-        model = export_onnx(
-            head, torch.from_numpy(numeric), torch.from_numpy(categories), onnx_output(self.context.task)
-        )
+        model = export_onnx(head, as_tensor(numeric), as_tensor(categories), onnx_output(self.context.task))
         self.network.to(self.device)
         return model
 

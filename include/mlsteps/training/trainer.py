@@ -3,6 +3,12 @@
 Torch, numpy and scikit-learn only (no MLflow, typer or pydantic): the train step (``mlsteps.steps.train``) wraps
 it with data loading, MLflow tracking and checkpoints, and ``benchmarks/gpu_check.py`` runs the same loop on CUDA
 and CPU. Single-process or data-parallel under torchrun, through ``mlsteps.distributed.World``.
+
+A split reaches the loop as (numeric, categories, labels): the feature arrays may be memory-mapped files of any size
+(the train step's) or tensors, and are read a window of about ``batch_rows`` rows at a time, training through
+``mlsteps.training.mlp.GlobalBatches`` and evaluation in contiguous chunks. Each epoch's order is a function of the
+seed and the epoch (``mlsteps.training.streaming.BlockShuffle``), so a resumed run and any number of ranks train on
+the same global batches.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import math
 import os
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,11 +26,14 @@ import numpy as np
 from mlsteps.data.features import TabularPreprocessor
 from mlsteps.distributed import World
 from mlsteps.errors import ConfigError
+from mlsteps.training.streaming import DEFAULT_BATCH_ROWS, read_rows
 
 if TYPE_CHECKING:
     import torch
 
-Split = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]
+# numeric (rows x columns, float32), categories (rows x columns, int64): numpy, memory-mapped or torch arrays;
+# labels: a tensor on the training device.
+Split = tuple[Any, Any, "torch.Tensor"]
 
 
 class TrainingSettings(Protocol):
@@ -72,6 +81,7 @@ class Trainer:
         world: World,
         outputs: int = 1,
         task: str = "binary",
+        batch_rows: int = DEFAULT_BATCH_ROWS,
     ) -> None:
         import torch
 
@@ -97,7 +107,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.network.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay
         )
-        self.shuffle = torch.Generator().manual_seed(training.seed)
+        self.batch_rows = batch_rows
         self.progress = Progress()
         self.best_weights = self._copy_weights()
 
@@ -117,7 +127,6 @@ class Trainer:
             "progress": asdict(self.progress),
             "random": {
                 "torch": torch.get_rng_state(),
-                "shuffle": self.shuffle.get_state(),
                 "cuda": [torch.cuda.get_rng_state(self.device)] if cuda else [],
             },
         }
@@ -131,7 +140,6 @@ class Trainer:
         self.best_weights = {name: tensor.to(self.device) for name, tensor in state["best_model"].items()}
         self.progress = Progress(**state["progress"])
         torch.set_rng_state(state["random"]["torch"])
-        self.shuffle.set_state(state["random"]["shuffle"])
         if self.device.type == "cuda" and state["random"]["cuda"]:
             torch.cuda.set_rng_state(state["random"]["cuda"][0], self.device)
 
@@ -154,7 +162,12 @@ class Trainer:
         epoch = self.progress.epoch + 1
         train_loss = self._train_pass(criterion, train, f"epoch {epoch}/{self.training.epochs}")
         val_loss, val_roc_auc = loss_and_roc_auc(
-            self.network, criterion, validation, self.world, with_roc_auc=self.task == "binary"
+            self.network,
+            criterion,
+            validation,
+            self.world,
+            with_roc_auc=self.task == "binary",
+            chunk_rows=self.batch_rows,
         )
         progress = self.progress
         progress.epoch = epoch
@@ -171,43 +184,61 @@ class Trainer:
         return metrics
 
     def _train_pass(self, criterion: torch.nn.Module, data: Split, description: str) -> float:
-        """One pass over this rank's shard of the shuffled train split; returns the mean train loss of all ranks.
+        """One pass over the train split in the epoch's order; returns the mean train loss over all its rows.
 
-        Every rank draws the same permutation from the shared shuffle stream and takes its own shard of it, and
-        each step's rows are split over the ranks, so an optimizer step still sees ``batch_size`` rows.
+        Every step is one global batch of ``batch_size`` rows, each rank training on its part of it
+        (``GlobalBatches``), so an optimizer step sees the same rows and gradients on any number of ranks.
         """
         import torch
+        from torch.utils.data import DataLoader
+
+        from mlsteps.training.mlp import GlobalBatches
 
         numeric, categories, labels = data
         self.model.train()
-        rows = self.world.shard(torch.randperm(len(labels), generator=self.shuffle).to(self.device))
-        step_rows = self.world.share(self.training.batch_size)
+        batches = GlobalBatches(
+            numeric,
+            categories,
+            labels,
+            self.training.batch_size,
+            self.world,
+            self.training.seed,
+            epoch=self.progress.epoch + 1,
+            batch_rows=self.batch_rows,
+        )
         total = torch.zeros((), device=self.device)
+        rows_seen = 0
         cuda = self.device.type == "cuda"
-        for start in _progress_bar(range(0, len(rows), step_rows), description):
-            batch = rows[start : start + step_rows]
+        # batch_size=None: the dataset yields whole steps; one process reads them, in order (no worker processes).
+        for step_numeric, step_categories, step_labels, factor in _progress_bar(
+            DataLoader(batches, batch_size=None), len(batches), description
+        ):
+            step_numeric = step_numeric.to(self.device, non_blocking=True)
+            step_categories = step_categories.to(self.device, non_blocking=True)
             # bf16 autocast only on CUDA: on CPU it is slower for layers this small and changes the numbers.
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda):
-                logits = self.model(numeric[batch], categories[batch])
-            loss = criterion(logits.float(), labels[batch])
+                logits = self.model(step_numeric, step_categories)
+            loss = criterion(logits.float(), step_labels)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if factor == 1.0 else loss * factor).backward()
             self.optimizer.step()
-            total += loss.detach() * len(batch)
-        sums = torch.stack([total.double(), torch.tensor(len(rows), dtype=torch.float64, device=self.device)])
+            if factor:
+                total += loss.detach() * len(step_labels)
+                rows_seen += len(step_labels)
+        sums = torch.stack([total.double(), torch.tensor(rows_seen, dtype=torch.float64, device=self.device)])
         loss_sum, rows_seen = self.world.all_reduce_sum(sums).tolist()
         return loss_sum / rows_seen
 
 
-def _progress_bar(starts: range, description: str) -> Any:
+def _progress_bar(steps: Iterable[Any], total: int, description: str) -> Iterable[Any]:
     """The batches with a tqdm bar on a terminal; plain in a log, or where tqdm is not installed (a bare GPU node)."""
     if not sys.stderr.isatty():
-        return starts
+        return steps
     try:
         from tqdm import tqdm
     except ImportError:
-        return starts
-    return tqdm(starts, desc=description, unit="batch", file=sys.stderr)
+        return steps
+    return tqdm(steps, total=total, desc=description, unit="batch", file=sys.stderr)
 
 
 def select_device(requested: str) -> torch.device:
@@ -241,24 +272,37 @@ def seed_everything(seed: int) -> None:
 
 
 def loss_and_roc_auc(
-    network: torch.nn.Module, criterion: torch.nn.Module, data: Split, world: World, with_roc_auc: bool = True
+    network: torch.nn.Module,
+    criterion: torch.nn.Module,
+    data: Split,
+    world: World,
+    with_roc_auc: bool = True,
+    chunk_rows: int = DEFAULT_BATCH_ROWS,
 ) -> tuple[float, float]:
     """Loss (as in training) and, for a binary network, ROC AUC of one split, without dropout; ROC AUC is NaN
     when ``with_roc_auc`` is false (multiclass and regression).
 
-    Each rank predicts every ``size``-th row from position ``rank`` and the logits are summed over the ranks into
-    one full tensor, so every rank computes the same numbers from all rows.
+    The rows are read in contiguous chunks of ``chunk_rows`` (sequential reads of a memory-mapped split), each rank
+    predicting every ``size``-th chunk from chunk ``rank``; the logits are summed over the ranks into one tensor, so
+    every rank computes the same numbers from all rows, and they do not depend on the number of ranks.
     """
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from mlsteps.training.mlp import predict_logits
+    from mlsteps.training.mlp import as_tensor, predict_logits
 
     numeric, categories, labels = data
-    rows = slice(world.rank, None, world.size)
     outputs = network.spec.outputs
     logits = torch.zeros((len(labels), outputs) if outputs > 1 else len(labels), device=labels.device)
-    logits[rows] = predict_logits(network, numeric[rows], categories[rows])
+    for chunk, start in enumerate(range(0, len(labels), chunk_rows)):
+        if chunk % world.size != world.rank:
+            continue
+        stop = min(start + chunk_rows, len(labels))
+        logits[start:stop] = predict_logits(
+            network,
+            as_tensor(read_rows(numeric, start, stop)).to(labels.device),
+            as_tensor(read_rows(categories, start, stop)).to(labels.device),
+        )
     world.all_reduce_sum(logits)
     loss = float(criterion(logits, labels))
     roc_auc = float(roc_auc_score(labels.cpu().numpy(), logits.cpu().numpy())) if with_roc_auc else math.nan
