@@ -244,7 +244,8 @@ def run(
             f"runtime.steps.train.gpus to 0 or 1 and runtime.steps.train.nodes to 1, or train {DISTRIBUTED_FAMILIES}"
         )
     device = world.place(select_device(config.training.device))
-    with world.process_group(device):
+    # the fluent MLflow calls (start_run, log_model) fail as the client's do: refusals exit 2, outages are retried
+    with world.process_group(device), tracking.mlflow_errors():
         return _train(
             run_root,
             config,
