@@ -8,13 +8,14 @@ The fitted state is a small JSON document that travels inside the MLflow model p
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mlsteps.data.sketches import exact_medians
 from mlsteps.errors import DataError
 
 UNKNOWN_INDEX = 0
@@ -103,6 +104,84 @@ class TabularPreprocessor:
             column: sorted(_as_categories(frame[column]).dropna().unique().tolist()) for column in categorical_columns
         }
         return cls(numeric=numeric, vocabularies=vocabularies)
+
+    @classmethod
+    def fit_batches(
+        cls,
+        read: Callable[[Sequence[str]], Iterable[pd.DataFrame]],
+        numeric_columns: Sequence[str],
+        categorical_columns: Sequence[str],
+        keep_at_most: int,
+    ) -> TabularPreprocessor:
+        """``fit`` over the train split read batch by batch, in memory bounded by the batch and ``keep_at_most``.
+
+        Every statistic equals ``fit``'s on the whole split up to float rounding: min, max and the vocabularies are
+        exact from one pass; medians are exact from a few more (``sketches.exact_medians``); the mean of the imputed
+        values is (sum of values + median x nulls) / rows, and the standard deviation one more pass over the squared
+        deviations from it. Vocabularies hold every distinct train category, as ``fit``'s do.
+
+        Args:
+            read: starts a pass over the train split; yields DataFrames of the given columns.
+            numeric_columns: numeric feature names, in model input order.
+            categorical_columns: categorical feature names, in model input order.
+            keep_at_most: values of one column a median search keeps in memory at once.
+
+        Raises:
+            DataError: a numeric column holds non-numbers.
+        """
+        numeric_columns, categorical_columns = list(numeric_columns), list(categorical_columns)
+        rows = 0
+        present = dict.fromkeys(numeric_columns, 0)
+        sums = dict.fromkeys(numeric_columns, 0.0)
+        minima: dict[str, float | None] = dict.fromkeys(numeric_columns)
+        maxima: dict[str, float | None] = dict.fromkeys(numeric_columns)
+        categories: dict[str, set[str]] = {column: set() for column in categorical_columns}
+        for frame in read([*numeric_columns, *categorical_columns]):
+            rows += len(frame)
+            numbers = numeric_frame(frame, numeric_columns)
+            for column in numeric_columns:
+                values = numbers[column].to_numpy()
+                values = values[~np.isnan(values)]
+                if values.size:
+                    present[column] += values.size
+                    sums[column] += float(values.sum())
+                    low, high = float(values.min()), float(values.max())
+                    minima[column] = low if minima[column] is None else min(minima[column], low)
+                    maxima[column] = high if maxima[column] is None else max(maxima[column], high)
+            for column in categorical_columns:
+                categories[column].update(_as_categories(frame[column]).dropna().unique().tolist())
+
+        def numeric_passes() -> Iterable[dict[str, np.ndarray]]:
+            for frame in read(numeric_columns):
+                numbers = numeric_frame(frame, numeric_columns)
+                yield {column: numbers[column].to_numpy() for column in numeric_columns}
+
+        medians = exact_medians(numeric_passes, present, keep_at_most) if numeric_columns and rows else {}
+        medians = {
+            column: 0.0 if np.isnan(medians.get(column, np.nan)) else medians[column] for column in numeric_columns
+        }
+        means = {
+            column: (sums[column] + medians[column] * (rows - present[column])) / rows if rows else 0.0
+            for column in numeric_columns
+        }
+        squares = dict.fromkeys(numeric_columns, 0.0)
+        if numeric_columns and rows:
+            for batch in numeric_passes():
+                for column, values in batch.items():
+                    imputed = np.where(np.isnan(values), medians[column], values)
+                    squares[column] += float(np.square(imputed - means[column]).sum())
+        stds = {column: float(np.sqrt(squares[column] / rows)) if rows else 0.0 for column in numeric_columns}
+        numeric = {
+            column: NumericStats(
+                median=medians[column],
+                mean=means[column],
+                std=stds[column] if stds[column] > 0 else 1.0,
+                minimum=minima[column],
+                maximum=maxima[column],
+            )
+            for column in numeric_columns
+        }
+        return cls(numeric=numeric, vocabularies={column: sorted(categories[column]) for column in categorical_columns})
 
     @property
     def numeric_columns(self) -> list[str]:

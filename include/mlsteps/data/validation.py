@@ -8,12 +8,21 @@ person can act on, such as ``12 of 2000 non-null values (0.6%) outside [18, 100]
 Two checks live beside the suite, because they are not limits on one column's values: target leakage (a feature
 that predicts the target almost perfectly on its own) compares columns, and event times in the future depend on the
 clock at validation time. Their outcomes join the suite's in the same report, counts and failure lines.
+
+``validate_batches`` runs all of it a batch of rows at a time, so memory follows the batch, not the data: the suite
+runs on each batch and the results are merged (counts summed, shares and verdicts recomputed, examples kept up to
+GX's 20, distinct values and row counts combined). What a batch cannot see is kept across batches: exact per row
+where that is cheap (event-time counts and latest time, the leakage sample of fixed row positions), and for the id
+column's uniqueness a 64-bit hash per row (8 bytes a row: 80 MB for 10 million rows); hashes that collide without
+the values being equal would count as duplicates, with a chance below n^2 / 2^65 (3e-6 for 10 million rows).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -174,16 +183,32 @@ def _target_expectations(dataset: DatasetConfig) -> list[Any]:
     return expectations
 
 
-def validate_frame(frame: pd.DataFrame, dataset: DatasetConfig) -> ValidationReport:
-    """Run the dataset's suite and the checks beside it (target leakage, future event times) on a DataFrame.
+def validate_frame(frame: pd.DataFrame, dataset: DatasetConfig, now: datetime | None = None) -> ValidationReport:
+    """``validate_batches`` on one DataFrame held whole."""
+    return validate_batches(
+        lambda columns=None: [frame if columns is None else frame[list(columns)]], dataset, len(frame), now
+    )
+
+
+ReadBatches = Callable[..., Iterable[pd.DataFrame]]
+
+
+def validate_batches(
+    read: ReadBatches, dataset: DatasetConfig, rows: int, now: datetime | None = None
+) -> ValidationReport:
+    """Run the dataset's suite and the checks beside it (target leakage, future event times) batch by batch.
 
     A missing column does not stop the run: its ``expect_column_to_exist`` fails with "column is missing" and
     the other expectations on it fail with "skipped: column is missing". A check beside the suite that cannot run
     (a missing column, too few rows) passes with "not checked: <why>", since the suite already fails on the cause.
+    The outcomes equal those of the whole table at once (see the module docstring for the id column's uniqueness).
 
     Args:
-        frame: the data, as read from a snapshot.
+        read: ``read()`` starts a pass over the data, yielding DataFrames in row order; ``read(columns)`` one over
+            those columns only (a second pass over the id column finds examples of duplicates across batches).
         dataset: the dataset config the suite is built from.
+        rows: the number of rows ``read`` yields (it fixes the rows of the leakage sample before the pass).
+        now: the validation time that event times are checked against; default: the clock's (UTC).
 
     Returns:
         The report: success, statistics, one outcome per expectation, and the full GX result.
@@ -195,19 +220,36 @@ def validate_frame(frame: pd.DataFrame, dataset: DatasetConfig) -> ValidationRep
     context = gx.get_context(mode="ephemeral")
     # Progress bars would fill the task log with carriage-return noise.
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch = (
+    definition = (
         context.data_sources.add_pandas("snapshot")
         .add_dataframe_asset("frame")
         .add_batch_definition_whole_dataframe("whole_frame")
-        .get_batch(batch_parameters={"dataframe": frame})
     )
-    gx_result = batch.validate(suite, result_format="SUMMARY").to_json_dict()
+    now = now or datetime.now(UTC)
+    facts = _Facts(dataset, rows)
+    merged: dict[str, Any] | None = None
+    for frame in read():
+        if frame.empty and merged is not None:
+            continue
+        # Row labels across batches, so GX's unexpected row indices are the table's.
+        frame = frame.set_axis(pd.RangeIndex(facts.offset, facts.offset + len(frame)))
+        result = definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format="SUMMARY")
+        merged = _merge_results(merged, result.to_json_dict())
+        facts.add(frame, now)
+    if merged is None:  # no batch at all
+        merged = (
+            definition.get_batch(batch_parameters={"dataframe": pd.DataFrame()})
+            .validate(suite, result_format="SUMMARY")
+            .to_json_dict()
+        )
+    facts.finish(read, merged)
+    gx_result = _finish_results(merged, facts.distinct)
 
     # Failures first; within each group table checks, then column by column in config order.
     column_order = {name: i for i, name in enumerate(dataset.required_columns)}
     suite_order = {(e.expectation_type, getattr(e, "column", None)): i for i, e in enumerate(suite.expectations)}
-    outcomes = [_outcome(item, frame) for item in gx_result["results"]]
-    outcomes += [*leakage_outcomes(frame, dataset), *future_outcomes(frame, dataset, datetime.now(UTC))]
+    outcomes = [_outcome(item, facts) for item in gx_result["results"]]
+    outcomes += [*leakage_outcomes(facts.leakage_sample(), dataset), *facts.future_outcomes(now)]
     # The checks beside the suite come after the suite's on their column.
     outcomes.sort(
         key=lambda o: (
@@ -223,6 +265,221 @@ def validate_frame(frame: pd.DataFrame, dataset: DatasetConfig) -> ValidationRep
         outcomes=outcomes,
         gx_result=gx_result,
     )
+
+
+_PARTIAL_LIST_LIMIT = 20  # GX's SUMMARY format keeps this many unexpected values
+# Distinct target values kept (a classification target has a few; beyond this many it fails its set check anyway,
+# and the report shows only the first EXAMPLE_COUNT in sorted order of those kept).
+_DISTINCT_KEPT = 10_000
+
+
+def _merge_results(merged: dict[str, Any] | None, batch: dict[str, Any]) -> dict[str, Any]:
+    """Add one batch's GX validation result to the results of the batches before it (same suite, same order)."""
+    if merged is None:
+        return batch
+    for total, item in zip(merged["results"], batch["results"], strict=True):
+        if _raised(item) and not _raised(total):
+            total["exception_info"] = item["exception_info"]
+        whole, part = total.setdefault("result", {}) or {}, item.get("result") or {}
+        for key in ("element_count", "missing_count", "unexpected_count"):
+            if key in part:
+                whole[key] = int(whole.get(key) or 0) + int(part[key] or 0)
+        for key in ("partial_unexpected_list", "partial_unexpected_index_list"):
+            if key in part:
+                whole[key] = [*(whole.get(key) or []), *part[key]][:_PARTIAL_LIST_LIMIT]
+        if "partial_unexpected_counts" in part:
+            counts = Counter()
+            for entry in [*(whole.get("partial_unexpected_counts") or []), *part["partial_unexpected_counts"]]:
+                counts[repr(entry["value"])] += entry["count"]
+            values = {repr(e["value"]): e["value"] for e in part["partial_unexpected_counts"]}
+            values.update({repr(e["value"]): e["value"] for e in whole.get("partial_unexpected_counts") or []})
+            whole["partial_unexpected_counts"] = [
+                {"value": values[key], "count": count} for key, count in counts.most_common(_PARTIAL_LIST_LIMIT)
+            ]
+        observed = part.get("observed_value")
+        if total["expectation_config"]["type"] == "expect_table_row_count_to_be_between":
+            whole["observed_value"] = int(whole.get("observed_value") or 0) + int(observed or 0)
+        total["result"] = whole
+    return merged
+
+
+def _finish_results(merged: dict[str, Any], distinct: dict[str, set[Any]]) -> dict[str, Any]:
+    """Shares and verdicts of the merged result, recomputed from its merged counts and the distinct values seen."""
+    for item in merged["results"]:
+        if _raised(item):
+            continue
+        config, result = item["expectation_config"], item.get("result") or {}
+        kwargs = config["kwargs"]
+        kind = config["type"]
+        if kind == "expect_table_row_count_to_be_between":
+            count = int(result.get("observed_value") or 0)
+            low, high = kwargs.get("min_value"), kwargs.get("max_value")
+            item["success"] = (low is None or count >= low) and (high is None or count <= high)
+        elif kind == "expect_column_distinct_values_to_contain_set":
+            observed = distinct.get(kwargs["column"], set())
+            missing = [v for v in kwargs["value_set"] if v not in observed]
+            result["partial_missing_list"] = missing
+            item["success"] = not missing
+        elif "unexpected_count" in result:
+            total, missing = int(result.get("element_count") or 0), int(result.get("missing_count") or 0)
+            unexpected = int(result["unexpected_count"])
+            counted = total if kind == "expect_column_values_to_not_be_null" else total - missing
+            if total:
+                result["unexpected_percent_total"] = 100 * unexpected / total
+                result["missing_percent"] = 100 * missing / total
+            if counted:
+                result["unexpected_percent"] = 100 * unexpected / counted
+                result["unexpected_percent_nonmissing"] = 100 * unexpected / max(total - missing, 1)
+            mostly = kwargs.get("mostly", 1)
+            item["success"] = not counted or (counted - unexpected) / counted >= mostly
+    successful = sum(bool(item["success"]) for item in merged["results"])
+    evaluated = len(merged["results"])
+    merged["success"] = successful == evaluated
+    merged["statistics"] = {
+        **merged.get("statistics", {}),
+        "evaluated_expectations": evaluated,
+        "successful_expectations": successful,
+        "unsuccessful_expectations": evaluated - successful,
+        "success_percent": 100 * successful / evaluated if evaluated else None,
+    }
+    return merged
+
+
+@dataclass
+class _Facts:
+    """What the outcomes need to know of the whole table beyond GX's merged counts, gathered batch by batch."""
+
+    dataset: DatasetConfig
+    rows: int
+    columns: list[str] = field(default_factory=list)
+    dtypes: dict[str, Any] = field(default_factory=dict)
+    not_numbers: dict[str, list[Any]] = field(default_factory=dict)  # column: [count, present, examples]
+    id_hashes: list[np.ndarray] = field(default_factory=list)
+    distinct: dict[str, set[Any]] = field(default_factory=dict)  # of columns whose distinct values are expected
+    future: list[Any] = field(default_factory=lambda: [0, 0, None, None])  # values, late, latest, error
+    sample_parts: list[pd.DataFrame] = field(default_factory=list)
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rows > LEAKAGE_SAMPLE_ROWS:
+            # the rows DataFrame.sample(LEAKAGE_SAMPLE_ROWS, random_state=0) takes, in the order it takes them
+            self.sample_order = np.random.RandomState(0).choice(self.rows, LEAKAGE_SAMPLE_ROWS, replace=False)
+        else:
+            self.sample_order = np.arange(self.rows)
+        self.sample_sorted = np.sort(self.sample_order)
+
+    def add(self, frame: pd.DataFrame, now: datetime) -> None:
+        if not self.columns:
+            self.columns, self.dtypes = [str(c) for c in frame.columns], dict(frame.dtypes.items())
+        for column in self._numeric_columns():
+            if column in frame.columns:
+                self._add_not_numbers(column, frame[column])
+        target = self.dataset.target.name
+        if is_classification(self.dataset.target.task) and target in frame.columns:
+            seen = self.distinct.setdefault(target, set())
+            if len(seen) < _DISTINCT_KEPT:
+                seen.update(frame[target].dropna().unique().tolist())
+        id_column = self.dataset.id_column
+        if id_column and id_column in frame.columns:
+            ids = frame[id_column].dropna()
+            self.id_hashes.append(pd.util.hash_pandas_object(ids, index=False).to_numpy())
+        self._add_times(frame, now)
+        low, high = np.searchsorted(self.sample_sorted, [self.offset, self.offset + len(frame)])
+        if high > low:
+            part = frame.iloc[self.sample_sorted[low:high] - self.offset]
+            self.sample_parts.append(part.set_axis(self.sample_sorted[low:high]))
+        self.offset += len(frame)
+
+    def _numeric_columns(self) -> list[str]:
+        columns = [spec.name for spec in self.dataset.features if spec.type == "numeric"]
+        if not is_classification(self.dataset.target.task):
+            columns.append(self.dataset.target.name)
+        return columns
+
+    def _add_not_numbers(self, column: str, values: pd.Series) -> None:
+        tally = self.not_numbers.setdefault(column, [0, 0, []])
+        present = values.dropna()
+        tally[1] += len(present)
+        if present.empty or pd.api.types.is_numeric_dtype(present):
+            return
+        bad = present[pd.to_numeric(present, errors="coerce").isna()]
+        tally[0] += len(bad)
+        if len(tally[2]) < 100:
+            tally[2] += bad.head(100 - len(tally[2])).tolist()
+
+    def _add_times(self, frame: pd.DataFrame, now: datetime) -> None:
+        column = self.dataset.timestamp_column
+        if column is None or column not in frame.columns or self.future[3] is not None:
+            return
+        try:
+            times = utc_column(frame[column], column, "the data").dropna()
+        except DataError as exc:
+            self.future[3] = exc
+            return
+        limit = pd.Timestamp(now + timedelta(seconds=self.dataset.future_tolerance_seconds))
+        self.future[0] += len(times)
+        self.future[1] += int((times > limit).sum())
+        if not times.empty:
+            latest = times.max()
+            self.future[2] = latest if self.future[2] is None else max(self.future[2], latest)
+
+    def finish(self, read: ReadBatches, merged: dict[str, Any]) -> None:
+        """Replace the uniqueness result of the id column by the one over every batch."""
+        id_column = self.dataset.id_column
+        if not id_column or id_column not in self.columns:
+            return
+        hashes = np.concatenate(self.id_hashes) if self.id_hashes else np.array([], dtype=np.uint64)
+        hashes.sort()
+        repeated = hashes[1:][hashes[1:] == hashes[:-1]]
+        duplicated = np.unique(repeated)
+        # every row of a repeated value is unexpected, as GX counts them
+        unexpected = int(np.isin(hashes, duplicated).sum()) if duplicated.size else 0
+        examples: list[Any] = []
+        rows: list[int] = []
+        offset = 0
+        if duplicated.size:
+            for frame in read([id_column]):
+                ids = frame[id_column].set_axis(pd.RangeIndex(offset, offset + len(frame))).dropna()
+                offset += len(frame)
+                keys = pd.util.hash_pandas_object(ids, index=False).to_numpy()
+                found = ids[np.isin(keys, duplicated)].head(_PARTIAL_LIST_LIMIT - len(examples))
+                examples += found.tolist()
+                rows += found.index.tolist()
+                if len(examples) >= _PARTIAL_LIST_LIMIT:
+                    break
+        for item in merged["results"]:
+            config = item["expectation_config"]
+            if config["type"] == "expect_column_values_to_be_unique" and config["kwargs"].get("column") == id_column:
+                if _raised(item):
+                    continue
+                result = item.setdefault("result", {})
+                result["unexpected_count"] = unexpected
+                result["partial_unexpected_list"] = examples
+                result["partial_unexpected_index_list"] = rows
+                counts = Counter(repr(v) for v in examples)
+                values = {repr(v): v for v in examples}
+                result["partial_unexpected_counts"] = [
+                    {"value": values[key], "count": count} for key, count in counts.most_common()
+                ]
+
+    def leakage_sample(self) -> pd.DataFrame:
+        """The rows ``leakage_outcomes`` samples from the whole table, in its order."""
+        if not self.sample_parts:
+            return pd.DataFrame(columns=self.columns)
+        gathered = pd.concat(self.sample_parts)
+        return gathered.loc[self.sample_order].reset_index(drop=True)
+
+    def future_outcomes(self, now: datetime) -> list[Outcome]:
+        """``future_outcomes`` of the whole table, from the counts."""
+        column = self.dataset.timestamp_column
+        if column is None:
+            return []
+        if column not in self.columns:
+            return [Outcome(column, FUTURE, True, "not checked: column is missing")]
+        values, late, latest, error = self.future
+        if error is not None:
+            return [Outcome(column, FUTURE, False, f"could not be evaluated: {error}")]
+        return [_future_outcome(column, values, late, latest, now, self.dataset)]
 
 
 def leakage_outcomes(frame: pd.DataFrame, dataset: DatasetConfig) -> list[Outcome]:
@@ -364,29 +621,32 @@ def future_outcomes(frame: pd.DataFrame, dataset: DatasetConfig, now: datetime) 
         times = utc_column(frame[column], column, "the data").dropna()
     except DataError as exc:
         return [Outcome(column, FUTURE, False, f"could not be evaluated: {exc}")]
+    limit = pd.Timestamp(now + timedelta(seconds=dataset.future_tolerance_seconds))
+    latest = times.max() if not times.empty else None
+    return [_future_outcome(column, len(times), int((times > limit).sum()), latest, now, dataset)]
+
+
+def _future_outcome(column: str, values: int, late: int, latest: Any, now: datetime, dataset: DatasetConfig) -> Outcome:
+    """The outcome of ``late`` of ``values`` event times after ``now`` plus the tolerance, the latest ``latest``."""
     tolerance = timedelta(seconds=dataset.future_tolerance_seconds)
-    limit = pd.Timestamp(now + tolerance)
-    if times.empty:
-        return [Outcome(column, FUTURE, True, "not checked: no event times")]
-    late = times[times > limit]
-    latest = times.max().isoformat()
-    if late.empty:
-        return [Outcome(column, FUTURE, True, f"latest {latest}; none after the validation time plus {tolerance}")]
-    share = _format_percent(len(late) / len(times))
-    return [
-        Outcome(
-            column,
-            FUTURE,
-            False,
-            f"{len(late)} of {len(times)} values ({share}) are after the validation time "
-            f"{pd.Timestamp(now).isoformat(timespec='seconds')} plus the tolerance of {tolerance} "
-            f"(future_tolerance_seconds: {_format_value(dataset.future_tolerance_seconds)}), latest {latest}; "
-            "fix the clock or time zone at the source, or raise future_tolerance_seconds",
-        )
-    ]
+    if not values:
+        return Outcome(column, FUTURE, True, "not checked: no event times")
+    latest = latest.isoformat()
+    if not late:
+        return Outcome(column, FUTURE, True, f"latest {latest}; none after the validation time plus {tolerance}")
+    share = _format_percent(late / values)
+    return Outcome(
+        column,
+        FUTURE,
+        False,
+        f"{late} of {values} values ({share}) are after the validation time "
+        f"{pd.Timestamp(now).isoformat(timespec='seconds')} plus the tolerance of {tolerance} "
+        f"(future_tolerance_seconds: {_format_value(dataset.future_tolerance_seconds)}), latest {latest}; "
+        "fix the clock or time zone at the source, or raise future_tolerance_seconds",
+    )
 
 
-def _outcome(item: dict[str, Any], frame: pd.DataFrame) -> Outcome:
+def _outcome(item: dict[str, Any], frame: _Facts) -> Outcome:
     config = item["expectation_config"]
     kwargs = config["kwargs"]
     column = kwargs.get("column")
@@ -398,23 +658,25 @@ def _outcome(item: dict[str, Any], frame: pd.DataFrame) -> Outcome:
     )
 
 
-def _describe(expectation: str, kwargs: dict[str, Any], item: dict[str, Any], frame: pd.DataFrame) -> str:
+def _describe(expectation: str, kwargs: dict[str, Any], item: dict[str, Any], frame: _Facts) -> str:
     """What GX observed for one expectation, in one line."""
     column = kwargs.get("column")
     result = item.get("result") or {}
-    if column is not None and column not in frame.columns:
+    if column is not None and column not in frame.columns:  # frame: what the batches showed of the table
         return "column is missing" if expectation == "expect_column_to_exist" else "skipped: column is missing"
     if _raised(item):
-        if expectation == "expect_column_values_to_be_between" and not pd.api.types.is_numeric_dtype(frame[column]):
+        if expectation == "expect_column_values_to_be_between" and not pd.api.types.is_numeric_dtype(
+            frame.dtypes[column]
+        ):
             # A range check on numbers read as strings cannot compare; the type check reports the cause.
-            return f"skipped: dtype {frame[column].dtype} is not numeric"
+            return f"skipped: dtype {frame.dtypes[column]} is not numeric"
         return f"could not be evaluated: {_exception_message(item)}"
     if expectation == "expect_table_row_count_to_be_between":
         return f"{result.get('observed_value')} rows; expected {_range_words(kwargs)}"
     if expectation == "expect_column_to_exist":
         return "column is present"
     if expectation == "expect_column_distinct_values_to_contain_set":
-        observed = _format_list(sorted(frame[column].dropna().unique().tolist(), key=repr)[:EXAMPLE_COUNT])
+        observed = _format_list(sorted(frame.distinct.get(column, ()), key=repr)[:EXAMPLE_COUNT])
         missing = result.get("partial_missing_list") or []
         if not missing:
             return f"observed {observed}"
@@ -422,23 +684,19 @@ def _describe(expectation: str, kwargs: dict[str, Any], item: dict[str, Any], fr
         return f"observed {observed}, missing {_format_list(missing)}; every one of {expected} must occur"
     if "observed_value" in result:
         # The dtype-level verdict of the type check (GX only goes value by value for object columns).
-        text = f"dtype {frame[column].dtype}; expected a numeric dtype (int or float)"
-        return text if item["success"] else text + _text_among_numbers(frame[column])
+        text = f"dtype {frame.dtypes[column]}; expected a numeric dtype (int or float)"
+        return text if item["success"] else text + _text_among_numbers(*frame.not_numbers.get(column, [0, 0, []]))
     return _count_detail(expectation, kwargs, result)
 
 
-def _text_among_numbers(values: pd.Series) -> str:
+def _text_among_numbers(not_numbers: int, present: int, examples: Sequence[Any]) -> str:
     """``; k of n non-null values (p%) are not numbers, e.g. ...`` for a column read as text, else empty."""
-    present = values.dropna()
-    if present.empty or pd.api.types.is_numeric_dtype(present):
+    if not not_numbers:
         return ""
-    not_numbers = present[pd.to_numeric(present, errors="coerce").isna()]
-    if not_numbers.empty:
-        return ""
-    examples = _distinct(not_numbers.head(100).tolist())[:EXAMPLE_COUNT]
+    shown = _distinct(list(examples)[:100])[:EXAMPLE_COUNT]
     return (
-        f"; {len(not_numbers)} of {len(present)} non-null values ({_format_percent(len(not_numbers) / len(present))})"
-        f" are not numbers, e.g. {', '.join(_format_value(v) for v in examples)}"
+        f"; {not_numbers} of {present} non-null values ({_format_percent(not_numbers / present)})"
+        f" are not numbers, e.g. {', '.join(_format_value(v) for v in shown)}"
     )
 
 

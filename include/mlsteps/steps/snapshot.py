@@ -15,7 +15,7 @@ import typer
 from mlsteps import registry, results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import PipelineConfig, load_pipeline_config
-from mlsteps.data.snapshots import prepare, read_table, store_snapshot
+from mlsteps.data.snapshots import stream_snapshot
 
 STEP = "snapshot"
 
@@ -31,7 +31,8 @@ def _champion_lineage(model_name: str, snapshot_id: str) -> dict[str, Any]:
 
 
 def run(run_root: str, config: PipelineConfig, input_uri: str, snapshot_store: str) -> dict[str, Any]:
-    """Read the input, type its columns as the dataset config says, and store it once under its content id.
+    """Read the input, type its columns as the dataset config says, and store it once under its content id, a batch
+    of ``processing.batch_rows`` rows at a time.
 
     Args:
         run_root: folder of this run's artifacts.
@@ -47,10 +48,10 @@ def run(run_root: str, config: PipelineConfig, input_uri: str, snapshot_store: s
             column holds values that are not date-times. Missing columns are left to the validate step.
     """
     dataset = config.dataset
-    frame = read_table(input_uri, text_columns=dataset.categorical_features)
-    print(f"{STEP}: read {len(frame)} rows x {len(frame.columns)} columns from {input_uri}", flush=True)
-    frame = prepare(frame, dataset, input_uri)
-    snapshot = store_snapshot(frame, snapshot_store, dataset.name, input_uri)
+    # Streamed: memory follows processing.batch_rows, not the size of the input.
+    streamed = stream_snapshot(input_uri, dataset, snapshot_store, config.processing.batch_rows)
+    snapshot = streamed.snapshot
+    print(f"{STEP}: read {streamed.rows} rows x {len(streamed.columns)} columns from {input_uri}", flush=True)
     action = "reused the stored" if snapshot.reused else "wrote"
     print(f"{STEP}: {action} snapshot {snapshot.snapshot_id} at {snapshot.data_uri}", flush=True)
     payload = {
@@ -58,8 +59,8 @@ def run(run_root: str, config: PipelineConfig, input_uri: str, snapshot_store: s
         "snapshot_uri": snapshot.data_uri,
         "schema_uri": snapshot.schema_uri,
         "dataset": dataset.name,
-        "rows": len(frame),
-        "columns": [str(column) for column in frame.columns],
+        "rows": streamed.rows,
+        "columns": streamed.columns,
         "source_uri": input_uri,
         "reused": snapshot.reused,
         **_champion_lineage(config.registry.model_name, snapshot.snapshot_id),

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import pandas as pd
-
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import PipelineConfig, load_pipeline_config
 from mlsteps.data import storage, validation
+from mlsteps.data.batches import iter_frames, parquet_rows, parquet_schema
 from mlsteps.errors import DataError, ValidationFailed
 from mlsteps.results import read_result, result_uri, step_dir, write_result
 
@@ -41,10 +40,16 @@ def run(run_root: str, config: PipelineConfig) -> dict[str, Any]:
     dataset = config.dataset
     snapshot = read_result(run_root, UPSTREAM)
     snapshot_id = snapshot.get("snapshot_id", "unknown")
-    frame = _read_snapshot(snapshot, run_root)
-    print(f"validating snapshot {snapshot_id}: {len(frame)} rows, {len(frame.columns)} columns", flush=True)
+    uri, rows, columns = _snapshot_file(snapshot, run_root)
+    print(f"validating snapshot {snapshot_id}: {rows} rows, {columns} columns", flush=True)
 
-    report = validation.validate_frame(frame, dataset)
+    batch_rows = config.processing.batch_rows
+
+    def read(columns: list[str] | None = None) -> Any:
+        return iter_frames(uri, batch_rows, columns)
+
+    # Batch by batch: memory follows processing.batch_rows, not the size of the snapshot.
+    report = validation.validate_batches(read, dataset, rows)
     out_dir = step_dir(run_root, STEP)
     json_uri = storage.join(out_dir, GX_RESULT_FILE)
     html_uri = storage.join(out_dir, REPORT_FILE)
@@ -99,15 +104,16 @@ def main(run_root: RunRoot, config: ConfigUri = None) -> None:
     run(run_root, load_pipeline_config(config))
 
 
-def _read_snapshot(snapshot: dict[str, Any], run_root: str) -> pd.DataFrame:
-    """The snapshot's rows, or a DataError saying which file is missing and how to recreate it."""
+def _snapshot_file(snapshot: dict[str, Any], run_root: str) -> tuple[str, int, int]:
+    """The snapshot's URI, rows and columns (from its footer), or a DataError saying which file is missing and how
+    to recreate it."""
     uri = snapshot.get("snapshot_uri")
     if not uri:
         raise DataError(
             f"{result_uri(run_root, UPSTREAM)} has no snapshot_uri: re-run `{UPSTREAM}` for this --run-root"
         )
     try:
-        return storage.read_parquet(uri)
+        return uri, parquet_rows(uri), len(parquet_schema(uri).names)
     except FileNotFoundError:
         raise DataError(
             f"snapshot file {uri} does not exist: re-run `{UPSTREAM}` for this --run-root ({run_root})"
