@@ -400,9 +400,9 @@ def read_batches(
     """
     file_format = _table_format_of_a_file(uri)
     _refuse_missing_or_empty(uri)
+    header = _unique_names(read_columns(uri), uri)
     plan = _Plan()
     if file_format == "csv":
-        header = _as_pandas_names(read_columns(uri))
         block_size = _csv_block_size(uri, batch_rows)
         plan = _csv_plan(uri, header, text_columns, block_size)
         batches = _csv_record_batches(uri, header, plan.csv_types, block_size)
@@ -506,16 +506,20 @@ def _staging_folder(dataset_uri: str) -> tuple[Path, bool]:
     return folder, created
 
 
-def _as_pandas_names(header: list[str]) -> list[str]:
-    """Column names as ``pandas.read_csv`` gives them: a repeated name gets ``.1``, ``.2``... (``age``, ``age.1``)."""
-    names: list[str] = []
-    for name in header:
-        candidate, count = name, 0
-        while candidate in names:
-            count += 1
-            candidate = f"{name}.{count}"
-        names.append(candidate)
-    return names
+def _unique_names(header: list[str], uri: str) -> list[str]:
+    """The column names, refused when one is repeated: which of two ``age`` columns is the feature cannot be guessed
+    (pandas would quietly rename the second ``age.1``).
+
+    Raises:
+        DataError: naming each repeated column and how often it appears.
+    """
+    repeated = {name: header.count(name) for name in dict.fromkeys(header) if header.count(name) > 1}
+    if repeated:
+        listed = ", ".join(f"{name!r} {count} times" for name, count in repeated.items())
+        raise DataError(
+            f"{uri}: duplicate column names in the header: {listed}; give each column one name and export it again"
+        )
+    return header
 
 
 def _refuse_missing_or_empty(uri: str) -> None:
