@@ -199,14 +199,31 @@ class Answers(Protocol):
     def fail(self, reason: str, sample: str = "") -> None: ...
 
 
-async def keep_sending(target: Target, first: int, measure_from: float, stop_at: float, result: Answers) -> float:
-    """One keep-alive connection in a closed loop until ``stop_at``, starting at request ``first`` of the target's;
-    what is sent from ``measure_from`` on is reported to ``result``. Returns when its last answer came."""
+async def _due(due: float) -> float:
+    """Wait until ``due`` (a ``perf_counter`` time) and return it: when a paced request counts as sent."""
+    if (wait := due - time.perf_counter()) > 0:
+        await asyncio.sleep(wait)
+    return due
+
+
+async def keep_sending(
+    target: Target, first: int, measure_from: float, stop_at: float, result: Answers, interval: float | None = None
+) -> float:
+    """One keep-alive connection until ``stop_at``, starting at request ``first`` of the target's; what is sent from
+    ``measure_from`` on is reported to ``result``. Returns when its last answer came.
+
+    Without ``interval`` it is a closed loop: the next request goes as soon as the answer came. With one, requests
+    are due every ``interval`` seconds from ``measure_from`` (a fixed rate, whatever the server's speed), and each
+    latency runs from when the request was due: a stall then counts for every request it delayed, not only for the
+    one it caught (no coordinated omission).
+    """
     requests = target.requests()
     sent_count = first
     writer: asyncio.StreamWriter | None = None
     last = measure_from
-    while (sent := time.perf_counter()) < stop_at:
+    due = measure_from
+    while (sent := await _due(due) if interval else time.perf_counter()) < stop_at:
+        due += interval or 0.0
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection(target.host, target.port)
