@@ -11,12 +11,14 @@ import mlflow
 import numpy as np
 import onnx
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from fake_models import GOOD, MODEL_NAME, TASK, WEAK, log_package, risk_score_model, task_model
 from typer.testing import CliRunner
 
 from mlsteps import registry, results, tracking
 from mlsteps.cli import app
+from mlsteps.config import load_pipeline_config
 from mlsteps.data import storage
 from mlsteps.data.datasets import generate_churn
 from mlsteps.data.features import TabularPreprocessor
@@ -250,3 +252,56 @@ def test_a_missing_alias_or_version_says_what_to_do(mlflow_tracking: str, tmp_pa
 def test_help_shows_examples() -> None:
     done = subprocess.run([sys.executable, "-m", "mlsteps", "score", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "Examples" in done.stdout and "--scored-at" in done.stdout
+
+
+def _score_in_batches(run_root: str, input_uri: str, store: str, batch_rows: int, **options: object) -> dict:
+    """Score with ``processing.batch_rows`` set, so the input is read that many rows at a time."""
+    config = load_pipeline_config(overrides={"processing": {"batch_rows": batch_rows}})
+    return score.run(run_root, config, input_uri, store, scored_at=HOUR, **options)
+
+
+def test_small_batches_score_as_one_batch(champion: int, tmp_path: Path) -> None:
+    input_uri = str(tmp_path / "many.csv")
+    write_table(generate_churn(3500, seed=11).drop(columns=["churned"]), input_uri)
+    runs = {}
+    for batch_rows in (1000, 100_000):
+        folder = tmp_path / str(batch_rows)
+        output_uri = str(folder / "out.csv")
+        result = _score_in_batches(
+            str(folder / "run"), input_uri, str(folder / "log"), batch_rows, output_uri=output_uri
+        )
+        runs[batch_rows] = result, prediction_log.read_window(result["prediction_store"], MODEL_NAME, HOUR, NEXT_HOUR)
+
+    (batched, batched_log), (whole, whole_log) = runs[1000], runs[100_000]
+    assert pq.ParquetFile(batched["predictions_uri"]).num_row_groups > 1  # it did stream
+    assert batched["rows"] == whole["rows"] == len(batched_log) == 3500
+    assert batched["class_shares"] == whole["class_shares"] and batched["positive_rate"] == whole["positive_rate"]
+    assert len(batched["log_files"]) == 1 and Path(batched["log_files"][0]).name.startswith("score-")
+    pd.testing.assert_frame_equal(storage.read_parquet(batched["predictions_uri"]), batched_log)
+    pd.testing.assert_frame_equal(batched_log, whole_log)
+    assert Path(batched["output_uri"]).read_bytes() == Path(whole["output_uri"]).read_bytes()
+    written = pd.read_csv(batched["output_uri"], dtype={"request_id": "str"})
+    assert written["request_id"].tolist() == batched_log["request_id"].tolist()
+
+
+def test_a_bad_value_in_the_last_batch_leaves_no_output_and_no_log_rows(champion: int, tmp_path: Path) -> None:
+    frame = generate_churn(3500, seed=12)
+    frame.loc[[2400, 3499], "tenure_months"] = np.inf
+    input_uri, output_uri = str(tmp_path / "late.parquet"), tmp_path / "out" / "scored.parquet"
+    write_table(frame, input_uri)
+    output_uri.parent.mkdir()
+    output_uri.write_bytes(b"an earlier copy")
+    store, run_root = str(tmp_path / "predictions"), str(tmp_path / "runs" / "late")
+
+    message = (
+        rf"input {input_uri}: numeric feature column\(s\) hold infinite values \(tenure_months: 2 row\(s\), "
+        r"e.g. rows \[2400, 3499\]; rows count from 0"
+    )
+    with pytest.raises(DataError, match=message):
+        _score_in_batches(run_root, input_uri, store, 1000, output_uri=str(output_uri))
+
+    assert prediction_log.window_files(store, MODEL_NAME, "2000-01-01", "2100-01-01") == []
+    assert output_uri.read_bytes() == b"an earlier copy"
+    # nor predictions.parquet, attempt.json or part files of the batches scored before the bad one
+    assert storage.list_files(store) == storage.list_files(run_root) == []
+    assert storage.list_files(str(output_uri.parent)) == [str(output_uri)]

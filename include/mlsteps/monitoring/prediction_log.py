@@ -266,6 +266,16 @@ def build_records(
     return pd.DataFrame(columns)
 
 
+def file_uri(store_uri: str, model_name: str, scored_at: TimeLike, file_stem: str) -> str:
+    """The log file ``<file_stem>.parquet`` of a model's records scored in the hour of ``scored_at``.
+
+    A writer that streams records of one time into a file of its own (batch ``score``) writes them here, where
+    ``write_records`` would put them and where ``window_files`` finds them.
+    """
+    hour = as_utc(scored_at).floor("h")
+    return storage.join(_hour_folder(store_uri, model_name, hour), f"{file_stem}.parquet")
+
+
 def write_records(store_uri: str, records: pd.DataFrame, file_stem: str | None = None) -> list[str]:
     """Write records as one new file per model and hour partition they touch.
 
@@ -283,7 +293,7 @@ def write_records(store_uri: str, records: pd.DataFrame, file_stem: str | None =
     written = []
     hours = records[SCORED_AT].dt.floor("h")
     for (model_name, hour), part in records.groupby([records[MODEL_NAME], hours], sort=True):
-        uri = storage.join(_hour_folder(store_uri, model_name, hour), f"{file_stem or uuid.uuid4().hex}.parquet")
+        uri = file_uri(store_uri, model_name, hour, file_stem or uuid.uuid4().hex)
         storage.write_parquet(part, uri)
         written.append(uri)
     return sorted(written)

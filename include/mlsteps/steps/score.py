@@ -8,12 +8,24 @@ or the mean predicted value.
 The drift monitor reads the prediction log, so scored files count as traffic of the model version that scored
 them. A retry for the same run root never logs the same rows twice: a completed run is skipped, and an
 interrupted one rewrites its own log file (fixed name, same ``scored_at``) instead of adding another.
+
+The input is read ``processing.batch_rows`` rows at a time (``snapshots.read_batches``), so memory follows that
+setting, not the size of the file. Each batch is predicted, turned into records and appended to
+``predictions.parquet``, the ``--output-uri`` copy and the log file, each written to a temporary file that takes its
+place only once every batch was scored: a value the model cannot score in the last rows leaves no output and no log
+rows behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
+import os
+import tempfile
+import uuid
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
@@ -24,14 +36,19 @@ from mlsteps import registry, results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import DatasetConfig, PipelineConfig, load_pipeline_config
 from mlsteps.data import storage
+from mlsteps.data.batches import ParquetBatchWriter
 from mlsteps.data.features import numeric_frame, require_columns
-from mlsteps.data.snapshots import read_table, table_format, unknown_extension_message, write_table
+from mlsteps.data.snapshots import read_batches, table_format, unknown_extension_message
 from mlsteps.errors import ConfigError, DataError, StepError
 from mlsteps.evaluation.predictions import check_predictions
 from mlsteps.evaluation.tasks import PREDICTION, is_classification
 from mlsteps.monitoring import prediction_log
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mlflow.pyfunc import PyFuncModel
+
     from mlsteps.inference import TaskInfo
 
 STEP = "score"
@@ -40,6 +57,7 @@ PREDICTIONS_FILE = "predictions.parquet"
 ATTEMPT_FILE = "attempt.json"
 DEFAULT_BATCH_ROWS = 50_000
 _ROWS_SHOWN = 5
+_VALUES_SHOWN = 3  # as many as numeric_frame names per column
 
 
 def _model_version(client: Any, model_name: str, alias: str, version: int | None) -> int:
@@ -70,40 +88,88 @@ def _model_version(client: Any, model_name: str, alias: str, version: int | None
     return version
 
 
-def _model_input(frame: pd.DataFrame, dataset: DatasetConfig, what: str) -> pd.DataFrame:
-    """The feature columns typed as serving sends them: numbers as float64, categories as strings.
+class _BadValues:
+    """Feature values the model cannot score, gathered over every batch so the error describes the whole file."""
+
+    def __init__(self) -> None:
+        self.not_numbers: dict[str, list[Any]] = {}
+        self.infinite_rows: dict[str, int] = {}
+        self.infinite_shown: dict[str, list[int]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.not_numbers or self.infinite_rows)
+
+    def note_not_numbers(self, frame: pd.DataFrame, columns: Sequence[str]) -> None:
+        """Keep the first values of each column that are not numbers (as ``numeric_frame`` finds them)."""
+        for column in columns:
+            values = frame[column]
+            bad = pd.to_numeric(values, errors="coerce").isna() & values.notna()
+            if bad.any():
+                kept = self.not_numbers.setdefault(column, [])
+                kept.extend(values[bad].head(_VALUES_SHOWN - len(kept)).tolist())
+
+    def note_infinite(self, infinite: pd.DataFrame, first_row: int) -> None:
+        """Count each column's infinite values and keep the first row numbers (counted over the whole file)."""
+        for column, rows in infinite.items():
+            if rows.any():
+                self.infinite_rows[str(column)] = self.infinite_rows.get(str(column), 0) + int(rows.sum())
+                shown = self.infinite_shown.setdefault(str(column), [])
+                shown.extend((first_row + np.flatnonzero(rows)[: _ROWS_SHOWN - len(shown)]).tolist())
+
+    def error(self, what: str, columns: Sequence[str]) -> DataError:
+        """The error the whole input read at once gives: values that are not numbers first, else infinite ones."""
+        if self.not_numbers:
+            named = [column for column in columns if column in self.not_numbers]
+            examples = pd.DataFrame({column: pd.Series(self.not_numbers[column], dtype=object) for column in named})
+            try:
+                numeric_frame(examples, named)
+            except DataError as exc:
+                return DataError(f"{what}: {exc}")
+        details = "; ".join(
+            f"{column}: {self.infinite_rows[column]} row(s), e.g. rows {self.infinite_shown[column]}"
+            for column in columns
+            if column in self.infinite_rows
+        )
+        return DataError(
+            f"{what}: numeric feature column(s) hold infinite values ({details}; rows count from 0, header "
+            "excluded). Replace them with numbers, or leave them empty to have them imputed like other nulls."
+        )
+
+
+def _model_input(
+    frame: pd.DataFrame, dataset: DatasetConfig, what: str, bad: _BadValues, first_row: int
+) -> pd.DataFrame | None:
+    """A batch's feature columns typed as serving sends them: numbers as float64, categories as strings.
+
+    Returns:
+        None when this batch or an earlier one holds numeric values the model cannot score (values that are not
+        numbers or are infinite, for which it would return NaN); ``bad`` notes them, for the error raised once
+        the whole input was read.
 
     Raises:
-        DataError: a feature column is missing, or a numeric one holds values that are not numbers or are infinite
-            (the model would return NaN for those rows).
+        DataError: a feature column is missing.
     """
     names = [column.name for column in dataset.features]
     require_columns(frame, names, what)
     try:
         numeric = numeric_frame(frame, dataset.numeric_features)
-    except DataError as exc:
-        raise DataError(f"{what}: {exc}") from None
+    except DataError:
+        bad.note_not_numbers(frame, dataset.numeric_features)
+        return None
     infinite = np.isinf(numeric)
     if infinite.to_numpy().any():
-        details = "; ".join(
-            f"{column}: {int(rows.sum())} row(s), e.g. rows {np.flatnonzero(rows)[:_ROWS_SHOWN].tolist()}"
-            for column, rows in infinite.items()
-            if rows.any()
-        )
-        raise DataError(
-            f"{what}: numeric feature column(s) hold infinite values ({details}; rows count from 0, header "
-            "excluded). Replace them with numbers, or leave them empty to have them imputed like other nulls."
-        )
+        bad.note_infinite(infinite, first_row)
+    if bad:
+        return None
     categorical = frame[dataset.categorical_features].astype("str")
     return pd.concat([numeric, categorical], axis=1)[names]
 
 
-def _predict(model_uri: str, features: pd.DataFrame, batch_rows: int) -> tuple[pd.DataFrame, TaskInfo]:
-    """The model's predict contract for every row, predicted ``batch_rows`` rows at a time, and its task.
+def _load_model(model_uri: str) -> tuple[PyFuncModel, TaskInfo]:
+    """The model and its task.
 
     Raises:
-        StepError: the model is not an mlsteps package with a task (logged by an older version), or its output
-            breaks the contract.
+        StepError: the model is not an mlsteps package with a task (logged by an older version).
     """
     import mlflow
 
@@ -113,27 +179,105 @@ def _predict(model_uri: str, features: pd.DataFrame, batch_rows: int) -> tuple[p
         raise StepError(
             f"model {model_uri} has no task (task.json): it was logged by an older version of mlsteps; retrain it"
         )
-    batches = (features.iloc[start : start + batch_rows] for start in range(0, len(features), batch_rows))
+    return model, info
+
+
+def _predict(
+    model: PyFuncModel, info: TaskInfo, model_uri: str, features: pd.DataFrame, batch_rows: int
+) -> pd.DataFrame:
+    """The model's predict contract for every row, predicted ``batch_rows`` rows at a time.
+
+    Raises:
+        StepError: the model's output breaks the contract.
+    """
+    chunks = (features.iloc[start : start + batch_rows] for start in range(0, len(features), batch_rows))
     checked = [
-        check_predictions(model.predict(batch), len(batch), model_uri, info.task, info.classes) for batch in batches
+        check_predictions(model.predict(chunk), len(chunk), model_uri, info.task, info.classes) for chunk in chunks
     ]
-    return pd.concat(checked, ignore_index=True), info
+    return pd.concat(checked, ignore_index=True)
 
 
-def _prediction_summary(info: TaskInfo, predictions: pd.Series) -> dict[str, Any]:
-    """What the scored rows were predicted, in a few numbers of the result.
+class _PredictionTally:
+    """What the scored rows were predicted, summed batch by batch: the result's few numbers without holding them.
 
     Classification: ``class_shares`` (label -> share of rows, every class listed), and for binary the
     ``positive_rate`` (share of the positive class, the second of the classes); regression: ``mean_prediction``.
     """
-    if not is_classification(info.task):
-        return {"mean_prediction": float(predictions.mean())}
-    labels = predictions.astype("str")
-    shares = {str(label): float((labels == str(label)).mean()) for label in info.classes}
-    summary: dict[str, Any] = {"class_shares": shares}
-    if info.task == "binary":
-        summary["positive_rate"] = shares[str(info.classes[1])]
-    return summary
+
+    def __init__(self, info: TaskInfo) -> None:
+        self.info = info
+        self.rows = 0
+        self.class_rows = dict.fromkeys(map(str, info.classes or []), 0)
+        # the sum of the predicted values as high + low part, so that it stays exact over any number of batches
+        self.high = self.low = 0.0
+
+    def add(self, predictions: pd.Series) -> None:
+        self.rows += len(predictions)
+        if is_classification(self.info.task):
+            counts = predictions.astype("str").value_counts()
+            for label in self.class_rows:
+                self.class_rows[label] += int(counts.get(label, 0))
+            return
+        values = [self.high, self.low, *predictions.to_numpy(dtype=np.float64).tolist()]
+        total = math.fsum(values)
+        self.high, self.low = total, math.fsum([*values, -total])
+
+    def summary(self) -> dict[str, Any]:
+        if not is_classification(self.info.task):
+            return {"mean_prediction": math.fsum([self.high, self.low]) / self.rows}
+        shares = {label: rows / self.rows for label, rows in self.class_rows.items()}
+        summary: dict[str, Any] = {"class_shares": shares}
+        if self.info.task == "binary":
+            summary["positive_rate"] = shares[str(self.info.classes[1])]
+        return summary
+
+
+class _CsvBatchWriter:
+    """Append DataFrames to a CSV file, the header once; the target appears only on ``close``, as
+    ``ParquetBatchWriter`` does for Parquet: leaving it by an exception discards what was written."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        if storage.is_s3(uri):
+            folder = Path(tempfile.gettempdir())
+        else:
+            folder = storage.local_path(uri).parent
+            folder.mkdir(parents=True, exist_ok=True)
+        self._path = folder / f".{PurePosixPath(uri).name}.{uuid.uuid4().hex}.part"
+        self._file = self._path.open("w", encoding="utf-8", newline="")
+        self._header = True
+
+    def write(self, rows: pd.DataFrame) -> None:
+        rows.to_csv(self._file, index=False, header=self._header)
+        self._header = False
+
+    def close(self) -> None:
+        self._file.close()
+        if storage.is_s3(self.uri):
+            try:
+                storage.upload_file(self._path, self.uri)
+            finally:
+                self._path.unlink(missing_ok=True)
+        else:
+            os.replace(self._path, storage.local_path(self.uri))
+
+    def discard(self) -> None:
+        self._file.close()
+        self._path.unlink(missing_ok=True)
+
+    def __enter__(self) -> _CsvBatchWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
+
+
+def _table_writer(uri: str) -> ParquetBatchWriter | _CsvBatchWriter:
+    """A batch writer for a CSV or Parquet file, chosen by the URI's extension (as ``write_table`` does)."""
+    return _CsvBatchWriter(uri) if table_format(uri) == "csv" else ParquetBatchWriter(uri)
 
 
 def _described(summary: dict[str, Any]) -> str:
@@ -184,7 +328,8 @@ def run(
 
     Args:
         run_root: folder of this run's artifacts.
-        config: the pipeline config (``registry.model_name`` and the dataset's columns).
+        config: the pipeline config (``registry.model_name``, the dataset's columns, and
+            ``processing.batch_rows``: the rows read, scored and written at a time).
         input_uri: the CSV or Parquet file to score.
         prediction_store: root folder of the prediction log.
         model_alias: registry alias of the version to use, unless ``model_version`` is given.
@@ -192,7 +337,7 @@ def run(
         output_uri: extra copy of the scored rows, CSV or Parquet by extension.
         scored_at: ISO 8601 time the rows are logged at (no offset means UTC); default: that of an interrupted
             attempt for the same run root, input and version, else now.
-        batch_rows: rows per predict call.
+        batch_rows: rows per predict call, within each batch read.
 
     Returns:
         The payload written to ``result.json``; when this run root already scored the same input with the same
@@ -202,7 +347,7 @@ def run(
         ConfigError: ``output_uri`` has no CSV or Parquet extension, or ``scored_at`` is not a date-time.
         StepError: the version or alias does not exist, or the model has no task or breaks its output contract.
         DataError: the input cannot be read, lacks feature columns, or holds numeric values that are not finite
-            numbers.
+            numbers (counted over the whole file). Nothing is written or logged then.
     """
     if output_uri is not None and table_format(output_uri) is None:
         raise ConfigError(f"--output-uri {output_uri}: {unknown_extension_message(output_uri)}")
@@ -226,29 +371,53 @@ def run(
 
     id_column = dataset.id_column
     # ids are read as text, so codes such as 007 join with their labels as written
-    frame = read_table(input_uri, text_columns=[*dataset.categorical_features, *([id_column] if id_column else [])])
-    features = _model_input(frame, dataset, f"input {input_uri}")
-    ids = frame[id_column] if id_column in frame.columns else None
-    if ids is None:
-        print(f"{STEP}: {input_uri} has no id column ({id_column}): random request ids are generated", flush=True)
+    text_columns = [*dataset.categorical_features, *([id_column] if id_column else [])]
+    what = f"input {input_uri}"
     model_uri = registry.model_uri(model_name, version)
-    predictions, info = _predict(model_uri, features, batch_rows)
-
     folder = results.step_dir(run_root, STEP)
     attempt_uri = storage.join(folder, ATTEMPT_FILE)
     attempt = storage.read_json(attempt_uri) if storage.exists(attempt_uri) else None
     logged_at = _scored_at(scored_at, attempt, identity)
-    storage.write_json(attempt_uri, {**identity, "scored_at": logged_at.isoformat()})
-    records = prediction_log.build_records(features, predictions, info, model_name, version, logged_at, ids)
     predictions_uri = storage.join(folder, PREDICTIONS_FILE)
-    storage.write_parquet(records, predictions_uri)
-    if output_uri is not None:
-        write_table(records, output_uri)
-    log_files = prediction_log.write_records(prediction_store, records, _log_file_stem(run_root, identity))
+    # every record has this scored_at, so the log gets one file, named as write_records names it
+    log_file = prediction_log.file_uri(prediction_store, model_name, logged_at, _log_file_stem(run_root, identity))
 
-    summary = _prediction_summary(info, records[PREDICTION])
+    bad = _BadValues()
+    model: PyFuncModel | None = None
+    tally: _PredictionTally | None = None
+    writers: list[ParquetBatchWriter | _CsvBatchWriter] = []
+    rows = 0
+    with contextlib.ExitStack() as stack:  # closed in reverse: predictions.parquet, the output, then the log
+        for frame in read_batches(input_uri, config.processing.batch_rows, text_columns):
+            first_row, rows = rows, rows + len(frame)
+            features = _model_input(frame, dataset, what, bad, first_row)
+            if features is None:
+                continue  # the remaining batches are only checked, so that the error counts the whole file
+            ids = frame[id_column] if id_column in frame.columns else None
+            if model is None:
+                if ids is None:
+                    print(
+                        f"{STEP}: {input_uri} has no id column ({id_column}): random request ids are generated",
+                        flush=True,
+                    )
+                model, info = _load_model(model_uri)
+                tally = _PredictionTally(info)
+                sinks = [log_file, *([output_uri] if output_uri else []), predictions_uri]
+                writers = [stack.enter_context(_table_writer(uri)) for uri in sinks]
+            predictions = _predict(model, info, model_uri, features, batch_rows)
+            records = prediction_log.build_records(features, predictions, info, model_name, version, logged_at, ids)
+            for writer in writers:
+                writer.write(records)
+            tally.add(records[PREDICTION])
+        if bad:
+            raise bad.error(what, dataset.numeric_features)
+        # before the log file appears: a retry of an interrupted run reuses this scored_at, hence that file
+        storage.write_json(attempt_uri, {**identity, "scored_at": logged_at.isoformat()})
+    log_files = [log_file]
+
+    summary = tally.summary()
     print(
-        f"{STEP}: scored {len(records)} rows of {input_uri} with {model_uri} ({info.task}): {_described(summary)}; "
+        f"{STEP}: scored {rows} rows of {input_uri} with {model_uri} ({tally.info.task}): {_described(summary)}; "
         f"logged at {logged_at.isoformat()} to {', '.join(log_files)}",
         flush=True,
     )
@@ -256,9 +425,9 @@ def run(
         **identity,
         "model_alias": None if model_version is not None else model_alias,
         "model_uri": model_uri,
-        "rows": len(records),
+        "rows": rows,
         "log_files": log_files,
-        "task": info.task,
+        "task": tally.info.task,
         **summary,
         "scored_at": logged_at.isoformat(),
         "predictions_uri": predictions_uri,
@@ -310,13 +479,14 @@ def main(
     r"""Score a file with a registered model and append the rows to the prediction log.
 
     Loads registry.model_name at --model-version, else at --model-alias,
-    checks that the input has every feature column, predicts in batches of
-    --batch-rows and appends one record per row (the dataset's id column as
+    reads the input processing.batch_rows rows at a time, checks that it has
+    every feature column, predicts in batches of --batch-rows and appends one record per row (the dataset's id column as
     request_id, the features, the model's outputs for its task, model name
     and version, scored_at) to <prediction-store>/model=<name>/date=.../hour=.../.
     Writes the records to <run-root>/score/predictions.parquet (and to
     --output-uri when given) and result.json. Re-running for the same run
-    root, input and model version skips, so no row is logged twice.
+    root, input and model version skips, so no row is logged twice. A
+    failure leaves no output and no logged rows.
 
     Args:
         run_root: folder of this run's artifacts.
