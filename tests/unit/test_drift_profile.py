@@ -1,8 +1,11 @@
-"""The reference profile: what it keeps, its deterministic sample cap, the prediction signals of each task, and its
-round trip through local files and S3."""
+"""The reference profile: what it keeps, its deterministic sample cap, the prediction signals of each task, its
+round trip through local files and S3, and the same profile built batch by batch in bounded memory."""
 
 from __future__ import annotations
 
+import dataclasses
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,13 @@ from mlsteps.data.datasets import generate_churn
 from mlsteps.errors import DataError
 from mlsteps.evaluation.tasks import output_frame
 from mlsteps.monitoring.drift import build_profile, detect_drift, load_profile, prediction_signals, save_profile
-from mlsteps.monitoring.drift.profile import CategoricalProfile, ColumnProfile, NumericProfile, ReferenceProfile
+from mlsteps.monitoring.drift.profile import (
+    CategoricalProfile,
+    ColumnProfile,
+    NumericProfile,
+    ReferenceProfile,
+    build_profile_from_batches,
+)
 
 TIERS = ["bronze", "silver", "gold"]
 
@@ -184,3 +193,91 @@ def test_a_multiclass_profile_keeps_numeric_and_categorical_signals(tmp_path: Pa
     uri = str(tmp_path / "multiclass.npz")
     save_profile(profile, uri)
     _assert_same(profile, load_profile(uri))
+
+
+def _profile_bytes(profile: ReferenceProfile, path: Path) -> dict[str, bytes]:
+    """Every array of the saved profile (the JSON meta included) as dtype and bytes: equal means the same file."""
+    save_profile(profile, str(path))
+    with np.load(path, allow_pickle=False) as npz:
+        return {name: str(npz[name].dtype).encode() + npz[name].tobytes() for name in npz.files}
+
+
+def _batches(frame: pd.DataFrame, sizes: list[int]) -> list[pd.DataFrame]:
+    bounds = np.cumsum([0, *sizes])
+    return [frame.iloc[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True) if start < len(frame)]
+
+
+def test_a_profile_from_batches_is_the_whole_frames_while_columns_fit_the_sample(
+    pipeline_config: PipelineConfig, tmp_path: Path
+) -> None:
+    frame = generate_churn(4_000, seed=1)
+    frame["age"] = frame["age"].astype("object").where(frame.index % 7 > 0, None)  # nulls in an object column
+    specs = pipeline_config.dataset.features
+    config = DriftConfig(reference_sample_size=2_000)  # 4,000 rows: at most 2 x size values, so exact
+    whole = build_profile(frame, specs, config=config)
+    batched = build_profile_from_batches(_batches(frame, [1_500, 1, 998, 1_501]), specs, config=config)
+    assert _profile_bytes(batched, tmp_path / "batched.npz") == _profile_bytes(whole, tmp_path / "whole.npz")
+
+
+def test_a_long_numeric_column_from_batches_stays_within_the_stated_bound() -> None:
+    rng = np.random.default_rng(2)
+    values = rng.lognormal(size=250_000)
+    values[rng.random(values.size) < 0.02] = np.nan
+    frame = pd.DataFrame({"x": values, "plan": rng.choice(["a", "b", "c"], values.size)})
+    specs = [ColumnSpec(name="x", type="numeric"), ColumnSpec(name="plan", type="categorical")]
+    config = DriftConfig(reference_sample_size=10_000, psi_bins=10)
+    whole = build_profile(frame, specs, config=config)
+    batched = build_profile_from_batches(_batches(frame, [20_000] * 13), specs, config=config)
+
+    np.testing.assert_equal(dataclasses.asdict(batched.features["plan"]), dataclasses.asdict(whole.features["plan"]))
+    exact, approximate = whole.features["x"], batched.features["x"]
+    assert isinstance(exact, NumericProfile) and isinstance(approximate, NumericProfile)
+    assert (approximate.count, approximate.null_count) == (exact.count, exact.null_count)
+    assert approximate.mean == pytest.approx(exact.mean, rel=1e-12)
+    assert approximate.std == pytest.approx(exact.std, rel=1e-12)
+    assert approximate.sample.size == 10_000 and np.all(np.diff(approximate.sample) >= 0)
+    assert (approximate.sample[0], approximate.sample[-1]) == (exact.sample[0], exact.sample[-1])
+    # compactions ~ rows / (size + batch rows) = 245k / 30k: at most 9, so within 10 / size
+    bound = 10 / 10_000
+    full = np.sort(values[np.isfinite(values)])
+    probe = np.quantile(full, np.linspace(0.001, 0.999, 500))
+    ecdf = np.searchsorted(full, probe, side="right") / full.size
+    assert np.abs(np.searchsorted(approximate.sample, probe, side="right") / 10_000 - ecdf).max() <= bound
+    assert approximate.bin_edges.size == exact.bin_edges.size == 9
+    edge_ranks = np.searchsorted(full, approximate.bin_edges) / full.size
+    np.testing.assert_allclose(edge_ranks, np.linspace(0.1, 0.9, 9), atol=bound)
+    assert approximate.bin_counts.sum() == full.size
+    np.testing.assert_allclose(approximate.bin_counts / full.size, 0.1, atol=2 * bound)
+
+
+def test_text_in_a_numeric_column_is_counted_over_every_batch() -> None:
+    frame = pd.DataFrame({"amount": ["1", "2", "oops", "4", "nope", "6"]})
+    with pytest.raises(DataError, match=r"column 'amount' should be numeric but 2 of 6 values .*\(e.g. 'oops'"):
+        build_profile_from_batches(_batches(frame, [2, 2, 2]), [ColumnSpec(name="amount", type="numeric")])
+
+
+def _peak_bytes(rows: int, batch_rows: int) -> int:
+    """tracemalloc's peak while profiling ``rows`` rows of a numeric and a text column generated batch by batch."""
+    specs = [ColumnSpec(name="x", type="numeric"), ColumnSpec(name="plan", type="categorical")]
+
+    def batches() -> Iterator[pd.DataFrame]:
+        rng = np.random.default_rng(3)
+        for _ in range(rows // batch_rows):
+            yield pd.DataFrame(
+                {"x": rng.normal(size=batch_rows), "plan": rng.choice(["basic", "plus", "pro"], batch_rows)}
+            )
+
+    tracemalloc.start()
+    try:
+        profile = build_profile_from_batches(batches(), specs, config=DriftConfig(reference_sample_size=1_000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert profile.rows == rows
+    return peak
+
+
+def test_memory_follows_the_batch_and_sample_size_not_the_rows() -> None:
+    _peak_bytes(2_000, 2_000)  # first calls allocate caches that later ones reuse
+    small, large = _peak_bytes(20_000, 2_000), _peak_bytes(200_000, 2_000)
+    assert large < 1.5 * small, (small, large)  # whole columns would take 10x

@@ -31,7 +31,6 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 import typer
-from pandas.api.types import union_categoricals
 
 import mlsteps
 from mlsteps import tracking
@@ -157,31 +156,19 @@ def feature_profiles(
     uri: str, features: list[ColumnSpec], batch_rows: int, drift: DriftConfig
 ) -> tuple[int, dict[str, Any]]:
     """The rows of a Parquet split and the drift profile of each feature, as ``build_profile`` makes them of the
-    whole table, reading one raw column at a time.
+    whole table (``build_profile_from_batches``: exactly, or within its stated bound on long numeric columns).
 
-    Parquet is columnar, so each pass reads that column only; a categorical column is held as category codes (one
-    copy of each distinct value), a numeric one as its values, which its exact quantiles need.
+    Parquet is columnar, so each pass reads that column only, ``batch_rows`` rows at a time: memory holds one batch
+    of one column and the profile's bounded state, whatever the rows.
     """
-    from mlsteps.monitoring.drift import build_profile
+    from mlsteps.monitoring.drift.profile import build_profile_from_batches
 
     profiles: dict[str, Any] = {}
     rows = 0
     for spec in features:
-        # Each batch's categories become codes as it is read, so its strings are freed with the batch.
-        as_read = (lambda part: part) if spec.type == "numeric" else (lambda part: part.astype("category"))
-        frames = batches.iter_frames(uri, batch_rows, [spec.name])
-        parts = [as_read(frame[spec.name]) for frame in frames if spec.name in frame]
-        if not parts:
-            column = pd.Series(dtype="float64", name=spec.name)
-        elif spec.type == "numeric":
-            column = pd.concat(parts, ignore_index=True)
-        else:
-            try:
-                column = pd.Series(union_categoricals(parts), name=spec.name)
-            except TypeError:  # batches whose categories differ in type (text in one, numbers in another)
-                column = pd.concat(parts, ignore_index=True)
-        profiles |= build_profile(column.to_frame(), [spec], config=drift).features
-        rows = len(column)
+        profile = build_profile_from_batches(batches.iter_frames(uri, batch_rows, [spec.name]), [spec], config=drift)
+        profiles |= profile.features
+        rows = profile.rows
     return rows, profiles
 
 

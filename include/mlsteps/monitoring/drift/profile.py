@@ -11,6 +11,19 @@ same data always gives the same profile, and the sample's empirical CDF stays wi
 (a random subsample would be off by about 1/sqrt(size)). Mean, std, bins and counts always use the full column.
 Categorical columns (and the predicted class) keep the count of every category.
 
+``build_profile_from_batches`` profiles data read in batches (``batches.iter_frames``) in memory bounded by the
+batch and ``reference_sample_size``, not by the rows; ``build_profile`` is its one-batch case. Counts, null counts,
+category counts, min and max add up exactly batch by batch. A numeric column's values are held as they come while
+at most 2 x ``reference_sample_size`` are held; the profile is then exactly the whole column's (same bytes). Past
+that, before the next batch is added, the held values are compacted: sorted and cut into ``reference_sample_size``
+runs of consecutive ranks, each kept as its middle value weighted by its length. A compaction of W values moves the
+count of values below any point by less than one run, ceil(W / size) values, so after ``c`` compactions the
+sample's empirical CDF, the ranks of the bin edges and the bin counts are within about (1 + c) / size of the full
+column's (c ~ rows / (size + batch rows): 3 compactions, 4e-5, for 800k rows in 100k batches at the default 100k
+size), mean and std are exact up to rounding (merged per batch), and the sample still starts at the minimum and ends
+at the maximum. The same rows in another order or other batches can then give a profile that differs within that
+bound.
+
 The profile is one ``.npz`` file (``numpy.savez_compressed``): arrays stay bit-exact and load without pickle in
 milliseconds, and 25 columns of 100k values take a few MB where JSON would take several times that and parse
 slowly. A JSON document inside it (``meta``) holds names, counts and moments, so the file describes itself.
@@ -21,7 +34,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -130,14 +143,8 @@ def _evenly_spaced(sorted_values: np.ndarray, size: int) -> np.ndarray:
     return sorted_values[np.round(np.linspace(0, sorted_values.size - 1, size)).astype(np.int64)]
 
 
-def _numeric_profile(name: str, series: pd.Series, config: DriftConfig) -> NumericProfile:
-    """Profile one numeric column; see the module docstring for what is kept.
-
-    Raises:
-        DataError: the column holds values that are not numbers.
-    """
-    values, null_count = numeric_values(series)
-    values = np.sort(values)
+def _sorted_profile(name: str, values: np.ndarray, null_count: int, config: DriftConfig) -> NumericProfile:
+    """The exact profile of a numeric column's finite values, sorted."""
     if values.size:
         quantiles = np.quantile(values, np.linspace(0, 1, config.psi_bins + 1)[1:-1])
         edges = np.unique(quantiles)
@@ -156,16 +163,145 @@ def _numeric_profile(name: str, series: pd.Series, config: DriftConfig) -> Numer
     )
 
 
-def _categorical_profile(name: str, series: pd.Series) -> CategoricalProfile:
-    categories, counts, null_count = category_counts(series)
-    order = np.argsort(categories, kind="stable")
-    return CategoricalProfile(
-        name=name,
-        count=int(counts.sum()),
-        null_count=null_count,
-        categories=[categories[i] for i in order],
-        counts=counts[order],
-    )
+def _compacted(values: np.ndarray, weights: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``values`` (each standing for ``weights`` values) as ``size`` runs of consecutive ranks, each the middle
+    value of its run weighted by the run's length; the count below any point moves by less than one run."""
+    total = int(weights.sum())
+    bounds = np.round(np.linspace(0, total, size + 1)).astype(np.int64)
+    middles = (bounds[:-1] + bounds[1:] - 1) // 2
+    return values[np.searchsorted(np.cumsum(weights), middles, side="right")], np.diff(bounds)
+
+
+class _NumericColumn:
+    """A numeric column's profile built batch by batch; see the module docstring for what is exact and when."""
+
+    def __init__(self, name: str, config: DriftConfig) -> None:
+        self.name = name
+        self.config = config
+        self.values: list[np.ndarray] = []  # finite values held, each standing for the weight at the same place
+        self.weights: list[np.ndarray] = []  # empty while every held value stands for itself
+        self.held = 0
+        self.compactions = 0
+        self.rows = 0
+        self.count = 0
+        self.null_count = 0
+        self.mean = 0.0
+        self.squares = 0.0  # sum of squared deviations from the mean (merged per batch, Chan et al.)
+        self.minimum = np.inf
+        self.maximum = -np.inf
+        self.not_numbers = 0
+        self.example: Any = None
+        self.dtype: Any = None
+
+    def add(self, series: pd.Series) -> None:
+        values, not_numbers = numbers_of(series)
+        self.rows += len(series)
+        if not_numbers.any():
+            if not self.not_numbers:
+                self.example, self.dtype = series[not_numbers].iloc[0], series.dtype
+            self.not_numbers += int(not_numbers.sum())
+        if self.not_numbers:
+            return  # the column fails; only the count of text values still matters
+        finite = values[np.isfinite(values)]
+        self.null_count += int(values.size - finite.size)
+        if not finite.size:
+            return
+        batch_mean = float(finite.mean())
+        batch_squares = float(np.square(finite - batch_mean).sum())
+        count = self.count + finite.size
+        delta = batch_mean - self.mean
+        self.mean += delta * finite.size / count
+        self.squares += batch_squares + delta * delta * self.count * finite.size / count
+        self.count = count
+        self.minimum = min(self.minimum, float(finite.min()))
+        self.maximum = max(self.maximum, float(finite.max()))
+        if self.held > 2 * self.config.reference_sample_size:
+            self._compact()
+        self.values.append(finite)
+        if self.compactions:
+            self.weights.append(np.ones(finite.size, dtype=np.int64))
+        self.held += finite.size
+
+    def _held_sorted(self) -> tuple[np.ndarray, np.ndarray | None]:
+        values = np.concatenate(self.values) if self.values else np.empty(0)
+        if not self.compactions:
+            return np.sort(values), None
+        order = np.argsort(values, kind="stable")
+        return values[order], np.concatenate(self.weights)[order]
+
+    def _compact(self) -> None:
+        values, weights = self._held_sorted()
+        weights = np.ones(values.size, dtype=np.int64) if weights is None else weights
+        values, weights = _compacted(values, weights, self.config.reference_sample_size)
+        self.values, self.weights, self.held = [values], [weights], values.size
+        self.compactions += 1
+
+    def profile(self) -> NumericProfile:
+        """The column's profile.
+
+        Raises:
+            DataError: some values are not numbers; the message shows one and how many of the column's.
+        """
+        if self.not_numbers:
+            raise not_numbers_error(self.name, self.not_numbers, self.rows, self.example, self.dtype)
+        values, weights = self._held_sorted()
+        if weights is None:
+            return _sorted_profile(self.name, values, self.null_count, self.config)
+        ends = np.cumsum(weights)  # values at ranks [ends[i] - weights[i], ends[i]) stand for values[i]
+
+        def at_ranks(ranks: np.ndarray) -> np.ndarray:
+            return values[np.searchsorted(ends, ranks, side="right")]
+
+        size = self.config.reference_sample_size
+        sample = at_ranks(np.round(np.linspace(0, self.count - 1, size)).astype(np.int64))
+        sample[0], sample[-1] = self.minimum, self.maximum
+        # np.quantile's linear interpolation between the order statistics around each level's rank
+        position = np.linspace(0, 1, self.config.psi_bins + 1)[1:-1] * (self.count - 1)
+        below = np.floor(position).astype(np.int64)
+        lower, upper = at_ranks(below), at_ranks(np.minimum(below + 1, self.count - 1))
+        edges = np.unique(np.clip(lower + (position - below) * (upper - lower), self.minimum, self.maximum))
+        below_edges = np.concatenate(([0], ends))[np.searchsorted(values, edges, side="left")]
+        return NumericProfile(
+            name=self.name,
+            count=self.count,
+            null_count=self.null_count,
+            mean=self.mean,
+            std=float(np.sqrt(self.squares / self.count)),
+            sample=sample,
+            bin_edges=edges,
+            bin_counts=np.diff(np.concatenate(([0], below_edges, [self.count]))).astype(np.int64),
+        )
+
+
+class _CategoricalColumn:
+    """A categorical column's counts added up batch by batch: only one batch is ever held as text."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.counts: dict[str, int] = {}
+        self.null_count = 0
+
+    def add(self, series: pd.Series) -> None:
+        categories, counts, null_count = category_counts(series)
+        for category, count in zip(categories, counts.tolist(), strict=True):
+            self.counts[category] = self.counts.get(category, 0) + count
+        self.null_count += null_count
+
+    def profile(self) -> CategoricalProfile:
+        categories = list(self.counts)
+        counts = np.array([self.counts[category] for category in categories], dtype=np.int64)
+        order = np.argsort(categories, kind="stable")
+        return CategoricalProfile(
+            name=self.name,
+            count=int(counts.sum()),
+            null_count=self.null_count,
+            categories=[categories[i] for i in order],
+            counts=counts[order],
+        )
+
+
+def _column(name: str, kind: str, config: DriftConfig) -> _NumericColumn | _CategoricalColumn:
+    return _NumericColumn(name, config) if kind == "numeric" else _CategoricalColumn(name)
 
 
 def prediction_signals(task: str, classes: Sequence[Any], output: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -222,28 +358,51 @@ def build_profile(
     Raises:
         DataError: feature columns are missing from the frame or numeric ones hold text (all listed at once).
     """
+    return build_profile_from_batches([frame], features, predictions, config)
+
+
+def build_profile_from_batches(
+    batches: Iterable[pd.DataFrame],
+    features: list[ColumnSpec],
+    predictions: Mapping[str, Any] | None = None,
+    config: DriftConfig | None = None,
+) -> ReferenceProfile:
+    """``build_profile`` of the rows of ``batches`` (e.g. ``batches.iter_frames`` of a Parquet split), one batch in
+    memory at a time: exactly the whole table's profile while a numeric column has at most 2 x
+    ``reference_sample_size`` finite values, within the bound of the module docstring past that.
+
+    Raises:
+        DataError: feature columns are missing from a batch or numeric ones hold text (all listed at once).
+    """
     config = config or DriftConfig()
-    missing = [spec.name for spec in features if spec.name not in frame.columns]
+    columns = {spec.name: _column(spec.name, spec.type, config) for spec in features}
+    missing: set[str] = set()
+    rows = 0
+    for batch in batches:
+        rows += len(batch)
+        for name, column in columns.items():
+            if name in batch.columns:
+                column.add(batch[name])
+            else:
+                missing.add(name)
     problems = []
     if missing:
         problems.append(
-            f"reference data lacks feature columns {missing}: profile the snapshot the model was trained on"
+            f"reference data lacks feature columns {[spec.name for spec in features if spec.name in missing]}: "
+            "profile the snapshot the model was trained on"
         )
     profiles: dict[str, ColumnProfile] = {}
-    for spec in features:
-        if spec.name in missing:
+    for name, column in columns.items():
+        if name in missing:
             continue
         try:
-            if spec.type == "numeric":
-                profiles[spec.name] = _numeric_profile(spec.name, frame[spec.name], config)
-            else:
-                profiles[spec.name] = _categorical_profile(spec.name, frame[spec.name])
+            profiles[name] = column.profile()
         except DataError as exc:
             problems.append(str(exc))
     if problems:
         raise DataError("cannot build the reference profile:\n- " + "\n- ".join(problems))
     return ReferenceProfile(
-        rows=len(frame),
+        rows=rows,
         features=profiles,
         predictions={name: _signal_profile(name, values, config) for name, values in (predictions or {}).items()},
         psi_bins=config.psi_bins,
@@ -254,9 +413,10 @@ def build_profile(
 def _signal_profile(name: str, values: Any, config: DriftConfig) -> ColumnProfile:
     """A prediction signal profiled by the type of its values: numbers as numeric, anything else as categorical."""
     array = np.asarray(values)
-    series = pd.Series(array, name=name)
     numeric = np.issubdtype(array.dtype, np.number) and not np.issubdtype(array.dtype, np.bool_)
-    return _numeric_profile(name, series, config) if numeric else _categorical_profile(name, series)
+    column = _column(name, "numeric" if numeric else "categorical", config)
+    column.add(pd.Series(array, name=name))
+    return column.profile()
 
 
 def _numeric_meta(profile: NumericProfile, key: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
