@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo stop-server loop airflow airflow-stop test chromium test-images lint fmt render bench bench-parse bench-drift bench-quality bench-serving bench-estimation bench-models-page bench-serving-layouts bench-soak gpu-check clean constraints
+.PHONY: demo stop-server loop airflow airflow-stop test chromium test-images lint fmt render bench bench-parse bench-drift bench-quality bench-serving bench-estimation bench-models-page bench-serving-layouts bench-soak bench-scale gpu-check clean constraints
 
 # The local runtime: the steps, training (torch's and XGBoost's CPU builds) and the model server in one environment.
 $(INSTALLED): requirements.txt requirements/steps.txt requirements/train.txt requirements/train-cpu.txt \
@@ -65,6 +65,9 @@ render: $(INSTALLED)  ## every pod spec of every DAG task and every manifest as 
 
 bench: $(INSTALLED)  ## the main job on 100k rows: per-task wall time, Airflow overhead, DAG parse time (ARGS=--smoke: 1 min)
 	$(BIN)/python benchmarks/main_job.py $(ARGS)
+
+bench-scale: $(INSTALLED)  ## the retrain steps at 100k/1M/10M rows, HEAD vs the working tree: seconds and peak RSS per step (ARGS='--sizes 100000,1000000 --ref none'; 10M: ~40 min)
+	$(BIN)/python benchmarks/scale.py $(ARGS)
 
 bench-parse: $(INSTALLED)  ## DAG parse time per file with 1/10/50 models vs the Airflow floor; dag-processor pickup of a new model (~7 min)
 	$(BIN)/python benchmarks/dag_parse.py $(ARGS)
