@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
+from typing import Self
 
 import pandas as pd
 import pyarrow as pa
@@ -66,24 +67,65 @@ def iter_frames(uri: str, batch_rows: int, columns: Sequence[str] | None = None)
         yield batch.to_pandas()
 
 
-class ParquetBatchWriter:
-    """Append DataFrames (or Arrow batches) of one schema to a Parquet file; the target appears only on ``close``.
+class _StagedFile:
+    """A file written beside its target (or in ``$TMPDIR`` for S3) that takes the target's place only on ``close``.
 
     Use as a context manager: leaving it by an exception discards what was written, and the target, if it existed,
-    stays as it was.
+    stays as it was. The staging name starts with a dot and ends in ``.part``, so readers that list a folder's
+    tables (the prediction log's, pyarrow datasets) never take it for one.
     """
 
-    def __init__(self, uri: str, schema: pa.Schema | None = None) -> None:
+    def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.schema = schema
-        self.rows = 0
         if storage.is_s3(uri):
             folder = Path(tempfile.gettempdir())
         else:
             folder = storage.local_path(uri).parent
-            folder.mkdir(parents=True, exist_ok=True)
+            storage.make_folder(folder, uri)
         # created by the writer under the process umask, as a plain open() would (mkstemp would make it 0600)
         self._path = folder / f".{PurePosixPath(uri).name}.{uuid.uuid4().hex}.part"
+
+    def _finish(self) -> None:
+        """Complete the staged file (the format's footer, say); runs before it moves."""
+
+    def _abandon(self) -> None:
+        """Release the staged file without completing it."""
+
+    def close(self) -> None:
+        """Complete the file and put it at the target: renamed locally (atomic), uploaded to S3."""
+        self._finish()
+        if storage.is_s3(self.uri):
+            try:
+                storage.upload_file(self._path, self.uri)
+            finally:
+                self._path.unlink(missing_ok=True)
+        else:
+            os.replace(self._path, storage.local_path(self.uri))
+
+    def discard(self) -> None:
+        """Drop what was written; the target is left as it was."""
+        with contextlib.suppress(Exception):
+            self._abandon()
+        self._path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
+
+
+class ParquetBatchWriter(_StagedFile):
+    """Append DataFrames (or Arrow batches) of one schema to a Parquet file; the target appears only on ``close``
+    (an empty table with the schema when nothing was written)."""
+
+    def __init__(self, uri: str, schema: pa.Schema | None = None) -> None:
+        super().__init__(uri)
+        self.schema = schema
+        self.rows = 0
         self._writer: pq.ParquetWriter | None = None
 
     def write(self, rows: pd.DataFrame | pa.RecordBatch | pa.Table) -> None:
@@ -98,33 +140,33 @@ class ParquetBatchWriter:
         self._writer.write_table(rows.cast(self.schema) if rows.schema != self.schema else rows)
         self.rows += rows.num_rows
 
-    def close(self) -> None:
-        """Finish the file and put it at the target (an empty table with the schema when nothing was written)."""
+    def _finish(self) -> None:
         if self._writer is None:
             if self.schema is None:
                 raise ValueError(f"nothing was written to {self.uri} and no schema was given")
             self._writer = pq.ParquetWriter(self._path, self.schema, compression=COMPRESSION)
         self._writer.close()
-        if storage.is_s3(self.uri):
-            try:
-                storage.upload_file(self._path, self.uri)
-            finally:
-                self._path.unlink(missing_ok=True)
-        else:
-            os.replace(self._path, storage.local_path(self.uri))
 
-    def discard(self) -> None:
-        """Drop what was written; the target is left as it was."""
+    def _abandon(self) -> None:
         if self._writer is not None:
-            with contextlib.suppress(Exception):
-                self._writer.close()
-        self._path.unlink(missing_ok=True)
+            self._writer.close()
 
-    def __enter__(self) -> ParquetBatchWriter:
-        return self
 
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.discard()
+class CsvBatchWriter(_StagedFile):
+    """Append DataFrames to a UTF-8 CSV file, the header once; the target appears only on ``close``."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self._file = self._path.open("w", encoding="utf-8", newline="")
+        self._header = True
+
+    def write(self, rows: pd.DataFrame) -> None:
+        """Append rows (their columns as the first batch's)."""
+        rows.to_csv(self._file, index=False, header=self._header)
+        self._header = False
+
+    def _finish(self) -> None:
+        self._file.close()
+
+    def _abandon(self) -> None:
+        self._file.close()

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from mlsteps.config import DatasetConfig
 from mlsteps.data import storage
 from mlsteps.data.batches import ParquetBatchWriter
-from mlsteps.errors import DataError, StorageError
+from mlsteps.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -495,14 +495,7 @@ def _staging_folder(dataset_uri: str) -> tuple[Path, bool]:
         return Path(tempfile.gettempdir()), False
     folder = storage.local_path(dataset_uri)
     created = not folder.is_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
-        raise StorageError(
-            f"cannot write {dataset_uri}/: {blocker} is a file, not a folder; give a folder path (new or existing), "
-            f"or move {blocker} away"
-        ) from None
+    storage.make_folder(folder, f"{dataset_uri}/")
     return folder, created
 
 

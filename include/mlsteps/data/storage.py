@@ -257,7 +257,7 @@ def s3_access(uri: str) -> Iterator[None]:
         raise failure from exc
 
 
-def _make_folder(folder: Path, uri: str) -> None:
+def make_folder(folder: Path, uri: str) -> None:
     """Create a folder and its parents, naming the file in the way when a file was given where a folder belongs.
 
     Raises:
@@ -368,7 +368,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         return
     path = local_path(uri)
-    _make_folder(path.parent, uri)
+    make_folder(path.parent, uri)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -22,10 +22,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import tempfile
-import uuid
-from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
@@ -36,7 +32,7 @@ from mlsteps import registry, results, tracking
 from mlsteps.cli_options import ConfigUri, RunRoot
 from mlsteps.config import DatasetConfig, PipelineConfig, load_pipeline_config
 from mlsteps.data import storage
-from mlsteps.data.batches import ParquetBatchWriter
+from mlsteps.data.batches import CsvBatchWriter, ParquetBatchWriter
 from mlsteps.data.features import numeric_frame, require_columns
 from mlsteps.data.snapshots import read_batches, table_format, unknown_extension_message
 from mlsteps.errors import ConfigError, DataError, StepError
@@ -232,52 +228,9 @@ class _PredictionTally:
         return summary
 
 
-class _CsvBatchWriter:
-    """Append DataFrames to a CSV file, the header once; the target appears only on ``close``, as
-    ``ParquetBatchWriter`` does for Parquet: leaving it by an exception discards what was written."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        if storage.is_s3(uri):
-            folder = Path(tempfile.gettempdir())
-        else:
-            folder = storage.local_path(uri).parent
-            folder.mkdir(parents=True, exist_ok=True)
-        self._path = folder / f".{PurePosixPath(uri).name}.{uuid.uuid4().hex}.part"
-        self._file = self._path.open("w", encoding="utf-8", newline="")
-        self._header = True
-
-    def write(self, rows: pd.DataFrame) -> None:
-        rows.to_csv(self._file, index=False, header=self._header)
-        self._header = False
-
-    def close(self) -> None:
-        self._file.close()
-        if storage.is_s3(self.uri):
-            try:
-                storage.upload_file(self._path, self.uri)
-            finally:
-                self._path.unlink(missing_ok=True)
-        else:
-            os.replace(self._path, storage.local_path(self.uri))
-
-    def discard(self) -> None:
-        self._file.close()
-        self._path.unlink(missing_ok=True)
-
-    def __enter__(self) -> _CsvBatchWriter:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.discard()
-
-
-def _table_writer(uri: str) -> ParquetBatchWriter | _CsvBatchWriter:
+def _table_writer(uri: str) -> ParquetBatchWriter | CsvBatchWriter:
     """A batch writer for a CSV or Parquet file, chosen by the URI's extension (as ``write_table`` does)."""
-    return _CsvBatchWriter(uri) if table_format(uri) == "csv" else ParquetBatchWriter(uri)
+    return CsvBatchWriter(uri) if table_format(uri) == "csv" else ParquetBatchWriter(uri)
 
 
 def _described(summary: dict[str, Any]) -> str:
@@ -385,7 +338,7 @@ def run(
     bad = _BadValues()
     model: PyFuncModel | None = None
     tally: _PredictionTally | None = None
-    writers: list[ParquetBatchWriter | _CsvBatchWriter] = []
+    writers: list[ParquetBatchWriter | CsvBatchWriter] = []
     rows = 0
     with contextlib.ExitStack() as stack:  # closed in reverse: predictions.parquet, the output, then the log
         for frame in read_batches(input_uri, config.processing.batch_rows, text_columns):
