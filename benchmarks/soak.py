@@ -20,14 +20,14 @@ In one run, on loopback:
 
 It prints one table: requests sent, failed requests (goal 0), server RSS at start, end and max, p50/p99 under load
 against the unloaded p99 (goal: within 2x), reloads done; and writes it, with the machine, the commit and the
-config, to ``benchmarks/results/soak-<time>.json`` (or ``$BENCH_RESULTS_DIR``). Nothing is pinned: the generator
-and the server share the machine's cores.
+config, to ``benchmarks/results/soak-<time>.json`` (or ``$BENCH_RESULTS_DIR``). Unless ``--pin`` puts the generator
+on the first CPU and every thread of the server on the others, they share the machine's cores.
 
 ``--smoke`` runs every part on a model trained from 600 rows for one round, with 8 s of load and a reload every 5 s
 (two reloads): it checks that the benchmark works (``tests/unit/test_benchmarks.py``); its figures mean nothing.
 
 Usage: ``python benchmarks/soak.py [--seconds 300] [--reload-every 60] [--connections 2] [--load-share 0.5]
-[--rows 5000] [--smoke]``.
+[--rows 5000] [--pin] [--smoke]``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from record import write_report
-from serving import HOST, LoadResult, Target, keep_sending, sample_rows, v2_body
+from serving import HOST, LoadResult, Target, cpu_plan, keep_sending, sample_rows, v2_body
 from serving_layouts import MODELS, build_models, deployed, memory_mb, reload, v2_answer_rows
 
 MODEL = MODELS[0]  # churn-classifier, the shipped model
@@ -60,6 +60,28 @@ class Soak:
 
     reloads: list[dict[str, Any]] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
+
+
+def pin(server_pid: int) -> str:
+    """The generator on the first CPU, every thread of the server (and its children) on the others; what was done.
+
+    Threads the server starts later (a reload's) inherit their creator's CPUs, so pinning once holds for the run.
+    """
+    generator, server = cpu_plan("on")
+    os.sched_setaffinity(0, generator)
+    for pid in [server_pid, *_children(server_pid)]:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), server)
+    return f"generator on CPU {sorted(generator)}, server on CPUs {sorted(server)}"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        for child in map(int, children):
+            found += [child, *_children(child)]
+    return found
 
 
 def served_version(port: int, name: str) -> str:
@@ -191,6 +213,9 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=5000, help="rows of the generated training dataset")
     parser.add_argument(
+        "--pin", action="store_true", help="the generator on the first CPU, the server on the others (2 CPUs or more)"
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="every part briefly on a tiny model: checks the benchmark runs; "
@@ -213,6 +238,9 @@ def main() -> None:
     name = MODEL.name
     with deployed("per_model", [model], state) as deployment:
         port, pid = deployment.ports[name], deployment.pids[0]
+        cpus = len(os.sched_getaffinity(0))
+        pinning = pin(pid) if args.pin else f"off ({cpus} CPUs shared by the generator and the server)"
+        print(f"  CPU pinning: {pinning}", flush=True)
         target = Target(port, f"/v2/models/{name}/infer", bodies, 1, v2_answer_rows)
         rss_start = memory_mb([pid])["rss_mb"]
         print(f"  unloaded: one connection for {args.unloaded_seconds:g} s", flush=True)
@@ -238,7 +266,7 @@ def main() -> None:
             "dataset_rows": args.rows,
             "smoke": args.smoke,
             "model": {"name": name, "family": MODEL.family, "bundle_bytes": model.bundle_bytes},
-            "cpu_pinning": f"off ({len(os.sched_getaffinity(0))} CPUs shared by the generator and the server)",
+            "cpu_pinning": pinning,
         },
         figures,
     )
