@@ -377,9 +377,14 @@ def test_a_deploy_that_requires_approval_waits_for_a_person_and_deploys_once_app
 
 
 def test_the_models_page_api_tells_the_story(room: Room, retrained: tuple[Any, dict[str, Any]]) -> None:
+    from mlflow import MlflowClient
+
     status, model = room.page_api("GET", f"models/{MODEL}")
     assert status == 200
-    assert model["champion"]["version"] == 1 and model["champion"]["metrics"]["roc_auc"] > 0.5
+    # 3 epochs on 2,100 rows learn next to nothing: the page shows the holdout figure evaluate logged, whatever it is
+    client = MlflowClient(tracking_uri=room.settings.mlflow_tracking_uri)
+    logged = client.get_run(client.get_model_version(MODEL, "1").run_id).data.metrics["holdout_roc_auc"]
+    assert model["champion"]["version"] == 1 and model["champion"]["metrics"]["roc_auc"] == pytest.approx(logged)
     history = [(event["kind"], event["from_version"], event["to_version"]) for event in model["alias_history"]]
     assert history == [("promote", None, 1)]
     assert model["alias_history"][0]["actor"] == retrained[0].dag_run_id
