@@ -14,7 +14,8 @@ Both sides run the working tree DAG's list of steps; a step that fails ends its 
 shows only the steps named, and runs the DAG's steps up to the last one named (the earlier ones make its input).
 
 Per step it measures the wall time and the peak RSS of the step process: ``ru_maxrss`` of the rusage that
-``os.wait4`` returns for that one child. That is the larger of the process's own peak and that of any child it
+``os.wait4`` returns for that one child, started by a small launcher (``_LAUNCHER``) so that this process's own size
+does not count in it. That is the larger of the process's own peak and that of any child it
 waited for (the steps run bare start none: training runs in the step's own process, no torchrun, no loader
 workers); children running at the same time would not be summed.
 
@@ -91,28 +92,42 @@ class StepMeasure:
         return self.exit_code == 0
 
 
-def run_measured(argv: list[str], env: dict[str, str], cwd: Path) -> StepMeasure:
-    """Run one process to its end; its wall time and its own peak RSS (``os.wait4``'s rusage of that child).
+# Starts the step and writes its ru_maxrss to argv[1]. Linux counts in a child's peak RSS the memory it shared with
+# its parent before exec, so a step forked straight from this process (Airflow and the DAGs imported: over 1 GB in a
+# test run) would report at least this process's size; forked from this small launcher it reports its own.
+_LAUNCHER = """
+import os, sys
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as report:
+    report.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
 
-    The output goes to a temporary file, not a pipe, so that nothing but ``os.wait4`` reaps the child.
-    """
-    with tempfile.TemporaryFile() as output:
+
+def run_measured(argv: list[str], env: dict[str, str], cwd: Path) -> StepMeasure:
+    """Run one process to its end; its wall time and its own peak RSS (``os.wait4``'s rusage of that child, taken by
+    a small launcher process so that this process's size does not count: see ``_LAUNCHER``)."""
+    with tempfile.TemporaryFile() as output, tempfile.TemporaryDirectory(prefix="scale-rss-") as scratch:
+        rss_file = Path(scratch) / "maxrss"
         started = time.perf_counter()
-        process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
+        launcher = [sys.executable, "-c", _LAUNCHER, str(rss_file), *argv]
+        process = subprocess.Popen(launcher, env=env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
         try:
-            _, status, usage = os.wait4(process.pid, 0)
+            process.wait()
         except BaseException:  # interrupted: leave no step running
             process.kill()
             process.wait()
             raise
         seconds = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
         tail = ""
         if process.returncode != 0:
             output.seek(0)
             tail = output.read().decode(errors="replace")[-OUTPUT_TAIL_CHARS:]
-    # Linux gives ru_maxrss in kilobytes.
-    return StepMeasure(round(seconds, 3), round(usage.ru_maxrss / 1024, 1), process.returncode, tail)
+        # Linux gives ru_maxrss in kilobytes; no report when the step could not even start.
+        peak_kb = int(rss_file.read_text()) if rss_file.exists() else 0
+    return StepMeasure(round(seconds, 3), round(peak_kb / 1024, 1), process.returncode, tail)
 
 
 def dataset_path(cache: Path, rows: int, task: str) -> Path:

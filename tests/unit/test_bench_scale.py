@@ -82,9 +82,13 @@ def test_steps_run_up_to_the_last_one_named_and_only_those_named_show() -> None:
 
 
 def test_a_step_process_is_measured_by_its_own_peak_rss_and_exit_code(tmp_path: Path) -> None:
+    """A step's figure is its own peak, not that of the (here deliberately large) process that started it."""
     allocate = "b = bytearray(300 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])"
+    ballast = bytearray(400 * 1024 * 1024)
+    ballast[::4096] = b"x" * len(ballast[::4096])
     grown = bench.run_measured([sys.executable, "-c", allocate], dict(os.environ), tmp_path)
     small = bench.run_measured([sys.executable, "-c", "import sys; print('bad rows'); sys.exit(2)"], {}, tmp_path)
+    del ballast
 
     assert grown.ok and grown.peak_rss_mb >= 300
     assert not small.ok and small.exit_code == 2 and small.peak_rss_mb < 300 and "bad rows" in small.output_tail
