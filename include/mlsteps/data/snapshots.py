@@ -314,33 +314,6 @@ class ContentId:
         return digest.hexdigest()[:SNAPSHOT_ID_LENGTH]
 
 
-def store_snapshot(frame: pd.DataFrame, store: str, dataset: str, source_uri: str) -> Snapshot:
-    """Write a snapshot under ``<store>/<dataset>/<id>/`` unless it is already there.
-
-    ``schema.json`` is written after ``data.parquet``, so its presence marks a complete snapshot; a partial one
-    left by a crash is written again.
-    """
-    frame_id = snapshot_id(frame)
-    folder = storage.join(store, dataset, frame_id)
-    data_uri = storage.join(folder, DATA_FILE)
-    schema_uri = storage.join(folder, SCHEMA_FILE)
-    if storage.exists(schema_uri) and storage.exists(data_uri):
-        return Snapshot(frame_id, data_uri, schema_uri, reused=True)
-    storage.write_parquet(frame, data_uri)
-    storage.write_json(
-        schema_uri,
-        {
-            "snapshot_id": frame_id,
-            "dataset": dataset,
-            "rows": len(frame),
-            "columns": schema_of(frame),
-            "source_uri": source_uri,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
-    )
-    return Snapshot(frame_id, data_uri, schema_uri, reused=False)
-
-
 # --- streaming: the same snapshot, a batch of rows at a time ---
 
 # pandas.read_csv's default missing-value markers, so a streamed CSV has its nulls where read_table has them.
