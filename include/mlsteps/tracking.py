@@ -90,11 +90,17 @@ def _refusal_type() -> type[Exception]:
 
 
 def _unreachable(exc: BaseException) -> bool:
-    """Whether MLflow gave up on a server that did not answer: a connection error, a timeout or retries used up
-    (MLflow raises its own exception from within the ``requests`` one)."""
+    """Whether MLflow gave up on a server that did not answer: a connection error, a timeout, retries used up, or a
+    connection that broke off mid-answer (a restart; ``ChunkedEncodingError``). MLflow raises its own exception
+    from within the ``requests`` one."""
     import requests
 
-    transient = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError)
+    transient = (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        requests.exceptions.RetryError,
+        requests.exceptions.ChunkedEncodingError,
+    )
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, transient):
@@ -120,9 +126,10 @@ def mlflow_failure(exc: BaseException) -> Exception | None:
         return _refusal_type()(message + _REFUSALS[exc.error_code], error_code=ErrorCode.Value(exc.error_code))
     if _unreachable(exc):
         return StoreUnavailable(
-            f"MLflow tracking server {tracking_uri()} was unreachable after {http_attempts()} attempts "
-            f"({exc.message}): check that it is up and reachable from here, or raise MLFLOW_HTTP_REQUEST_MAX_RETRIES "
-            "and MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR to ride out longer outages; the task can be retried as it is"
+            f"MLflow tracking server {tracking_uri()} was unreachable or broke off its answer, with each request "
+            f"tried up to {http_attempts()} times ({exc.message}): check that it is up and reachable from here, or "
+            "raise MLFLOW_HTTP_REQUEST_MAX_RETRIES and MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR to ride out longer outages; "
+            "the task can be retried as it is"
         )
     return None
 

@@ -7,6 +7,7 @@ through those variables only. Permanent refusals fail at the first answer, namin
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
@@ -337,7 +338,7 @@ def test_register_survives_a_registry_restart_and_leaves_no_version_without_its_
     worker.join(timeout=120)
     assert not worker.is_alive()
     if "error" in outcome:  # the restart outlasted the retries: a retryable failure naming the server, then a rerun
-        message = f"MLflow tracking server {tracking_server.url} was unreachable after 5 attempts"
+        message = f"MLflow tracking server {tracking_server.url} was unreachable or broke off its answer"
         assert isinstance(outcome["error"], StoreUnavailable) and str(outcome["error"]).startswith(message)
         tracking_server.wait_until_ready()
         outcome["result"] = register.run(run_root, PIPELINE)
@@ -374,7 +375,45 @@ def test_a_registry_down_longer_than_the_retries_is_a_retryable_failure_naming_i
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
     mlflow.set_tracking_uri(url)
     try:
-        with pytest.raises(StoreUnavailable, match=f"^MLflow tracking server {url} was unreachable after 2 attempts"):
+        with pytest.raises(
+            StoreUnavailable,
+            match=f"^MLflow tracking server {url} was unreachable or broke off its answer, with each request tried "
+            "up to 2 times",
+        ):
             tracking.client().get_registered_model(MODEL_NAME)
     finally:
         mlflow.set_tracking_uri(None)
+
+
+class _CutShortHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the start of a chunked body, then drops the connection: a server going down."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"20\r\n{")
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        """Quiet: the test reads the client's error, not the server's log."""
+
+
+def test_an_answer_broken_off_mid_body_is_a_retryable_failure_naming_the_registry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutShortHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri(url)
+    try:
+        with pytest.raises(StoreUnavailable, match=f"^MLflow tracking server {url} was unreachable or broke off"):
+            tracking.client().get_registered_model(MODEL_NAME)
+    finally:
+        mlflow.set_tracking_uri(None)
+        server.shutdown()
+        server.server_close()
