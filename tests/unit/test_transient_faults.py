@@ -7,6 +7,7 @@ through those variables only. Permanent refusals fail at the first answer, namin
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -338,7 +339,10 @@ def test_register_survives_a_registry_restart_and_leaves_no_version_without_its_
     worker.join(timeout=120)
     assert not worker.is_alive()
     if "error" in outcome:  # the restart outlasted the retries: a retryable failure naming the server, then a rerun
-        message = f"MLflow tracking server {tracking_server.url} was unreachable or broke off its answer"
+        message = (
+            f"MLflow tracking server {tracking_server.url} was unreachable or broke off its answer, with each request "
+            "tried up to 5 times"
+        )
         assert isinstance(outcome["error"], StoreUnavailable) and str(outcome["error"]).startswith(message)
         tracking_server.wait_until_ready()
         outcome["result"] = register.run(run_root, PIPELINE)
@@ -370,17 +374,26 @@ def test_a_registry_down_longer_than_the_retries_is_a_retryable_failure_naming_i
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-    mlflow.set_tracking_uri(url)
-    try:
-        with pytest.raises(
+    with (
+        _tracking_at(monkeypatch, url),
+        pytest.raises(
             StoreUnavailable,
             match=f"^MLflow tracking server {url} was unreachable or broke off its answer, with each request tried "
             "up to 2 times",
-        ):
-            tracking.client().get_registered_model(MODEL_NAME)
+        ),
+    ):
+        tracking.client().get_registered_model(MODEL_NAME)
+
+
+@contextlib.contextmanager
+def _tracking_at(monkeypatch: pytest.MonkeyPatch, url: str) -> Iterator[None]:
+    """MLflow pointed at ``url`` (the variable steps read, and the fluent API's own), then back to unset."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    mlflow.set_tracking_uri(url)
+    try:
+        yield
     finally:
         mlflow.set_tracking_uri(None)
 
@@ -407,13 +420,17 @@ def test_an_answer_broken_off_mid_body_is_a_retryable_failure_naming_the_registr
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutShortHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    mlflow.set_tracking_uri(url)
     try:
-        with pytest.raises(StoreUnavailable, match=f"^MLflow tracking server {url} was unreachable or broke off"):
+        with (
+            _tracking_at(monkeypatch, url),
+            pytest.raises(
+                StoreUnavailable,
+                match=f"^MLflow tracking server {url} was unreachable or broke off its answer, with each request "
+                "tried up to 1 times",
+            ),
+        ):
             tracking.client().get_registered_model(MODEL_NAME)
     finally:
-        mlflow.set_tracking_uri(None)
         server.shutdown()
         server.server_close()
