@@ -30,8 +30,10 @@ airflow: $(INSTALLED)  ## the real Airflow services (API server + UI, scheduler,
 airflow-stop: $(INSTALLED)  ## stop everything make airflow started, the tasks they run included
 	$(BIN)/python -m orchestration.services stop
 
+# One worker per core (pytest-xdist), each taking whole test files, so a module's fixtures are set up once.
+PYTEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: lint .venv-checkov .venv-images .venv-bench-evidently .venv-bench-nannyml chromium  ## lint, then every test, images and benchmark smoke runs included
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The browser test (tests/e2e/test_control_room.py) drives Debian's chromium with Playwright, no browser download. As
 # root (CI) a missing chromium is installed from Debian's packages; elsewhere the test says what to install and skips.
