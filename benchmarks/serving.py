@@ -199,31 +199,40 @@ class Answers(Protocol):
     def fail(self, reason: str, sample: str = "") -> None: ...
 
 
-async def _due(due: float) -> float:
-    """Wait until ``due`` (a ``perf_counter`` time) and return it: when a paced request counts as sent."""
-    if (wait := due - time.perf_counter()) > 0:
-        await asyncio.sleep(wait)
-    return due
+@dataclass
+class Pace:
+    """A fixed rate for ``keep_sending``: a request due every ``interval`` seconds on each connection, and where the
+    generator's own lateness goes (its timer wakes it up to a millisecond after a request was due, its garbage
+    collector and other coroutines add to that; none of it is the server's)."""
+
+    interval: float
+    generator_lateness: list[float] = field(default_factory=list)
 
 
 async def keep_sending(
-    target: Target, first: int, measure_from: float, stop_at: float, result: Answers, interval: float | None = None
+    target: Target, first: int, measure_from: float, stop_at: float, result: Answers, pace: Pace | None = None
 ) -> float:
     """One keep-alive connection until ``stop_at``, starting at request ``first`` of the target's; what is sent from
     ``measure_from`` on is reported to ``result``. Returns when its last answer came.
 
-    Without ``interval`` it is a closed loop: the next request goes as soon as the answer came. With one, requests
-    are due every ``interval`` seconds from ``measure_from`` (a fixed rate, whatever the server's speed), and each
-    latency runs from when the request was due: a stall then counts for every request it delayed, not only for the
-    one it caught (no coordinated omission).
+    Without ``pace`` it is a closed loop: the next request goes as soon as the answer came. With one, requests are due
+    every ``pace.interval`` seconds from ``measure_from`` (a fixed rate, whatever the server's speed). A request the
+    server held back, because its answer to the previous one came after this one was due, counts from when it was due:
+    a stall then counts for every request it delayed, not only for the one it caught (no coordinated omission). The
+    generator's own lateness, from when a request was due and its connection free to when it went, is not counted in
+    the latency but kept in ``pace.generator_lateness``.
     """
     requests = target.requests()
     sent_count = first
     writer: asyncio.StreamWriter | None = None
     last = measure_from
     due = measure_from
-    while (sent := await _due(due) if interval else time.perf_counter()) < stop_at:
-        due += interval or 0.0
+    while (sent := await _wake_at(due) if pace else time.perf_counter()) < stop_at:
+        held_back = max(0.0, last - due) if pace else 0.0  # the server's doing: the connection was still busy
+        if pace:
+            pace.generator_lateness.append(sent - max(due, last))
+            due += pace.interval
+        counted_from = sent - held_back
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection(target.host, target.port)
@@ -231,7 +240,7 @@ async def keep_sending(
             sent_count += 1
             status, body, keep_alive = await read_response(reader)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProtocolError, ValueError) as exc:
-            if sent >= measure_from:
+            if counted_from >= measure_from:
                 result.fail(type(exc).__name__, str(exc))
             if writer is not None:
                 writer.close()
@@ -239,18 +248,25 @@ async def keep_sending(
             await asyncio.sleep(0.05)  # a server that refuses connections must not turn this into a busy loop
             continue
         last = time.perf_counter()
-        if sent >= measure_from:
+        if counted_from >= measure_from:
             problem = check_answer(target, status, body)
             if problem:
                 result.fail(problem, body.decode(errors="replace"))
             else:
-                result.answered(sent, last - sent)
+                result.answered(counted_from, last - counted_from)
         if not keep_alive:
             writer.close()
             writer = None
     if writer is not None:
         writer.close()
     return last
+
+
+async def _wake_at(moment: float) -> float:
+    """Sleep until ``moment`` (a ``perf_counter`` time); when this coroutine runs again, which is later."""
+    if (wait := moment - time.perf_counter()) > 0:
+        await asyncio.sleep(wait)
+    return time.perf_counter()
 
 
 async def generate_load(target: Target, concurrency: int, duration: float, warmup: float) -> LoadResult:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
@@ -91,6 +92,30 @@ def test_a_server_that_is_not_there_counts_as_connection_errors() -> None:
     assert result.requests == 0
     assert list(result.errors) == ["ConnectionRefusedError"] and result.errors["ConnectionRefusedError"] >= 2
     assert result.summary()["requests_per_second"] == 0.0
+
+
+def test_a_paced_connection_counts_a_stall_for_every_request_it_held_back(canned_server: Any) -> None:
+    """Requests due every 10 ms; the third answer takes 60 ms. The five requests that fell due meanwhile count from
+    when they were due, so each shows at least the rest of the stall; the generator's own lateness is kept apart."""
+    stall, interval = 0.06, 0.01
+    numbers = count()
+
+    def answer() -> tuple[int, bytes]:
+        if next(numbers) == 2:
+            time.sleep(stall)  # the server's event loop is stuck: the connection's next requests wait
+        return 200, bench.v2_answer(1)
+
+    port = canned_server(answer)
+    result, pace = bench.LoadResult(), bench.Pace(interval)
+    start = time.perf_counter()
+    asyncio.run(bench.keep_sending(_target(port), 0, start, start + 0.2, result, pace))
+
+    assert result.errors == {} and result.requests == len(pace.generator_lateness) >= 10
+    assert all(late >= 0 for late in pace.generator_lateness)
+    stalled, *held_back = result.latencies[2:8]
+    assert stalled >= stall
+    # due at 30, 40, ... 70 ms; the stalled answer came after 20 + 60 ms
+    assert all(latency >= 0.08 - 0.01 * (3 + index) for index, latency in enumerate(held_back))
 
 
 def _read(raw: bytes) -> tuple[int, bytes, bool]:

@@ -213,16 +213,17 @@ def _check_serving(report: dict[str, Any], output: str) -> None:
 
 def _check_soak(report: dict[str, Any], output: str) -> None:
     """Load through the whole run with no failed request, the RSS samples, the unloaded baseline beside the loaded
-    latencies at half the unloaded throughput, and both reloads done, each to the version not served (the smoke
-    run's latencies are not judged)."""
+    latencies at half the unloaded throughput, the generator's own lateness apart, and both reloads done, each to the
+    version not served (the smoke run's latencies are not judged)."""
     assert report["requests_sent"] > 0 and report["failed_requests"] == 0, report["failures_by_reason"]
     assert set(report["rss_mb"]) == {"start", "end", "max"} and report["rss_mb"]["max"] >= report["rss_mb"]["end"] > 0
     assert report["unloaded"]["requests"] > 0 and report["unloaded"]["errors"] == 0
     assert report["p99_ms"] >= report["p50_ms"] > 0 and report["p99_over_unloaded_p99"] > 0
     assert report["rate_per_second"] == pytest.approx(0.5 * report["unloaded"]["requests_per_second"], rel=0.01)
+    assert report["generator_lateness_ms"]["p99"] >= report["generator_lateness_ms"]["p50"] >= 0
     assert [(reload["version"], reload["problem"]) for reload in report["reloads"]] == [(2, ""), (1, "")]
     assert report["reloads_done"] == 2
-    assert "reloads done" in output and "p99 ms under load" in output
+    assert "reloads done" in output and "p99 ms under load" in output and "generator lateness" in output
 
 
 def _check_gpu_check(report: dict[str, Any], output: str) -> None:
