@@ -89,7 +89,7 @@ bench-serving: $(INSTALLED)  ## model server vs mlflow models serve: req/s, p50/
 bench-serving-layouts: $(INSTALLED)  ## one server process per model vs one for all, 2 and 5 models: memory, start, req/s, p99, reloads, crashes (~6 min)
 	$(BIN)/python benchmarks/serving_layouts.py $(ARGS)
 
-bench-soak: $(INSTALLED)  ## model server under 5 min of load with a reload every minute: failures, RSS, p50/p99 vs unloaded (~6 min)
+bench-soak: $(INSTALLED)  ## model server under 5 min of load with a reload every minute: failures, RSS, p50/p99 vs unloaded (~7 min)
 	$(BIN)/python benchmarks/soak.py $(ARGS)
 
 bench-models-page: $(INSTALLED)  ## the models page's reads vs reading the registry and every report, 100 versions, 1,000 monitor runs

@@ -1,11 +1,16 @@
-"""The benchmark scripts as modules, for tests that check their parts (``benchmarks/`` is not a package)."""
+"""The benchmark scripts as modules, for tests that check their parts (``benchmarks/`` is not a package), and as
+processes, for tests that run them whole."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -22,3 +27,26 @@ def load_benchmark(name: str) -> ModuleType:
     sys.modules[module_name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
+
+
+def benchmark_env(folder: Path) -> dict[str, str]:
+    """The environment of a benchmark run by a test: its report goes to ``folder/results`` (never to
+    ``benchmarks/results/``) and its temporary folders to ``folder/tmp``, so pytest's clean-up removes them."""
+    scratch = folder / "tmp"
+    scratch.mkdir()
+    return {**os.environ, "BENCH_RESULTS_DIR": str(folder / "results"), "TMPDIR": str(scratch)}
+
+
+def run_benchmark(name: str, args: list[str], folder: Path, timeout: float) -> tuple[dict[str, Any], str]:
+    """``benchmarks/<name>.py args`` as a subprocess of this interpreter, which must succeed: its report and output."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), *args],
+        cwd=BENCHMARKS.parent,
+        env=benchmark_env(folder),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (report_file,) = (folder / "results").glob(f"{name}-*.json")
+    return json.loads(report_file.read_text()), done.stdout

@@ -4,14 +4,13 @@ two sizes, the working tree only, on datasets made in this process)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from benchmark_modules import load_benchmark
+from benchmark_modules import load_benchmark, run_benchmark
 
 from mlsteps.config import CONFIG_ENV_VAR
 from mlsteps.steps import make_dataset
@@ -113,27 +112,15 @@ def test_the_before_side_runs_the_code_and_config_of_the_revision_in_a_worktree_
 
 
 def test_smoke_run_measures_each_size_from_the_cached_datasets(tmp_path: Path) -> None:
-    results, scratch, cache = tmp_path / "results", tmp_path / "tmp", tmp_path / "cache"
-    scratch.mkdir()
+    cache = tmp_path / "cache"
     cache.mkdir()
     for rows in bench.SMOKE_SIZES:  # made here, in-process: the benchmark must reuse them, not generate its own
         make_dataset.main(output_uri=str(bench.dataset_path(cache, rows, "binary")), rows=rows, seed=bench.SEED)
-    env = {**os.environ, "BENCH_RESULTS_DIR": str(results), "TMPDIR": str(scratch)}
 
-    done = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "scale.py"), "--smoke", "--ref", "none", "--steps", "snapshot"]
-        + ["--cache", str(cache)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_TIMEOUT_SECONDS,
-    )
+    args = ["--smoke", "--ref", "none", "--steps", "snapshot", "--cache", str(cache)]
+    report, output = run_benchmark("scale", args, tmp_path, SMOKE_TIMEOUT_SECONDS)
 
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "generating" not in done.stdout
-    (report_file,) = results.glob("scale-*.json")
-    report = json.loads(report_file.read_text())
+    assert "generating" not in output
     assert report["config"]["sizes"] == list(bench.SMOKE_SIZES) and report["config"]["sides"] == {
         "after": "working tree"
     }
@@ -143,4 +130,4 @@ def test_smoke_run_measures_each_size_from_the_cached_datasets(tmp_path: Path) -
     assert all(run["steps"]["snapshot"]["peak_rss_mb"] > 0 for run in report["runs"])
     (summary,) = report["summary"]
     assert summary["peak_rss_step"] == "snapshot" and summary["within_memory_goal"] is True
-    assert "4,000 rows" in done.stdout and "scaling" in done.stdout
+    assert "4,000 rows" in output and "scaling" in output

@@ -3,24 +3,18 @@ smoke mode runs every part for both layouts (about 40 s on 2 cores: two tiny mod
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmark_modules import load_benchmark
+from benchmark_modules import load_benchmark, run_benchmark
 from starlette.testclient import TestClient
 
 from mlsteps.serve.app import create_app
 from mlsteps.serve.model import ModelHandle, load_model
 from mlsteps.serving_bundle import read_bundle
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BENCHMARKS = REPO_ROOT / "benchmarks"
 SMOKE_TIMEOUT_SECONDS = 300
 
 
@@ -74,20 +68,7 @@ def test_router_picks_the_app_by_the_model_name_in_the_path(path: str, model: st
 
 
 def test_smoke_run_measures_both_layouts(tmp_path: Path) -> None:
-    results, scratch = tmp_path / "results", tmp_path / "tmp"
-    scratch.mkdir()
-    env = {**os.environ, "BENCH_RESULTS_DIR": str(results), "TMPDIR": str(scratch)}
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "serving_layouts.py"), "--smoke"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SMOKE_TIMEOUT_SECONDS,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (report_file,) = results.glob("serving_layouts-*.json")
-    report = json.loads(report_file.read_text())
+    report, output = run_benchmark("serving_layouts", ["--smoke"], tmp_path, SMOKE_TIMEOUT_SECONDS)
 
     assert report["config"]["smoke"] is True and report["config"]["model_counts"] == [2]
     assert [(m["name"], m["family"]) for m in report["config"]["models"]] == [
@@ -111,4 +92,4 @@ def test_smoke_run_measures_both_layouts(tmp_path: Path) -> None:
     # A kill of the first model's process leaves the other model answering only where it has its own process.
     assert (per["crash"]["others_answering"], one["crash"]["others_answering"]) == (1, 0)
     assert [row["figure"] for row in report["tables"]["2"]] == [label for label, _, _ in bench.ROWS]
-    assert "one/per" in done.stdout and "isolation" in done.stdout
+    assert "one/per" in output and "isolation" in output

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmark_modules import load_benchmark
+from benchmark_modules import benchmark_env, load_benchmark
 
 from mlsteps.config import load_pipeline_config
 from mlsteps.data.datasets import generate_churn
@@ -99,10 +99,7 @@ class SmokeRun:
 
 
 def _start(name: str, folder: Path) -> SmokeRun:
-    results, log, scratch = folder / "results", folder / "output.log", folder / "tmp"
-    scratch.mkdir()
-    # Their state folders (tempfile.mkdtemp) land here too, so pytest's tmp_path clean-up removes them.
-    env = {**os.environ, "BENCH_RESULTS_DIR": str(results), "TMPDIR": str(scratch)}
+    log, env = folder / "output.log", benchmark_env(folder)
     if name == "gpu_check":
         blocker = folder / "not-on-gpu-node"
         blocker.mkdir()
@@ -117,7 +114,7 @@ def _start(name: str, folder: Path) -> SmokeRun:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return SmokeRun(name, process, log, results)
+    return SmokeRun(name, process, log, folder / "results")
 
 
 @pytest.fixture(scope="module")
@@ -212,15 +209,19 @@ def _check_serving(report: dict[str, Any], output: str) -> None:
 
 
 def _check_soak(report: dict[str, Any], output: str) -> None:
-    """Load through the whole run with no failed request, the RSS samples, the unloaded baseline beside the loaded
-    latencies at half the unloaded throughput, the generator's own lateness apart, and both reloads done, each to the
-    version not served (the smoke run's latencies are not judged)."""
+    """Load through the whole run with no failed request, the RSS samples, the closed loop and the paced unloaded
+    baseline beside the loaded latencies at half the closed loop's throughput, the generator's own lateness apart, a
+    probe of every CPU, and both reloads done, each to the version not served (the smoke run's latencies are not
+    judged)."""
     assert report["requests_sent"] > 0 and report["failed_requests"] == 0, report["failures_by_reason"]
     assert set(report["rss_mb"]) == {"start", "end", "max"} and report["rss_mb"]["max"] >= report["rss_mb"]["end"] > 0
-    assert report["unloaded"]["requests"] > 0 and report["unloaded"]["errors"] == 0
+    closed, unloaded = report["closed_loop"], report["unloaded"]
+    assert closed["requests"] > 0 and closed["errors"] == 0 and unloaded["requests"] > 0 and unloaded["errors"] == 0
+    assert unloaded["requests_per_second"] == pytest.approx(0.05 * closed["requests_per_second"], rel=0.2)
+    assert report["rate_per_second"] == pytest.approx(0.5 * closed["requests_per_second"], rel=0.01)
     assert report["p99_ms"] >= report["p50_ms"] > 0 and report["p99_over_unloaded_p99"] > 0
-    assert report["rate_per_second"] == pytest.approx(0.5 * report["unloaded"]["requests_per_second"], rel=0.01)
     assert report["generator_lateness_ms"]["p99"] >= report["generator_lateness_ms"]["p50"] >= 0
+    assert [probe["cpu"] for probe in report["cpu_stalls"]] == sorted(os.sched_getaffinity(0))
     assert [(reload["version"], reload["problem"]) for reload in report["reloads"]] == [(2, ""), (1, "")]
     assert report["reloads_done"] == 2
     assert "reloads done" in output and "p99 ms under load" in output and "generator lateness" in output
