@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 from record import write_report
-from serving import HOST, LoadResult, Pace, Target, cpu_plan, keep_sending, sample_rows, v2_body
+from serving import HOST, LoadResult, Pace, Target, cpu_plan, generate_load, keep_sending, sample_rows, v2_body
 from serving_layouts import MB, MODELS, build_models, deployed, reload, v2_answer_rows
 
 MODEL = MODELS[0]  # churn-classifier, the shipped model
@@ -224,15 +224,8 @@ def unloaded(target: Target, rate: float, seconds: float) -> LoadResult:
 
 def closed_loop(target: Target, seconds: float) -> LoadResult:
     """One connection, the next request sent as soon as the answer came, for ``seconds``: the server's throughput
-    on one connection, which sets the rates."""
-
-    async def one_connection() -> LoadResult:
-        result = LoadResult()
-        start = time.perf_counter()
-        result.seconds = await keep_sending(target, 0, start, start + seconds, result) - start
-        return result
-
-    return asyncio.run(one_connection())
+    on one connection, which sets the rates. On asyncio's own loop, as the paced runs."""
+    return asyncio.run(generate_load(target, 1, seconds, warmup=0.0))
 
 
 def figures_of(
